@@ -1,0 +1,39 @@
+"""Patch embedding and patch merging of the VSSM encoder (channels-last ``(B, H, W, C)`` layout)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ["PatchEmbed2D", "PatchMerging2D"]
+
+
+class PatchEmbed2D(nn.Module):
+    """Non-overlapping ``patch_size`` convolution then LayerNorm: ``(B, C_in, H, W)`` -> ``(B, H/p, W/p, C)``."""
+
+    def __init__(self, in_channels: int, embed_dim: int, patch_size: int = 4) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class PatchMerging2D(nn.Module):
+    """Swin-style 2x2 merge: ``(B, H, W, C)`` -> ``(B, H/2, W/2, 2C)`` (H and W must be even).
+
+    The 2x2 neighbours are concatenated in the order (0,0), (1,0), (0,1), (1,1) of (row, column) offsets,
+    normalised with LayerNorm(4C) and projected by a bias-free Linear(4C, 2C).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] % 2 or x.shape[2] % 2:
+            raise ValueError(f"PatchMerging2D needs even H and W, got {tuple(x.shape[1:3])}.")
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))

@@ -1,0 +1,98 @@
+"""SS2D: the 2D selective-scan mixer of VMamba (v0), as used in every VSS block of VM-UNetV2.
+
+Liu et al., "VMamba: Visual State Space Model", arXiv 2401.10166. Attribute names equal the v0 checkpoint
+keys (``in_proj``, ``conv2d``, ``x_proj_weight``, ``dt_projs_weight``, ``dt_projs_bias``, ``A_logs``, ``Ds``,
+``out_norm``, ``out_proj``) so pretrained VMamba weights load by name.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...ops.cross_scan import cross_merge, cross_scan
+from ...ops.selective_scan import SCAN_BACKENDS, selective_scan
+
+__all__ = ["SS2D"]
+
+_K = 4  # scan directions
+
+
+class SS2D(nn.Module):
+    """Four-direction selective-scan mixer; input and output ``(B, H, W, d_model)``.
+
+    Args:
+        d_model: channels C of the block.
+        d_state: SSM state size N (16 in VM-UNetV2).
+        ssm_ratio: expansion; the scan runs on ``d_inner = ssm_ratio * C`` channels.
+        dt_rank: rank of the step-size projection; ``"auto"`` is ``ceil(C / 16)``.
+        d_conv: kernel of the depthwise convolution before the scan.
+        dt_min, dt_max, dt_init_floor: range of the initial step sizes (S4D / Mamba initialisation).
+        scan_backend: selective-scan backend, see :func:`vmunetv2_monai.ops.selective_scan.selective_scan`.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        ssm_ratio: float = 2.0,
+        dt_rank: int | str = "auto",
+        d_conv: int = 3,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        scan_backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if scan_backend not in SCAN_BACKENDS:
+            raise ValueError(f"scan_backend must be one of {SCAN_BACKENDS}, got {scan_backend!r}.")
+        d_inner = int(ssm_ratio * d_model)
+        rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.d_inner, self.d_state, self.dt_rank = d_inner, d_state, rank
+        self.scan_backend = scan_backend
+
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=True)
+        # Per-direction projections, stacked: (K, rank + 2N, d_inner) and (K, d_inner, rank).
+        bound = d_inner**-0.5  # nn.Linear's default initialisation of the four original x_proj layers
+        self.x_proj_weight = nn.Parameter(torch.empty(_K, rank + 2 * d_state, d_inner).uniform_(-bound, bound))
+        self.dt_projs_weight = nn.Parameter(torch.empty(_K, d_inner, rank).uniform_(-(rank**-0.5), rank**-0.5))
+        dt = torch.exp(torch.rand(_K, d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_projs_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        # S4D-real initialisation: A = -(1..N) for every channel of every direction.
+        a_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(_K * d_inner, 1)
+        self.A_logs = nn.Parameter(a_log)
+        self.Ds = nn.Parameter(torch.ones(_K * d_inner))
+        for p in (self.A_logs, self.Ds):
+            p._no_weight_decay = True  # type: ignore[attr-defined]
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        length = h * w
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
+        xs = cross_scan(x)  # (B, K, d_inner, L)
+        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        y = selective_scan(
+            xs.reshape(b, -1, length).float(),
+            dts.reshape(b, -1, length).float(),
+            -torch.exp(self.A_logs.float()),
+            bs.float().contiguous(),
+            cs.float().contiguous(),
+            self.Ds.float(),
+            None,
+            self.dt_projs_bias.reshape(-1).float(),
+            True,
+            backend=self.scan_backend,
+        )
+        y = cross_merge(y.reshape(b, _K, self.d_inner, length), h, w)  # (B, d_inner, L)
+        y = self.out_norm(y.transpose(1, 2).reshape(b, h, w, self.d_inner).to(z.dtype))
+        return self.out_proj(y * F.silu(z))

@@ -1,0 +1,57 @@
+"""VSS block and VSS layer (stage) of the VMamba v0 encoder used by VM-UNetV2."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from monai.networks.layers import DropPath
+from torch.utils.checkpoint import checkpoint
+
+from .patch import PatchMerging2D
+from .ss2d import SS2D
+
+__all__ = ["VSSBlock", "VSSLayer"]
+
+
+class VSSBlock(nn.Module):
+    """``x + DropPath(SS2D(LayerNorm(x)))`` on ``(B, H, W, C)``; no MLP (VMamba v0, MLP ratio 0)."""
+
+    def __init__(
+        self, dim: int, drop_path: float = 0.0, d_state: int = 16, ssm_ratio: float = 2.0, scan_backend: str = "auto"
+    ) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)  # eps 1e-5: the official VSSM passes nn.LayerNorm itself
+        self.self_attention = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, scan_backend=scan_backend)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.self_attention(self.ln_1(x)))
+
+
+class VSSLayer(nn.Module):
+    """``len(drop_path)`` VSS blocks at ``dim`` channels, then an optional 2x2 patch merge to ``2 * dim``."""
+
+    def __init__(
+        self,
+        dim: int,
+        drop_path: Sequence[float],
+        downsample: bool,
+        d_state: int = 16,
+        ssm_ratio: float = 2.0,
+        scan_backend: str = "auto",
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        self.use_checkpoint = use_checkpoint
+        self.blocks = nn.ModuleList(
+            VSSBlock(dim, drop_path=p, d_state=d_state, ssm_ratio=ssm_ratio, scan_backend=scan_backend)
+            for p in drop_path
+        )
+        self.downsample = PatchMerging2D(dim) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = checkpoint(blk, x, use_reentrant=False) if self.use_checkpoint and self.training else blk(x)
+        return x if self.downsample is None else self.downsample(x)

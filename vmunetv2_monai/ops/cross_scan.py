@@ -1,0 +1,37 @@
+"""Four-direction cross-scan and cross-merge of VMamba's SS2D.
+
+Directions for a ``(B, C, H, W)`` map, each a sequence of length ``L = H * W``:
+
+- k = 0: row-major flatten (index ``h * W + w``)
+- k = 1: column-major flatten (index ``w * H + h``, the flatten of the H/W-transposed map)
+- k = 2: k = 0 reversed
+- k = 3: k = 1 reversed
+
+``cross_merge`` maps each direction back to row-major order and sums the four. It is the adjoint
+(transpose) of ``cross_scan``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["cross_merge", "cross_scan"]
+
+
+def cross_scan(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B, 4, C, H*W)`` sequences in the four scan orders."""
+    b, c, h, w = x.shape
+    row = x.flatten(2)
+    col = x.transpose(2, 3).flatten(2)
+    xs = torch.stack([row, col], dim=1)  # (B, 2, C, L)
+    return torch.cat([xs, xs.flip(-1)], dim=1)
+
+
+def cross_merge(ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``(B, 4, C, H*W)`` outputs in scan order -> ``(B, C, H*W)`` sum in row-major order."""
+    b, k, c, length = ys.shape
+    if k != 4 or length != h * w:
+        raise ValueError(f"expected (B, 4, C, {h}*{w}) scan outputs, got {tuple(ys.shape)}.")
+    fwd = ys[:, :2] + ys[:, 2:].flip(-1)  # undo the reversal of k = 2, 3
+    col = fwd[:, 1].reshape(b, c, w, h).transpose(2, 3).reshape(b, c, length)
+    return fwd[:, 0] + col

@@ -1,0 +1,113 @@
+"""Selective scan (the S6 recurrence of Mamba) with interchangeable backends.
+
+Backends, all with mamba-ssm's ``selective_scan_fn`` contract:
+
+========== ===================================================================================
+``mamba``  mamba-ssm's CUDA kernel (GPU only; needs the compiled ``selective_scan_cuda``)
+``torch``  our blocked PyTorch implementation with a hand-written backward (any device)
+``reference`` plain sequential loop, the test oracle (slow)
+``auto``   ``mamba`` when its kernel works and the tensors are on CUDA, otherwise ``torch``
+========== ===================================================================================
+
+The environment variable ``VMUNETV2_SCAN_BACKEND`` sets the backend used by ``"auto"`` (read once, here).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from .blocked import selective_scan_blocked
+from .mamba import mamba_scan_fn, mamba_status
+from .reference import selective_scan_reference
+
+__all__ = ["SCAN_BACKENDS", "available_backends", "resolve_backend", "selective_scan"]
+
+logger = logging.getLogger(__name__)
+
+SCAN_BACKENDS = ("auto", "mamba", "torch", "reference")
+_ENV_BACKEND = os.environ.get("VMUNETV2_SCAN_BACKEND", "auto")
+_logged: set[tuple[str, str]] = set()
+
+
+def available_backends() -> dict[str, tuple[bool, str]]:
+    """Map each concrete backend name to ``(usable_here, reason)``."""
+    return {
+        "mamba": mamba_status(),
+        "torch": (True, "pure PyTorch, any device"),
+        "reference": (True, "pure PyTorch sequential loop (slow, for tests)"),
+    }
+
+
+def _log_once(backend: str, reason: str) -> None:
+    if (backend, reason) not in _logged:
+        _logged.add((backend, reason))
+        logger.info("selective scan backend: %s (%s)", backend, reason)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend that ``backend`` means for tensors on ``device``.
+
+    Raises ``ValueError`` for an unknown name and ``RuntimeError`` (with install instructions) when
+    ``"mamba"`` is forced where it cannot run.
+    """
+    if backend not in SCAN_BACKENDS:
+        raise ValueError(f"scan_backend must be one of {SCAN_BACKENDS}, got {backend!r}.")
+    if backend == "auto" and _ENV_BACKEND != "auto":
+        if _ENV_BACKEND not in SCAN_BACKENDS:
+            raise ValueError(f"VMUNETV2_SCAN_BACKEND must be one of {SCAN_BACKENDS}, got {_ENV_BACKEND!r}.")
+        backend = _ENV_BACKEND
+    if backend == "mamba":
+        mamba_scan_fn()  # raises with the reason when the kernel is unusable
+        if device.type != "cuda":
+            raise RuntimeError(f"scan backend 'mamba' needs CUDA tensors, got tensors on {device}.")
+        _log_once("mamba", "forced")
+        return "mamba"
+    if backend == "auto":
+        ok, reason = mamba_status()
+        if ok and device.type == "cuda":
+            _log_once("mamba", reason)
+            return "mamba"
+        why = f"tensors on {device}" if ok else reason
+        _log_once("torch", f"auto: {why}")
+        return "torch"
+    _log_once(backend, "requested")
+    return backend
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Selective scan ``y = S6(u; delta, A, B, C, D)`` with an optional SiLU gate z.
+
+    ============== ============================ ======================================
+    argument       shape                        meaning
+    ============== ============================ ======================================
+    u              (batch, dim, L)              input sequence
+    delta          (batch, dim, L)              step size before bias / softplus
+    A              (dim, N)                     real state matrix (negative for decay)
+    B, C           (batch, N, L) or (batch, G, N, L)  input / output projections; group g
+                                                serves channels [g*dim/G, (g+1)*dim/G)
+    D              (dim,)                       skip connection, optional
+    z              (batch, dim, L)              gate, output multiplied by silu(z), optional
+    delta_bias     (dim,)                       added to delta before softplus, optional
+    ============== ============================ ======================================
+
+    Returns ``(batch, dim, L)`` in u's dtype (computed in float32, or float64 for float64 input).
+    """
+    name = resolve_backend(backend, u.device)
+    if name == "mamba":
+        return mamba_scan_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    fn = selective_scan_blocked if name == "torch" else selective_scan_reference
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

@@ -1,0 +1,64 @@
+"""Plain sequential selective scan: the oracle that the fast backends are tested against.
+
+The recurrence (Mamba, Gu & Dao 2023, Algorithm 2), per batch b, channel d and state n::
+
+    delta' = softplus(delta + delta_bias)            (or delta + delta_bias without softplus)
+    h_t    = exp(delta'_t * A) * h_{t-1} + delta'_t * B_t * u_t
+    y_t    = <C_t, h_t> + D * u_t
+    out_t  = y_t * silu(z_t)                           (when z is given)
+
+It is a Python loop over L that keeps autograd's graph of every step: correct and slow, for tests only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .shapes import ScanInputs, check_scan_inputs
+
+__all__ = ["selective_scan_reference"]
+
+
+def selective_scan_reference(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+) -> torch.Tensor:
+    """Sequential selective scan with mamba-ssm's ``selective_scan_fn`` contract (real-valued A only).
+
+    Shapes (see :func:`vmunetv2_monai.ops.selective_scan.selective_scan`): u, delta, z ``(batch, dim, L)``;
+    A ``(dim, N)``; B, C ``(batch, N, L)`` or grouped ``(batch, G, N, L)``; D, delta_bias ``(dim,)``.
+    Computes in float32 (float64 stays float64) and returns ``(batch, dim, L)`` in u's dtype.
+    """
+    s: ScanInputs = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    ctype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    batch, dim, length = u.shape
+    g, n = s.groups, A.shape[1]
+    uf, df = u.to(ctype), delta.to(ctype)
+    if delta_bias is not None:
+        df = df + delta_bias.to(ctype)[None, :, None]
+    if delta_softplus:
+        df = F.softplus(df)
+    # Grouped B/C: channel block k of size dim // g uses group k.
+    Bf = s.B.to(ctype).repeat_interleave(dim // g, dim=1)  # (batch, dim, N, L)
+    Cf = s.C.to(ctype).repeat_interleave(dim // g, dim=1)
+    Af = A.to(ctype)
+    h = u.new_zeros((batch, dim, n), dtype=ctype)
+    ys = []
+    for t in range(length):
+        dt = df[:, :, t, None]  # (batch, dim, 1)
+        h = torch.exp(dt * Af) * h + dt * Bf[:, :, :, t] * uf[:, :, t, None]
+        ys.append((h * Cf[:, :, :, t]).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + uf * D.to(ctype)[None, :, None]
+    if z is not None:
+        y = y * F.silu(z.to(ctype))
+    return y.to(u.dtype)

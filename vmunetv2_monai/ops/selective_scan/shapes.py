@@ -1,0 +1,62 @@
+"""Argument checking shared by every selective-scan backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ScanInputs", "check_scan_inputs"]
+
+
+@dataclass(frozen=True)
+class ScanInputs:
+    """B and C normalised to the grouped layout ``(batch, G, N, L)``, and the group count G."""
+
+    B: torch.Tensor
+    C: torch.Tensor
+    groups: int
+
+
+def _grouped(name: str, x: torch.Tensor, batch: int, n: int, length: int) -> torch.Tensor:
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4 or x.shape[0] != batch or x.shape[2] != n or x.shape[3] != length:
+        raise ValueError(
+            f"{name} must have shape (batch={batch}, N={n}, L={length}) or (batch, G, N, L), got {tuple(x.shape)}."
+        )
+    return x
+
+
+def check_scan_inputs(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+) -> ScanInputs:
+    """Validate shapes and return B/C in grouped form; raises ``ValueError`` naming the bad argument."""
+    if u.dim() != 3:
+        raise ValueError(f"u must have shape (batch, dim, L), got {tuple(u.shape)}.")
+    batch, dim, length = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"delta must have the shape of u {tuple(u.shape)}, got {tuple(delta.shape)}.")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"z must have the shape of u {tuple(u.shape)}, got {tuple(z.shape)}.")
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"A must have shape (dim={dim}, N), got {tuple(A.shape)}.")
+    if A.is_complex():
+        raise ValueError("complex A is not supported; VM-UNetV2 uses real A = -exp(A_logs).")
+    n = A.shape[1]
+    Bg = _grouped("B", B, batch, n, length)
+    Cg = _grouped("C", C, batch, n, length)
+    groups = Bg.shape[1]
+    if Cg.shape[1] != groups or dim % groups != 0:
+        raise ValueError(f"B and C need the same group count G dividing dim={dim}, got {Bg.shape[1]} and {Cg.shape[1]}.")
+    for name, v in (("D", D), ("delta_bias", delta_bias)):
+        if v is not None and tuple(v.shape) != (dim,):
+            raise ValueError(f"{name} must have shape (dim={dim},), got {tuple(v.shape)}.")
+    return ScanInputs(B=Bg, C=Cg, groups=groups)

@@ -1,0 +1,117 @@
+"""Load VMamba v0 ImageNet checkpoints into the VM-UNetV2 encoder.
+
+Supported files are the v0 releases used by VM-UNet / VM-UNetV2: ``vmamba_small_e238_ema.pth`` (VMamba-S,
+depths 2-2-27-2) and ``vssmtiny_dp01_ckpt_epoch_292.pth`` (VMamba-T, 2-2-9-2). They hold a dict whose
+``"model"`` entry has keys such as ``layers.{i}.blocks.{j}.self_attention.A_logs``. The encoder of
+:class:`~vmunetv2_monai.VMUNetV2` uses the same names under the prefix ``encoder.``, so the mapping is a prefix;
+the classifier (``head.*``) and the final ``norm.*`` are dropped, surplus blocks (27 vs 9) are reported as
+unexpected, and the first convolution is adapted when ``in_channels != 3``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+__all__ = ["LoadReport", "load_pretrained_encoder", "map_vmamba_v0_state_dict"]
+
+logger = logging.getLogger(__name__)
+
+_PREFIX = "encoder."
+_FIRST_CONV = "encoder.patch_embed.proj.weight"
+_DROPPED = ("head.", "norm.")  # ImageNet classifier and the final norm, not part of the encoder taps
+
+
+@dataclass
+class LoadReport:
+    """Outcome of a pretrained load; key names are the model's (``encoder.*``) except for ``unexpected``."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"loaded {len(self.loaded)}, missing {len(self.missing)}, unexpected {len(self.unexpected)}, "
+            f"shape-mismatched {len(self.mismatched)}"
+        )
+
+
+def _adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Map a ``(C, 3, k, k)`` kernel to ``in_channels``: summed for 1 (as repeating a grey image to RGB),
+    cycled and rescaled by ``3 / in_channels`` otherwise."""
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    idx = torch.arange(in_channels) % weight.shape[1]
+    return weight[:, idx] * (weight.shape[1] / in_channels)
+
+
+def map_vmamba_v0_state_dict(
+    state_dict: dict[str, torch.Tensor], model: nn.Module
+) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """Pure key mapping from a VMamba v0 state dict to ``model``'s state dict keys.
+
+    Returns ``(mapped, report)`` where ``mapped`` only holds keys of ``model`` with matching shapes.
+    """
+    target = model.state_dict()
+    encoder_keys = [k for k in target if k.startswith(_PREFIX) and not k.endswith("num_batches_tracked")]
+    mapped: dict[str, torch.Tensor] = {}
+    report = LoadReport()
+    for key, value in state_dict.items():
+        if key.startswith(_DROPPED) or not isinstance(value, torch.Tensor):
+            report.unexpected.append(key)
+            continue
+        new_key = _PREFIX + key
+        if new_key not in target:
+            report.unexpected.append(key)
+            continue
+        if new_key == _FIRST_CONV and value.shape[1] != target[new_key].shape[1]:
+            value = _adapt_first_conv(value, target[new_key].shape[1])
+        if value.shape != target[new_key].shape:
+            report.mismatched.append(f"{new_key}: {tuple(value.shape)} -> {tuple(target[new_key].shape)}")
+            continue
+        mapped[new_key] = value
+        report.loaded.append(new_key)
+    report.missing = [k for k in encoder_keys if k not in mapped]
+    return mapped, report
+
+
+def load_pretrained_encoder(model: nn.Module, path: str | os.PathLike, min_loaded_fraction: float = 0.5) -> LoadReport:
+    """Load a VMamba v0 checkpoint into ``model.encoder`` (``torch.load(..., weights_only=True)``).
+
+    Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for an unreadable file or when fewer than
+    ``min_loaded_fraction`` of the encoder's tensors match (a newer VMamba format, a wrong file); logs and
+    returns the :class:`LoadReport` otherwise.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot read pretrained checkpoint {path}: {type(err).__name__}: {err}") from err
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+        ckpt = ckpt["model"]
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"pretrained checkpoint {path} holds a {type(ckpt).__name__}, expected a state dict.")
+    mapped, report = map_vmamba_v0_state_dict(ckpt, model)
+    total = len(report.loaded) + len(report.missing)
+    if total == 0 or len(report.loaded) < min_loaded_fraction * total:
+        sample = ", ".join(list(ckpt)[:3])
+        raise ValueError(
+            f"{path} does not look like a VMamba v0 checkpoint: only {len(report.loaded)} of {total} encoder "
+            f"tensors matched ({report.summary()}); first keys in the file: {sample}. "
+            "Expected keys like 'layers.0.blocks.0.self_attention.A_logs' (vmamba_small_e238_ema.pth, "
+            "vssmtiny_dp01_ckpt_epoch_292.pth); newer VMamba releases use other names."
+        )
+    model.load_state_dict(mapped, strict=False)
+    logger.info("pretrained encoder from %s: %s", path, report.summary())
+    for name, keys in (("missing", report.missing), ("unexpected", report.unexpected), ("mismatched", report.mismatched)):
+        if keys:
+            logger.info("%s keys (%d): %s", name, len(keys), ", ".join(keys[:10]) + (" ..." if len(keys) > 10 else ""))
+    return report
