@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One-step setup on a fresh machine: a virtual environment in .venv with everything the package, the bundle
+# and the tests need (CPU build of torch; mamba-ssm installed as pure Python, its CUDA kernel is a GPU extra).
+# Usage: bash scripts/setup.sh            (VENV=path to choose another location)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+PY="${PYTHON:-python3}"
+"$PY" -m venv "$VENV"
+"$VENV/bin/pip" install -q -r requirements.txt
+# mamba-ssm / causal-conv1d are sdists: without CUDA they install only as pure Python with both flags below.
+# Nothing in them imports on a CPU machine; the package probes them and falls back to its own scan.
+MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE \
+  "$VENV/bin/pip" install -q --no-build-isolation --no-deps mamba-ssm==2.3.2.post1 causal-conv1d==1.7.0
+"$VENV/bin/pip" install -q --no-deps --no-build-isolation -e .
+"$VENV/bin/python" -c "import vmunetv2_monai, monai; print('vmunetv2_monai', vmunetv2_monai.__version__, 'monai', monai.__version__)"
