@@ -1,0 +1,317 @@
+"""Data lists for 2D segmentation folders: pairs matched by file stem, checked, split with a seed.
+
+Supported layouts (``layout="auto"`` detects them in this order):
+
+- ``pranet``: ``TrainDataset/images|masks`` and ``TestDataset/<set>/images|masks`` (PraNet / U-Net v2 polyp layout).
+- ``split``: ``train/images|masks`` with ``val/`` and/or ``test/`` beside it (ISIC as used by VM-UNet, and the
+  shared Kvasir-SEG copy). When only ``val/`` exists it is the *test* set (that is how the paper uses ISIC's
+  ``val/``); when both exist ``val/`` is validation and ``test/`` is test.
+- ``flat``: ``images/`` and ``masks/`` with the same names (Kvasir-SEG as released).
+
+Every item is ``{"image": path, "label": path, "name": stem, "set": set_name}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "DataListError",
+    "build_datalist",
+    "check_choice",
+    "find_pairs",
+    "image_size",
+    "list_images",
+    "load_splits",
+    "read_names",
+    "require_items",
+    "save_datalist",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+SPLITS = ("training", "validation", "test")
+
+
+class DataListError(ValueError):
+    """A dataset folder or data list that cannot be used; the message names the file or folder."""
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _by_stem(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataListError(f"folder not found: {folder}")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not _is_image(path):
+            continue
+        stem = _stem(path)
+        if stem in files:
+            raise DataListError(f"two files with the name '{stem}' in {folder}: {files[stem].name} and {path.name}")
+        files[stem] = path
+    if not files:
+        raise DataListError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, ...]:
+    """Spatial size of an image file read from its header; raises :class:`DataListError` naming an unreadable file."""
+    path = Path(path)
+    name = path.name.lower()
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            shape = nib.load(str(path)).shape
+            return tuple(int(s) for s in shape[:2])
+        if name.endswith((".nrrd", ".mha", ".mhd")):
+            import itk
+
+            reader = itk.ImageFileReader.New(FileName=str(path))
+            reader.UpdateOutputInformation()
+            region = reader.GetOutput().GetLargestPossibleRegion().GetSize()
+            return tuple(int(region[i]) for i in range(2))
+        from PIL import Image
+
+        with Image.open(path) as img:
+            img.verify()
+            return tuple(int(s) for s in img.size)
+    except Exception as err:
+        raise DataListError(f"cannot read image file {path}: {type(err).__name__}: {err}") from err
+
+
+def find_pairs(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, set_name: str = "", check: bool = True) -> list[dict]:
+    """Pair ``image_dir`` and ``mask_dir`` files by stem; every unmatched, unreadable or size-mismatched file is an error.
+
+    Args:
+        image_dir: folder of images.
+        mask_dir: folder of masks with the same stems (any supported suffix).
+        set_name: value stored under ``"set"`` in every item.
+        check: read every header to check the file opens and image and mask sizes agree.
+    """
+    images, masks = _by_stem(Path(image_dir)), _by_stem(Path(mask_dir))
+    problems = [f"image without mask: {images[s]}" for s in sorted(set(images) - set(masks))]
+    problems += [f"mask without image: {masks[s]}" for s in sorted(set(masks) - set(images))]
+    items = []
+    for stem in sorted(set(images) & set(masks)):
+        item = {"image": str(images[stem]), "label": str(masks[stem]), "name": stem, "set": set_name}
+        if check:
+            try:
+                img_size, mask_size = image_size(images[stem]), image_size(masks[stem])
+            except DataListError as err:
+                problems.append(str(err))
+                continue
+            if img_size != mask_size:
+                problems.append(
+                    f"image and mask sizes differ for '{stem}': {images[stem]} is {img_size}, {masks[stem]} is {mask_size}"
+                )
+                continue
+        items.append(item)
+    if problems:
+        shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise DataListError(f"{len(problems)} problem(s) in {image_dir} / {mask_dir}:\n  {shown}")
+    return items
+
+
+def detect_layout(root: Path) -> str:
+    """Return ``"pranet"``, ``"split"`` or ``"flat"`` for a dataset folder, or raise naming what was expected."""
+    if (root / "TrainDataset").is_dir():
+        return "pranet"
+    if (root / "train" / "images").is_dir():
+        return "split"
+    if (root / "images").is_dir():
+        return "flat"
+    raise DataListError(
+        f"unrecognised dataset layout in {root}: expected TrainDataset/ (PraNet), train/images (ISIC-style) "
+        "or images/ + masks/ (Kvasir-SEG)"
+    )
+
+
+def read_names(path: str | os.PathLike) -> list[str]:
+    """Read one file stem per line (blank lines and ``#`` comments ignored; suffixes are stripped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataListError(f"split file not found: {path}")
+    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    names = [_stem(Path(ln)) for ln in lines if ln and not ln.startswith("#")]
+    if not names:
+        raise DataListError(f"split file {path} lists no names")
+    return names
+
+
+def _split_off(items: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Seeded split: returns (rest, held_out) with ``round(fraction * n)`` items held out (at least 1 if fraction > 0)."""
+    if not 0.0 <= fraction < 1.0:
+        raise DataListError(f"a split fraction must be in [0, 1), got {fraction}")
+    if fraction == 0.0:
+        return list(items), []
+    n_out = max(1, round(fraction * len(items)))
+    if n_out >= len(items):
+        raise DataListError(f"cannot hold out {n_out} of {len(items)} items (fraction {fraction}): too few items")
+    order = sorted(range(len(items)), key=lambda i: items[i]["name"])
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_out])
+    return [it for i, it in enumerate(items) if i not in held], [it for i, it in enumerate(items) if i in held]
+
+
+def build_datalist(
+    dataset_dir: str | os.PathLike,
+    layout: str = "auto",
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    test_names_file: str | os.PathLike | None = None,
+    val_is_test: bool = False,
+    check: bool = True,
+) -> dict[str, list[dict]]:
+    """Build ``{"training", "validation", "test"}`` lists from a dataset folder.
+
+    Args:
+        dataset_dir: dataset root (see the module docstring for layouts).
+        layout: ``"auto"``, ``"pranet"``, ``"split"``/``"isic"`` or ``"flat"``/``"kvasir"``.
+        val_fraction: fraction of the training pool held out (seeded) for validation, unless the layout has ``val/``
+            beside ``test/``.
+        test_fraction: fraction held out (seeded) as a test set when the layout has none and no split file is given.
+        seed: seed of the held-out draws (the draw is independent of file-system order).
+        test_names_file: file of stems that form the test set (e.g. the PraNet Kvasir test ids); all pairs of every
+            folder of the layout are pooled first, listed names become ``test``, the rest is training (+ validation).
+        val_is_test: the paper's protocol: validation *is* the test set. Off by default.
+        check: read every header (unreadable files and size mismatches are errors).
+    """
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise DataListError(f"dataset folder not found: {root}")
+    layout = {"isic": "split", "kvasir": "flat"}.get(layout, layout)
+    if layout == "auto":
+        layout = detect_layout(root)
+    if layout not in ("pranet", "split", "flat"):
+        raise DataListError(f"unknown layout {layout!r}: use auto, pranet, split (isic) or flat (kvasir)")
+
+    validation: list[dict] = []
+    if layout == "pranet":
+        pool = find_pairs(root / "TrainDataset" / "images", root / "TrainDataset" / "masks", "train", check)
+        test_root = root / "TestDataset"
+        test = []
+        if test_root.is_dir():
+            for sub in sorted(p for p in test_root.iterdir() if p.is_dir()):
+                test += find_pairs(sub / "images", sub / "masks", sub.name, check)
+    elif layout == "split":
+        pool = find_pairs(root / "train" / "images", root / "train" / "masks", "train", check)
+        has_val, has_test = (root / "val").is_dir(), (root / "test").is_dir()
+        test = find_pairs(root / "test" / "images", root / "test" / "masks", "test", check) if has_test else []
+        if has_val and has_test:
+            validation = find_pairs(root / "val" / "images", root / "val" / "masks", "val", check)
+        elif has_val:
+            test = find_pairs(root / "val" / "images", root / "val" / "masks", "val", check)
+    else:
+        pool = find_pairs(root / "images", root / "masks", "", check)
+        test = []
+
+    if test_names_file is not None:
+        names = read_names(test_names_file)
+        everything = pool + validation + test
+        by_name = {it["name"]: it for it in everything}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise DataListError(
+                f"{len(missing)} name(s) from {test_names_file} are not in {root}: {', '.join(missing[:10])}"
+            )
+        wanted = set(names)
+        test = [by_name[n] for n in names]
+        pool, validation = [it for it in everything if it["name"] not in wanted], []
+    elif not test and test_fraction > 0:
+        pool, test = _split_off(pool, test_fraction, seed + 1)
+
+    if val_is_test:
+        if not test:
+            raise DataListError("val_is_test=True but there is no test set (give test_names_file or test_fraction)")
+        validation = list(test)
+    elif not validation:
+        pool, validation = _split_off(pool, val_fraction, seed)
+    if not pool:
+        raise DataListError(f"no training pairs left in {root}")
+    logger.info(
+        "data list from %s (layout %s): %d training, %d validation, %d test",
+        root, layout, len(pool), len(validation), len(test),
+    )
+    return {"training": pool, "validation": validation, "test": test}
+
+
+def save_datalist(datalist: dict[str, list[dict]], path: str | os.PathLike) -> None:
+    """Write a data list as JSON atomically (temp file then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(datalist, indent=2))
+    os.replace(tmp, path)
+
+
+def load_splits(
+    dataset_dir: str | os.PathLike | None = None, datalist_file: str | os.PathLike | None = None, **kwargs
+) -> dict[str, list[dict]]:
+    """Data lists for a bundle: read ``datalist_file`` (JSON from :func:`save_datalist`) when given, otherwise
+    :func:`build_datalist` on ``dataset_dir`` with ``kwargs``. Files of a JSON list are checked to exist."""
+    if datalist_file is None:
+        if dataset_dir is None:
+            raise DataListError("give dataset_dir or datalist_file")
+        return build_datalist(dataset_dir, **kwargs)
+    path = Path(datalist_file)
+    if not path.is_file():
+        raise DataListError(f"data list file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataListError(f"data list file {path} is not valid JSON: {err}") from err
+    out = {split: list(data.get(split, [])) for split in SPLITS}
+    for split, items in out.items():
+        for item in items:
+            for key in ("image", "label"):
+                if key not in item or not Path(item[key]).is_file():
+                    raise DataListError(f"{split} entry {item.get('name', item)} in {path}: {key} file not found")
+            item.setdefault("name", _stem(Path(item["image"])))
+    return out
+
+
+def list_images(input_dir: str | os.PathLike) -> list[dict]:
+    """Images to segment: the image files in ``input_dir`` (or in ``input_dir/images`` when that exists)."""
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise DataListError(f"input folder not found: {root}")
+    folder = root / "images" if (root / "images").is_dir() else root
+    files = _by_stem(folder)
+    return [{"image": str(p), "name": stem} for stem, p in sorted(files.items())]
+
+
+def require_items(items: Sequence[dict], split: str) -> list[dict]:
+    """Return ``items`` or raise a clear error when a split the workflow needs is empty."""
+    if not items:
+        raise DataListError(
+            f"the '{split}' split is empty: give test_names_file or test_fraction for a test set, "
+            "val_fraction > 0 for validation, or choose another split"
+        )
+    return list(items)
+
+
+def check_choice(name: str, value: object, choices: Sequence[object]) -> bool:
+    """Raise a ``ValueError`` naming the config id and its allowed values when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"unknown value {value!r} for '{name}': choose one of {', '.join(map(repr, choices))}")
+    return True

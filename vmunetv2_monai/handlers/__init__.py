@@ -1,0 +1,8 @@
+"""Ignite handlers for the VM-UNetV2 bundle: atomic checkpoints, evaluation reports, prediction writer."""
+
+from .atomic import atomic_write
+from .checkpoint import AtomicCheckpointSaver
+from .predictions import PredictionWriter, overlay_contour
+from .reports import CaseReportWriter
+
+__all__ = ["AtomicCheckpointSaver", "CaseReportWriter", "PredictionWriter", "atomic_write", "overlay_contour"]
