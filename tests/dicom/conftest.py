@@ -1,0 +1,200 @@
+"""Fixtures for the DICOM tests: a tiny checkpoint, Kvasir images wrapped as VL Endoscopic DICOM, real
+ultrasound files from pydicom-data, and a real Orthanc (Debian packages ``orthanc`` + ``orthanc-dicomweb``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from vmunetv2_monai.inference import Predictor, build_network
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_NET = {"spatial_dims": 2, "in_channels": 3, "out_channels": 1, "depths": (1, 1, 1, 1), "dims": 16,
+            "d_state": 4, "mid_channels": 8}
+VL_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1"
+ORTHANC_START_TIMEOUT_S = 30.0
+
+
+def kvasir_image_paths(n: int) -> list[Path]:
+    """``n`` Kvasir images: tests/data first, else $VMUNETV2_KVASIR_DIR, else ../shared/data/kvasir-seg."""
+    candidates = [REPO / "tests" / "data"]
+    if os.environ.get("VMUNETV2_KVASIR_DIR"):
+        candidates.append(Path(os.environ["VMUNETV2_KVASIR_DIR"]))
+    candidates.append(REPO.parent / "shared" / "data" / "kvasir-seg")
+    for root in candidates:
+        found = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".png")
+                       and "mask" not in str(p.relative_to(root)).lower())
+        if len(found) >= n:
+            return found[:n]
+    pytest.fail(f"need {n} Kvasir images in one of {candidates}")
+
+
+def load_rgb(path: Path, size: tuple[int, int] = (88, 72)) -> np.ndarray:
+    """An RGB image downsized to ``size`` = (W, H): ``(H, W, 3)`` uint8; non-square on purpose."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB").resize(size, Image.BILINEAR), dtype=np.uint8)
+
+
+def wrap_vl_endoscopic(rgb: np.ndarray, patient_id: str = "KVASIR1", study_uid: str | None = None) -> Dataset:
+    """A complete single-frame VL Endoscopic Image (RGB, explicit VR little endian) around ``(H, W, 3)`` pixels."""
+    sop_uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = VL_ENDOSCOPIC
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = VL_ENDOSCOPIC, sop_uid
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Kvasir^Test", patient_id, "", "O"
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.StudyDate, ds.StudyTime, ds.ContentDate, ds.ContentTime = "20240101", "120000", "20240101", "120000"
+    ds.AccessionNumber, ds.ReferringPhysicianName, ds.StudyID = "", "", "1"
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "ES", 1, 1
+    ds.Manufacturer = "test-wrapper"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.AcquisitionDateTime = "20240101120000"
+    ds.LossyImageCompression = "01"  # Kvasir images are JPEGs
+    ds.LossyImageCompressionRatio, ds.LossyImageCompressionMethod = 10.0, "ISO_10918_1"
+    ds.PatientOrientation = ""
+    ds.AnatomicRegionSequence = []
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+    return ds
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init tiny VM-UNetV2 (seed 0) saved as a raw state dict.
+
+    The final bias is shifted so that the median logit on a Kvasir image is 0: the masks then have both
+    foreground and background, so mask comparisons mean something.
+    """
+    torch.manual_seed(0)
+    net = build_network(TINY_NET)
+    image = Predictor.scale_rgb_uint8(load_rgb(kvasir_image_paths(1)[0]))
+    logits = Predictor(net).logits(image)
+    biases = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and m.bias is not None]
+    with torch.no_grad():
+        biases[-1].bias -= float(np.median(logits))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_checkpoint: Path) -> Predictor:
+    """The direct-inference reference, from the same checkpoint the pipeline loads."""
+    return Predictor.from_checkpoint(tiny_checkpoint, TINY_NET)
+
+
+@pytest.fixture(scope="session")
+def network_json() -> str:
+    """TINY_NET as the pipeline's --network-json."""
+    return json.dumps(TINY_NET)
+
+
+def ultrasound_files() -> dict[str, Path]:
+    """Real RGB ultrasound DICOM files from pydicom-data (via pydicom's test-file lookup)."""
+    from pydicom.data import get_testdata_file
+
+    out = {}
+    for name in ("US1_UNCR.dcm", "US1_J2KR.dcm"):
+        path = get_testdata_file(name)
+        if path is None:
+            pytest.fail(f"{name} not found: pip install pydicom-data")
+        out[name] = Path(path)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _find_plugin() -> Path:
+    env = os.environ.get("ORTHANC_DICOMWEB_PLUGIN")
+    dirs = [Path(env)] if env else []
+    dirs += [Path(d) / "libOrthancDicomWeb.so" for d in ("/usr/share/orthanc/plugins", "/usr/lib/orthanc/plugins",
+                                                           "/usr/local/share/orthanc/plugins")]
+    for path in dirs:
+        if path.is_file():
+            return path
+    pytest.fail("Orthanc DICOMweb plugin not found: apt-get install orthanc-dicomweb (or set ORTHANC_DICOMWEB_PLUGIN)")
+
+
+class Orthanc:
+    """A running Orthanc: ``url`` is its DICOMweb root, ``rest`` its REST root."""
+
+    def __init__(self, rest: str, proc: subprocess.Popen, log: Path) -> None:
+        self.rest, self.url, self.proc, self.log = rest, rest + "/dicom-web", proc, log
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    """A fresh Orthanc on 127.0.0.1 with free ports and its own storage; stopped after the test.
+
+    Missing binaries make the test fail (CI installs them), they never skip.
+    """
+    binary = os.environ.get("ORTHANC_BIN") or shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")
+    if not binary:
+        pytest.fail("Orthanc not found: apt-get install orthanc orthanc-dicomweb (or set ORTHANC_BIN)")
+    plugin = _find_plugin()
+    http_port = _free_port()
+    storage = tmp_path / "orthanc-storage"
+    storage.mkdir()
+    config = {
+        "Name": "vmunetv2-test", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
+        "HttpPort": http_port, "DicomServerEnabled": False, "DicomPort": _free_port(),
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpServerEnabled": True,
+        "Plugins": [str(plugin)], "SaveJobs": False, "OverwriteInstances": False, "WebDavEnabled": False,
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "Host": "127.0.0.1"},
+    }
+    cfg_path = tmp_path / "orthanc.json"
+    cfg_path.write_text(json.dumps(config))
+    log = tmp_path / "orthanc.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([binary, str(cfg_path)], stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path)
+    rest = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + ORTHANC_START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"Orthanc exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                if requests.get(rest + "/dicom-web/studies", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"Orthanc not ready after {ORTHANC_START_TIMEOUT_S}s: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield Orthanc(rest, proc, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)

@@ -1,0 +1,172 @@
+"""DICOM image -> model input: single-frame RGB / YBR / palette colour and greyscale images, checked first.
+
+Orientation rule: everything stays in pydicom's ``pixel_array`` order, rows first: ``(H, W)`` = (Rows,
+Columns). The model input is ``(3, H, W)``; the mask is ``(H, W)`` and goes into the SEG as is. No axis is
+swapped anywhere (MONAI's image readers would swap to ``(W, H)``; we never use them for DICOM).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
+from pydicom.uid import UID
+
+logger = logging.getLogger(__name__)
+
+#: Non-image objects the pipeline never segments (skipped, not refused).
+NON_IMAGE_SOP_CLASSES: frozenset[str] = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
+        "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation Storage
+        "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
+        "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+        "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+        "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+        "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
+    }
+)
+
+
+class UnsupportedDicomError(ValueError):
+    """A DICOM input the pipeline refuses, with the reason and the file / SOP instance it concerns."""
+
+    def __init__(self, reason: str, source: str = "", sop_instance_uid: str | None = None) -> None:
+        self.reason = reason
+        self.source = source
+        self.sop_instance_uid = sop_instance_uid
+        where = source or "<dataset>"
+        if sop_instance_uid:
+            where += f" (SOPInstanceUID {sop_instance_uid})"
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass
+class DicomImage:
+    """A checked source image and its model input (``(3, H, W)`` float32 in [0, 1])."""
+
+    dataset: Dataset
+    image: np.ndarray
+    source: str
+
+    @property
+    def sop_instance_uid(self) -> str:
+        """The source's SOPInstanceUID."""
+        return str(self.dataset.SOPInstanceUID)
+
+    def display_rgb(self) -> np.ndarray:
+        """``(H, W, 3)`` uint8 rendering of the model input (for overlays)."""
+        return np.round(np.moveaxis(self.image, 0, -1) * 255.0).astype(np.uint8)
+
+
+def read_dataset(path: str | os.PathLike[str]) -> Dataset:
+    """Read a DICOM file; unreadable or truncated headers raise :class:`UnsupportedDicomError`."""
+    path = Path(path)
+    try:
+        return pydicom.dcmread(path)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError) as exc:
+        raise UnsupportedDicomError(f"not a readable DICOM file ({type(exc).__name__}: {exc})", str(path)) from exc
+
+
+def _expected_native_bytes(ds: Dataset) -> int:
+    bits = int(ds.BitsAllocated)
+    n = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * int(getattr(ds, "NumberOfFrames", 1) or 1)
+    return (n * bits + 7) // 8
+
+
+def check_supported(ds: Dataset, source: str = "") -> None:
+    """Raise :class:`UnsupportedDicomError` unless ``ds`` is a single-frame image this pipeline can decode."""
+    uid = str(ds.get("SOPInstanceUID", "")) or None
+
+    def refuse(reason: str) -> UnsupportedDicomError:
+        return UnsupportedDicomError(reason, source, uid)
+
+    if uid is None:
+        raise refuse("missing SOPInstanceUID")
+    if str(ds.get("SOPClassUID", "")) in NON_IMAGE_SOP_CLASSES:
+        raise refuse(f"not an image (SOP class {UID(str(ds.SOPClassUID)).name})")
+    if "PixelData" not in ds:
+        other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
+        raise refuse(f"unsupported pixel data element {other[0]}" if other else "missing pixel data")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise refuse(f"multi-frame image ({frames} frames); only single-frame images are supported")
+    for key in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "PhotometricInterpretation"):
+        if key not in ds:
+            raise refuse(f"missing {key}")
+    spp, pi = int(ds.SamplesPerPixel), str(ds.PhotometricInterpretation)
+    if spp not in (1, 3):
+        raise refuse(f"unsupported SamplesPerPixel {spp}")
+    if spp == 1 and pi not in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"):
+        raise refuse(f"unsupported photometric interpretation {pi} with one sample per pixel")
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if tsyntax is None:
+        raise refuse("no transfer syntax in the file meta information")
+    tsyntax = UID(str(tsyntax))
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError as exc:
+        raise refuse(f"unsupported transfer syntax {tsyntax} ({tsyntax.name})") from exc
+    if not decoder.is_available:
+        raise refuse(f"transfer syntax {tsyntax.name} needs a missing decoder: {decoder.missing_dependencies}")
+    if not tsyntax.is_compressed:
+        have, need = len(ds.PixelData), _expected_native_bytes(ds)
+        if have < need:
+            raise refuse(f"truncated pixel data ({have} of {need} bytes)")
+
+
+def _greyscale_to_unit(ds: Dataset, arr: np.ndarray) -> np.ndarray:
+    """Modality LUT (rescale slope / intercept), MONOCHROME1 inversion, min-max to [0, 1]."""
+    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    unit = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    if str(ds.PhotometricInterpretation) == "MONOCHROME1":
+        unit = 1.0 - unit
+    return unit.astype(np.float32)
+
+
+def to_model_input(ds: Dataset, source: str = "") -> np.ndarray:
+    """Checked, decoded ``(3, H, W)`` float32 in [0, 1].
+
+    RGB (and YBR, converted to RGB by pydicom) is divided by ``2**BitsStored - 1`` (255 for 8-bit, like the
+    bundle); palette colour goes through its LUT; greyscale is rescaled, inverted if MONOCHROME1, min-max
+    normalised and repeated to three channels.
+    """
+    check_supported(ds, source)
+    try:
+        arr = ds.pixel_array  # pydicom 3 converts YBR_* to RGB here
+    except Exception as exc:  # any decoder failure is a refusal with its reason
+        raise UnsupportedDicomError(
+            f"pixel data cannot be decoded ({type(exc).__name__}: {exc})", source, str(ds.SOPInstanceUID)
+        ) from exc
+    pi = str(ds.PhotometricInterpretation)
+    if int(ds.SamplesPerPixel) == 3:
+        maxval = float(2 ** int(ds.get("BitsStored", ds.BitsAllocated)) - 1)
+        rgb = arr.astype(np.float32) / np.float32(maxval)
+    elif pi == "PALETTE COLOR":
+        lut = apply_color_lut(arr, ds)
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        rgb = lut.astype(np.float32) / np.float32(2**bits - 1)
+    else:
+        rgb = np.repeat(_greyscale_to_unit(ds, arr)[..., None], 3, axis=-1)
+    if rgb.shape[:2] != (int(ds.Rows), int(ds.Columns)):
+        raise UnsupportedDicomError(f"decoded shape {rgb.shape} does not match Rows/Columns", source, ds.SOPInstanceUID)
+    return np.ascontiguousarray(np.moveaxis(np.clip(rgb, 0.0, 1.0), -1, 0), dtype=np.float32)
+
+
+def load_image(ds_or_path: Dataset | str | os.PathLike[str], source: str | None = None) -> DicomImage:
+    """Read (if a path), check and convert one DICOM image."""
+    if isinstance(ds_or_path, Dataset):
+        ds = ds_or_path
+        src = source or f"SOPInstanceUID {ds.get('SOPInstanceUID', '?')}"
+    else:
+        src = source or str(ds_or_path)
+        ds = read_dataset(ds_or_path)
+    return DicomImage(dataset=ds, image=to_model_input(ds, src), source=src)

@@ -1,0 +1,141 @@
+"""Small stand-alone predictor: VM-UNetV2 + checkpoint -> binary mask, the same way the bundle infers.
+
+Preprocessing and post-processing mirror the bundle's inference config: the RGB uint8 image scaled to
+[0, 1] (divided by 255), MONAI ``SlidingWindowInferer`` (roi 256x256, gaussian blending), sigmoid,
+threshold 0.5. Arrays here are ``(C, H, W)`` / ``(H, W)`` in row-major (Rows, Columns) order, like pydicom's
+``pixel_array``; nothing is transposed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from .networks import VMUNetV2
+
+logger = logging.getLogger(__name__)
+
+#: Network arguments of the default (paper) configuration used by the bundle.
+DEFAULT_NETWORK_KWARGS: dict[str, Any] = {
+    "spatial_dims": 2,
+    "in_channels": 3,
+    "out_channels": 1,
+    "depths": (2, 2, 9, 2),
+    "dims": 96,
+    "d_state": 16,
+    "mid_channels": 48,
+}
+
+
+@dataclass
+class InferenceSettings:
+    """Inferer and post-processing settings (defaults match the bundle's inference config)."""
+
+    roi_size: tuple[int, int] = (256, 256)
+    sw_batch_size: int = 1
+    overlap: float = 0.25
+    mode: str = "gaussian"
+    threshold: float = 0.5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_network(network_kwargs: Mapping[str, Any] | None = None) -> VMUNetV2:
+    """Build a VM-UNetV2 from keyword arguments (the bundle's ``network_def`` arguments, without ``_target_``)."""
+    kwargs = dict(DEFAULT_NETWORK_KWARGS if network_kwargs is None else network_kwargs)
+    kwargs.pop("_target_", None)
+    return VMUNetV2(**kwargs)
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint with ``weights_only=True``; accepts a raw state dict or ``{"state_dict"|"model": ...}``."""
+    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    return dict(obj)
+
+
+class Predictor:
+    """Binary segmentation of 2D images with VM-UNetV2 (eval mode, CPU or a given device)."""
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        settings: InferenceSettings | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.settings = settings or InferenceSettings()
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        self.inferer = SlidingWindowInferer(
+            roi_size=self.settings.roi_size,
+            sw_batch_size=self.settings.sw_batch_size,
+            overlap=self.settings.overlap,
+            mode=self.settings.mode,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path,
+        network_kwargs: Mapping[str, Any] | None = None,
+        settings: InferenceSettings | None = None,
+        device: str | torch.device = "cpu",
+    ) -> Predictor:
+        """Build the network, load ``checkpoint`` (strict) and wrap it."""
+        net = build_network(network_kwargs)
+        net.load_state_dict(load_state_dict(checkpoint), strict=True)
+        logger.info("loaded checkpoint %s", checkpoint)
+        return cls(net, settings=settings, device=device)
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: str | Path, checkpoint: str | Path | None = None, **kwargs: Any) -> Predictor:
+        """The bundle's ``network_def`` (``configs/common.json`` merged with ``configs/inference.json``).
+
+        ``checkpoint`` defaults to ``models/model.pt`` inside the bundle.
+        """
+        from monai.bundle import ConfigParser
+
+        configs = Path(bundle_dir) / "configs"
+        files = [str(f) for f in (configs / "common.json", configs / "inference.json") if f.is_file()]
+        if not files:
+            raise FileNotFoundError(f"no configs/common.json or configs/inference.json in {bundle_dir}")
+        parser = ConfigParser()
+        parser.read_config(files)
+        net = parser.get_parsed_content("network_def", instantiate=True)
+        ckpt = Path(checkpoint) if checkpoint else Path(bundle_dir) / "models" / "model.pt"
+        net.load_state_dict(load_state_dict(ckpt), strict=True)
+        logger.info("bundle %s: network_def from %s, checkpoint %s", bundle_dir, files, ckpt)
+        return cls(net, **kwargs)
+
+    @staticmethod
+    def scale_rgb_uint8(image_hwc: np.ndarray) -> np.ndarray:
+        """``(H, W, 3)`` uint8 -> ``(3, H, W)`` float32 in [0, 1] (divided by 255)."""
+        if image_hwc.dtype != np.uint8 or image_hwc.ndim != 3 or image_hwc.shape[-1] != 3:
+            raise ValueError(f"expected (H, W, 3) uint8, got {image_hwc.shape} {image_hwc.dtype}")
+        return np.ascontiguousarray(np.moveaxis(image_hwc, -1, 0), dtype=np.float32) / np.float32(255.0)
+
+    @torch.no_grad()
+    def logits(self, image_chw: np.ndarray) -> np.ndarray:
+        """``(C, H, W)`` float image in [0, 1] -> ``(out_channels, H, W)`` float32 logits."""
+        if image_chw.ndim != 3:
+            raise ValueError(f"expected (C, H, W), got shape {image_chw.shape}")
+        x = torch.as_tensor(np.ascontiguousarray(image_chw, dtype=np.float32), device=self.device)[None]
+        out = self.inferer(x, self.network)
+        return out[0].float().cpu().numpy()
+
+    def predict(self, image_chw: np.ndarray) -> np.ndarray:
+        """``(C, H, W)`` float image in [0, 1] -> ``(H, W)`` bool mask (sigmoid > threshold of channel 0)."""
+        prob = torch.sigmoid(torch.from_numpy(self.logits(image_chw)[0]))
+        return (prob > self.settings.threshold).numpy()
