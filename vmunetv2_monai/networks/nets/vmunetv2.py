@@ -136,8 +136,9 @@ class VMUNetV2(nn.Module):
         out, heads = self.decoder(fused[::-1])  # decoder takes coarsest first
 
         def crop(t: torch.Tensor) -> torch.Tensor:
-            s = x.shape[-1] // t.shape[-1]  # the head's stride relative to the padded input
-            return t[..., top // s : (top + h + s - 1) // s, left // s : (left + w + s - 1) // s]
+            """The input's region of a map at stride s: ceil(H / s) x ceil(W / s) from the padded origin."""
+            s = x.shape[-1] // t.shape[-1]
+            return t[..., top // s : top // s + -(-h // s), left // s : left // s + -(-w // s)]
 
         if not self.deep_supervision:
             return crop(heads[0])

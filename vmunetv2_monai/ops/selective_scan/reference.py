@@ -52,10 +52,11 @@ def selective_scan_reference(
     Af = A.to(ctype)
     h = u.new_zeros((batch, dim, n), dtype=ctype)
     ys = []
-    for t in range(length):
-        dt = df[:, :, t, None]  # (batch, dim, 1)
-        h = torch.exp(dt * Af) * h + dt * Bf[:, :, :, t] * uf[:, :, t, None]
-        ys.append((h * Cf[:, :, :, t]).sum(-1))
+    # unbind once: per-step indexing would make autograd scatter into a full-size gradient at every step.
+    for dt, bt, ct, ut in zip(df.unbind(-1), Bf.unbind(-1), Cf.unbind(-1), uf.unbind(-1)):
+        dt = dt.unsqueeze(-1)  # (batch, dim, 1)
+        h = torch.exp(dt * Af) * h + dt * bt * ut.unsqueeze(-1)
+        ys.append((h * ct).sum(-1))
     y = torch.stack(ys, dim=-1)
     if D is not None:
         y = y + uf * D.to(ctype)[None, :, None]
