@@ -4,10 +4,14 @@ Backends, all with mamba-ssm's ``selective_scan_fn`` contract:
 
 ========== ===================================================================================
 ``mamba``  mamba-ssm's CUDA kernel (GPU only; needs the compiled ``selective_scan_cuda``)
+``cpu``    our compiled C++ kernel (AVX2+FMA, float32, CPU tensors), built once on first use
 ``torch``  our blocked PyTorch implementation with a hand-written backward (any device)
 ``reference`` plain sequential loop, the test oracle (slow)
-``auto``   ``mamba`` when its kernel works and the tensors are on CUDA, otherwise ``torch``
+``auto``   ``mamba`` when its kernel works and the tensors are on CUDA; ``cpu`` on CPU tensors when the
+           C++ kernel builds; otherwise ``torch``
 ========== ===================================================================================
+
+``cpu`` hands inputs it does not take (float64, d_state not in 8/16/24/32) to ``torch``, and says so in the log.
 
 The environment variable ``VMUNETV2_SCAN_BACKEND`` sets the backend used by ``"auto"`` (read once, here).
 """
@@ -20,6 +24,7 @@ import os
 import torch
 
 from .blocked import selective_scan_blocked
+from .cpu import cpu_status, cpu_unsupported_reason, selective_scan_cpu
 from .mamba import mamba_scan_fn, mamba_status
 from .reference import selective_scan_reference
 
@@ -27,7 +32,7 @@ __all__ = ["SCAN_BACKENDS", "available_backends", "resolve_backend", "selective_
 
 logger = logging.getLogger(__name__)
 
-SCAN_BACKENDS = ("auto", "mamba", "torch", "reference")
+SCAN_BACKENDS = ("auto", "mamba", "cpu", "torch", "reference")
 _ENV_BACKEND = os.environ.get("VMUNETV2_SCAN_BACKEND", "auto")
 _logged: set[tuple[str, str]] = set()
 
@@ -36,6 +41,7 @@ def available_backends() -> dict[str, tuple[bool, str]]:
     """Map each concrete backend name to ``(usable_here, reason)``."""
     return {
         "mamba": mamba_status(),
+        "cpu": cpu_status(),
         "torch": (True, "pure PyTorch, any device"),
         "reference": (True, "pure PyTorch sequential loop (slow, for tests)"),
     }
@@ -50,8 +56,8 @@ def _log_once(backend: str, reason: str) -> None:
 def resolve_backend(backend: str, device: torch.device) -> str:
     """The concrete backend that ``backend`` means for tensors on ``device``.
 
-    Raises ``ValueError`` for an unknown name and ``RuntimeError`` (with install instructions) when
-    ``"mamba"`` is forced where it cannot run.
+    Raises ``ValueError`` for an unknown name and ``RuntimeError`` (with the reason) when ``"mamba"`` or
+    ``"cpu"`` is forced where it cannot run.
     """
     if backend not in SCAN_BACKENDS:
         raise ValueError(f"scan_backend must be one of {SCAN_BACKENDS}, got {backend!r}.")
@@ -65,13 +71,30 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             raise RuntimeError(f"scan backend 'mamba' needs CUDA tensors, got tensors on {device}.")
         _log_once("mamba", "forced")
         return "mamba"
+    if backend == "cpu":
+        ok, reason = cpu_status()
+        if not ok:
+            raise RuntimeError(f"scan backend 'cpu' is unavailable: {reason}.")
+        if device.type != "cpu":
+            raise RuntimeError(f"scan backend 'cpu' needs CPU tensors, got tensors on {device}.")
+        _log_once("cpu", "forced")
+        return "cpu"
     if backend == "auto":
-        ok, reason = mamba_status()
-        if ok and device.type == "cuda":
-            _log_once("mamba", reason)
-            return "mamba"
-        why = f"tensors on {device}" if ok else reason
-        _log_once("torch", f"auto: {why}")
+        if device.type == "cuda":
+            ok, reason = mamba_status()
+            if ok:
+                _log_once("mamba", reason)
+                return "mamba"
+            _log_once("torch", f"auto: {reason}")
+            return "torch"
+        if device.type == "cpu":
+            ok, reason = cpu_status()
+            if ok:
+                _log_once("cpu", f"auto: {reason}")
+                return "cpu"
+            _log_once("torch", f"auto: cpu kernel unavailable: {reason}")
+            return "torch"
+        _log_once("torch", f"auto: tensors on {device}")
         return "torch"
     _log_once(backend, "requested")
     return backend
@@ -109,5 +132,11 @@ def selective_scan(
     name = resolve_backend(backend, u.device)
     if name == "mamba":
         return mamba_scan_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if name == "cpu":
+        why_not = cpu_unsupported_reason(u, A)
+        if why_not is None:
+            return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        _log_once("torch", f"cpu kernel does not take {why_not}")
+        name = "torch"
     fn = selective_scan_blocked if name == "torch" else selective_scan_reference
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

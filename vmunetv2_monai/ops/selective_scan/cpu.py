@@ -1,0 +1,160 @@
+"""Compiled C++ selective scan for CPUs (the ``cpu`` backend): AVX2+FMA, threads over channels.
+
+The kernel (``csrc/scan_cpu.cpp``) is built with ``torch.utils.cpp_extension.load`` the first time it is needed
+(``scripts/setup.sh`` triggers that once) and cached in ``$VMUNETV2_EXT_DIR`` (default
+``~/.cache/vmunetv2_monai/ext``), one build per torch version and CPU capability. Where it cannot be built or
+loaded (no compiler, no ninja, ``VMUNETV2_CPU_SCAN=0``), :func:`cpu_status` reports why and the dispatcher uses
+the pure-PyTorch ``torch`` backend instead.
+
+The kernel computes in float32 for float32/half inputs and needs d_state N in {8, 16, 24, 32}; float64 inputs
+and other N are handed to the ``torch`` backend (see :func:`cpu_unsupported_reason`). Step-size bias and
+softplus, the recurrence, the C readout and the D skip run inside the kernel; the optional z gate is a PyTorch
+op after it. Backward keeps only the state at every 64th step (saved by forward) and recomputes the
+rest chunk by chunk, so its extra memory is about one copy of u.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+from torch.utils import cpp_extension
+
+from .shapes import check_scan_inputs
+
+__all__ = ["cpu_status", "cpu_unsupported_reason", "selective_scan_cpu"]
+
+logger = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("csrc") / "scan_cpu.cpp"
+_SUPPORTED_N = (8, 16, 24, 32)
+
+
+def _build_dir(capability: str) -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vmunetv2_monai" / "ext"
+    root = Path(os.environ.get("VMUNETV2_EXT_DIR", default))
+    return root / f"torch-{torch.__version__}-{capability}"
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> tuple[ModuleType | None, str]:
+    if os.environ.get("VMUNETV2_CPU_SCAN", "1") == "0":
+        return None, "disabled by VMUNETV2_CPU_SCAN=0"
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = ["-O3", "-std=c++17"]
+    if capability in ("AVX2", "AVX512"):
+        flags += ["-mavx2", "-mfma"]
+    build_dir = _build_dir(capability)
+    logger.info("loading the cpu selective-scan kernel (built once into %s)", build_dir)
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        module = cpp_extension.load(
+            name="vmunetv2_scan_cpu",
+            sources=[str(_SOURCE)],
+            extra_cflags=flags,
+            build_directory=str(build_dir),
+            verbose=False,
+        )
+    except Exception as err:  # compiler, ninja or linker failure: a reason to fall back, and it is reported
+        return None, f"the C++ kernel could not be built or loaded ({type(err).__name__}: {str(err)[:500]})"
+    simd = "AVX2+FMA" if module.has_avx2() else "portable C++, no AVX2"
+    return module, f"compiled C++ kernel ({simd}, {torch.get_num_threads()} threads)"
+
+
+def cpu_status() -> tuple[bool, str]:
+    """Whether the compiled CPU kernel can run here, and why (or why not). Builds it on first call."""
+    module, reason = _load()
+    return module is not None, reason
+
+
+def cpu_unsupported_reason(u: torch.Tensor, A: torch.Tensor) -> str | None:
+    """Why the kernel cannot take these inputs (float64, CUDA, unsupported N), or None when it can."""
+    if u.device.type != "cpu":
+        return f"tensors on {u.device}"
+    if u.dtype == torch.float64:
+        return "float64 input (the kernel is float32 only)"
+    if A.shape[-1] not in _SUPPORTED_N:
+        return f"d_state {A.shape[-1]} (the kernel supports {_SUPPORTED_N})"
+    return None
+
+
+class _CpuScan(torch.autograd.Function):
+    """``y = scan(u, softplus(delta + bias), A, B, C) + D u`` with the compiled kernel.
+
+    Layout: u, delta, y ``(batch, G, P, L)``; A ``(G, P, N)``; Bm, Cm time-major ``(batch, G, L, N)``;
+    D, bias ``(G, P)`` or empty tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, Bm, Cm, D, bias, softplus: bool, save: bool):  # type: ignore[override]
+        module, _ = _load()
+        y, hsave = module.forward(u, delta, A, Bm, Cm, D, bias, softplus, save)
+        if save:
+            ctx.softplus = softplus
+            ctx.save_for_backward(u, delta, A, Bm, Cm, D, bias, hsave)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        module, _ = _load()
+        u, delta, A, Bm, Cm, D, bias, hsave = ctx.saved_tensors
+        du, ddelta, dA, dBm, dCm, dD, dbias = module.backward(
+            u, delta, A, Bm, Cm, D, bias, ctx.softplus, hsave, dy.contiguous()
+        )
+        return (
+            du,
+            ddelta,
+            dA,
+            dBm,
+            dCm,
+            dD if D.numel() else None,
+            dbias if bias.numel() else None,
+            None,
+            None,
+        )
+
+
+def selective_scan_cpu(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+) -> torch.Tensor:
+    """Selective scan with mamba-ssm's ``selective_scan_fn`` contract on the compiled CPU kernel.
+
+    Shapes: u, delta, z ``(batch, dim, L)``; A ``(dim, N)``; B, C ``(batch, N, L)`` or ``(batch, G, N, L)``;
+    D, delta_bias ``(dim,)``. Returns ``(batch, dim, L)`` in u's dtype. The caller checks
+    :func:`cpu_status` and :func:`cpu_unsupported_reason` first (the dispatcher does).
+    """
+    s = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    batch, dim, length = u.shape
+    g, n = s.groups, A.shape[1]
+    f32 = torch.float32
+
+    def per_channel(v: torch.Tensor | None) -> torch.Tensor:
+        return v.to(f32).reshape(g, dim // g).contiguous() if v is not None else u.new_empty(0, dtype=f32)
+
+    args = (
+        u.to(f32).reshape(batch, g, dim // g, length).contiguous(),
+        delta.to(f32).reshape(batch, g, dim // g, length).contiguous(),
+        A.to(f32).reshape(g, dim // g, n).contiguous(),
+        s.B.to(f32).transpose(-1, -2).contiguous(),
+        s.C.to(f32).transpose(-1, -2).contiguous(),
+        per_channel(D),
+        per_channel(delta_bias),
+    )
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in args)
+    y = _CpuScan.apply(*args, delta_softplus, save).reshape(batch, dim, length)
+    if z is not None:
+        y = y * F.silu(z.to(f32))
+    return y.to(u.dtype)
