@@ -3,6 +3,7 @@ ultrasound files from pydicom-data, and a real Orthanc (Debian packages ``orthan
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pydicom
 import requests
 import torch
 from PIL import Image
@@ -80,7 +82,9 @@ def wrap_vl_endoscopic(rgb: np.ndarray, patient_id: str = "KVASIR1", study_uid: 
     ds.Rows, ds.Columns = rgb.shape[:2]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     ds.PixelData = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
-    return ds
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)  # a real Part 10 file: preamble and complete file meta
+    return pydicom.dcmread(io.BytesIO(buf.getvalue()))
 
 
 @pytest.fixture(scope="session")

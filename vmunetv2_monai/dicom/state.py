@@ -1,0 +1,109 @@
+"""Persistent record of processed source instances (SQLite; every change is one committed transaction)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DONE, FAILED, SKIPPED = "done", "failed", "skipped"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    study_instance_uid TEXT,
+    series_instance_uid TEXT,
+    status TEXT NOT NULL CHECK (status IN ('done', 'failed', 'skipped')),
+    reason TEXT,
+    seg_sop_instance_uid TEXT,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    updated TEXT NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One row of the state database."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    status: str
+    reason: str | None
+    seg_sop_instance_uid: str | None
+    attempts: int
+    updated: str
+
+
+class StateDB:
+    """SQLite file of source SOPInstanceUIDs with status done / failed / skipped."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        self._conn.close()
+
+    def __enter__(self) -> StateDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get(self, sop_instance_uid: str) -> Record | None:
+        """The record of a source instance, or None if never seen."""
+        row = self._conn.execute(
+            "SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        ).fetchone()
+        return Record(*row) if row else None
+
+    def _put(self, status: str, sop: str, study: str, series: str, reason: str | None, seg: str | None) -> None:
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self._conn:  # one transaction: BEGIN ... COMMIT (rolled back on error)
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute(
+                """INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, 1, ?)
+                   ON CONFLICT(sop_instance_uid) DO UPDATE SET status = excluded.status,
+                   reason = excluded.reason, seg_sop_instance_uid = excluded.seg_sop_instance_uid,
+                   attempts = instances.attempts + 1, updated = excluded.updated""",
+                (sop, study, series, status, reason, seg, now),
+            )
+
+    def mark_done(self, sop: str, study: str, series: str, seg_uid: str, note: str | None = None) -> None:
+        """Record that the SEG ``seg_uid`` of ``sop`` is in the PACS."""
+        self._put(DONE, sop, study, series, note, seg_uid)
+
+    def mark_failed(self, sop: str, study: str, series: str, reason: str) -> None:
+        """Record a failure and its reason (retried only on request)."""
+        self._put(FAILED, sop, study, series, reason, None)
+
+    def mark_skipped(self, sop: str, study: str, series: str, reason: str) -> None:
+        """Record an instance that is deliberately not segmented (a SEG, our own output, ...)."""
+        self._put(SKIPPED, sop, study, series, reason, None)
+
+    def records(self, status: str | None = None) -> list[Record]:
+        """All records, or those with one status."""
+        if status is None:
+            rows = self._conn.execute("SELECT * FROM instances ORDER BY updated").fetchall()
+        else:
+            rows = self._conn.execute(
+                "SELECT * FROM instances WHERE status = ? ORDER BY updated", (status,)
+            ).fetchall()
+        return [Record(*r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Number of records per status."""
+        rows = self._conn.execute("SELECT status, COUNT(*) FROM instances GROUP BY status").fetchall()
+        return {DONE: 0, FAILED: 0, SKIPPED: 0, **dict(rows)}
