@@ -1,0 +1,163 @@
+"""The bundle's real configs, run as `python -m monai.bundle run` subprocesses from a folder outside bundle/,
+on the shipped Kvasir sample plus synthetic images, with a tiny network (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "bundle"
+CONFIGS = BUNDLE / "configs"
+SAMPLE = REPO / "tests" / "data" / "kvasir_sample"
+TINY = ["--depths", "[1,1,1,1]", "--dims", "16", "--d_state", "4", "--mid_channels", "8", "--image_size", "[32,32]"]
+
+
+def _cfg(*names: str) -> str:
+    return str([str(CONFIGS / f"{n}.json") for n in names])
+
+
+def _run(args: list[str], cwd: Path, launcher: list[str] | None = None, timeout: int = 400) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = (launcher or [sys.executable]) + ["-m", "monai.bundle", "run", *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def _epoch(ckpt: dict) -> int:
+    """Completed epochs stored in a latest.pt (ignite saves the iteration count and the epoch length)."""
+    return ckpt["trainer"]["iteration"] // ckpt["trainer"]["epoch_length"]
+
+
+def _make_dataset(root: Path) -> Path:
+    """Kvasir sample pairs plus 4 synthetic PNG pairs (bright disc on noise, odd sizes)."""
+    data = root / "data"
+    shutil.copytree(SAMPLE, data)
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(40, 56), (48, 48), (37, 61), (52, 44)]):
+        yy, xx = np.mgrid[:h, :w]
+        disc = (yy - h / 2) ** 2 + (xx - w / 3) ** 2 < (min(h, w) / 4) ** 2
+        img = rng.integers(0, 90, (h, w, 3), dtype=np.uint8)
+        img[disc] = 220
+        Image.fromarray(img).save(data / "images" / f"synthetic{i}.png")
+        Image.fromarray(disc.astype(np.uint8) * 255).save(data / "masks" / f"synthetic{i}.png")
+    return data
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """2 epochs of training with MLflow tracking; returns (work dir, dataset dir, output dir, log)."""
+    work = tmp_path_factory.mktemp("bundle")
+    data = _make_dataset(work)
+    out = work / "out"
+    common = ["--bundle_root", str(BUNDLE), "--dataset_dir", str(data), "--output_dir", str(out),
+              "--num_workers", "0", "--test_fraction", "0.2", *TINY]
+    log = _run(["--config_file", _cfg("common", "train"), *common, "--epochs", "2", "--batch_size", "4",
+                "--progress_bar", "False", "--tracking", "mlflow", "--experiment_name", "vmunetv2_test"], cwd=work)
+    return work, data, out, common, log
+
+
+def test_train_writes_loadable_checkpoints_and_mlflow_run(trained):
+    work, _, out, _, log = trained
+    assert "Epoch[2] Metrics" in log and "val_pooled_dsc" in log
+    best = torch.load(out / "models" / "model.pt", weights_only=True)
+    assert any(k.startswith("encoder.") for k in best)  # raw state dict of the network
+    latest = torch.load(out / "models" / "latest.pt", weights_only=True)
+    assert _epoch(latest) == 2
+    assert set(latest) == {"model", "optimizer", "lr_scheduler", "trainer", "best_saver"}
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("vmunetv2_test")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    metrics = runs[0].data.metrics
+    for key in ("train_loss", "val_mean_dice", "val_mean_iou", "val_hd95", "val_pooled_dsc"):
+        assert key in metrics, sorted(metrics)
+    history = client.get_metric_history(runs[0].info.run_id, "val_mean_dice")
+    assert sorted(m.step for m in history) == [1, 2]
+
+
+def test_resume_continues_epoch_count(trained, tmp_path):
+    work, _, out, common, _ = trained
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out / "models", resumed / "models")
+    log = _run(["--config_file", _cfg("common", "train"), *common, "--output_dir", str(resumed), "--epochs", "3",
+                "--batch_size", "4", "--progress_bar", "False", "--resume", "True"], cwd=work)
+    assert "Epoch: 3/3" in log and "Epoch: 1/3" not in log and "Epoch: 2/3" not in log
+    latest = torch.load(resumed / "models" / "latest.pt", weights_only=True)
+    assert _epoch(latest) == 3
+
+
+def test_evaluate_writes_per_case_csv_and_summary(trained):
+    work, _, out, common, _ = trained
+    _run(["--config_file", _cfg("common", "train", "evaluate"), *common], cwd=work)
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    rows = (out / "eval" / "per_case.csv").read_text().strip().splitlines()
+    assert rows[0] == "name,val_mean_dice,val_mean_iou,val_hd95"
+    assert summary["num_cases"] == len(rows) - 1 == 2  # 20 % of 12 pairs
+    for key in ("val_mean_dice", "val_mean_iou", "val_pooled_dsc", "val_pooled_iou", "val_pooled_accuracy",
+                "val_pooled_sensitivity", "val_pooled_specificity"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    dice = np.mean([float(r.split(",")[1]) for r in rows[1:]])
+    assert abs(dice - summary["val_mean_dice"]) < 1e-5
+
+
+def test_inference_writes_masks_at_input_size_and_overlays(trained):
+    work, data, out, common, _ = trained
+    _run(["--config_file", _cfg("common", "inference"), *common], cwd=work)
+    for src in sorted((data / "images").iterdir()):
+        mask = Image.open(out / "predictions" / f"{src.stem}_mask.png")
+        overlay = Image.open(out / "predictions" / f"{src.stem}_overlay.png")
+        assert mask.size == overlay.size == Image.open(src).size, src.name
+        assert set(np.unique(np.asarray(mask))) <= {0, 255}
+        assert overlay.mode == "RGB"
+
+
+def test_check_properties_and_unknown_value(trained):
+    from monai.bundle import ConfigWorkflow
+
+    _, data, out, _, _ = trained
+    overrides = {"bundle_root": str(BUNDLE), "dataset_dir": str(data), "output_dir": str(out), "test_fraction": 0.2}
+    for wf_type, names in (("train", ("common", "train")), ("infer", ("common", "inference"))):
+        wf = ConfigWorkflow(config_file=[str(CONFIGS / f"{n}.json") for n in names], workflow_type=wf_type,
+                            meta_file=str(CONFIGS / "metadata.json"), logging_file=str(CONFIGS / "logging.conf"),
+                            **overrides)
+        wf.initialize()
+        assert wf.check_properties() in (None, [])
+    wf = ConfigWorkflow(config_file=[str(CONFIGS / "common.json"), str(CONFIGS / "inference.json")],
+                        workflow_type="infer", meta_file=str(CONFIGS / "metadata.json"), spatial_mode="resise",
+                        **overrides)
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+    messages, err = [], info.value
+    while err is not None:
+        messages.append(str(err))
+        err = err.__cause__
+    assert any("unknown value 'resise' for 'spatial_mode'" in m for m in messages), messages
+
+
+def test_multi_process_gloo_training(tmp_path):
+    data = _make_dataset(tmp_path)
+    out = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
+    log = _run(["--config_file", _cfg("common", "train", "multi_gpu_train"), "--bundle_root", str(BUNDLE),
+                "--dataset_dir", str(data), "--output_dir", str(out), "--num_workers", "0", *TINY,
+                "--epochs", "1", "--batch_size", "2", "--progress_bar", "False"], cwd=tmp_path, launcher=launcher)
+    assert "Epoch[1] Metrics" in log
+    latest = torch.load(out / "models" / "latest.pt", weights_only=True)
+    assert _epoch(latest) == 1
+    assert not any(k.startswith("module.") for k in latest["model"])
