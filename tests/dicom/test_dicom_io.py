@@ -184,3 +184,23 @@ def test_write_atomic_leaves_no_partial_file(tmp_path: Path, kvasir_rgb: np.ndar
     assert target.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["out.dcm"]
     assert pydicom.dcmread(target).SOPInstanceUID == ds.SOPInstanceUID and generate_uid()
+
+
+def test_local_files_mode_with_overlay(tmp_path: Path, kvasir_rgb: np.ndarray, tiny_checkpoint: Path,
+                                       network_json: str, predictor: Predictor) -> None:
+    from vmunetv2_monai.dicom.pipeline import main
+
+    good = write_atomic(wrap_vl_endoscopic(kvasir_rgb), tmp_path / "in" / "good.dcm")
+    bad = tmp_path / "in" / "bad.dcm"
+    bad.write_bytes(good.read_bytes()[:-500])
+    out = tmp_path / "out"
+    rc = main(["--files", str(bad), str(good), "--output-dir", str(out), "--overlay", "--checkpoint",
+               str(tiny_checkpoint), "--network-json", network_json, "--log-level", "WARNING"])
+    assert rc == 1  # the truncated file is reported; the good one is still segmented
+    written = {pydicom.dcmread(p).SOPClassUID.name: p for p in out.iterdir()}
+    assert set(written) == {"Segmentation Storage", "Secondary Capture Image Storage"}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    source = pydicom.dcmread(good)
+    seg = hd.seg.segread(written["Segmentation Storage"])
+    np.testing.assert_array_equal(seg_mask_for_source(seg, str(source.SOPInstanceUID)),
+                                  predictor.predict(load_image(source).image))
