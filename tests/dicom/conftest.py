@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 import pydicom
+import pytest
 import requests
 import torch
 from PIL import Image
@@ -98,7 +98,8 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     net = build_network(TINY_NET)
     image = Predictor.scale_rgb_uint8(load_rgb(kvasir_image_paths(1)[0]))
     logits = Predictor(net).logits(image)
-    biases = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and m.bias is not None]
+    convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    biases = [m for m in net.modules() if isinstance(m, convs) and m.bias is not None]
     with torch.no_grad():
         biases[-1].bias -= float(np.median(logits))
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"

@@ -33,7 +33,7 @@ from .dicomweb import DEFAULT_URL, InstanceRef, PacsClient
 from .files import write_atomic
 from .reader import NON_IMAGE_SOP_CLASSES, UnsupportedDicomError, load_image
 from .seg import build_overlay, build_segmentation, read_back, seg_uid_for
-from .state import DONE, FAILED, SKIPPED, StateDB
+from .state import FAILED, StateDB
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,8 @@ class Pipeline:
                 logger.info("stop requested; %d instances left for the next pass", len(refs) - refs.index(ref))
                 break
             record = self.state.get(ref.sop_instance_uid)
-            if record is not None and (record.status in (DONE, SKIPPED) or (record.status == FAILED and not retry_failed)):
+            retry = record is not None and record.status == FAILED and retry_failed
+            if record is not None and not retry:
                 summary.seen_before += 1
                 continue
             ids = (ref.sop_instance_uid, ref.study_instance_uid, ref.series_instance_uid)
