@@ -161,3 +161,11 @@ def test_multi_process_gloo_training(tmp_path):
     latest = torch.load(out / "models" / "latest.pt", weights_only=True)
     assert _epoch(latest) == 1
     assert not any(k.startswith("module.") for k in latest["model"])
+
+
+def test_verify_net_in_out():
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
+                      config_file=[str(CONFIGS / "common.json")], bundle_root=str(BUNDLE), n=2, device="cpu",
+                      depths=[1, 1, 1, 1], dims=16, d_state=4, mid_channels=8)
