@@ -95,8 +95,11 @@ def test_pipeline_end_to_end(orthanc: Orthanc, tmp_path: Path, tiny_checkpoint: 
     state = tmp_path / "state.sqlite"
     args = _pipeline_args(orthanc, state, tiny_checkpoint, network_json)
 
-    assert main(args) == 1  # failures present -> exit 1, but the good ones are done
+    assert main(args + ["--overlay"]) == 1  # failures present -> exit 1, but the good ones are done
     _check_segs(client, good, predictor)
+    overlays = [r for r in client.list_instances() if r.manufacturer == "vmunetv2-monai"
+                and r.sop_class_uid == "1.2.840.10008.5.1.4.1.1.7"]
+    assert len(overlays) == len(good)
     with StateDB(state) as db:
         assert db.counts()[DONE] == len(good)
         failed = {r.sop_instance_uid: r for r in db.records(FAILED)}
@@ -106,8 +109,12 @@ def test_pipeline_end_to_end(orthanc: Orthanc, tmp_path: Path, tiny_checkpoint: 
     assert any("multi-frame" in rec.getMessage() for rec in caplog.records)
 
     n_before = len(client.list_instances())
-    assert main(args) == 0  # nothing new, failures not retried unless asked
+    assert main(args) == 0  # nothing new, failures not retried unless asked; SEGs and overlays skipped
     assert len(client.list_instances()) == n_before
+    with StateDB(state) as db:
+        skipped = {r.sop_instance_uid: r.reason for r in db.records("skipped")}
+    assert {r.sop_instance_uid for r in overlays} <= set(skipped)
+    assert "created by this pipeline" in skipped[overlays[0].sop_instance_uid]
 
     assert main(args + ["--retry-failed"]) == 1  # retried on request, still refused, attempts counted
     with StateDB(state) as db:
