@@ -78,3 +78,4 @@ class PredictionWriter:
             rgb = _to_display(torch.as_tensor(image).detach().cpu().numpy())
             over = Image.fromarray(overlay_contour(rgb, mask.T))
             atomic_write(f"{base}_overlay.png", lambda tmp: over.save(tmp, format="PNG"))
+        logger.debug("wrote predictions for %s to %s", name, self.output_dir)
