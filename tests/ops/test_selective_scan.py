@@ -138,3 +138,13 @@ def test_mamba_backend_matches_torch_backend(batch, dim, length, n, groups, gate
     g_t = torch.autograd.grad(out_t.sum(), leaves)
     for a, b in zip(g_m, g_t):
         assert rel_err(a, b) < 1e-3
+
+
+@pytest.mark.parametrize("groups,gate,softplus", [(None, False, True), (2, True, False)])
+def test_scripted_export_scan_matches_reference(groups, gate, softplus) -> None:
+    from vmunetv2_monai.ops.selective_scan.scripted import selective_scan_scripted
+
+    args = _inputs(2, 8, 33, 4, groups, gate, softplus=softplus)
+    with torch.no_grad():
+        ref = selective_scan_reference(*args, delta_softplus=softplus)
+        assert rel_err(selective_scan_scripted(*args, delta_softplus=softplus), ref) < 1e-5

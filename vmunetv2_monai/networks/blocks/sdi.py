@@ -73,7 +73,8 @@ class SDI(nn.Module):
         ans = torch.ones_like(anchor)
         for x, conv in zip(xs, self.convs):
             if x.shape[-1] > size[-1]:
-                x = F.adaptive_avg_pool2d(x, size)
+                # Levels differ by exact powers of two: plain average pooling (exportable, unlike adaptive pooling).
+                x = F.avg_pool2d(x, kernel_size=x.shape[-1] // size[-1])
             elif x.shape[-1] < size[-1]:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
             ans = ans * conv(x)

@@ -27,6 +27,7 @@ from .blocked import selective_scan_blocked
 from .cpu import cpu_status, cpu_unsupported_reason, selective_scan_cpu
 from .mamba import mamba_scan_fn, mamba_status
 from .reference import selective_scan_reference
+from .scripted import selective_scan_scripted
 
 __all__ = ["SCAN_BACKENDS", "available_backends", "resolve_backend", "selective_scan"]
 
@@ -129,6 +130,10 @@ def selective_scan(
 
     Returns ``(batch, dim, L)`` in u's dtype (computed in float32, or float64 for float64 input).
     """
+    if torch.jit.is_tracing():
+        # Compiled kernels cannot be traced and the blocked loop would freeze L (the image size) into the trace.
+        _log_once("scripted", "tracing for export: TorchScript loop, any sequence length")
+        return selective_scan_scripted(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     name = resolve_backend(backend, u.device)
     if name == "mamba":
         return mamba_scan_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
