@@ -13,4 +13,7 @@ PY="${PYTHON:-python3}"
 MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE \
   "$VENV/bin/pip" install -q --no-build-isolation --no-deps mamba-ssm==2.3.2.post1 causal-conv1d==1.7.0
 "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e .
+# Build the compiled CPU selective scan once (cached in ~/.cache/vmunetv2_monai/ext). Where it cannot build, this
+# prints the reason and the package uses its pure-PyTorch scan; setup does not fail.
+"$VENV/bin/python" -c "from vmunetv2_monai.ops.selective_scan.cpu import cpu_status; print('cpu scan kernel:', cpu_status())"
 "$VENV/bin/python" -c "import vmunetv2_monai, monai; print('vmunetv2_monai', vmunetv2_monai.__version__, 'monai', monai.__version__)"

@@ -8,9 +8,9 @@
 // (batch, G, L, N); D, bias (G, P) or empty. N must be a multiple of 8 (8 lanes of one AVX2 register), <= 32.
 //
 // Work is split into tasks of consecutive channels of one (batch, group); inside a task the time axis is cut
-// into chunks of kChunk steps and every channel of the task runs through a chunk before the next chunk starts,
-// so the chunk's B and C (and, in backward, dB and dC) stay in L1. The state of one channel lives in NV
-// registers. Forward optionally saves the state at every chunk start; backward recomputes a chunk's states
+// into blocks of kBlockChunks * kChunk steps and every channel of the task runs through a block before the next
+// block starts, so the block's B and C (and, in backward, dB and dC) stay in L2 while u, delta and y stream.
+// The state of one channel lives in NV registers. Forward optionally saves the state at every chunk start; backward recomputes a chunk's states
 // from it and runs the adjoint recurrence backwards, so no per-step state of the whole sequence is stored.
 // exp is 2^x by range reduction plus a degree-7 polynomial (relative error near float32 rounding); softplus and
 // its derivative are vectorised over time too.
@@ -20,6 +20,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -33,7 +34,8 @@
 
 namespace {
 
-constexpr int64_t kChunk = 64;  // time steps per chunk (a multiple of 8)
+constexpr int64_t kChunk = 64;       // time steps per chunk (a multiple of 8): the state is saved at chunk starts
+constexpr int64_t kBlockChunks = 8;  // chunks per time block: a block's B and C (and dB, dC) stay in L2
 
 #if VMU_AVX2
 using vec = __m256;
@@ -211,39 +213,42 @@ void forward_task(const Dims& d, int64_t b, int64_t g, int64_t p0, int64_t p1, c
   const float* cg = in.Cm + (b * d.groups + g) * L * N;
   std::vector<float> state((p1 - p0) * N, 0.0f);
   alignas(32) float acc[kChunk * 8], dl[kChunk], sg[kChunk];
-  for (int64_t c = 0; c < d.chunks; ++c) {
-    const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk), len = t1 - t0;
+  for (int64_t c0 = 0; c0 < d.chunks; c0 += kBlockChunks) {
+    const int64_t c1 = std::min(d.chunks, c0 + kBlockChunks);
     for (int64_t p = p0; p < p1; ++p) {
-      const int64_t row = (b * d.groups + g) * d.P + p, ch = g * d.P + p;
-      const float* ur = in.u + row * L + t0;
-      step_sizes(in.delta + row * L + t0, len, in.bias ? in.bias[ch] : 0.0f, in.softplus, dl, sg);
-      float* hs = state.data() + (p - p0) * N;
-      vec h[NV], a2[NV];
-      for (int j = 0; j < NV; ++j) {
-        h[j] = vload(hs + 8 * j);
-        a2[j] = vmul(vload(in.A + ch * N + 8 * j), vset1(1.44269504088896341f));
-      }
-      if (hsave != nullptr) {
-        float* dst = hsave + (row * d.chunks + c) * N;
-        for (int j = 0; j < NV; ++j) vstore(dst + 8 * j, h[j]);
-      }
-      for (int64_t i = 0; i < len; ++i) {
-        const vec dt = vset1(dl[i]), dtu = vset1(dl[i] * ur[i]);
-        const float* bt = bg + (t0 + i) * N;
-        const float* ct = cg + (t0 + i) * N;
-        vec yv = vzero();
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk), len = t1 - t0;
+        const int64_t row = (b * d.groups + g) * d.P + p, ch = g * d.P + p;
+        const float* ur = in.u + row * L + t0;
+        step_sizes(in.delta + row * L + t0, len, in.bias ? in.bias[ch] : 0.0f, in.softplus, dl, sg);
+        float* hs = state.data() + (p - p0) * N;
+        vec h[NV], a2[NV];
         for (int j = 0; j < NV; ++j) {
-          h[j] = vfma(vexp2(vmul(dt, a2[j])), h[j], vmul(dtu, vload(bt + 8 * j)));
-          yv = vfma(h[j], vload(ct + 8 * j), yv);
+          h[j] = vload(hs + 8 * j);
+          a2[j] = vmul(vload(in.A + ch * N + 8 * j), vset1(1.44269504088896341f));
         }
-        vstore(acc + 8 * i, yv);
-      }
-      for (int j = 0; j < NV; ++j) vstore(hs + 8 * j, h[j]);
-      float* yr = y + row * L + t0;
-      reduce_rows(acc, len, yr);
-      if (in.D != nullptr) {
-        const float dp = in.D[ch];
-        for (int64_t i = 0; i < len; ++i) yr[i] += dp * ur[i];
+        if (hsave != nullptr) {
+          float* dst = hsave + (row * d.chunks + c) * N;
+          for (int j = 0; j < NV; ++j) vstore(dst + 8 * j, h[j]);
+        }
+        for (int64_t i = 0; i < len; ++i) {
+          const vec dt = vset1(dl[i]), dtu = vset1(dl[i] * ur[i]);
+          const float* bt = bg + (t0 + i) * N;
+          const float* ct = cg + (t0 + i) * N;
+          vec yv = vzero();
+          for (int j = 0; j < NV; ++j) {
+            h[j] = vfma(vexp2(vmul(dt, a2[j])), h[j], vmul(dtu, vload(bt + 8 * j)));
+            yv = vfma(h[j], vload(ct + 8 * j), yv);
+          }
+          vstore(acc + 8 * i, yv);
+        }
+        for (int j = 0; j < NV; ++j) vstore(hs + 8 * j, h[j]);
+        float* yr = y + row * L + t0;
+        reduce_rows(acc, len, yr);
+        if (in.D != nullptr) {
+          const float dp = in.D[ch];
+          for (int64_t i = 0; i < len; ++i) yr[i] += dp * ur[i];
+        }
       }
     }
   }
@@ -265,87 +270,91 @@ void backward_task(const Dims& d, int64_t b, int64_t g, int64_t s, int64_t p0, i
   float* dbg = out.dBp + ((b * d.groups + g) * per_group + s) * L * N;
   float* dcg = out.dCp + ((b * d.groups + g) * per_group + s) * L * N;
   std::vector<float> carry((p1 - p0) * N, 0.0f);
-  std::vector<float> hloc(kChunk * N), eloc(kChunk * N), dbloc(kChunk * N), dcloc(kChunk * N);
+  std::vector<float> hloc(kChunk * N), eloc(kChunk * N), dbloc(kBlockChunks * kChunk * N), dcloc(dbloc.size());
   alignas(32) float qrows[kChunk * 8], grows[kChunk * 8], qsum[kChunk], gsum[kChunk], dl[kChunk], sg[kChunk];
-  for (int64_t c = d.chunks - 1; c >= 0; --c) {
-    const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk), len = t1 - t0;
+  for (int64_t c1 = d.chunks; c1 > 0; c1 -= kBlockChunks) {
+    const int64_t c0 = std::max<int64_t>(0, c1 - kBlockChunks);
+    const int64_t bt0 = c0 * kChunk, bt1 = std::min(L, c1 * kChunk);
     std::fill(dbloc.begin(), dbloc.end(), 0.0f);
     std::fill(dcloc.begin(), dcloc.end(), 0.0f);
     for (int64_t p = p0; p < p1; ++p) {
-      const int64_t row = (b * d.groups + g) * d.P + p, ch = g * d.P + p;
-      const float* ur = in.u + row * L + t0;
-      const float* gy = dy + row * L + t0;
-      const float* h0 = hsave + (row * d.chunks + c) * N;
-      step_sizes(in.delta + row * L + t0, len, in.bias ? in.bias[ch] : 0.0f, in.softplus, dl, sg);
-      vec a[NV], a2[NV], h[NV];
-      for (int j = 0; j < NV; ++j) {
-        a[j] = vload(in.A + ch * N + 8 * j);
-        a2[j] = vmul(a[j], vset1(1.44269504088896341f));
-        h[j] = vload(h0 + 8 * j);
-      }
-      // Recompute the chunk's decays and states from the saved chunk-start state.
-      for (int64_t i = 0; i < len; ++i) {
-        const vec dt = vset1(dl[i]), dtu = vset1(dl[i] * ur[i]);
-        const float* bt = bg + (t0 + i) * N;
+      for (int64_t c = c1 - 1; c >= c0; --c) {
+        const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk), len = t1 - t0;
+        const int64_t row = (b * d.groups + g) * d.P + p, ch = g * d.P + p;
+        const float* ur = in.u + row * L + t0;
+        const float* gy = dy + row * L + t0;
+        const float* h0 = hsave + (row * d.chunks + c) * N;
+        step_sizes(in.delta + row * L + t0, len, in.bias ? in.bias[ch] : 0.0f, in.softplus, dl, sg);
+        vec a[NV], a2[NV], h[NV];
         for (int j = 0; j < NV; ++j) {
-          const vec e = vexp2(vmul(dt, a2[j]));
-          h[j] = vfma(e, h[j], vmul(dtu, vload(bt + 8 * j)));
-          vstore(eloc.data() + i * N + 8 * j, e);
-          vstore(hloc.data() + i * N + 8 * j, h[j]);
+          a[j] = vload(in.A + ch * N + 8 * j);
+          a2[j] = vmul(a[j], vset1(1.44269504088896341f));
+          h[j] = vload(h0 + 8 * j);
         }
-      }
-      // Adjoint recurrence backwards: gs_t = dy_t C_t + exp(dl_{t+1} A) gs_{t+1}.
-      float* cs = carry.data() + (p - p0) * N;
-      vec gs[NV], dav[NV];
-      for (int j = 0; j < NV; ++j) {
-        gs[j] = vload(cs + 8 * j);
-        dav[j] = vzero();
-      }
-      for (int64_t i = len - 1; i >= 0; --i) {
-        const vec gyt = vset1(gy[i]), dt = vset1(dl[i]), ut = vset1(ur[i]), dtu = vset1(dl[i] * ur[i]);
-        const float* bt = bg + (t0 + i) * N;
-        const float* ct = cg + (t0 + i) * N;
-        const float* hp = i > 0 ? hloc.data() + (i - 1) * N : h0;
-        vec q = vzero(), gb = vzero();
+        // Recompute the chunk's decays and states from the saved chunk-start state.
+        for (int64_t i = 0; i < len; ++i) {
+          const vec dt = vset1(dl[i]), dtu = vset1(dl[i] * ur[i]);
+          const float* bt = bg + (t0 + i) * N;
+          for (int j = 0; j < NV; ++j) {
+            const vec e = vexp2(vmul(dt, a2[j]));
+            h[j] = vfma(e, h[j], vmul(dtu, vload(bt + 8 * j)));
+            vstore(eloc.data() + i * N + 8 * j, e);
+            vstore(hloc.data() + i * N + 8 * j, h[j]);
+          }
+        }
+        // Adjoint recurrence backwards: gs_t = dy_t C_t + exp(dl_{t+1} A) gs_{t+1}.
+        float* cs = carry.data() + (p - p0) * N;
+        vec gs[NV], dav[NV];
         for (int j = 0; j < NV; ++j) {
-          const vec e = vload(eloc.data() + i * N + 8 * j);
-          const vec gj = vfma(gyt, vload(ct + 8 * j), gs[j]);
-          const vec x = vmul(vmul(gj, vload(hp + 8 * j)), e);  // gradient w.r.t. dl_t * A
-          dav[j] = vfma(x, dt, dav[j]);
-          const vec gbj = vmul(gj, vload(bt + 8 * j));
-          gb = vadd(gb, gbj);
-          q = vfma(x, a[j], vfma(ut, gbj, q));
-          float* dbt = dbloc.data() + i * N + 8 * j;
-          vstore(dbt, vfma(gj, dtu, vload(dbt)));
-          float* dct = dcloc.data() + i * N + 8 * j;
-          vstore(dct, vfma(gyt, vload(hloc.data() + i * N + 8 * j), vload(dct)));
-          gs[j] = vmul(gj, e);
+          gs[j] = vload(cs + 8 * j);
+          dav[j] = vzero();
         }
-        vstore(qrows + 8 * i, q);
-        vstore(grows + 8 * i, gb);
+        for (int64_t i = len - 1; i >= 0; --i) {
+          const vec gyt = vset1(gy[i]), dt = vset1(dl[i]), ut = vset1(ur[i]), dtu = vset1(dl[i] * ur[i]);
+          const float* bt = bg + (t0 + i) * N;
+          const float* ct = cg + (t0 + i) * N;
+          const float* hp = i > 0 ? hloc.data() + (i - 1) * N : h0;
+          vec q = vzero(), gb = vzero();
+          for (int j = 0; j < NV; ++j) {
+            const vec e = vload(eloc.data() + i * N + 8 * j);
+            const vec gj = vfma(gyt, vload(ct + 8 * j), gs[j]);
+            const vec x = vmul(vmul(gj, vload(hp + 8 * j)), e);  // gradient w.r.t. dl_t * A
+            dav[j] = vfma(x, dt, dav[j]);
+            const vec gbj = vmul(gj, vload(bt + 8 * j));
+            gb = vadd(gb, gbj);
+            q = vfma(x, a[j], vfma(ut, gbj, q));
+            float* dbt = dbloc.data() + (t0 - bt0 + i) * N + 8 * j;
+            vstore(dbt, vfma(gj, dtu, vload(dbt)));
+            float* dct = dcloc.data() + (t0 - bt0 + i) * N + 8 * j;
+            vstore(dct, vfma(gyt, vload(hloc.data() + i * N + 8 * j), vload(dct)));
+            gs[j] = vmul(gj, e);
+          }
+          vstore(qrows + 8 * i, q);
+          vstore(grows + 8 * i, gb);
+        }
+        float* dar = out.dA + row * N;
+        for (int j = 0; j < NV; ++j) {
+          vstore(cs + 8 * j, gs[j]);
+          vstore(dar + 8 * j, vadd(vload(dar + 8 * j), dav[j]));
+        }
+        reduce_rows(qrows, len, qsum);
+        reduce_rows(grows, len, gsum);
+        const float dp = in.D != nullptr ? in.D[ch] : 0.0f;
+        float dd = 0.0f, db = 0.0f;
+        float* dur = out.du + row * L + t0;
+        float* ddr = out.ddelta + row * L + t0;
+        for (int64_t i = 0; i < len; ++i) {
+          dur[i] = dl[i] * gsum[i] + dp * gy[i];
+          ddr[i] = qsum[i] * sg[i];
+          db += ddr[i];
+          dd += gy[i] * ur[i];
+        }
+        out.dD[row] += dd;
+        out.dbias[row] += db;
       }
-      float* dar = out.dA + row * N;
-      for (int j = 0; j < NV; ++j) {
-        vstore(cs + 8 * j, gs[j]);
-        vstore(dar + 8 * j, vadd(vload(dar + 8 * j), dav[j]));
-      }
-      reduce_rows(qrows, len, qsum);
-      reduce_rows(grows, len, gsum);
-      const float dp = in.D != nullptr ? in.D[ch] : 0.0f;
-      float dd = 0.0f, db = 0.0f;
-      float* dur = out.du + row * L + t0;
-      float* ddr = out.ddelta + row * L + t0;
-      for (int64_t i = 0; i < len; ++i) {
-        dur[i] = dl[i] * gsum[i] + dp * gy[i];
-        ddr[i] = qsum[i] * sg[i];
-        db += ddr[i];
-        dd += gy[i] * ur[i];
-      }
-      out.dD[row] += dd;
-      out.dbias[row] += db;
     }
-    std::copy(dbloc.begin(), dbloc.begin() + len * N, dbg + t0 * N);
-    std::copy(dcloc.begin(), dcloc.begin() + len * N, dcg + t0 * N);
+    std::copy(dbloc.begin(), dbloc.begin() + (bt1 - bt0) * N, dbg + bt0 * N);
+    std::copy(dcloc.begin(), dcloc.begin() + (bt1 - bt0) * N, dcg + bt0 * N);
   }
 }
 
@@ -446,8 +455,43 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& u, const at::Tensor& del
 
 bool has_avx2() { return VMU_AVX2 != 0; }
 
+// The machine's ceiling for this kernel: state updates per second of the forward step's arithmetic (exp2 of
+// dl * A, the state FMA, the C readout) on register-resident data, all threads, 4 independent channels each.
+double probe_updates_per_second(int64_t steps) {
+  constexpr int kCh = 4;
+  const int64_t threads = at::get_num_threads();
+  std::vector<float> sink(threads * 8);
+  const auto start = std::chrono::steady_clock::now();
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t th = begin; th < end; ++th) {
+      // every channel and half has its own A, so that no exp is shared (the compiler would merge equal ones)
+      vec h[kCh][2], a2[kCh][2], y[kCh], dt = vset1(0.01f);
+      const vec bu = vset1(0.001f), cv = vset1(0.5f), step = vset1(1e-7f);
+      for (int c = 0; c < kCh; ++c) {
+        h[c][0] = h[c][1] = vset1(0.1f * c);
+        a2[c][0] = vset1(-1.4f - 0.1f * c);
+        a2[c][1] = vset1(-2.9f - 0.1f * c);
+        y[c] = vzero();
+      }
+      for (int64_t s = 0; s < steps; ++s) {
+        dt = vadd(dt, step);
+        for (int c = 0; c < kCh; ++c) {
+          h[c][0] = vfma(vexp2(vmul(dt, a2[c][0])), h[c][0], bu);
+          h[c][1] = vfma(vexp2(vmul(dt, a2[c][1])), h[c][1], bu);
+          y[c] = vadd(y[c], vfma(h[c][0], cv, vmul(h[c][1], cv)));
+        }
+      }
+      for (int c = 1; c < kCh; ++c) y[0] = vadd(y[0], y[c]);
+      vstore(sink.data() + th * 8, y[0]);
+    }
+  });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return static_cast<double>(threads * steps * kCh * 16) / seconds;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &scan_forward, "selective scan forward (CPU, float32)");
   m.def("backward", &scan_backward, "selective scan backward (CPU, float32)");
   m.def("has_avx2", &has_avx2, "whether this build uses AVX2+FMA intrinsics");
+  m.def("probe_updates_per_second", &probe_updates_per_second, "peak state updates/s of the step arithmetic");
 }
