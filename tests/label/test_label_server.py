@@ -145,7 +145,7 @@ def server(workspace: Path, bundle: BundleFiles, studies: Path):
     # what the `monailabel` CLI script runs, with this interpreter rather than the first `python` on PATH
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app_dir), "--studies", str(studies)]
     cmd += ["--conf", "bundle", str(bundle.root)]
-    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--uvicorn_app", "vmunetv2_monai.label.server:app", "--host", "127.0.0.1", "--port", str(port)]
     log_path = workspace / "server.log"
     env = dict(os.environ, MONAI_LABEL_DATASTORE_AUTO_RELOAD="true", PYTHONUNBUFFERED="1")
     with open(log_path, "wb") as log:
@@ -274,6 +274,13 @@ def test_infer_matches_monai_bundle_run(server: str, workspace: Path, bundle: Bu
             {"params": {"image": QUERY}, "data": {"params": json.dumps({"result_dtype": "complex128"})}},
             400,
             "result_dtype",
+        ),
+        (
+            "post",
+            f"/infer/{MODEL}",
+            {"params": {"image": QUERY}, "data": {"params": "{not json"}},
+            400,
+            "malformed JSON",
         ),
         (
             "post",
