@@ -11,5 +11,6 @@ PY="${PYTHON:-python3}"
 # --no-deps: everything monailabel needs at run time is in requirements-label.txt, except sam2 (not used here).
 "$LABEL_VENV/bin/pip" install -q --no-deps monailabel==0.8.5
 "$LABEL_VENV/bin/pip" install -q --no-deps --no-build-isolation -e .
-"$LABEL_VENV/bin/python" -c "import monailabel, monai, numpy, torch, vmunetv2_monai, vmunetv2_monai.label.app; \
-print('monailabel', monailabel.__version__, 'monai', monai.__version__, 'torch', torch.__version__, 'numpy', numpy.__version__)"
+"$LABEL_VENV/bin/python" -c "import monailabel, monai, numpy, torch, vmunetv2_monai.label.app, vmunetv2_monai.label.server; \
+print('monailabel', monailabel.__version__, 'monai', monai.__version__, 'torch', torch.__version__, \
+'numpy', numpy.__version__)"
