@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 
 import pytest
 import torch
@@ -94,9 +93,11 @@ def test_backward_keeps_no_per_step_state() -> None:
     assert sum(saved.values()) < batch * dim * length * n / 2
 
 
-def test_auto_uses_torch_on_cpu(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="vmunetv2_monai.ops.selective_scan"):
-        assert resolve_backend("auto", torch.device("cpu")) == "torch"
+def test_auto_on_cpu_never_picks_mamba_and_says_why() -> None:
+    """On CPU tensors auto picks the compiled ``cpu`` kernel when it works, else ``torch``; never ``mamba``."""
+    cpu_ok, cpu_reason = available_backends()["cpu"]
+    assert cpu_reason
+    assert resolve_backend("auto", torch.device("cpu")) == ("cpu" if cpu_ok else "torch")
 
 
 def test_unknown_backend_is_rejected() -> None:
