@@ -39,7 +39,7 @@ _logged: set[tuple[str, str]] = set()
 
 
 def available_backends() -> dict[str, tuple[bool, str]]:
-    """Map each concrete backend name to ``(usable_here, reason)``."""
+    """Map each concrete backend name to ``(usable_here, reason)``; builds the ``cpu`` kernel on first call."""
     return {
         "mamba": mamba_status(),
         "cpu": cpu_status(),

@@ -43,6 +43,7 @@ def _build_dir(capability: str) -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _load() -> tuple[ModuleType | None, str]:
+    """Build (first time) and import the kernel; ``(module, reason)`` or ``(None, why not)``."""
     if os.environ.get("VMUNETV2_CPU_SCAN", "1") == "0":
         return None, "disabled by VMUNETV2_CPU_SCAN=0"
     capability = torch.backends.cpu.get_cpu_capability()
