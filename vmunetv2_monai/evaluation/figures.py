@@ -20,7 +20,9 @@ from .folders import read_mask  # noqa: E402
 __all__ = ["pick_cases", "plot_learning_curves", "plot_overlay_grid"]
 
 
-def plot_learning_curves(curves: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]], path: str | os.PathLike) -> Path:
+def plot_learning_curves(
+    curves: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]], path: str | os.PathLike
+) -> Path:
     """One panel per series name (e.g. ``train_loss``, ``val_mean_dice``), one line per model.
 
     ``curves[model][series]`` is a list of ``(step, value)`` pairs.
@@ -50,7 +52,8 @@ def pick_cases(rows: Sequence[Mapping[str, float | str]], metric: str = "dice") 
     if not rows:
         raise ValueError("no cases to pick from")
     ranked = sorted(rows, key=lambda r: (-float(r[metric]), str(r["name"])))
-    return {"best": str(ranked[0]["name"]), "median": str(ranked[len(ranked) // 2]["name"]), "worst": str(ranked[-1]["name"])}
+    names = [str(r["name"]) for r in ranked]
+    return {"best": names[0], "median": names[len(names) // 2], "worst": names[-1]}
 
 
 def plot_overlay_grid(

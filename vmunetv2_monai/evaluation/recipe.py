@@ -81,7 +81,10 @@ def train_with_budget(
 
 
 def predict_resized(
-    bundle_dir: str | os.PathLike, overrides: Mapping[str, Any], items: Sequence[Mapping[str, str]], out_dir: str | os.PathLike
+    bundle_dir: str | os.PathLike,
+    overrides: Mapping[str, Any],
+    items: Sequence[Mapping[str, str]],
+    out_dir: str | os.PathLike,
 ) -> None:
     """Write ``<out_dir>/<name>_mask.png`` (0/255, original size) for each item with the checkpoint at ``ckpt_path``."""
     wf = _workflow(bundle_dir, ("common", "inference"), "infer", {**overrides, "keys": ["image"]})

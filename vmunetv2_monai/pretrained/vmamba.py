@@ -111,7 +111,8 @@ def load_pretrained_encoder(model: nn.Module, path: str | os.PathLike, min_loade
         )
     model.load_state_dict(mapped, strict=False)
     logger.info("pretrained encoder from %s: %s", path, report.summary())
-    for name, keys in (("missing", report.missing), ("unexpected", report.unexpected), ("mismatched", report.mismatched)):
+    lists = {"missing": report.missing, "unexpected": report.unexpected, "mismatched": report.mismatched}
+    for name, keys in lists.items():
         if keys:
             logger.info("%s keys (%d): %s", name, len(keys), ", ".join(keys[:10]) + (" ..." if len(keys) > 10 else ""))
     return report

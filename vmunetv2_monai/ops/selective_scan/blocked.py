@@ -12,9 +12,8 @@ Works on any device and dtype (float32 compute for half types).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .shapes import check_scan_inputs
+from .shapes import check_scan_inputs, compute_dtype, skip_and_gate, step_sizes
 
 __all__ = ["selective_scan_blocked"]
 
@@ -121,15 +120,11 @@ def selective_scan_blocked(
     D, delta_bias ``(dim,)``. Returns ``(batch, dim, L)`` in u's dtype. ``block`` overrides the steps per block.
     """
     s = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
-    ctype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    ctype = compute_dtype(u)
     batch, dim, length = u.shape
     g, n = s.groups, A.shape[1]
     uf = u.to(ctype)
-    dl = delta.to(ctype)
-    if delta_bias is not None:
-        dl = dl + delta_bias.to(ctype)[None, :, None]
-    if delta_softplus:
-        dl = F.softplus(dl)
+    dl = step_sizes(delta, delta_bias, delta_softplus, ctype)
     step = block if block is not None else _block_size(batch * dim, n)
     if step < 1:
         raise ValueError(f"block must be >= 1, got {step}.")
@@ -141,8 +136,4 @@ def selective_scan_blocked(
         s.C.to(ctype),
         step,
     ).reshape(batch, dim, length)
-    if D is not None:
-        y = y + uf * D.to(ctype)[None, :, None]
-    if z is not None:
-        y = y * F.silu(z.to(ctype))
-    return y.to(u.dtype)
+    return skip_and_gate(y, u, D, z)

@@ -13,9 +13,8 @@ It is a Python loop over L that keeps autograd's graph of every step: correct an
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .shapes import ScanInputs, check_scan_inputs
+from .shapes import ScanInputs, check_scan_inputs, compute_dtype, skip_and_gate, step_sizes
 
 __all__ = ["selective_scan_reference"]
 
@@ -38,14 +37,11 @@ def selective_scan_reference(
     Computes in float32 (float64 stays float64) and returns ``(batch, dim, L)`` in u's dtype.
     """
     s: ScanInputs = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
-    ctype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    ctype = compute_dtype(u)
     batch, dim, length = u.shape
     g, n = s.groups, A.shape[1]
-    uf, df = u.to(ctype), delta.to(ctype)
-    if delta_bias is not None:
-        df = df + delta_bias.to(ctype)[None, :, None]
-    if delta_softplus:
-        df = F.softplus(df)
+    uf = u.to(ctype)
+    df = step_sizes(delta, delta_bias, delta_softplus, ctype)
     # Grouped B/C: channel block k of size dim // g uses group k.
     Bf = s.B.to(ctype).repeat_interleave(dim // g, dim=1)  # (batch, dim, N, L)
     Cf = s.C.to(ctype).repeat_interleave(dim // g, dim=1)
@@ -57,9 +53,4 @@ def selective_scan_reference(
         dt = dt.unsqueeze(-1)  # (batch, dim, 1)
         h = torch.exp(dt * Af) * h + dt * bt * ut.unsqueeze(-1)
         ys.append((h * ct).sum(-1))
-    y = torch.stack(ys, dim=-1)
-    if D is not None:
-        y = y + uf * D.to(ctype)[None, :, None]
-    if z is not None:
-        y = y * F.silu(z.to(ctype))
-    return y.to(u.dtype)
+    return skip_and_gate(torch.stack(ys, dim=-1), u, D, z)

@@ -12,9 +12,8 @@ import functools
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
-from .shapes import check_scan_inputs
+from .shapes import check_scan_inputs, skip_and_gate, step_sizes
 
 __all__ = ["selective_scan_scripted"]
 
@@ -54,11 +53,8 @@ def selective_scan_scripted(
     s = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     batch, dim, _ = u.shape
     g = s.groups
-    uf, dl = u.float(), delta.float()
-    if delta_bias is not None:
-        dl = dl + delta_bias.float()[None, :, None]
-    if delta_softplus:
-        dl = F.softplus(dl)
+    uf = u.float()
+    dl = step_sizes(delta, delta_bias, delta_softplus, torch.float32)
     y = _scripted_loop()(
         uf.reshape(batch, g, dim // g, -1),
         dl.reshape(batch, g, dim // g, -1),
@@ -66,8 +62,4 @@ def selective_scan_scripted(
         s.B.float(),
         s.C.float(),
     ).reshape(batch, dim, -1)
-    if D is not None:
-        y = y + uf * D.float()[None, :, None]
-    if z is not None:
-        y = y * F.silu(z.float())
-    return y.to(u.dtype)
+    return skip_and_gate(y, u, D, z)

@@ -1,12 +1,13 @@
-"""Argument checking shared by every selective-scan backend."""
+"""Argument checking and the elementwise pre/post steps shared by the selective-scan backends."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["ScanInputs", "check_scan_inputs"]
+__all__ = ["ScanInputs", "check_scan_inputs", "compute_dtype", "skip_and_gate", "step_sizes"]
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,34 @@ def check_scan_inputs(
     Cg = _grouped("C", C, batch, n, length)
     groups = Bg.shape[1]
     if Cg.shape[1] != groups or dim % groups != 0:
-        raise ValueError(f"B and C need the same group count G dividing dim={dim}, got {Bg.shape[1]} and {Cg.shape[1]}.")
+        raise ValueError(
+            f"B and C need the same group count G dividing dim={dim}, got {Bg.shape[1]} and {Cg.shape[1]}."
+        )
     for name, v in (("D", D), ("delta_bias", delta_bias)):
         if v is not None and tuple(v.shape) != (dim,):
             raise ValueError(f"{name} must have shape (dim={dim},), got {tuple(v.shape)}.")
     return ScanInputs(B=Bg, C=Cg, groups=groups)
+
+
+def compute_dtype(u: torch.Tensor) -> torch.dtype:
+    """float64 stays float64; every other dtype is computed in float32."""
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def step_sizes(
+    delta: torch.Tensor, delta_bias: torch.Tensor | None, softplus: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    """The scan's step size ``softplus(delta + delta_bias)`` (or without softplus), ``(batch, dim, L)``."""
+    dl = delta.to(dtype)
+    if delta_bias is not None:
+        dl = dl + delta_bias.to(dtype)[None, :, None]
+    return F.softplus(dl) if softplus else dl
+
+
+def skip_and_gate(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor:
+    """``(y + D u) * silu(z)`` with the optional terms left out; returns u's dtype."""
+    if D is not None:
+        y = y + u.to(y.dtype) * D.to(y.dtype)[None, :, None]
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y.to(u.dtype)
