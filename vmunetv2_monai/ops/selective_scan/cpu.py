@@ -22,10 +22,9 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-import torch.nn.functional as F
 from torch.utils import cpp_extension
 
-from .shapes import check_scan_inputs
+from .shapes import check_scan_inputs, skip_and_gate
 
 __all__ = ["cpu_status", "cpu_unsupported_reason", "selective_scan_cpu"]
 
@@ -156,6 +155,4 @@ def selective_scan_cpu(
     )
     save = torch.is_grad_enabled() and any(t.requires_grad for t in args)
     y = _CpuScan.apply(*args, delta_softplus, save).reshape(batch, dim, length)
-    if z is not None:
-        y = y * F.silu(z.to(f32))
-    return y.to(u.dtype)
+    return skip_and_gate(y, u, None, z)  # D is applied inside the kernel
