@@ -26,6 +26,7 @@ from monai.transforms import Compose
 from PIL import Image
 
 from ..handlers.atomic import atomic_write
+from ..inference import load_state_dict
 from .figures import pick_cases, plot_learning_curves, plot_overlay_grid
 from .folders import score_predictions, write_metrics_csv
 from .report import format_report
@@ -92,8 +93,7 @@ def predict_resized(
     net = parser.get_parsed_content("network")
     device = parser.get_parsed_content("device")
     ckpt_path = parser.get_parsed_content("ckpt_path")
-    state = torch.load(ckpt_path, map_location=device, weights_only=True)
-    net.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    net.load_state_dict(load_state_dict(ckpt_path))
     net.eval()
     load = Compose(parser.get_parsed_content("load_transforms"))
     size = tuple(parser.get_parsed_content("image_size"))
