@@ -169,3 +169,22 @@ def test_verify_net_in_out():
     verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
                       config_file=[str(CONFIGS / "common.json")], bundle_root=str(BUNDLE), n=2, device="cpu",
                       depths=[1, 1, 1, 1], dims=16, d_state=4, mid_channels=8)
+
+
+def test_inference_reads_tiff_and_nifti(trained, tmp_path):
+    """TIFF (PIL) and 2D grey NIfTI (nibabel) inputs: a PNG mask for the TIFF, a NIfTI mask for the NIfTI, at size."""
+    import nibabel as nib
+
+    work, _, out, common, _ = trained
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (45, 67, 3), dtype=np.uint8)).save(inputs / "slide.tif")
+    grey = rng.integers(0, 255, (53, 41)).astype(np.float32)  # a 2D grey NIfTI, repeated to 3 channels
+    nib.save(nib.Nifti1Image(grey, np.eye(4)), str(inputs / "scan.nii.gz"))
+    pred_dir = tmp_path / "preds"
+    args = [a if a != str(common[common.index("--dataset_dir") + 1]) else str(inputs) for a in common]
+    _run(["--config_file", _cfg("common", "inference"), *args, "--pred_dir", str(pred_dir)], cwd=work)
+    assert Image.open(pred_dir / "slide_mask.png").size == (67, 45)
+    mask = nib.load(str(pred_dir / "scan_mask.nii.gz")).get_fdata()
+    assert mask.shape[:2] == (53, 41) and set(np.unique(mask)) <= {0.0, 1.0}
