@@ -188,3 +188,13 @@ def test_inference_reads_tiff_and_nifti(trained, tmp_path):
     assert Image.open(pred_dir / "slide_mask.png").size == (67, 45)
     mask = nib.load(str(pred_dir / "scan_mask.nii.gz")).get_fdata()
     assert mask.shape[:2] == (53, 41) and set(np.unique(mask)) <= {0.0, 1.0}
+
+
+def test_patch_sampling_training(trained, tmp_path):
+    """spatial_mode patch: random crops of image_size at native resolution train and save a checkpoint."""
+    work, data, _, common, _ = trained
+    args = [a if a != str(common[common.index("--output_dir") + 1]) else str(tmp_path / "out") for a in common]
+    _run(["--config_file", _cfg("common", "train"), *args, "--spatial_mode", "patch", "--epochs", "1",
+          "--batch_size", "2", "--progress_bar", "False"], cwd=work)
+    state = torch.load(tmp_path / "out" / "models" / "model.pt", weights_only=True)
+    assert any(k.startswith("encoder.") for k in (state.get("model", state)))
