@@ -315,3 +315,12 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> bool:
     if value not in choices:
         raise ValueError(f"unknown value {value!r} for '{name}': choose one of {', '.join(map(repr, choices))}")
     return True
+
+
+def check_range(name: str, value: object, low: float, high: float | None = None) -> bool:
+    """Raise a ``ValueError`` naming the config id when ``value`` is not a number in ``[low, high]``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low
+    if not ok or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"bad value {value!r} for '{name}': expected a number {bound}")
+    return True
