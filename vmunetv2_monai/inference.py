@@ -1,7 +1,8 @@
 """Small stand-alone predictor: VM-UNetV2 + checkpoint -> binary mask, the same way the bundle infers.
 
 Preprocessing and post-processing mirror the bundle's inference config: the RGB uint8 image scaled to
-[0, 1] (divided by 255), MONAI ``SlidingWindowInferer`` (roi 256x256, gaussian blending), sigmoid,
+[0, 1] (divided by 255), MONAI ``SlidingWindowInferer`` (roi 256x256, gaussian blending) or, with
+``inference_mode="resize"``, :class:`~vmunetv2_monai.inferers.ResizeInferer` at ``image_size``, sigmoid,
 threshold 0.5. Arrays here are ``(C, H, W)`` / ``(H, W)`` in row-major (Rows, Columns) order, like pydicom's
 ``pixel_array``; nothing is transposed.
 """
@@ -16,8 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import SlidingWindowInferer
+from monai.inferers import Inferer, SlidingWindowInferer
 
+from .inferers import ResizeInferer
 from .networks import VMUNetV2
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ DEFAULT_NETWORK_KWARGS: dict[str, Any] = {
 class InferenceSettings:
     """Inferer and post-processing settings (defaults match the bundle's inference config)."""
 
+    inference_mode: str = "sliding_window"
+    image_size: tuple[int, int] = (256, 256)
     roi_size: tuple[int, int] = (256, 256)
     sw_batch_size: int = 1
     overlap: float = 0.25
@@ -78,12 +82,18 @@ class Predictor:
         self.settings = settings or InferenceSettings()
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
-        self.inferer = SlidingWindowInferer(
-            roi_size=self.settings.roi_size,
-            sw_batch_size=self.settings.sw_batch_size,
-            overlap=self.settings.overlap,
-            mode=self.settings.mode,
-        )
+        if self.settings.inference_mode == "resize":
+            self.inferer: Inferer = ResizeInferer(self.settings.image_size)
+        elif self.settings.inference_mode == "sliding_window":
+            self.inferer = SlidingWindowInferer(
+                roi_size=self.settings.roi_size,
+                sw_batch_size=self.settings.sw_batch_size,
+                overlap=self.settings.overlap,
+                mode=self.settings.mode,
+            )
+        else:
+            raise ValueError(f"unknown inference_mode {self.settings.inference_mode!r}: "
+                             "choose 'sliding_window' or 'resize'")
 
     @classmethod
     def from_checkpoint(
@@ -100,8 +110,16 @@ class Predictor:
         return cls(net, settings=settings, device=device)
 
     @classmethod
-    def from_bundle(cls, bundle_dir: str | Path, checkpoint: str | Path | None = None, **kwargs: Any) -> Predictor:
-        """The bundle's ``network_def`` (``configs/common.json`` merged with ``configs/inference.json``).
+    def from_bundle(
+        cls,
+        bundle_dir: str | Path,
+        checkpoint: str | Path | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Predictor:
+        """The bundle's ``network_def`` (``configs/common.json`` merged with ``configs/inference.json``) and,
+        unless ``settings`` is given, its ``inference_mode``, ``image_size``, ``roi_size``, ``sw_overlap`` and
+        ``threshold``. ``overrides`` (config id -> value) are applied first, e.g. the overrides a recipe recorded.
 
         ``checkpoint`` defaults to ``models/model.pt`` inside the bundle.
         """
@@ -113,7 +131,16 @@ class Predictor:
             raise FileNotFoundError(f"no configs/common.json or configs/inference.json in {bundle_dir}")
         parser = ConfigParser()
         parser.read_config(files)
+        parser.update(dict(overrides or {}))
         net = parser.get_parsed_content("network_def", instantiate=True)
+        if kwargs.get("settings") is None:
+            kwargs["settings"] = InferenceSettings(
+                inference_mode=parser.get_parsed_content("inference_mode"),
+                image_size=tuple(parser.get_parsed_content("image_size")),
+                roi_size=tuple(parser.get_parsed_content("roi_size")),
+                overlap=float(parser.get_parsed_content("sw_overlap")),
+                threshold=float(parser.get_parsed_content("threshold")),
+            )
         ckpt = Path(checkpoint) if checkpoint else Path(bundle_dir) / "models" / "model.pt"
         net.load_state_dict(load_state_dict(ckpt), strict=True)
         logger.info("bundle %s: network_def from %s, checkpoint %s", bundle_dir, files, ckpt)

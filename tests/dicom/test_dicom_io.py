@@ -204,3 +204,21 @@ def test_local_files_mode_with_overlay(tmp_path: Path, kvasir_rgb: np.ndarray, t
     seg = hd.seg.segread(written["Segmentation Storage"])
     np.testing.assert_array_equal(seg_mask_for_source(seg, str(source.SOPInstanceUID)),
                                   predictor.predict(load_image(source).image))
+
+
+def test_cli_bundle_overrides_set_network_and_inference_mode(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """--bundle-overrides (a recipe's overrides.json) reaches the predictor; a bad file is named."""
+    from vmunetv2_monai.dicom.pipeline import _predictor, build_parser
+    from vmunetv2_monai.inferers import ResizeInferer
+
+    from .conftest import TINY_NET
+
+    overrides = tmp_path / "overrides.json"
+    net = {k: v for k, v in TINY_NET.items() if k not in ("spatial_dims", "in_channels", "out_channels")}
+    overrides.write_text(json.dumps({**net, "inference_mode": "resize", "image_size": [64, 64]}))
+    base = ["--bundle-dir", str(REPO / "bundle"), "--checkpoint", str(tiny_checkpoint)]
+    pred = _predictor(build_parser().parse_args([*base, "--bundle-overrides", str(overrides)]))
+    assert isinstance(pred.inferer, ResizeInferer) and pred.inferer.spatial_size == (64, 64)
+    overrides.write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="overrides.json: expected a JSON object"):
+        _predictor(build_parser().parse_args([*base, "--bundle-overrides", str(overrides)]))

@@ -182,9 +182,22 @@ def segment_files(
     return summary
 
 
+def _read_overrides(path: str | None) -> dict:
+    if not path:
+        return {}
+    try:
+        overrides = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"--bundle-overrides {path}: cannot read a JSON object ({exc})") from exc
+    if not isinstance(overrides, dict):
+        raise SystemExit(f"--bundle-overrides {path}: expected a JSON object of config ids, got {type(overrides).__name__}")
+    return overrides
+
+
 def _predictor(args: argparse.Namespace) -> Predictor:
     if args.bundle_dir and not args.network_json:
-        return Predictor.from_bundle(args.bundle_dir, args.checkpoint, device=args.device)
+        return Predictor.from_bundle(args.bundle_dir, args.checkpoint, _read_overrides(args.bundle_overrides),
+                                     device=args.device)
     if not args.checkpoint:
         raise SystemExit("--checkpoint is required (or --bundle-dir with models/model.pt)")
     kwargs = json.loads(args.network_json) if args.network_json else None
@@ -201,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="state dict (.pt), loaded with weights_only=True")
     p.add_argument("--bundle-dir", help="bundle directory: network_def from configs/inference.json, name/version/"
                    "label from configs/metadata.json, checkpoint default models/model.pt")
+    p.add_argument("--bundle-overrides", help="JSON file of bundle config overrides applied with --bundle-dir, e.g. "
+                   "the overrides.json a results recipe wrote (network size, inference_mode, image_size)")
     p.add_argument("--network-json", help="VMUNetV2 keyword arguments as JSON (overrides the bundle's network_def)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")

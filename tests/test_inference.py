@@ -1,0 +1,50 @@
+"""Predictor.from_bundle follows the bundle's inference settings and the overrides a recipe recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from vmunetv2_monai import VMUNetV2
+from vmunetv2_monai.inferers import ResizeInferer
+from vmunetv2_monai.inference import InferenceSettings, Predictor
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+TINY = {"depths": [1, 1, 1, 1], "dims": 16, "d_state": 4, "mid_channels": 8}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    net = VMUNetV2(2, 3, 1, **TINY)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_default_is_the_bundles_sliding_window(checkpoint: Path) -> None:
+    pred = Predictor.from_bundle(BUNDLE, checkpoint, overrides=TINY)
+    assert isinstance(pred.inferer, SlidingWindowInferer)
+    assert tuple(pred.inferer.roi_size) == (256, 256) and pred.settings.threshold == 0.5
+
+
+def test_resize_mode_from_overrides(checkpoint: Path) -> None:
+    overrides = {**TINY, "inference_mode": "resize", "image_size": [64, 48]}
+    pred = Predictor.from_bundle(BUNDLE, checkpoint, overrides=overrides)
+    assert isinstance(pred.inferer, ResizeInferer) and pred.inferer.spatial_size == (64, 48)
+    image = np.random.default_rng(0).random((3, 70, 90), dtype=np.float32)
+    logits = pred.logits(image)
+    assert logits.shape == (1, 70, 90)
+    with torch.no_grad():
+        expected = ResizeInferer((64, 48))(torch.from_numpy(image)[None], pred.network)[0].numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+    assert pred.predict(image).shape == (70, 90)
+
+
+def test_unknown_mode_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown inference_mode 'tiles'"):
+        Predictor(torch.nn.Identity(), InferenceSettings(inference_mode="tiles"))
