@@ -198,3 +198,68 @@ def test_patch_sampling_training(trained, tmp_path):
           "--batch_size", "2", "--progress_bar", "False"], cwd=work)
     state = torch.load(tmp_path / "out" / "models" / "model.pt", weights_only=True)
     assert any(k.startswith("encoder.") for k in (state.get("model", state)))
+
+
+@pytest.mark.parametrize(("key", "value"), [("cache_rate", 1.5), ("early_stop_patience", -1)])
+def test_bad_training_option_is_named(trained, key, value):
+    from monai.bundle import ConfigWorkflow
+
+    _, data, out, _, _ = trained
+    wf = ConfigWorkflow(config_file=[str(CONFIGS / "common.json"), str(CONFIGS / "train.json")],
+                        workflow_type="train", meta_file=str(CONFIGS / "metadata.json"), bundle_root=str(BUNDLE),
+                        dataset_dir=str(data), output_dir=str(out), test_fraction=0.2, **{key: value})
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+    messages, err = [], info.value
+    while err is not None:
+        messages.append(str(err))
+        err = err.__cause__
+    assert any(f"bad value {value!r} for '{key}'" in m for m in messages), messages
+
+
+def test_early_stopping_with_cached_data(trained, tmp_path):
+    """early_stop_patience 1 with an unreachable min_delta stops after the second validation (of 6 epochs);
+    cache_rate 1 trains from the in-memory cache."""
+    work, _, _, common, _ = trained
+    args = [a if a != str(common[common.index("--output_dir") + 1]) else str(tmp_path / "out") for a in common]
+    log = _run(["--config_file", _cfg("common", "train"), *args, "--epochs", "6", "--batch_size", "4",
+                "--cache_rate", "1.0", "--early_stop_patience", "1", "--early_stop_min_delta", "2.0",
+                "--progress_bar", "False"], cwd=work)
+    assert "Loading dataset" in log  # CacheDataset's progress line: the images were cached
+    assert _epoch(torch.load(tmp_path / "out" / "models" / "latest.pt", weights_only=True)) == 2
+
+
+def test_kvasir_full_recipe_config(tmp_path):
+    """kvasir_full.json merged over common + train: the test set is exactly the ids in the dataset's
+    pranet_kvasir_test_names.txt, validation is carved from the rest, and the paper's setting is in place."""
+    from monai.bundle import ConfigParser
+
+    data = tmp_path / "kvasir"
+    shutil.copytree(SAMPLE, data)
+    names = sorted(p.stem for p in (data / "images").iterdir())
+    (data / "pranet_kvasir_test_names.txt").write_text("\n".join(names[:3]) + "\n")
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / f"{n}.json") for n in ("common", "train", "kvasir_full")])
+    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(data)})
+    splits = parser.get_parsed_content("datalists")
+    assert sorted(it["name"] for it in splits["test"]) == names[:3]
+    assert not {it["name"] for it in splits["training"] + splits["validation"]} & set(names[:3])
+    assert len(splits["validation"]) >= 1
+    assert parser.get_parsed_content("depths") == [2, 2, 9, 2]
+    assert parser.get_parsed_content("image_size") == [256, 256]
+    assert parser.get_parsed_content("epochs") == 300 and parser.get_parsed_content("lr_t_max") == 300
+    assert parser.get_parsed_content("early_stop_patience") == 30
+
+
+def test_inference_mode_resize_and_unknown_mode(trained, tmp_path):
+    """inference_mode resize: masks at the input size from the whole image resized to image_size; an unknown
+    mode stops with its name."""
+    work, data, out, common, _ = trained
+    args = [a if a != str(common[common.index("--output_dir") + 1]) else str(out) for a in common]
+    _run(["--config_file", _cfg("common", "inference"), *args, "--inference_mode", "resize",
+          "--pred_dir", str(tmp_path / "pred")], cwd=work)
+    src = sorted((data / "images").iterdir())[0]
+    mask = np.asarray(Image.open(tmp_path / "pred" / f"{src.stem}_mask.png"))
+    assert mask.shape[:2] == np.asarray(Image.open(src)).shape[:2] and set(np.unique(mask)) <= {0, 255}
+    with pytest.raises(AssertionError, match="unknown value 'tiles' for 'inference_mode'"):
+        _run(["--config_file", _cfg("common", "inference"), *args, "--inference_mode", "tiles"], cwd=work)

@@ -1,10 +1,9 @@
 """Results recipe: split, train each model with the bundle under one wall-clock budget, predict the test images
 at their original resolution, score them and write the report folder.
 
-Prediction here resizes each whole image to the training ``image_size`` (the bundle's own load transforms),
-runs the network, and upsamples the logits bilinearly to the original size before the 0.5 threshold, i.e. the
-same field of view the model was trained on. (The bundle's ``inference.json`` uses a sliding window at native
-resolution instead, which suits models trained on native-resolution patches.)
+Prediction runs the bundle's ``inference.json`` with the recipe's overrides, which set ``inference_mode resize``:
+each whole image is resized to the training ``image_size``, and the logits are upsampled bilinearly to the
+original size before the 0.5 threshold, i.e. the model sees the field of view it was trained on.
 """
 
 from __future__ import annotations
@@ -16,23 +15,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 from ignite.engine import Events
 from ignite.handlers import TimeLimit
 from monai.bundle import ConfigWorkflow
-from monai.transforms import Compose
-from PIL import Image
 
-from ..handlers.atomic import atomic_write
-from ..inference import load_state_dict
+from ..handlers.budget import FitEpochsToBudget
 from .figures import pick_cases, plot_learning_curves, plot_overlay_grid
 from .folders import score_predictions, write_metrics_csv
 from .report import format_report
 from .stats import bootstrap_summary
 
-__all__ = ["evaluate_models", "predict_resized", "read_tensorboard_curves", "train_with_budget"]
+__all__ = ["evaluate_models", "predict_with_bundle", "read_tensorboard_curves", "train_with_budget"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +48,9 @@ def _workflow(bundle_dir: str | os.PathLike, names: Sequence[str], kind: str, ov
 def train_with_budget(
     bundle_dir: str | os.PathLike, overrides: Mapping[str, Any], time_limit_s: float | None
 ) -> dict[str, float]:
-    """Run the bundle's training with ``overrides``; stop after ``time_limit_s`` seconds of training if given.
+    """Run the bundle's training with ``overrides``. With ``time_limit_s``, the epoch count and the cosine
+    schedule are fitted to the budget after two epochs (:class:`FitEpochsToBudget`) and ignite's ``TimeLimit``
+    stops the run at the budget in any case. Data caching (``cache_rate``) happens before the clock starts.
 
     Returns ``{"epochs", "train_wall_s", "best_val_mean_dice", "best_epoch"}``.
     """
@@ -63,6 +58,7 @@ def train_with_budget(
     wf.initialize()
     trainer = wf.parser.get_parsed_content("train#trainer")
     if time_limit_s is not None:
+        FitEpochsToBudget(time_limit_s, wf.parser.get_parsed_content("lr_scheduler")).attach(trainer)
         trainer.add_event_handler(Events.ITERATION_COMPLETED, TimeLimit(max(1, int(time_limit_s))))
     start = time.perf_counter()
     wf.run()
@@ -81,32 +77,21 @@ def train_with_budget(
     }
 
 
-def predict_resized(
+def predict_with_bundle(
     bundle_dir: str | os.PathLike,
     overrides: Mapping[str, Any],
     items: Sequence[Mapping[str, str]],
     out_dir: str | os.PathLike,
 ) -> None:
-    """Write ``<out_dir>/<name>_mask.png`` (0/255, original size) for each item with the checkpoint at ``ckpt_path``."""
-    wf = _workflow(bundle_dir, ("common", "inference"), "infer", {**overrides, "keys": ["image"]})
-    parser = wf.parser
-    net = parser.get_parsed_content("network")
-    device = parser.get_parsed_content("device")
-    ckpt_path = parser.get_parsed_content("ckpt_path")
-    net.load_state_dict(load_state_dict(ckpt_path))
-    net.eval()
-    load = Compose(parser.get_parsed_content("load_transforms"))
-    size = tuple(parser.get_parsed_content("image_size"))
-    threshold = float(parser.get_parsed_content("threshold"))
-    for item in items:
-        image = load({"image": item["image"]})["image"]  # (C, X, Y): MONAI's PIL reader puts width first
-        x = torch.as_tensor(image).unsqueeze(0).to(device)
-        with torch.no_grad():
-            logits = net(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        mask = (torch.sigmoid(logits)[0, 0] > threshold).cpu().numpy().T  # back to (H, W)
-        img = Image.fromarray(np.ascontiguousarray(mask).astype(np.uint8) * 255)
-        atomic_write(Path(out_dir) / f"{item['name']}_mask.png", lambda tmp: img.save(tmp, format="PNG"))
+    """Run the bundle's ``inference.json`` on ``items`` (dicts with ``image`` and ``name``) with the checkpoint
+    at ``ckpt_path`` and ``overrides`` (batch size 1: the images differ in size): writes
+    ``<out_dir>/<name>_mask.png`` (0/255, original size)."""
+    data = [{"image": it["image"], "name": it["name"]} for it in items]
+    wf = _workflow(bundle_dir, ("common", "inference"), "infer",
+                   {**overrides, "datalist": data, "pred_dir": str(out_dir), "overlay": False, "batch_size": 1})
+    wf.initialize()
+    wf.run()
+    wf.finalize()
 
 
 def read_tensorboard_curves(log_dir: str | os.PathLike, epoch_length: int) -> dict[str, list[tuple[float, float]]]:
