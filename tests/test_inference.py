@@ -26,10 +26,14 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def test_default_is_the_bundles_sliding_window(checkpoint: Path) -> None:
+def test_default_follows_the_bundles_spatial_mode(checkpoint: Path) -> None:
+    """spatial_mode resize (default) -> whole-image resize inference; patch -> sliding window."""
     pred = Predictor.from_bundle(BUNDLE, checkpoint, overrides=TINY)
-    assert isinstance(pred.inferer, SlidingWindowInferer)
-    assert tuple(pred.inferer.roi_size) == (256, 256) and pred.settings.threshold == 0.5
+    assert isinstance(pred.inferer, ResizeInferer) and pred.inferer.spatial_size == (256, 256)
+    assert pred.settings.threshold == 0.5
+    assert isinstance(Predictor(pred.network).inferer, ResizeInferer)  # stand-alone default = bundle default
+    pred = Predictor.from_bundle(BUNDLE, checkpoint, overrides={**TINY, "spatial_mode": "patch"})
+    assert isinstance(pred.inferer, SlidingWindowInferer) and tuple(pred.inferer.roi_size) == (256, 256)
 
 
 def test_resize_mode_from_overrides(checkpoint: Path) -> None:

@@ -5,4 +5,4 @@ from .ops.selective_scan import available_backends, selective_scan
 from .pretrained.vmamba import load_pretrained_encoder
 
 __all__ = ["VMUNetV2", "available_backends", "load_pretrained_encoder", "selective_scan"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

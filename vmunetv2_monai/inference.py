@@ -1,9 +1,9 @@
 """Small stand-alone predictor: VM-UNetV2 + checkpoint -> binary mask, the same way the bundle infers.
 
 Preprocessing and post-processing mirror the bundle's inference config: the RGB uint8 image scaled to
-[0, 1] (divided by 255), MONAI ``SlidingWindowInferer`` (roi 256x256, gaussian blending) or, with
-``inference_mode="resize"``, :class:`~vmunetv2_monai.inferers.ResizeInferer` at ``image_size``, sigmoid,
-threshold 0.5. Arrays here are ``(C, H, W)`` / ``(H, W)`` in row-major (Rows, Columns) order, like pydicom's
+[0, 1] (divided by 255), :class:`~vmunetv2_monai.inferers.ResizeInferer` at ``image_size`` 256x256 (the bundle's
+default ``spatial_mode resize``) or, with ``inference_mode="sliding_window"``, MONAI ``SlidingWindowInferer``
+(roi 256x256, gaussian blending), sigmoid, threshold 0.5. Arrays here are ``(C, H, W)`` / ``(H, W)`` in row-major (Rows, Columns) order, like pydicom's
 ``pixel_array``; nothing is transposed.
 """
 
@@ -40,7 +40,7 @@ DEFAULT_NETWORK_KWARGS: dict[str, Any] = {
 class InferenceSettings:
     """Inferer and post-processing settings (defaults match the bundle's inference config)."""
 
-    inference_mode: str = "sliding_window"
+    inference_mode: str = "resize"
     image_size: tuple[int, int] = (256, 256)
     roi_size: tuple[int, int] = (256, 256)
     sw_batch_size: int = 1

@@ -40,7 +40,7 @@ class NoWeightsError(RuntimeError):
 
 
 class VMUNetV2InferTask(BasicInferTask):
-    """Segmentation with the bundle's network, preprocessing, sliding-window inferer and postprocessing.
+    """Segmentation with the bundle's network, preprocessing, inferer (per inference_mode) and postprocessing.
 
     The bundle's ``common.json`` + ``inference.json`` (+ ``monailabel_overrides.json``) are merged. MONAI Label's
     additions: the image loader keeps the image metadata, the prediction is restored to the image grid and squeezed
@@ -150,7 +150,7 @@ class VMUNetV2InferTask(BasicInferTask):
         return result
 
     def inferer(self, data: dict[str, Any] | None = None) -> Inferer:
-        """The bundle's inferer (a sliding window over the native image size)."""
+        """The bundle's inferer (whole image resized to image_size, or a sliding window; per inference_mode)."""
         inferer = self._parsed("inferer", data)
         return inferer if inferer is not None else SimpleInferer()
 
