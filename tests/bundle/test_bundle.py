@@ -35,6 +35,17 @@ def _run(args: list[str], cwd: Path, launcher: list[str] | None = None, timeout:
     return out
 
 
+def _initialize_errors(wf) -> list[str]:
+    """The messages of the exception chain raised by ``wf.initialize()`` (MONAI wraps config errors)."""
+    with pytest.raises(Exception) as info:
+        wf.initialize()
+    messages, err = [], info.value
+    while err is not None:
+        messages.append(str(err))
+        err = err.__cause__
+    return messages
+
+
 def _epoch(ckpt: dict) -> int:
     """Completed epochs stored in a latest.pt (ignite saves the iteration count and the epoch length)."""
     return ckpt["trainer"]["iteration"] // ckpt["trainer"]["epoch_length"]
@@ -141,12 +152,7 @@ def test_check_properties_and_unknown_value(trained):
     wf = ConfigWorkflow(config_file=[str(CONFIGS / "common.json"), str(CONFIGS / "inference.json")],
                         workflow_type="infer", meta_file=str(CONFIGS / "metadata.json"), spatial_mode="resise",
                         **overrides)
-    with pytest.raises(Exception) as info:
-        wf.initialize()
-    messages, err = [], info.value
-    while err is not None:
-        messages.append(str(err))
-        err = err.__cause__
+    messages = _initialize_errors(wf)
     assert any("unknown value 'resise' for 'spatial_mode'" in m for m in messages), messages
 
 
@@ -208,12 +214,7 @@ def test_bad_training_option_is_named(trained, key, value):
     wf = ConfigWorkflow(config_file=[str(CONFIGS / "common.json"), str(CONFIGS / "train.json")],
                         workflow_type="train", meta_file=str(CONFIGS / "metadata.json"), bundle_root=str(BUNDLE),
                         dataset_dir=str(data), output_dir=str(out), test_fraction=0.2, **{key: value})
-    with pytest.raises(Exception) as info:
-        wf.initialize()
-    messages, err = [], info.value
-    while err is not None:
-        messages.append(str(err))
-        err = err.__cause__
+    messages = _initialize_errors(wf)
     assert any(f"bad value {value!r} for '{key}'" in m for m in messages), messages
 
 
