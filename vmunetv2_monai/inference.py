@@ -3,8 +3,8 @@
 Preprocessing and post-processing mirror the bundle's inference config: the RGB uint8 image scaled to
 [0, 1] (divided by 255), :class:`~vmunetv2_monai.inferers.ResizeInferer` at ``image_size`` 256x256 (the bundle's
 default ``spatial_mode resize``) or, with ``inference_mode="sliding_window"``, MONAI ``SlidingWindowInferer``
-(roi 256x256, gaussian blending), sigmoid, threshold 0.5. Arrays here are ``(C, H, W)`` / ``(H, W)`` in row-major (Rows, Columns) order, like pydicom's
-``pixel_array``; nothing is transposed.
+(roi 256x256, gaussian blending), sigmoid, threshold 0.5. Arrays here are ``(C, H, W)`` / ``(H, W)`` in
+row-major (Rows, Columns) order, like pydicom's ``pixel_array``; nothing is transposed.
 """
 
 from __future__ import annotations
