@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from vmunetv2_monai.data.datalist import build_datalist
+from vmunetv2_monai.data.datalist import build_datalist, load_splits
 from vmunetv2_monai.evaluation.recipe import (
     evaluate_models,
     predict_with_bundle,
@@ -50,14 +50,14 @@ RECIPES = {
     "cpu": {
         "vmunetv2": {"depths": [2, 2, 2, 2], "keep_unused_stage": False, "drop_path_rate": 0.1},
         "common": {"image_size": [128, 128], "batch_size": 8, "epochs": 100, "num_workers": 0, "cache_rate": 1.0,
-                   "inference_mode": "resize", "budget_min": 90.0},
+                   "budget_min": 90.0},
     },
     "full": {"vmunetv2": {}, "common": {**FULL, "budget_min": None}},  # bundle/configs/kvasir_full.json
 }
 BASIC_UNET = {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 1}
 
 
-def run_model(name: str, overrides: dict, budget_min: float | None, test_items: list, threads: int) -> dict:
+def run_model(overrides: dict, budget_min: float | None, test_items: list, jobs: int, threads: int) -> dict:
     """Train one model, predict the test images, and write ``<output_dir>/run.json``; returns the run info."""
     if threads > 0:
         torch.set_num_threads(threads)
@@ -67,7 +67,7 @@ def run_model(name: str, overrides: dict, budget_min: float | None, test_items: 
     info = train_with_budget(BUNDLE, overrides, None if budget_min is None else budget_min * 60)
     predict_with_bundle(BUNDLE, overrides, test_items, out / "test_predictions")
     info = {**info, "image_size": overrides["image_size"], "batch_size": overrides["batch_size"],
-            "budget_min": budget_min, "torch_threads": torch.get_num_threads()}
+            "budget_min": budget_min, "jobs": jobs, "torch_threads": torch.get_num_threads()}
     (out / "run.json").write_text(json.dumps(info, indent=2))
     return info
 
@@ -99,9 +99,14 @@ def main() -> None:
     if args.epochs:
         common["epochs"] = args.epochs
     out = Path(args.out).resolve()
-    test_names = args.test_names or os.path.join(args.data_dir, "pranet_kvasir_test_names.txt")
-    datalist = build_datalist(args.data_dir, val_fraction=args.val_fraction, seed=args.seed, test_names_file=test_names)
-    split_file = out / "split.json" if args.report_only else write_split(datalist, out / "split.json")
+    split_file = out / "split.json"
+    if args.report_only:
+        datalist = load_splits(datalist_file=split_file)  # the finished run's split, whatever the arguments say
+    else:
+        test_names = args.test_names or os.path.join(args.data_dir, "pranet_kvasir_test_names.txt")
+        datalist = build_datalist(args.data_dir, val_fraction=args.val_fraction, seed=args.seed,
+                                  test_names_file=test_names)
+        write_split(datalist, split_file)
 
     models = {
         "vmunetv2": {**recipe["vmunetv2"], **({"pretrained_path": args.pretrained} if args.pretrained else {})},
@@ -112,17 +117,17 @@ def main() -> None:
         if name not in models:
             raise SystemExit(f"unknown model {name!r}: choose from {', '.join(models)}")
     if not args.report_only:
-        jobs = {
-            name: {
+        overrides = [
+            {
                 "bundle_root": str(BUNDLE), "output_dir": str(out / name), "datalist_file": str(split_file),
                 "seed": args.seed, "lr_t_max": common["epochs"], "progress_bar": False, **common, **models[name],
                 **json.loads(args.extra),
             }
             for name in names
-        }
+        ]
         threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else 0
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(run_model, n, o, budget_min, datalist["test"], threads) for n, o in jobs.items()]
+            futures = [pool.submit(run_model, o, budget_min, datalist["test"], args.jobs, threads) for o in overrides]
             for f in futures:
                 f.result()
     runs, curves, pred_dirs = {}, {}, {}
@@ -131,7 +136,7 @@ def main() -> None:
         if not run_file.is_file():
             raise SystemExit(f"{run_file} is missing: the {name} run did not finish")
         runs[name] = {**json.loads(run_file.read_text()), "train/val/test": f"{len(datalist['training'])}/"
-                      f"{len(datalist['validation'])}/{len(datalist['test'])}", "jobs": args.jobs}
+                      f"{len(datalist['validation'])}/{len(datalist['test'])}"}
         epoch_length = len(datalist["training"]) // runs[name]["batch_size"]
         curves[name] = read_tensorboard_curves(out / name / "tensorboard", epoch_length)
         pred_dirs[name] = out / name / "test_predictions"

@@ -35,7 +35,7 @@ def test_recipe_runs_end_to_end(tmp_path: Path) -> None:
     assert (out / "report" / "overlays.png").is_file() and (out / "report" / "learning_curves.png").is_file()
     for model in ("vmunetv2", "basicunet"):
         run = json.loads((out / model / "run.json").read_text())
-        assert run["epochs"] == 2 and run["torch_threads"] >= 1 and run["budget_min"] == 5
+        assert run["epochs"] == 2 and run["torch_threads"] >= 1 and run["budget_min"] == 5 and run["jobs"] == 2
 
     (out / "report" / "report.md").unlink()
     proc = subprocess.run(cmd + ["--report-only"], cwd=tmp_path, capture_output=True, text=True, timeout=600)

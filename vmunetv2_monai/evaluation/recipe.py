@@ -1,9 +1,10 @@
 """Results recipe: split, train each model with the bundle under one wall-clock budget, predict the test images
 at their original resolution, score them and write the report folder.
 
-Prediction runs the bundle's ``inference.json`` with the recipe's overrides, which set ``inference_mode resize``:
-each whole image is resized to the training ``image_size``, and the logits are upsampled bilinearly to the
-original size before the 0.5 threshold, i.e. the model sees the field of view it was trained on.
+Prediction runs the bundle's ``inference.json`` with the recipe's overrides (``spatial_mode resize``, hence
+``inference_mode resize``): each whole image is resized to the training ``image_size``, and the logits are
+upsampled bilinearly to the original size before the 0.5 threshold, i.e. the model sees the field of view it was
+trained on.
 """
 
 from __future__ import annotations
