@@ -36,6 +36,7 @@ from vmunetv2_monai.evaluation.recipe import (
     train_with_budget,
 )
 from vmunetv2_monai.evaluation.split import write_split
+from vmunetv2_monai.handlers.atomic import atomic_write
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 
@@ -57,18 +58,21 @@ RECIPES = {
 BASIC_UNET = {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 1}
 
 
+def _write_json(path: Path, obj: object) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2)))
+
+
 def run_model(overrides: dict, budget_min: float | None, test_items: list, jobs: int, threads: int) -> dict:
     """Train one model, predict the test images, and write ``<output_dir>/run.json``; returns the run info."""
     if threads > 0:
         torch.set_num_threads(threads)
     out = Path(overrides["output_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "overrides.json").write_text(json.dumps(overrides, indent=2))
+    _write_json(out / "overrides.json", overrides)
     info = train_with_budget(BUNDLE, overrides, None if budget_min is None else budget_min * 60)
     predict_with_bundle(BUNDLE, overrides, test_items, out / "test_predictions")
     info = {**info, "image_size": overrides["image_size"], "batch_size": overrides["batch_size"],
             "budget_min": budget_min, "jobs": jobs, "torch_threads": torch.get_num_threads()}
-    (out / "run.json").write_text(json.dumps(info, indent=2))
+    _write_json(out / "run.json", info)  # last: its presence marks a finished run
     return info
 
 
