@@ -2,7 +2,7 @@
 
 The kernel (``csrc/scan_cpu.cpp``) is built with ``torch.utils.cpp_extension.load`` the first time it is needed
 (``scripts/setup.sh`` triggers that once) and cached in ``$VMUNETV2_EXT_DIR`` (default
-``~/.cache/vmunetv2_monai/ext``), one build per torch version and CPU capability. Where it cannot be built or
+``~/.cache/vmunetv2_monai/ext``), one build per torch version, CPU capability and checkout. Where it cannot be built or
 loaded (no compiler, no ninja, ``VMUNETV2_CPU_SCAN=0``), :func:`cpu_status` reports why and the dispatcher uses
 the pure-PyTorch ``torch`` backend instead.
 
@@ -16,6 +16,7 @@ rest chunk by chunk, so its extra memory is about one copy of u.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -34,10 +35,13 @@ _SOURCE = Path(__file__).with_name("csrc") / "scan_cpu.cpp"
 _SUPPORTED_N = (8, 16, 24, 32)
 
 
-def _build_dir(capability: str) -> Path:
+def _build_dir(capability: str, source: Path = _SOURCE) -> Path:
+    """One build folder per torch version, CPU capability and source file location: torch's build records the
+    source path, so two checkouts sharing a folder would rebuild each other's kernel at every start."""
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vmunetv2_monai" / "ext"
     root = Path(os.environ.get("VMUNETV2_EXT_DIR", default))
-    return root / f"torch-{torch.__version__}-{capability}"
+    where = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:12]
+    return root / f"torch-{torch.__version__}-{capability}-{where}"
 
 
 @functools.lru_cache(maxsize=1)
