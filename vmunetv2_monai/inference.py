@@ -57,9 +57,49 @@ def build_network(network_kwargs: Mapping[str, Any] | None = None) -> VMUNetV2:
     return VMUNetV2(**kwargs)
 
 
+def find_non_finite(obj: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a (nested) checkpoint that hold NaN or Inf."""
+    if isinstance(obj, torch.Tensor):
+        bad = obj.is_floating_point() and not bool(torch.isfinite(obj).all())
+        return [prefix or "<tensor>"] if bad else []
+    if isinstance(obj, Mapping):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return []
+    return [name for key, value in items for name in find_non_finite(value, f"{prefix}.{key}" if prefix else str(key))]
+
+
+def read_checkpoint(
+    path: str | Path, map_location: str | torch.device | None = "cpu", check_finite: bool = True
+) -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file and say what is wrong with it.
+
+    Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for an empty or unreadable file (not a
+    PyTorch checkpoint, or one holding pickled objects) and, with ``check_finite``, for tensors holding NaN or Inf.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): an interrupted copy or download?")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch.load raises many types for foreign files (IndexError, EOFError, ...)
+        raise ValueError(f"cannot read checkpoint {path}: not a PyTorch weights file ({type(err).__name__}: "
+                         f"{str(err)[:300]})") from err
+    bad = find_non_finite(obj) if check_finite else []
+    if bad:
+        shown = ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise ValueError(f"checkpoint {path}: {len(bad)} tensor(s) hold NaN or Inf ({shown}); it comes from a "
+                         "diverged training run and cannot be used")
+    return obj
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a checkpoint with ``weights_only=True``; accepts a raw state dict or ``{"state_dict"|"model": ...}``."""
-    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    """Load a checkpoint with :func:`read_checkpoint`; accepts a raw state dict or ``{"state_dict"|"model": ...}``."""
+    obj = read_checkpoint(path)
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             if key in obj and isinstance(obj[key], Mapping):

@@ -1,10 +1,9 @@
-"""Data lists and transforms for the VM-UNetV2 bundle."""
+"""Data lists, transforms and config checks for the VM-UNetV2 bundle."""
 
+from .checks import check_batch_size, check_choice, check_cli, check_range
 from .datalist import (
     DataListError,
     build_datalist,
-    check_choice,
-    check_range,
     find_pairs,
     list_images,
     load_splits,
@@ -12,14 +11,19 @@ from .datalist import (
     require_items,
     save_datalist,
 )
-from .transforms import BinarizeMaskd, EnsureChannelsd
+from .inputs import InputImages
+from .transforms import BinarizeMaskd, EnsureChannelsd, LoadImaged
 
 __all__ = [
     "BinarizeMaskd",
     "DataListError",
     "EnsureChannelsd",
+    "InputImages",
+    "LoadImaged",
     "build_datalist",
+    "check_batch_size",
     "check_choice",
+    "check_cli",
     "check_range",
     "find_pairs",
     "list_images",

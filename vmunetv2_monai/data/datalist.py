@@ -20,11 +20,12 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..handlers.atomic import atomic_write
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "DataListError",
     "build_datalist",
-    "check_choice",
     "find_pairs",
     "image_size",
     "list_images",
@@ -60,20 +61,29 @@ def _by_stem(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise DataListError(f"folder not found: {folder}")
     files: dict[str, Path] = {}
+    skipped = []
     for path in sorted(folder.iterdir()):
+        if path.is_symlink() and not path.exists():
+            raise DataListError(f"broken link {path} -> {os.readlink(path)}: remove it or fix its target")
         if not _is_image(path):
+            if not path.name.startswith(".") and not path.is_dir():
+                skipped.append(path.name)
             continue
         stem = _stem(path)
         if stem in files:
             raise DataListError(f"two files with the name '{stem}' in {folder}: {files[stem].name} and {path.name}")
         files[stem] = path
+    if skipped:
+        logger.warning("%s: %d file(s) without an image suffix skipped: %s", folder, len(skipped),
+                       ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
     if not files:
         raise DataListError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return files
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, ...]:
-    """Spatial size of an image file read from its header; raises :class:`DataListError` naming an unreadable file."""
+    """Spatial size of an image file; PNG/JPEG/BMP are decoded in full. Raises :class:`DataListError` naming a file
+    that cannot be read (missing, truncated, corrupt)."""
     path = Path(path)
     name = path.name.lower()
     try:
@@ -92,7 +102,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, ...]:
         from PIL import Image
 
         with Image.open(path) as img:
-            img.verify()
+            img.load()  # decodes every byte: truncated or corrupt files fail here, not in epoch 1
             return tuple(int(s) for s in img.size)
     except Exception as err:
         raise DataListError(f"cannot read image file {path}: {type(err).__name__}: {err}") from err
@@ -256,12 +266,8 @@ def build_datalist(
 
 
 def save_datalist(datalist: dict[str, list[dict]], path: str | os.PathLike) -> None:
-    """Write a data list as JSON atomically (temp file then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(datalist, indent=2))
-    os.replace(tmp, path)
+    """Write a data list as JSON atomically (:func:`~vmunetv2_monai.handlers.atomic.atomic_write`)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(datalist, indent=2)))
 
 
 def load_splits(
@@ -280,7 +286,15 @@ def load_splits(
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise DataListError(f"data list file {path} is not valid JSON: {err}") from err
-    out = {split: list(data.get(split, [])) for split in SPLITS}
+    if not isinstance(data, dict):
+        raise DataListError(f"data list file {path} holds a JSON {type(data).__name__}; expected an object "
+                            f"with the lists {', '.join(SPLITS)} (as scripts/make_datalist.py writes)")
+    out = {}
+    for split in SPLITS:
+        items = data.get(split, [])
+        if not isinstance(items, list) or not all(isinstance(it, dict) for it in items):
+            raise DataListError(f"data list file {path}: '{split}' must be a list of objects with image and label")
+        out[split] = list(items)
     for split, items in out.items():
         for item in items:
             for key in ("image", "label"):
@@ -308,19 +322,3 @@ def require_items(items: Sequence[dict], split: str) -> list[dict]:
             "val_fraction > 0 for validation, or choose another split"
         )
     return list(items)
-
-
-def check_choice(name: str, value: object, choices: Sequence[object]) -> bool:
-    """Raise a ``ValueError`` naming the config id and its allowed values when ``value`` is not one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"unknown value {value!r} for '{name}': choose one of {', '.join(map(repr, choices))}")
-    return True
-
-
-def check_range(name: str, value: object, low: float, high: float | None = None) -> bool:
-    """Raise a ``ValueError`` naming the config id when ``value`` is not a number in ``[low, high]``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low
-    if not ok or (high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"bad value {value!r} for '{name}': expected a number {bound}")
-    return True

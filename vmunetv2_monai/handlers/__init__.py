@@ -1,10 +1,19 @@
-"""Ignite handlers for the VM-UNetV2 bundle: atomic checkpoints, evaluation reports, prediction writer,
-wall-clock budget."""
+"""Ignite handlers for the VM-UNetV2 bundle: atomic checkpoints and checked loading, a stop on a non-finite loss,
+evaluation reports, prediction writer, wall-clock budget."""
 
 from .atomic import atomic_write
 from .budget import FitEpochsToBudget
-from .checkpoint import AtomicCheckpointSaver
+from .checkpoint import AtomicCheckpointSaver, CheckpointLoader, StopOnNonFiniteLoss
 from .predictions import PredictionWriter, overlay_contour
 from .reports import CaseReportWriter
 
-__all__ = ["AtomicCheckpointSaver", "CaseReportWriter", "FitEpochsToBudget", "PredictionWriter", "atomic_write", "overlay_contour"]
+__all__ = [
+    "AtomicCheckpointSaver",
+    "CaseReportWriter",
+    "CheckpointLoader",
+    "FitEpochsToBudget",
+    "PredictionWriter",
+    "StopOnNonFiniteLoss",
+    "atomic_write",
+    "overlay_contour",
+]

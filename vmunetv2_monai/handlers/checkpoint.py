@@ -1,27 +1,55 @@
-"""Atomic checkpoint saving for ignite engines (MONAI's CheckpointSaver writes in place, with ``atomic=False``)."""
+"""Checkpoint handlers for ignite engines: atomic saving that never overwrites an earlier run's model and never
+saves NaN weights, loading with named errors, and a stop on a non-finite training loss."""
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
 from monai.utils import is_scalar
+from torch.optim.lr_scheduler import LRScheduler
 
+from ..inference import find_non_finite, read_checkpoint
 from .atomic import atomic_write
 
-__all__ = ["AtomicCheckpointSaver"]
+__all__ = ["AtomicCheckpointSaver", "CheckpointLoader", "StopOnNonFiniteLoss", "keep_previous"]
 
 logger = logging.getLogger(__name__)
+
+#: Scheduler state entries that record progress; every other entry (T_max, eta_min, ...) is a setting.
+_SCHEDULE_PROGRESS = frozenset(
+    {"last_epoch", "_step_count", "_last_lr", "base_lrs", "_get_lr_called_within_step", "_is_initial", "verbose"}
+)
 
 
 def _unwrap(obj: Any) -> Any:
     if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
         return obj.module
     return obj
+
+
+def keep_previous(path: str | os.PathLike) -> Path | None:
+    """Rename an existing ``path`` to a free ``<stem>.prev-<its mtime>[-k]<suffix>`` beside it; returns the new
+    path, or None when there was nothing to keep."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+    target, k = path.with_name(f"{path.stem}.prev-{stamp}{path.suffix}"), 0
+    while target.exists():
+        k += 1
+        target = path.with_name(f"{path.stem}.prev-{stamp}-{k}{path.suffix}")
+    os.rename(path, target)
+    logger.warning("%s is from an earlier run: kept as %s (a new run never overwrites it; --resume True continues "
+                   "that run instead)", path, target)
+    return target
 
 
 class AtomicCheckpointSaver:
@@ -32,6 +60,11 @@ class AtomicCheckpointSaver:
     A one-entry ``save_dict`` is saved as the raw state dict, so ``models/model.pt`` loads straight into the
     network. Everything saved loads with ``torch.load(weights_only=True)``. The saver has a state dict (its best
     score) so that a "latest" checkpoint can carry it across a resume.
+
+    Nothing from an earlier run is lost: when the file already exists at the first save of a run that is not a
+    resume, it is renamed to ``<stem>.prev-<mtime><suffix>`` first (see :func:`keep_previous`). A run is a resume
+    when this saver's state was loaded or its engine starts at an epoch above 0. A payload with NaN or Inf is
+    never saved: the save raises, which stops training.
 
     Args:
         save_dir: output folder.
@@ -57,12 +90,15 @@ class AtomicCheckpointSaver:
         self.key_metric_name = key_metric_name
         self.interval = interval
         self.best_metric = float("-inf")
+        self._resumed = False
+        self._saved = False
 
     def state_dict(self) -> dict:
         return {"best_metric": self.best_metric}
 
     def load_state_dict(self, state: Mapping) -> None:
         self.best_metric = float(state["best_metric"])
+        self._resumed = True
 
     @property
     def path(self) -> str:
@@ -70,9 +106,15 @@ class AtomicCheckpointSaver:
 
     def attach(self, engine: Engine) -> None:
         if self.key_metric_name is None:
+            engine.add_event_handler(Events.STARTED, self._note_resume)
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self._save)
         else:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._save_if_better)
+
+    def _note_resume(self, engine: Engine) -> None:
+        # a trainer's saver is attached after the resume CheckpointLoader, so a resumed trainer has its epoch here
+        # (an evaluator's epoch is the trainer's, so "best" savers learn of a resume from load_state_dict only)
+        self._resumed = self._resumed or engine.state.epoch > 0
 
     def _payload(self) -> Any:
         states = {k: _unwrap(v).state_dict() for k, v in self.save_dict.items()}
@@ -80,7 +122,16 @@ class AtomicCheckpointSaver:
 
     def _save(self, engine: Engine) -> None:
         payload = self._payload()
+        bad = find_non_finite(payload)
+        if bad:
+            raise FloatingPointError(
+                f"not saving {self.path} at epoch {engine.state.epoch}: {len(bad)} tensor(s) hold NaN or Inf "
+                f"({', '.join(bad[:5])}); training diverged, lower 'learning_rate'"
+            )
+        if not self._saved and not self._resumed:
+            keep_previous(self.path)
         atomic_write(self.path, lambda tmp: torch.save(payload, tmp))
+        self._saved = True
         logger.info("saved %s (epoch %d)", self.path, engine.state.epoch)
 
     def _save_if_better(self, engine: Engine) -> None:
@@ -93,3 +144,87 @@ class AtomicCheckpointSaver:
         self.best_metric = value
         self._save(engine)
         logger.info("new best %s = %.4f", self.key_metric_name, value)
+
+
+class CheckpointLoader:
+    """Load a checkpoint into ``load_dict``'s objects when the engine starts (MONAI's ``CheckpointLoader``, with
+    errors that name the file and the reason, see :func:`~vmunetv2_monai.inference.read_checkpoint`).
+
+    Learning-rate schedulers keep the settings of the current config (``T_max``, ``eta_min``, ...) and take only
+    their progress (epoch, current rates) from the checkpoint, so resuming with more epochs continues the config's
+    schedule instead of running past the old one (where a cosine climbs back up). The engine keeps its
+    ``max_epochs``.
+
+    Args:
+        load_path: checkpoint file.
+        load_dict: name -> object with ``load_state_dict``; a raw state dict fills a one-entry ``load_dict``.
+        map_location: ``torch.load``'s ``map_location``.
+        strict: strict state-dict loading.
+    """
+
+    def __init__(
+        self,
+        load_path: str | os.PathLike,
+        load_dict: Mapping[str, Any],
+        map_location: str | torch.device | None = None,
+        strict: bool = True,
+    ) -> None:
+        if not load_dict:
+            raise ValueError("load_dict must name at least one object to load")
+        self.load_path = Path(load_path)
+        self.load_dict = dict(load_dict)
+        self.map_location = map_location
+        self.strict = strict
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        checkpoint = read_checkpoint(self.load_path, self.map_location)
+        first = next(iter(self.load_dict))
+        if len(self.load_dict) == 1 and not (isinstance(checkpoint, Mapping) and first in checkpoint):
+            checkpoint = {first: checkpoint}
+        missing = [k for k in self.load_dict if not isinstance(checkpoint, Mapping) or k not in checkpoint]
+        if missing:
+            raise ValueError(f"checkpoint {self.load_path} has no entry for {', '.join(missing)}")
+        settings = {
+            name: {k: v for k, v in obj.state_dict().items() if k not in _SCHEDULE_PROGRESS}
+            for name, obj in self.load_dict.items()
+            if isinstance(obj, LRScheduler)
+        }
+        prior_max_epochs = engine.state.max_epochs
+        try:
+            Checkpoint.load_objects(to_load=self.load_dict, checkpoint=checkpoint, strict=self.strict)
+        except (KeyError, RuntimeError, TypeError, ValueError) as err:
+            raise ValueError(f"checkpoint {self.load_path} does not fit this config (another network size, "
+                             f"depths or dims?): {str(err)[:1000]}") from err
+        if prior_max_epochs is not None and engine.state.epoch > prior_max_epochs:
+            raise ValueError(f"checkpoint {self.load_path} has {engine.state.epoch} epochs done, more than "
+                             f"'epochs' ({prior_max_epochs}): give a larger 'epochs' to train further")
+        engine.state.max_epochs = prior_max_epochs
+        for name, kept in settings.items():
+            scheduler = self.load_dict[name]
+            changed = {k: v for k, v in kept.items() if scheduler.__dict__.get(k) != v}
+            scheduler.__dict__.update(kept)
+            if changed:
+                logger.info("%s: kept this config's %s over the checkpoint's", name, changed)
+        logger.info("restored %s from %s", ", ".join(self.load_dict), self.load_path)
+
+
+class StopOnNonFiniteLoss:
+    """Stop training with an error as soon as the training loss is NaN or Inf (ignite's ``TerminateOnNan``
+    ends the run with exit status 0)."""
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        output = engine.state.output
+        items = output if isinstance(output, list) else [output]
+        for item in items:
+            loss = item.get("loss") if isinstance(item, Mapping) else None
+            if loss is not None and not bool(torch.isfinite(torch.as_tensor(loss)).all()):
+                raise FloatingPointError(
+                    f"training loss is {float(torch.as_tensor(loss).float().mean())} at epoch {engine.state.epoch}, "
+                    f"iteration {engine.state.iteration}: training diverged; lower 'learning_rate'"
+                )

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from ..inference import find_non_finite, read_checkpoint
+
 __all__ = ["LoadReport", "load_pretrained_encoder", "map_vmamba_v0_state_dict"]
 
 logger = logging.getLogger(__name__)
@@ -84,22 +86,24 @@ def map_vmamba_v0_state_dict(
 def load_pretrained_encoder(model: nn.Module, path: str | os.PathLike, min_loaded_fraction: float = 0.5) -> LoadReport:
     """Load a VMamba v0 checkpoint into ``model.encoder`` (``torch.load(..., weights_only=True)``).
 
-    Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for an unreadable file or when fewer than
-    ``min_loaded_fraction`` of the encoder's tensors match (a newer VMamba format, a wrong file); logs and
-    returns the :class:`LoadReport` otherwise.
+    Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for an unreadable file, for NaN or Inf in the
+    matched tensors, or when fewer than ``min_loaded_fraction`` of the encoder's tensors match (a newer VMamba
+    format, a wrong file); logs (at WARNING when encoder tensors are missing or shape-mismatched) and returns the
+    :class:`LoadReport` otherwise.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read pretrained checkpoint {path}: {type(err).__name__}: {err}") from err
+    ckpt = read_checkpoint(path, check_finite=False)  # only the tensors that are loaded must be finite
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
         ckpt = ckpt["model"]
     if not isinstance(ckpt, dict):
         raise ValueError(f"pretrained checkpoint {path} holds a {type(ckpt).__name__}, expected a state dict.")
     mapped, report = map_vmamba_v0_state_dict(ckpt, model)
+    bad = find_non_finite(mapped)
+    if bad:
+        raise ValueError(f"pretrained checkpoint {path}: {len(bad)} tensor(s) hold NaN or Inf "
+                         f"({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}); not loaded")
     total = len(report.loaded) + len(report.missing)
     if total == 0 or len(report.loaded) < min_loaded_fraction * total:
         sample = ", ".join(list(ckpt)[:3])
@@ -110,9 +114,13 @@ def load_pretrained_encoder(model: nn.Module, path: str | os.PathLike, min_loade
             "vssmtiny_dp01_ckpt_epoch_292.pth); newer VMamba releases use other names."
         )
     model.load_state_dict(mapped, strict=False)
-    logger.info("pretrained encoder from %s: %s", path, report.summary())
+    # a partial match leaves encoder tensors at their random initialisation: say so at WARNING
+    level = logging.WARNING if report.missing or report.mismatched else logging.INFO
+    logger.log(level, "pretrained encoder from %s: %s (%.0f %% of the encoder's tensors)", path, report.summary(),
+               100.0 * len(report.loaded) / total)
     lists = {"missing": report.missing, "unexpected": report.unexpected, "mismatched": report.mismatched}
     for name, keys in lists.items():
         if keys:
-            logger.info("%s keys (%d): %s", name, len(keys), ", ".join(keys[:10]) + (" ..." if len(keys) > 10 else ""))
+            logger.log(logging.INFO if name == "unexpected" else level, "%s keys (%d): %s", name, len(keys),
+                       ", ".join(keys[:10]) + (" ..." if len(keys) > 10 else ""))
     return report

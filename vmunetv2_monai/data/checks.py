@@ -1,0 +1,160 @@
+"""Checks of bundle config values that name the config id, and of the ``monai.bundle run`` command line.
+
+Referenced from the bundle configs (``check_options``, ``check_train_options``) so a bad value stops the run
+before anything is built, with a message that names the id and what it must be.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+__all__ = ["check_batch_size", "check_choice", "check_cli", "check_range", "config_ids", "unknown_overrides"]
+
+#: ``monai.bundle run`` arguments that are not config ids.
+_RUN_ARGS = frozenset({
+    "run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
+    "workflow_name", "workflow_type", "properties_path",
+})
+
+
+def check_choice(name: str, value: object, choices: Sequence[object]) -> bool:
+    """Raise a ``ValueError`` naming the config id and its allowed values when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"unknown value {value!r} for '{name}': choose one of {', '.join(map(repr, choices))}")
+    return True
+
+
+def check_range(
+    name: str, value: object, low: float, high: float | None = None, integer: bool = False, open_low: bool = False
+) -> bool:
+    """Raise a ``ValueError`` naming the config id when ``value`` is not a number in ``[low, high]`` (``(low, high]``
+    with ``open_low``; a whole number with ``integer``)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    ok = number and (value > low if open_low else value >= low) and (high is None or value <= high)
+    if ok and integer and not isinstance(value, int):
+        ok = False
+    if not ok:
+        kind = "a whole number" if integer else "a number"
+        bound = f"{'(' if open_low else '['}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
+        raise ValueError(f"bad value {value!r} for '{name}': expected {kind} in {bound}")
+    return True
+
+
+def check_batch_size(batch_size: int, n_training: int) -> bool:
+    """The training loader drops a last partial batch, so fewer training images than ``batch_size`` would train
+    zero iterations: raise a ``ValueError`` naming ``batch_size`` instead."""
+    check_range("batch_size", batch_size, 1, integer=True)
+    if n_training < batch_size:
+        raise ValueError(f"'batch_size' {batch_size} is larger than the {n_training} training image(s): no full "
+                         f"batch to train on; give --batch_size {max(1, n_training)} or more data")
+    return True
+
+
+def config_ids(config: Any, prefix: str = "") -> set[str]:
+    """Every id of a config (``a``, ``a#b``, ``a#0#c``), as ``monai.bundle`` overrides address them."""
+    ids: set[str] = set()
+    if isinstance(config, Mapping):
+        children = config.items()
+    elif isinstance(config, list):
+        children = enumerate(config)
+    else:
+        return ids
+    for key, value in children:
+        path = f"{prefix}#{key}" if prefix else str(key)
+        ids.add(path)
+        ids |= config_ids(value, path)
+    return ids
+
+
+def _parse_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """``--key value`` / ``--key=value`` / ``--flag`` pairs of a ``monai.bundle run`` command line."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            if not eq and i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value, i = args[i + 1], i + 1
+            out[key.replace("-", "_")] = value  # fire reads --a-b as a_b
+        i += 1
+    return out
+
+
+def _literal(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().startswith(("[", "(")):
+        return ast.literal_eval(value)
+    return value
+
+
+def unknown_overrides(args: Sequence[str]) -> dict[str, list[str]]:
+    """Override ids of a ``monai.bundle run`` command line (``args`` after ``run``) that its configs do not define,
+    each with close matches. Ids of every config beside the given ones count as known (one argument list may serve
+    train, evaluate and inference). A nested id (``a#b``) is known when its parent (``a``) is, so new arguments
+    can be added to an existing component."""
+    from monai.bundle import ConfigParser
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+    from monai.utils import ensure_tuple
+
+    overrides = _parse_overrides(args)
+    if "args_file" in overrides:
+        overrides = {**ConfigParser.load_config_file(overrides["args_file"]), **overrides}
+    if "config_file" not in overrides:
+        return {}
+    given = _literal(overrides["config_file"])
+    if isinstance(given, str) and "," in given and not Path(given).is_file():
+        given = given.split(",")
+    files = [Path(f) for f in ensure_tuple(given)]
+    siblings = {f for folder in {p.parent for p in files} for f in folder.glob("*.json")}
+    known = set(DEFAULT_MLFLOW_SETTINGS["configs"])
+    for f in sorted(siblings | set(files)):
+        known |= config_ids(ConfigParser.load_config_file(f))
+    tops = sorted(k for k in known if "#" not in k)
+    unknown = {}
+    for key in overrides:
+        if key in _RUN_ARGS or key == "args_file" or key.startswith("_meta_") or key in known:
+            continue
+        parent = key.rpartition("#")[0]
+        if parent and parent in known:
+            continue
+        unknown[key] = difflib.get_close_matches(key, tops, n=3)
+    return unknown
+
+
+def _summarise_errors(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """An ``excepthook`` that runs ``hook`` (the traceback), then prints the innermost cause as the last line."""
+
+    def excepthook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
+        hook(kind, err, tb)
+        root = err
+        while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+            root = root.__cause__ or root.__context__
+        lines = str(root).strip().splitlines()
+        text = "\n".join(lines[:25] + ([f"... ({len(lines) - 25} more lines above)"] if len(lines) > 25 else []))
+        sys.stderr.write(f"vmunetv2_monai error: {type(root).__name__}: {text}\n")
+
+    excepthook.vmunetv2_summary = True  # type: ignore[attr-defined]
+    return excepthook
+
+
+def check_cli(argv: Sequence[str] | None = None) -> bool:
+    """When the process is ``python -m monai.bundle run ...``: raise a ``ValueError`` for override ids the configs
+    do not define (``--epoch 1`` for ``--epochs``), and make a failure end with one line that names its cause
+    (MONAI's wrapper line otherwise ends the output, with the real message far above it). A no-op otherwise."""
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or Path(argv[0]).parts[-3:] != ("monai", "bundle", "__main__.py") or "run" not in argv[1:2]:
+        return True
+    if not getattr(sys.excepthook, "vmunetv2_summary", False):
+        sys.excepthook = _summarise_errors(sys.excepthook)
+    unknown = unknown_overrides(argv[2:])
+    if unknown:
+        lines = [f"--{k}" + (f" (did you mean {' or '.join(repr(m) for m in v)}?)" if v else "") for k, v in unknown.items()]
+        raise ValueError(f"unknown config id(s) on the command line, not defined in the config files: "
+                         f"{'; '.join(lines)}")
+    return True
