@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# System packages for the DICOM tests: Orthanc with its DICOMweb plugin (tests/dicom starts its own instance on
+# free 127.0.0.1 ports) and dicom3tools (dciodvfy checks the DICOM SEG objects). Debian/Ubuntu, via apt.
+# Usage: bash scripts/install_system_packages.sh          (as root)
+#        bash scripts/install_system_packages.sh --sudo   (as another user, through sudo)
+set -euo pipefail
+PKGS=(orthanc orthanc-dicomweb dicom3tools)
+if dpkg -s "${PKGS[@]}" >/dev/null 2>&1; then
+  echo "system packages already installed: ${PKGS[*]}"
+  exit 0
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if [ "${1:-}" = "--sudo" ] && command -v sudo >/dev/null; then
+    SUDO="sudo"
+  else
+    echo "cannot install ${PKGS[*]}: not root. Run: sudo bash scripts/install_system_packages.sh" >&2
+    exit 2
+  fi
+fi
+if ! command -v apt-get >/dev/null; then
+  echo "cannot install ${PKGS[*]}: no apt-get here. Install Orthanc (with its DICOMweb plugin) and dicom3tools" \
+       "with this system's package manager; the Orthanc tests in tests/dicom need the Orthanc binary on PATH." >&2
+  exit 2
+fi
+# policy-rc.d keeps the Orthanc service from starting during the install (the tests start their own instance)
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null && $SUDO chmod +x /usr/sbin/policy-rc.d
+  trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+$SUDO apt-get update
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${PKGS[@]}"
