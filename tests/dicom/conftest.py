@@ -77,7 +77,10 @@ def wrap_vl_endoscopic(rgb: np.ndarray, patient_id: str = "KVASIR1", study_uid: 
     ds.LossyImageCompression = "01"  # Kvasir images are JPEGs
     ds.LossyImageCompressionRatio, ds.LossyImageCompressionMethod = 10.0, "ISO_10918_1"
     ds.PatientOrientation = ""
-    ds.AnatomicRegionSequence = []
+    region = Dataset()
+    region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = "71854001", "SCT", "Colon"
+    ds.AnatomicRegionSequence = [region]
+    ds.AcquisitionContextSequence = []
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
     ds.Rows, ds.Columns = rgb.shape[:2]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
@@ -85,6 +88,33 @@ def wrap_vl_endoscopic(rgb: np.ndarray, patient_id: str = "KVASIR1", study_uid: 
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)  # a real Part 10 file: preamble and complete file meta
     return pydicom.dcmread(io.BytesIO(buf.getvalue()))
+
+
+def ct_series(n: int, study_uid: str | None = None) -> list[Dataset]:
+    """A real ``n``-slice CT series: pydicom's CT_small.dcm (128x128, signed 16-bit) repeated along the slice
+    normal at its slice thickness, with new instance UIDs, one series and frame of reference."""
+    from pydicom.data import get_testdata_file
+
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    study, series, frame = study_uid or generate_uid(), generate_uid(), generate_uid()
+    iop = np.asarray(base.ImageOrientationPatient, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    origin = np.asarray(base.ImagePositionPatient, dtype=float)
+    step = float(base.SliceThickness)
+    rng = np.random.default_rng(1)
+    slices = []
+    for i in range(n):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [round(float(v), 3) for v in origin + i * step * normal]
+        ds.SliceLocation = round(float(ds.ImagePositionPatient[2]), 3)
+        pixels = ds.pixel_array.astype(np.int16)
+        noise = rng.integers(-20, 21, size=pixels.shape).astype(np.int16)  # slices differ, same intensity range
+        ds.PixelData = np.clip(pixels + noise, -2000, 3000).astype(np.int16).tobytes()
+        slices.append(ds)
+    return slices
 
 
 @pytest.fixture(scope="session")
@@ -149,11 +179,77 @@ def _find_plugin() -> Path:
     pytest.fail("Orthanc DICOMweb plugin not found: apt-get install orthanc-dicomweb (or set ORTHANC_DICOMWEB_PLUGIN)")
 
 
-class Orthanc:
-    """A running Orthanc: ``url`` is its DICOMweb root, ``rest`` its REST root."""
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The Error lines of dicom3tools' ``dciodvfy`` on one file (Debian ``dicom3tools``; missing means fail)."""
+    binary = shutil.which("dciodvfy")
+    if binary is None:
+        pytest.fail("dciodvfy not found: apt-get install dicom3tools")
+    proc = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
 
-    def __init__(self, rest: str, proc: subprocess.Popen, log: Path) -> None:
-        self.rest, self.url, self.proc, self.log = rest, rest + "/dicom-web", proc, log
+
+def assert_valid_dicom(paths: list[Path]) -> None:
+    """Every file passes ``dciodvfy`` without an Error line (the lines are printed on failure)."""
+    bad = {str(p): errors for p in paths if (errors := dciodvfy_errors(p))}
+    assert not bad, "dciodvfy errors:\n" + "\n".join(f"{p}:\n  " + "\n  ".join(e) for p, e in bad.items())
+
+
+class Orthanc:
+    """An Orthanc on 127.0.0.1 with its own storage: ``url`` is its DICOMweb root, ``rest`` its REST root,
+    ``dicom_port`` / ``aet`` its DICOM (DIMSE) side. It can be stopped and started again on the same ports."""
+
+    def __init__(self, tmp_path: Path, modalities: dict[str, list] | None = None) -> None:
+        self.binary = os.environ.get("ORTHANC_BIN") or shutil.which("Orthanc") or shutil.which("Orthanc",
+                                                                                             path="/usr/sbin")
+        if not self.binary:
+            pytest.fail("Orthanc not found: apt-get install orthanc orthanc-dicomweb (or set ORTHANC_BIN)")
+        self.http_port, self.dicom_port, self.aet = _free_port(), _free_port(), "ORTHANCTEST"
+        self.rest = f"http://127.0.0.1:{self.http_port}"
+        self.url = self.rest + "/dicom-web"
+        storage = tmp_path / "orthanc-storage"
+        storage.mkdir()
+        config = {
+            "Name": "vmunetv2-test", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
+            "HttpPort": self.http_port, "DicomServerEnabled": True, "DicomPort": self.dicom_port,
+            "DicomAet": self.aet, "DicomModalities": modalities or {}, "DicomCheckCalledAet": False,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpServerEnabled": True,
+            "Plugins": [str(_find_plugin())], "SaveJobs": False, "OverwriteInstances": False, "WebDavEnabled": False,
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "Host": "127.0.0.1"},
+        }
+        self.config = tmp_path / "orthanc.json"
+        self.config.write_text(json.dumps(config))
+        self.log = tmp_path / "orthanc.log"
+        self.cwd = tmp_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start and wait until DICOMweb answers (fails the test after ORTHANC_START_TIMEOUT_S)."""
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen([self.binary, str(self.config)], stdout=fh, stderr=subprocess.STDOUT,
+                                         cwd=self.cwd)
+        deadline = time.monotonic() + ORTHANC_START_TIMEOUT_S
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"Orthanc exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                if requests.get(self.rest + "/dicom-web/studies", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"Orthanc not ready after {ORTHANC_START_TIMEOUT_S}s: {self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Terminate (kill after 15 s)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=15)
 
 
 @pytest.fixture
@@ -162,44 +258,9 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
 
     Missing binaries make the test fail (CI installs them), they never skip.
     """
-    binary = os.environ.get("ORTHANC_BIN") or shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")
-    if not binary:
-        pytest.fail("Orthanc not found: apt-get install orthanc orthanc-dicomweb (or set ORTHANC_BIN)")
-    plugin = _find_plugin()
-    http_port = _free_port()
-    storage = tmp_path / "orthanc-storage"
-    storage.mkdir()
-    config = {
-        "Name": "vmunetv2-test", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
-        "HttpPort": http_port, "DicomServerEnabled": False, "DicomPort": _free_port(),
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpServerEnabled": True,
-        "Plugins": [str(plugin)], "SaveJobs": False, "OverwriteInstances": False, "WebDavEnabled": False,
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "Host": "127.0.0.1"},
-    }
-    cfg_path = tmp_path / "orthanc.json"
-    cfg_path.write_text(json.dumps(config))
-    log = tmp_path / "orthanc.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([binary, str(cfg_path)], stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path)
-    rest = f"http://127.0.0.1:{http_port}"
+    server = Orthanc(tmp_path)
     try:
-        deadline = time.monotonic() + ORTHANC_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"Orthanc exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if requests.get(rest + "/dicom-web/studies", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"Orthanc not ready after {ORTHANC_START_TIMEOUT_S}s: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield Orthanc(rest, proc, log)
+        server.start()
+        yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+        server.stop()

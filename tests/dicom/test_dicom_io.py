@@ -16,11 +16,12 @@ from pydicom.uid import UID, generate_uid
 
 from vmunetv2_monai.dicom.algorithm import MANUFACTURER, AlgorithmInfo
 from vmunetv2_monai.dicom.files import write_atomic
-from vmunetv2_monai.dicom.reader import UnsupportedDicomError, load_image, to_model_input
+from vmunetv2_monai.dicom.reader import UnsupportedDicomError, grey_window, load_image, to_model_input
 from vmunetv2_monai.dicom.seg import build_overlay, build_segmentation, seg_mask_for_source, seg_uid_for
 from vmunetv2_monai.inference import Predictor
 
-from .conftest import REPO, kvasir_image_paths, load_rgb, ultrasound_files, wrap_vl_endoscopic
+from .conftest import (REPO, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb, ultrasound_files,
+                       wrap_vl_endoscopic)
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +53,49 @@ def test_ybr_full_is_converted_to_rgb(kvasir_rgb: np.ndarray) -> None:
     assert diff <= 3 / 255, diff  # colour-space round trip rounding only
 
 
-def test_greyscale_rescale_and_monochrome1() -> None:
+def test_greyscale_fixed_window_and_monochrome1() -> None:
+    """One modality value gives one input value whatever else is in the image (no per-slice min-max)."""
     rng = np.random.default_rng(0)
     values = rng.integers(0, 4096, size=(20, 30))
-    mono2 = to_model_input(_greyscale(values, "MONOCHROME2", slope=2.0, intercept=-1024.0))
-    assert mono2.shape == (3, 20, 30) and np.allclose(mono2[0], mono2[1])
-    expected = (values - values.min()) / (values.max() - values.min())
-    np.testing.assert_allclose(mono2[0], expected, atol=1e-6)
-    mono1 = to_model_input(_greyscale(values, "MONOCHROME1", slope=2.0, intercept=-1024.0))
-    np.testing.assert_allclose(mono1, 1.0 - mono2, atol=1e-6)  # MONOCHROME1: high values are dark
-    negative = to_model_input(_greyscale(values, "MONOCHROME2", slope=-1.0))
-    np.testing.assert_allclose(negative, 1.0 - mono2, atol=1e-6)  # the rescale slope is applied
+    narrow = values.copy()
+    narrow[0, 0], narrow[1, 1] = 1000, 1100
+    narrow = np.clip(narrow, 1000, 1100)  # a slice with a small range: min-max would stretch it
+    configured = grey_window(_greyscale(values, "MONOCHROME2"), (2048.0, 4096.0))
+    assert configured.origin == "configured"
+    wide = to_model_input(_greyscale(values, "MONOCHROME2"), window=configured)
+    small = to_model_input(_greyscale(narrow, "MONOCHROME2"), window=configured)
+    both = narrow == values
+    np.testing.assert_allclose(small[0][both], wide[0][both], atol=1e-6)
+    np.testing.assert_allclose(wide[0], np.clip((values - 2047.5) / 4095 + 0.5, 0, 1), atol=1e-6)
+
+    ds = _greyscale(values, "MONOCHROME2", slope=2.0, intercept=-1024.0)
+    ds.WindowCenter, ds.WindowWidth = [40.0, 300.0], [400.0, 1500.0]  # the first window is used
+    window = grey_window(ds)
+    assert (window.center, window.width, window.origin) == (40.0, 400.0, "image WindowCenter/WindowWidth")
+    hu = values * 2.0 - 1024.0
+    mono2 = to_model_input(ds)
+    np.testing.assert_allclose(mono2[0], np.clip((hu - 39.5) / 399 + 0.5, 0, 1), atol=1e-6)
+    assert np.allclose(mono2[0], mono2[2])
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    np.testing.assert_allclose(to_model_input(ds), 1.0 - mono2, atol=1e-6)  # MONOCHROME1: high values are dark
+
+    full = grey_window(_greyscale(values, "MONOCHROME2", slope=-1.0))  # no window: the full 12-bit range
+    assert full.origin == "full 12-bit stored range" and (full.center, full.width) == (-2047.0, 4096.0)
+
+
+def test_compressed_inputs_decode_like_the_uncompressed_file() -> None:
+    """RLE, JPEG-LS, JPEG 2000 (real pydicom files of MR_small) and JPEG Lossless decode (pylibjpeg plugins)."""
+    from pydicom.data import get_testdata_file
+
+    reference = load_image(get_testdata_file("MR_small.dcm")).image
+    for name in ("MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm"):
+        image = load_image(get_testdata_file(name))
+        assert image.dataset.file_meta.TransferSyntaxUID.is_compressed
+        np.testing.assert_array_equal(image.image, reference, err_msg=name)
+    jpeg_ll = load_image(get_testdata_file("JPEG-LL.dcm"))
+    assert jpeg_ll.dataset.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+    arr = jpeg_ll.dataset.pixel_array
+    assert arr.shape == (1024, 256) and arr.std() > 0 and jpeg_ll.image.shape == (3, 1024, 256)
 
 
 def test_real_ultrasound_rgb_and_jpeg2000() -> None:
@@ -186,24 +219,73 @@ def test_write_atomic_leaves_no_partial_file(tmp_path: Path, kvasir_rgb: np.ndar
     assert pydicom.dcmread(target).SOPInstanceUID == ds.SOPInstanceUID and generate_uid()
 
 
-def test_local_files_mode_with_overlay(tmp_path: Path, kvasir_rgb: np.ndarray, tiny_checkpoint: Path,
-                                       network_json: str, predictor: Predictor) -> None:
+def test_local_files_mode_series_and_images(tmp_path: Path, kvasir_rgb: np.ndarray, tiny_checkpoint: Path,
+                                            network_json: str, predictor: Predictor) -> None:
+    """--files: a 6-slice CT series -> one 6-frame SEG; two endoscopy stills -> one SEG each; a truncated file
+    and a duplicate SOPInstanceUID are refused and reported; outputs are 0644 and pass dciodvfy."""
     from vmunetv2_monai.dicom.pipeline import main
 
-    good = write_atomic(wrap_vl_endoscopic(kvasir_rgb), tmp_path / "in" / "good.dcm")
-    bad = tmp_path / "in" / "bad.dcm"
-    bad.write_bytes(good.read_bytes()[:-500])
+    inputs = tmp_path / "in"
+    stills = [write_atomic(wrap_vl_endoscopic(kvasir_rgb), inputs / f"still{i}.dcm") for i in range(2)]
+    slices = ct_series(6)
+    for ds in slices:
+        ds.WindowCenter, ds.WindowWidth = 40.0, 400.0
+    ct_paths = [write_atomic(ds, inputs / f"ct{i}.dcm") for i, ds in enumerate(reversed(slices))]
+    bad = inputs / "bad.dcm"
+    bad.write_bytes(write_atomic(wrap_vl_endoscopic(kvasir_rgb), tmp_path / "other.dcm").read_bytes()[:-500])
+    duplicate = inputs / "dup.dcm"
+    duplicate.write_bytes(stills[1].read_bytes())
     out = tmp_path / "out"
-    rc = main(["--files", str(bad), str(good), "--output-dir", str(out), "--overlay", "--checkpoint",
-               str(tiny_checkpoint), "--network-json", network_json, "--log-level", "WARNING"])
-    assert rc == 1  # the truncated file is reported; the good one is still segmented
-    written = {pydicom.dcmread(p).SOPClassUID.name: p for p in out.iterdir()}
-    assert set(written) == {"Segmentation Storage", "Secondary Capture Image Storage"}
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
-    source = pydicom.dcmread(good)
-    seg = hd.seg.segread(written["Segmentation Storage"])
-    np.testing.assert_array_equal(seg_mask_for_source(seg, str(source.SOPInstanceUID)),
-                                  predictor.predict(load_image(source).image))
+    rc = main(["--files", str(bad), *map(str, stills), *map(str, ct_paths), str(duplicate), "--output-dir",
+               str(out), "--overlay", "--checkpoint", str(tiny_checkpoint), "--network-json", network_json,
+               "--log-level", "WARNING"])
+    assert rc == 1  # the truncated file and the duplicate are reported; the rest is segmented
+    files = sorted(out.iterdir())
+    assert not [p for p in files if p.name.startswith(".")]  # no temporary files left
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o644"}
+    assert_valid_dicom(files)
+    segs = [hd.seg.segread(p) for p in files if pydicom.dcmread(p).SOPClassUID.name == "Segmentation Storage"]
+    overlays = [p for p in files if pydicom.dcmread(p).SOPClassUID.name == "Secondary Capture Image Storage"]
+    assert len(segs) == 3 and len(overlays) == 2 + 6
+    series_seg = [s for s in segs if s.NumberOfFrames == 6]
+    assert len(series_seg) == 1
+    seg = series_seg[0]
+    assert {str(t[2]) for t in seg.get_source_image_uids()} == {str(ds.SOPInstanceUID) for ds in slices}
+    params = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters
+    assert "greyscale_window" in params and "center 40 width 400" in params
+    volume = seg.get_volume(combine_segments=True)
+    assert volume.array.shape == (6, 128, 128)
+    window = grey_window(slices[0])
+    for ds in slices:
+        expected = predictor.predict(load_image(ds, window=window).image)
+        np.testing.assert_array_equal(seg_mask_for_source(seg, str(ds.SOPInstanceUID)), expected)
+    for still in stills:
+        source = pydicom.dcmread(still)
+        (mine,) = [s for s in segs if str(s.get_source_image_uids()[0][2]) == str(source.SOPInstanceUID)]
+        assert mine.NumberOfFrames == 1
+        np.testing.assert_array_equal(seg_mask_for_source(mine, str(source.SOPInstanceUID)),
+                                      predictor.predict(load_image(source).image))
+
+
+def test_test_wrapper_and_single_segs_are_valid(tmp_path: Path, kvasir_rgb: np.ndarray, predictor: Predictor) -> None:
+    """dciodvfy: the VL Endoscopic test wrapper, and the SEG and overlay of it, of a real ultrasound file and of a
+    CT slice (pixel spacing carried over where the source has it)."""
+    still = wrap_vl_endoscopic(kvasir_rgb)
+    still.PixelSpacing = [0.25, 0.25]
+    sources = [still, pydicom.dcmread(ultrasound_files()["US1_UNCR.dcm"]), ct_series(1)[0]]
+    written = [write_atomic(still, tmp_path / "wrapper.dcm")]
+    for i, source in enumerate(sources):
+        image = load_image(source)
+        mask = predictor.predict(image.image)
+        seg = build_segmentation(source, mask, AlgorithmInfo())
+        if "PixelSpacing" in source:
+            measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+            assert [float(v) for v in measures.PixelSpacing] == [float(v) for v in source.PixelSpacing]
+        overlay = build_overlay(source, image.display_rgb(), mask, AlgorithmInfo())
+        assert overlay.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert overlay.LossyImageCompression == source.get("LossyImageCompression", "00")
+        written += [write_atomic(seg, tmp_path / f"seg{i}.dcm"), write_atomic(overlay, tmp_path / f"ov{i}.dcm")]
+    assert_valid_dicom(written)
 
 
 def test_cli_bundle_overrides_set_network_and_inference_mode(tmp_path: Path, tiny_checkpoint: Path) -> None:
@@ -219,6 +301,9 @@ def test_cli_bundle_overrides_set_network_and_inference_mode(tmp_path: Path, tin
     base = ["--bundle-dir", str(REPO / "bundle"), "--checkpoint", str(tiny_checkpoint)]
     pred = _predictor(build_parser().parse_args([*base, "--bundle-overrides", str(overrides)]))
     assert isinstance(pred.inferer, ResizeInferer) and pred.inferer.spatial_size == (64, 64)
+    pred = _predictor(build_parser().parse_args(["--checkpoint", str(tiny_checkpoint), "--network-json",
+                                                 json.dumps(TINY_NET), "--bundle-overrides", str(overrides)]))
+    assert isinstance(pred.inferer, ResizeInferer) and pred.inferer.spatial_size == (64, 64)  # without a bundle too
     overrides.write_text("[1, 2]")
     with pytest.raises(SystemExit, match="overrides.json: expected a JSON object"):
         _predictor(build_parser().parse_args([*base, "--bundle-overrides", str(overrides)]))

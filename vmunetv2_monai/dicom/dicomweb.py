@@ -1,4 +1,4 @@
-"""PACS access over DICOMweb (QIDO-RS search, WADO-RS retrieve, STOW-RS store) with dicomweb-client."""
+"""PACS access over DICOMweb (QIDO-RS search, WADO-RS metadata and retrieve, STOW-RS store) with dicomweb-client."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +22,23 @@ _TAGS = {
     "sop_class": "00080016",
     "manufacturer": "00080070",
     "modality": "00080060",
+    "n_instances": "00201208",
 }
+
+#: Asked for on retrieval so that the server transcodes compressed images; refused servers get "*" instead.
+TRANSCODE_TO = (("application/dicom", str(ExplicitVRLittleEndian)),)
+
+
+class PacsUnavailable(RuntimeError):
+    """The PACS cannot be reached or answers with a server error: retry the whole pass later."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Connection failures, timeouts and HTTP 5xx: the PACS, not the image, is the problem."""
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, PacsUnavailable)):
+        return True
+    response = getattr(exc, "response", None)
+    return isinstance(exc, requests.HTTPError) and response is not None and response.status_code >= 500
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,17 @@ def _first(item: dict, tag: str) -> str:
     return str(values[0])
 
 
+def _ref(item: dict) -> InstanceRef:
+    return InstanceRef(
+        study_instance_uid=_first(item, _TAGS["study"]),
+        series_instance_uid=_first(item, _TAGS["series"]),
+        sop_instance_uid=_first(item, _TAGS["sop"]),
+        sop_class_uid=_first(item, _TAGS["sop_class"]),
+        manufacturer=_first(item, _TAGS["manufacturer"]),
+        modality=_first(item, _TAGS["modality"]),
+    )
+
+
 class PacsClient:
     """A DICOMweb server (e.g. Orthanc's DICOMweb plugin at ``http://host:8042/dicom-web``)."""
 
@@ -47,21 +76,37 @@ class PacsClient:
         self.url = url.rstrip("/")
         self._client = DICOMwebClient(self.url, timeout=timeout_s)
 
+    def iter_studies(self, filters: dict[str, str] | None = None, page_size: int = 200) -> Iterator[tuple[str, int]]:
+        """``(StudyInstanceUID, NumberOfStudyRelatedInstances)`` of every study matching ``filters`` (QIDO-RS
+        ``/studies``, paged), e.g. ``{"StudyDate": "20240101-", "ModalitiesInStudy": "CT"}``."""
+        offset = 0
+        while True:
+            page = self._client.search_for_studies(fields=[_TAGS["n_instances"]], search_filters=dict(filters or {}),
+                                                   limit=page_size, offset=offset)
+            for item in page:
+                yield _first(item, _TAGS["study"]), int(_first(item, _TAGS["n_instances"]) or 0)
+            if len(page) < page_size:
+                return
+            offset += len(page)
+
+    def study_instances(self, study_instance_uid: str, page_size: int = 1000) -> list[InstanceRef]:
+        """Every instance of one study (QIDO-RS ``/studies/{uid}/instances``, paged)."""
+        fields = [_TAGS["sop_class"], _TAGS["manufacturer"], _TAGS["modality"]]
+        refs: list[InstanceRef] = []
+        while True:
+            page = self._client.search_for_instances(study_instance_uid=study_instance_uid, fields=fields,
+                                                     limit=page_size, offset=len(refs))
+            refs += [_ref(item) for item in page]
+            if len(page) < page_size:
+                return refs
+
     def iter_instances(self, page_size: int = 200) -> Iterator[InstanceRef]:
         """All instances on the server (QIDO-RS ``/instances``, paged with limit/offset)."""
         offset = 0
         fields = [_TAGS["sop_class"], _TAGS["manufacturer"], _TAGS["modality"]]
         while True:
             page = self._client.search_for_instances(fields=fields, limit=page_size, offset=offset)
-            for item in page:
-                yield InstanceRef(
-                    study_instance_uid=_first(item, _TAGS["study"]),
-                    series_instance_uid=_first(item, _TAGS["series"]),
-                    sop_instance_uid=_first(item, _TAGS["sop"]),
-                    sop_class_uid=_first(item, _TAGS["sop_class"]),
-                    manufacturer=_first(item, _TAGS["manufacturer"]),
-                    modality=_first(item, _TAGS["modality"]),
-                )
+            yield from (_ref(item) for item in page)
             if len(page) < page_size:
                 return
             offset += len(page)
@@ -70,6 +115,15 @@ class PacsClient:
         """Snapshot of all instances (the listing is complete before anything is stored)."""
         return list(self.iter_instances(page_size))
 
+    def series_metadata(self, study_instance_uid: str, series_instance_uid: str) -> dict[str, Dataset]:
+        """SOPInstanceUID -> header of every instance of a series (WADO-RS metadata: no pixel data is sent)."""
+        items = self._client.retrieve_series_metadata(study_instance_uid, series_instance_uid)
+        out = {}
+        for item in items:
+            ds = Dataset.from_json(item, bulk_data_uri_handler=lambda *_: b"")
+            out[str(ds.SOPInstanceUID)] = ds
+        return out
+
     def has_instance(self, study_instance_uid: str, sop_instance_uid: str) -> bool:
         """Whether the server holds ``sop_instance_uid`` in that study (QIDO-RS)."""
         found = self._client.search_for_instances(
@@ -77,9 +131,18 @@ class PacsClient:
         )
         return any(_first(item, _TAGS["sop"]) == sop_instance_uid for item in found)
 
-    def retrieve(self, ref: InstanceRef) -> Dataset:
-        """WADO-RS retrieve of one instance (as stored on the server)."""
-        return self._client.retrieve_instance(ref.study_instance_uid, ref.series_instance_uid, ref.sop_instance_uid)
+    def retrieve(self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str) -> Dataset:
+        """WADO-RS retrieve of one instance, asking the server to transcode to explicit VR little endian; a
+        server that refuses (HTTP 406 / 400) is asked again for the instance as stored."""
+        try:
+            return self._client.retrieve_instance(study_instance_uid, series_instance_uid, sop_instance_uid,
+                                                  media_types=TRANSCODE_TO)
+        except requests.HTTPError as exc:
+            if exc.response is None or exc.response.status_code not in (400, 406):
+                raise
+            logger.info("server does not transcode %s (HTTP %d); retrieving it as stored", sop_instance_uid,
+                        exc.response.status_code)
+        return self._client.retrieve_instance(study_instance_uid, series_instance_uid, sop_instance_uid)
 
     def store(self, ds: Dataset) -> None:
         """STOW-RS one instance; raises if the server lists it as failed or does not acknowledge it."""

@@ -1,9 +1,12 @@
-"""PACS pipeline service: find new images (QIDO), segment (WADO + VM-UNetV2), store DICOM SEG (STOW).
+"""PACS pipeline service: find new images (QIDO), refuse from metadata, segment (WADO + VM-UNetV2), store
+DICOM SEG (STOW): one SEG per independent image, one multi-frame SEG per settled CT/MR series.
 
 Never twice: a SQLite state file records every source instance as done / failed / skipped; the SEG's UIDs
-are derived from the source's, and before storing, the PACS is asked whether that SEG is already there
+are derived from the sources' UIDs, and before storing, the PACS is asked whether that SEG is already there
 (which covers a crash between the store and the state update). Failures are recorded with their reason and
-retried only with ``--retry-failed``; the other images go on.
+retried only with ``--retry-failed``; the other images go on. An unreachable PACS records nothing: the pass
+is retried (with back-off under ``--watch``). Listing is incremental: only studies whose instance count
+changed since they were last fully handled are opened.
 
 Usage::
 
@@ -27,13 +30,13 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from ..inference import Predictor
+from ..inference import InferenceSettings, Predictor
 from .algorithm import MANUFACTURER, AlgorithmInfo
-from .dicomweb import DEFAULT_URL, InstanceRef, PacsClient
+from .dicomweb import DEFAULT_URL, InstanceRef, PacsClient, PacsUnavailable, is_transient
 from .files import write_atomic
-from .reader import NON_IMAGE_SOP_CLASSES, UnsupportedDicomError, load_image
-from .seg import build_overlay, build_segmentation, read_back, seg_uid_for
-from .state import FAILED, StateDB
+from .reader import NON_IMAGE_SOP_CLASSES, UnsupportedDicomError, check_metadata, read_dataset
+from .state import DONE, FAILED, StateDB
+from .units import Segmenter, duplicate_uids, group_units, is_volumetric
 
 logger = logging.getLogger(__name__)
 
@@ -47,25 +50,14 @@ class RunSummary:
     failed: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
     seen_before: int = 0
+    waiting: int = 0
 
     def __str__(self) -> str:
         return (
-            f"stored {len(self.stored)} SEG, {len(self.already_in_pacs)} already in PACS, "
-            f"{len(self.failed)} failed, {self.skipped} skipped, {self.seen_before} done earlier"
+            f"{len(self.stored)} instances segmented and stored, {len(self.already_in_pacs)} already in PACS, "
+            f"{len(self.failed)} failed, {self.skipped} skipped, {self.seen_before} done earlier, "
+            f"{self.waiting} waiting for their series to settle"
         )
-
-
-def segment_dataset(
-    ds: Dataset, predictor: Predictor, algorithm: AlgorithmInfo, source: str, overlay: bool = False
-) -> tuple[Dataset, Dataset | None]:
-    """One source image -> (SEG, optional overlay); the SEG is checked by highdicom's parser before use."""
-    image = load_image(ds, source=source)
-    mask = predictor.predict(image.image)
-    seg = build_segmentation(ds, mask, algorithm)
-    read_back(seg)
-    over = build_overlay(ds, image.display_rgb(), mask, algorithm) if overlay else None
-    logger.info("%s: mask %s, %d foreground pixels", source, mask.shape, int(mask.sum()))
-    return seg, over
 
 
 class Pipeline:
@@ -74,110 +66,194 @@ class Pipeline:
     def __init__(
         self,
         client: PacsClient,
-        predictor: Predictor,
+        segmenter: Segmenter,
         state: StateDB,
-        algorithm: AlgorithmInfo | None = None,
-        overlay: bool = False,
         output_dir: str | os.PathLike[str] | None = None,
+        settle_s: float = 60.0,
+        study_filters: dict[str, str] | None = None,
     ) -> None:
         self.client = client
-        self.predictor = predictor
+        self.segmenter = segmenter
         self.state = state
-        self.algorithm = algorithm or AlgorithmInfo()
-        self.overlay = overlay
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.stop_requested = False  # set from a signal handler; checked between images
+        self.settle_s = settle_s
+        self.study_filters = dict(study_filters or {})
+        self.stop_requested = False  # set from a signal handler; checked between units
 
-    def _skip_reason(self, ref: InstanceRef) -> str | None:
-        if ref.sop_class_uid in NON_IMAGE_SOP_CLASSES:
-            return f"not an image (SOP class {ref.sop_class_uid})"
-        if ref.manufacturer == MANUFACTURER:
+    def _skip_reason(self, ref: InstanceRef | Dataset) -> str | None:
+        sop_class = ref.sop_class_uid if isinstance(ref, InstanceRef) else str(ref.get("SOPClassUID", ""))
+        manufacturer = ref.manufacturer if isinstance(ref, InstanceRef) else str(ref.get("Manufacturer", ""))
+        if sop_class in NON_IMAGE_SOP_CLASSES:
+            return f"not an image (SOP class {sop_class})"
+        if manufacturer == MANUFACTURER:
             return "created by this pipeline"
         return None
 
-    def process(self, ref: InstanceRef, summary: RunSummary) -> None:
-        """Segment one instance and store its SEG; every outcome is recorded in the state file."""
-        ids = (ref.sop_instance_uid, ref.study_instance_uid, ref.series_instance_uid)
-        source = f"{self.client.url} study {ref.study_instance_uid} instance {ref.sop_instance_uid}"
-        seg_uid = seg_uid_for(ref.sop_instance_uid, self.algorithm)
-        if self.client.has_instance(ref.study_instance_uid, seg_uid):
-            self.state.mark_done(*ids, seg_uid, note="SEG already in PACS")
-            summary.already_in_pacs.append(ref.sop_instance_uid)
-            logger.info("%s: SEG %s already in PACS; recorded as done", source, seg_uid)
-            return
-        ds = self.client.retrieve(ref)
-        if str(ds.get("Manufacturer", "")) == MANUFACTURER:
-            self.state.mark_skipped(*ids, "created by this pipeline")
-            summary.skipped += 1
-            return
-        seg, over = segment_dataset(ds, self.predictor, self.algorithm, source, overlay=self.overlay)
-        if self.output_dir is not None:
-            write_atomic(seg, self.output_dir / f"{seg.SOPInstanceUID}.dcm")
-        if over is not None:
-            self.client.store(over)  # first, so that "SEG present" implies everything is present
-        self.client.store(seg)
-        self.state.mark_done(*ids, str(seg.SOPInstanceUID))
-        summary.stored.append(ref.sop_instance_uid)
+    def _needs_work(self, sop: str, retry_failed: bool, summary: RunSummary) -> bool:
+        record = self.state.get(sop)
+        if record is None or (record.status == FAILED and retry_failed):
+            return True
+        summary.seen_before += 1
+        return False
 
     def run_once(self, retry_failed: bool = False) -> RunSummary:
-        """One pass over everything the PACS lists; returns what happened."""
+        """One pass: studies whose instance count changed since they were last fully handled (plus, with
+        ``retry_failed``, those holding failed instances) are listed and their new images segmented.
+
+        Raises :class:`PacsUnavailable` when the PACS cannot be reached; nothing is then recorded as failed.
+        """
         summary = RunSummary()
-        refs = self.client.list_instances()
-        logger.info("PACS lists %d instances", len(refs))
-        for ref in refs:
-            if self.stop_requested:
-                logger.info("stop requested; %d instances left for the next pass", len(refs) - refs.index(ref))
-                break
-            record = self.state.get(ref.sop_instance_uid)
-            retry = record is not None and record.status == FAILED and retry_failed
-            if record is not None and not retry:
-                summary.seen_before += 1
-                continue
-            ids = (ref.sop_instance_uid, ref.study_instance_uid, ref.series_instance_uid)
-            reason = self._skip_reason(ref)
-            if reason is not None:
-                self.state.mark_skipped(*ids, reason)
-                summary.skipped += 1
-                continue
-            try:
-                self.process(ref, summary)
-            except UnsupportedDicomError as exc:
-                logger.warning("refused %s", exc)
-                self.state.mark_failed(*ids, exc.reason)
-                summary.failed[ref.sop_instance_uid] = exc.reason
-            except Exception as exc:  # one bad image or a transient error must not stop the others
-                logger.exception("failed %s", ref.sop_instance_uid)
-                reason = f"{type(exc).__name__}: {exc}"
-                self.state.mark_failed(*ids, reason)
-                summary.failed[ref.sop_instance_uid] = reason
+        try:
+            retry_studies = {r.study_instance_uid for r in self.state.records(FAILED)} if retry_failed else set()
+            studies = list(self.client.iter_studies(self.study_filters))
+            changed = [(uid, n) for uid, n in studies if uid in retry_studies or self.state.study_count(uid) != n]
+            logger.info("PACS lists %d studies, %d new or changed", len(studies), len(changed))
+            for study_uid, n_instances in changed:
+                if self.stop_requested:
+                    logger.info("stop requested; remaining studies are left for the next pass")
+                    break
+                if self._process_study(study_uid, retry_failed, summary):
+                    self.state.set_study_count(study_uid, n_instances)
+        except Exception as exc:
+            if is_transient(exc):
+                raise PacsUnavailable(f"{self.client.url}: {type(exc).__name__}: {exc}") from exc
+            raise
         logger.info("pass finished: %s", summary)
         return summary
 
+    def _process_study(self, study_uid: str, retry_failed: bool, summary: RunSummary) -> bool:
+        """New images of one study; True when nothing in it is left waiting for a later pass."""
+        complete = True
+        by_series: dict[str, list[InstanceRef]] = {}
+        for ref in self.client.study_instances(study_uid):
+            if not self._needs_work(ref.sop_instance_uid, retry_failed, summary):
+                continue
+            reason = self._skip_reason(ref)
+            if reason is not None:
+                self.state.mark_skipped(ref.sop_instance_uid, study_uid, ref.series_instance_uid, reason)
+                summary.skipped += 1
+                continue
+            by_series.setdefault(ref.series_instance_uid, []).append(ref)
+        for series_uid, refs in by_series.items():
+            if self.stop_requested:
+                return False
+            complete &= self._process_series(study_uid, series_uid, {r.sop_instance_uid for r in refs}, summary)
+        return complete
+
+    def _process_series(self, study_uid: str, series_uid: str, new: set[str], summary: RunSummary) -> bool:
+        """Refuse from the metadata, group into units, segment the units holding new images."""
+        headers = self.client.series_metadata(study_uid, series_uid)
+        candidates = []
+        for sop, ds in headers.items():
+            record = self.state.get(sop)
+            if sop not in new:
+                if record is not None and record.status == DONE:
+                    candidates.append(ds)  # an earlier slice of a series that got a late one
+                continue
+            reason = self._skip_reason(ds)
+            if reason is not None:
+                self.state.mark_skipped(sop, study_uid, series_uid, reason)
+                summary.skipped += 1
+                continue
+            try:
+                check_metadata(ds, f"{self.client.url} study {study_uid}")
+            except UnsupportedDicomError as exc:  # refused before any pixel data is downloaded
+                logger.warning("refused %s", exc)
+                self.state.mark_failed(sop, study_uid, series_uid, exc.reason)
+                summary.failed[sop] = exc.reason
+                continue
+            candidates.append(ds)
+        for sop in new - set(headers):
+            self.state.mark_failed(sop, study_uid, series_uid, "listed by QIDO but missing from the series metadata")
+            summary.failed[sop] = "missing from the series metadata"
+        complete = True
+        for unit in group_units(candidates):
+            uids = [str(ds.SOPInstanceUID) for ds in unit]
+            fresh = [u for u in uids if u in new]
+            if not fresh:
+                continue
+            if len(unit) > 1 or is_volumetric(unit[0]):
+                if not self.state.series_settled(series_uid, len(headers), self.settle_s):
+                    logger.info("series %s: %d instances, waiting %.0f s without new ones", series_uid,
+                                len(headers), self.settle_s)
+                    summary.waiting += len(fresh)
+                    complete = False
+                    continue
+                if len(fresh) < len(uids):
+                    logger.warning("series %s: %d late instance(s); a new SEG of all %d slices is made (the earlier "
+                                   "SEG stays)", series_uid, len(fresh), len(uids))
+            if self.stop_requested:
+                return False
+            self._process_unit(study_uid, series_uid, uids, fresh, summary)
+        return complete
+
+    def _process_unit(self, study: str, series: str, uids: list[str], fresh: list[str], summary: RunSummary) -> None:
+        """Segment one unit and store its SEG; the outcome is recorded for every instance of the unit."""
+        source = f"{self.client.url} study {study} series {series}"
+        seg_uid = self.segmenter.seg_uid(uids)
+        try:
+            if self.client.has_instance(study, seg_uid):
+                self.state.mark_done_many(uids, study, series, seg_uid, note="SEG already in PACS")
+                summary.already_in_pacs += fresh
+                logger.info("%s: SEG %s already in PACS; recorded as done", source, seg_uid)
+                return
+            datasets = [self.client.retrieve(study, series, uid) for uid in uids]
+            result = self.segmenter.segment(datasets, source)
+            if self.output_dir is not None:
+                write_atomic(result.seg, self.output_dir / f"{result.seg.SOPInstanceUID}.dcm")
+            for over in result.overlays:  # first, so that "SEG present" implies everything is present
+                self.client.store(over)
+            self.client.store(result.seg)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            reason = exc.reason if isinstance(exc, UnsupportedDicomError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, UnsupportedDicomError):
+                logger.warning("refused %s", exc)
+            else:  # one bad unit must not stop the others
+                logger.exception("failed %s", source)
+            self.state.mark_failed_many(fresh, study, series, reason)
+            summary.failed.update(dict.fromkeys(fresh, reason))
+            return
+        self.state.mark_done_many(uids, study, series, seg_uid)
+        summary.stored += fresh
+
 
 def segment_files(
-    paths: Sequence[str | os.PathLike[str]],
-    output_dir: str | os.PathLike[str],
-    predictor: Predictor,
-    algorithm: AlgorithmInfo,
-    overlay: bool = False,
+    paths: Sequence[str | os.PathLike[str]], output_dir: str | os.PathLike[str], segmenter: Segmenter
 ) -> RunSummary:
-    """Local mode: DICOM files -> ``<output_dir>/<SEG SOPInstanceUID>.dcm`` (atomic writes)."""
+    """Local mode: DICOM files -> ``<output_dir>/<SOPInstanceUID>.dcm`` (atomic writes): one SEG per image, or
+    per volumetric series among the files. Unreadable files and duplicate SOPInstanceUIDs are refused."""
     summary = RunSummary()
     out = Path(output_dir)
+    read: list[tuple[str, Dataset]] = []
     for path in paths:
         try:
-            image = load_image(path)
-            seg, over = segment_dataset(image.dataset, predictor, algorithm, str(path), overlay=overlay)
-            write_atomic(seg, out / f"{seg.SOPInstanceUID}.dcm")
-            if over is not None:
-                write_atomic(over, out / f"{over.SOPInstanceUID}.dcm")
-            summary.stored.append(str(path))
+            ds = read_dataset(path)
+            check_metadata(ds, str(path))
+            read.append((str(path), ds))
         except UnsupportedDicomError as exc:
             logger.warning("refused %s", exc)
             summary.failed[str(path)] = exc.reason
+    duplicates = duplicate_uids(read)
+    for path, reason in duplicates.items():
+        logger.warning("refused %s: %s", path, reason)
+        summary.failed[path] = reason
+    path_of = {id(ds): path for path, ds in read if path not in duplicates}
+    for unit in group_units(ds for path, ds in read if path not in duplicates):
+        unit_paths = [path_of[id(ds)] for ds in unit]
+        try:
+            result = segmenter.segment(unit, unit_paths[0] if len(unit) == 1 else f"series of {len(unit)} files")
+            write_atomic(result.seg, out / f"{result.seg.SOPInstanceUID}.dcm")
+            for over in result.overlays:
+                write_atomic(over, out / f"{over.SOPInstanceUID}.dcm")
+            summary.stored += unit_paths
+        except UnsupportedDicomError as exc:
+            logger.warning("refused %s", exc)
+            summary.failed.update(dict.fromkeys(unit_paths, exc.reason))
         except Exception as exc:  # keep going with the other files; the reason is logged and returned
-            logger.exception("failed %s", path)
-            summary.failed[str(path)] = f"{type(exc).__name__}: {exc}"
+            logger.exception("failed %s", unit_paths)
+            summary.failed.update(dict.fromkeys(unit_paths, f"{type(exc).__name__}: {exc}"))
     logger.info("files finished: %s", summary)
     return summary
 
@@ -194,14 +270,29 @@ def _read_overrides(path: str | None) -> dict:
     return overrides
 
 
+def _settings(overrides: dict) -> InferenceSettings:
+    """Inference settings from recorded overrides (the bundle config ids), defaults for the rest."""
+    keys = {"inference_mode": "inference_mode", "image_size": "image_size", "roi_size": "roi_size",
+            "sw_overlap": "overlap", "threshold": "threshold"}
+    values = {field_: overrides[key] for key, field_ in keys.items() if key in overrides}
+    for key in ("image_size", "roi_size"):
+        if key in values:
+            values[key] = tuple(int(v) for v in values[key])
+    if "image_size" in values and "roi_size" not in values:
+        values["roi_size"] = values["image_size"]  # the bundle's roi_size follows image_size
+    return InferenceSettings(**values)
+
+
 def _predictor(args: argparse.Namespace) -> Predictor:
-    if args.bundle_dir and not args.network_json:
-        return Predictor.from_bundle(args.bundle_dir, args.checkpoint, _read_overrides(args.bundle_overrides),
-                                     device=args.device)
+    overrides = _read_overrides(args.bundle_overrides)
+    network = json.loads(args.network_json) if args.network_json else None
+    if args.bundle_dir:
+        if network is not None:
+            overrides["network_def"] = {"_target_": "vmunetv2_monai.VMUNetV2", **network}
+        return Predictor.from_bundle(args.bundle_dir, args.checkpoint, overrides, device=args.device)
     if not args.checkpoint:
         raise SystemExit("--checkpoint is required (or --bundle-dir with models/model.pt)")
-    kwargs = json.loads(args.network_json) if args.network_json else None
-    return Predictor.from_checkpoint(args.checkpoint, kwargs, device=args.device)
+    return Predictor.from_checkpoint(args.checkpoint, network, settings=_settings(overrides), device=args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,18 +303,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", default=os.environ.get("VMUNETV2_STATE", "vmunetv2_dicom_state.sqlite"),
                    help="state database of processed instances (env VMUNETV2_STATE; default %(default)s)")
     p.add_argument("--checkpoint", help="state dict (.pt), loaded with weights_only=True")
-    p.add_argument("--bundle-dir", help="bundle directory: network_def from configs/inference.json, name/version/"
-                   "label from configs/metadata.json, checkpoint default models/model.pt")
-    p.add_argument("--bundle-overrides", help="JSON file of bundle config overrides applied with --bundle-dir, e.g. "
-                   "the overrides.json a results recipe wrote (network size, inference_mode, image_size)")
-    p.add_argument("--network-json", help="VMUNetV2 keyword arguments as JSON (overrides the bundle's network_def)")
+    p.add_argument("--bundle-dir", help="bundle directory: network_def and inference settings from its configs, "
+                   "name/version/label from configs/metadata.json, checkpoint default models/model.pt")
+    p.add_argument("--bundle-overrides", help="JSON file of bundle config overrides, e.g. the overrides.json a "
+                   "results recipe wrote (network size, inference_mode, image_size); also read with --network-json")
+    p.add_argument("--network-json", help="VMUNetV2 keyword arguments as JSON (replaces the bundle's network_def)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    p.add_argument("--overlay", action="store_true", help="also store a secondary-capture overlay")
+    p.add_argument("--window", nargs=2, type=float, metavar=("CENTER", "WIDTH"),
+                   help="greyscale window for every greyscale image (default: the image's first Window Center / "
+                   "Width, else the full stored range); recorded in the SEG")
+    p.add_argument("--overlay", action="store_true", help="also store a secondary-capture overlay per image")
     p.add_argument("--output-dir", help="also write each SEG here (atomically); required with --files")
     p.add_argument("--retry-failed", action="store_true", help="retry instances recorded as failed")
-    p.add_argument("--watch", action="store_true", help="keep polling the PACS until stopped (SIGTERM / Ctrl-C)")
+    p.add_argument("--watch", action="store_true", help="keep polling the PACS until stopped (SIGTERM / Ctrl-C); "
+                   "an unreachable PACS is retried with back-off")
     p.add_argument("--interval", type=float, default=30.0, help="seconds between passes with --watch")
+    p.add_argument("--max-backoff", type=float, default=600.0, help="longest wait after repeated PACS failures")
+    p.add_argument("--settle", type=float, default=60.0, help="stable-series rule: a CT/MR series is segmented once "
+                   "it has had no new instance for this many seconds (0: at once)")
+    p.add_argument("--study-date", help="QIDO StudyDate filter, e.g. 20240101- (only these studies are listed)")
+    p.add_argument("--modality", help="QIDO ModalitiesInStudy filter, e.g. CT")
     p.add_argument("--list-failed", action="store_true", help="print the failed instances and their reasons, exit")
     p.add_argument("--files", nargs="+", help="local mode: segment these DICOM files instead of polling a PACS")
     p.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds")
@@ -231,8 +331,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def backoff_delay(failures: int, interval: float, max_backoff: float) -> float:
+    """Seconds to wait after ``failures`` consecutive unreachable passes: doubling from ``interval``, capped."""
+    return min(max(interval, 1.0) * 2.0 ** (failures - 1), max_backoff)
+
+
+def make_segmenter(args: argparse.Namespace) -> Segmenter:
+    """Predictor, algorithm identity and intensity rule from the command line."""
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    window = tuple(args.window) if args.window else None
+    return Segmenter(_predictor(args), AlgorithmInfo.from_bundle(args.bundle_dir), window, args.overlay)
+
+
+def watch(pipeline: Pipeline, args: argparse.Namespace) -> int:
+    """Passes until stopped (or one pass without ``--watch``); exit status of the last pass."""
+    retry, failures = args.retry_failed, 0
+    while True:
+        try:
+            summary = pipeline.run_once(retry_failed=retry)
+            retry, failures = False, 0  # failures of a --retry-failed pass are not retried again in this watch
+            status, delay = (1 if summary.failed else 0), args.interval
+        except PacsUnavailable as exc:
+            failures += 1
+            status, delay = 2, backoff_delay(failures, args.interval, args.max_backoff)
+            logger.warning("PACS unavailable (failure %d in a row): %s; next try in %.0f s", failures, exc, delay)
+        if not args.watch or pipeline.stop_requested:
+            return status
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not pipeline.stop_requested:
+            time.sleep(min(1.0, delay))
+        if pipeline.stop_requested:
+            return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point; exit status 0 when nothing failed in the last pass, 1 otherwise."""
+    """Console entry point; exit status 0 when nothing failed in the last pass, 1 if something did, 2 if the
+    PACS could not be reached."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.list_failed:
@@ -240,36 +377,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             for rec in state.records(FAILED):
                 sys.stdout.write(f"{rec.sop_instance_uid}\t{rec.attempts}\t{rec.reason}\n")
         return 0
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    algorithm = AlgorithmInfo.from_bundle(args.bundle_dir)
-    predictor = _predictor(args)
+    segmenter = make_segmenter(args)
     if args.files:
         if not args.output_dir:
             raise SystemExit("--files needs --output-dir")
-        return 1 if segment_files(args.files, args.output_dir, predictor, algorithm, args.overlay).failed else 0
+        return 1 if segment_files(args.files, args.output_dir, segmenter).failed else 0
+    filters = {k: v for k, v in (("StudyDate", args.study_date), ("ModalitiesInStudy", args.modality)) if v}
     with StateDB(args.state) as state:
-        pipeline = Pipeline(PacsClient(args.url, args.timeout), predictor, state, algorithm, args.overlay,
-                            args.output_dir)
+        pipeline = Pipeline(PacsClient(args.url, args.timeout), segmenter, state, args.output_dir, args.settle,
+                            filters)
 
         def _stop(signum: int, _frame: object) -> None:
-            logger.info("signal %d: stopping after the current image", signum)
+            logger.info("signal %d: stopping after the current unit", signum)
             pipeline.stop_requested = True
 
         signal.signal(signal.SIGTERM, _stop)
-        retry = args.retry_failed
-        while True:
-            summary = pipeline.run_once(retry_failed=retry)
-            retry = False  # failures of a --retry-failed pass are not retried again in the same watch
-            if not args.watch or pipeline.stop_requested:
-                return 1 if summary.failed else 0
-            deadline = time.monotonic() + args.interval
-            while time.monotonic() < deadline and not pipeline.stop_requested:
-                time.sleep(min(1.0, args.interval))
-            if pipeline.stop_requested:
-                return 0
+        return watch(pipeline, args)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 from pydicom.uid import UID
 
@@ -81,8 +82,11 @@ def _expected_native_bytes(ds: Dataset) -> int:
     return (n * bits + 7) // 8
 
 
-def check_supported(ds: Dataset, source: str = "") -> None:
-    """Raise :class:`UnsupportedDicomError` unless ``ds`` is a single-frame image this pipeline can decode."""
+def check_metadata(ds: Dataset, source: str = "") -> None:
+    """Refuse from the header alone (no pixel data needed): non-images, multi-frame, unsupported pixel layouts.
+
+    Used on WADO-RS metadata before any pixel data is downloaded, and on every local file.
+    """
     uid = str(ds.get("SOPInstanceUID", "")) or None
 
     def refuse(reason: str) -> UnsupportedDicomError:
@@ -106,38 +110,81 @@ def check_supported(ds: Dataset, source: str = "") -> None:
         raise refuse(f"unsupported SamplesPerPixel {spp}")
     if spp == 1 and pi not in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"):
         raise refuse(f"unsupported photometric interpretation {pi} with one sample per pixel")
+
+
+def check_supported(ds: Dataset, source: str = "") -> None:
+    """Raise :class:`UnsupportedDicomError` unless ``ds`` is a single-frame image this pipeline can decode."""
+    check_metadata(ds, source)
+    uid = str(ds.SOPInstanceUID)
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if tsyntax is None:
-        raise refuse("no transfer syntax in the file meta information")
+        raise UnsupportedDicomError("no transfer syntax in the file meta information", source, uid)
     tsyntax = UID(str(tsyntax))
     try:
         decoder = get_decoder(tsyntax)
     except NotImplementedError as exc:
-        raise refuse(f"unsupported transfer syntax {tsyntax} ({tsyntax.name})") from exc
+        raise UnsupportedDicomError(f"unsupported transfer syntax {tsyntax} ({tsyntax.name})", source, uid) from exc
     if not decoder.is_available:
-        raise refuse(f"transfer syntax {tsyntax.name} needs a missing decoder: {decoder.missing_dependencies}")
+        raise UnsupportedDicomError(
+            f"transfer syntax {tsyntax.name} needs a missing decoder: {decoder.missing_dependencies}", source, uid)
     if not tsyntax.is_compressed:
         have, need = len(ds.PixelData), _expected_native_bytes(ds)
         if have < need:
-            raise refuse(f"truncated pixel data ({have} of {need} bytes)")
+            raise UnsupportedDicomError(f"truncated pixel data ({have} of {need} bytes)", source, uid)
 
 
-def _greyscale_to_unit(ds: Dataset, arr: np.ndarray) -> np.ndarray:
-    """Modality LUT (rescale slope / intercept), MONOCHROME1 inversion, min-max to [0, 1]."""
-    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
-    lo, hi = float(values.min()), float(values.max())
-    unit = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+@dataclass(frozen=True)
+class GreyWindow:
+    """A fixed linear VOI window (DICOM PS3.3 C.11.2.1.2) applied after the modality LUT."""
+
+    center: float
+    width: float
+    origin: str
+
+    def describe(self) -> str:
+        """How the window is recorded in the SEG's algorithm parameters."""
+        return f"center {self.center:g} width {self.width:g} ({self.origin})"
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """Modality values -> [0, 1]."""
+        if self.width < 1:
+            raise ValueError(f"window width must be >= 1, got {self.width}")
+        lo = self.center - 0.5
+        return np.clip((values - lo) / max(self.width - 1.0, 1.0) + 0.5, 0.0, 1.0)
+
+
+def grey_window(ds: Dataset, configured: tuple[float, float] | None = None) -> GreyWindow:
+    """The window for a greyscale image: ``configured`` if given, else the image's first Window Center / Width,
+    else the full range of stored values through the modality LUT (fixed per image type, never per slice)."""
+    if configured is not None:
+        return GreyWindow(float(configured[0]), float(configured[1]), "configured")
+    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if center is not None and width is not None and str(center) != "" and str(width) != "":
+        first = [v[0] if isinstance(v, MultiValue) else v for v in (center, width)]
+        if float(first[1]) >= 1:
+            return GreyWindow(float(first[0]), float(first[1]), "image WindowCenter/WindowWidth")
+    bits = int(ds.get("BitsStored", ds.BitsAllocated))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    stored = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2**bits - 1])
+    lo, hi = sorted(float(v) for v in np.asarray(apply_modality_lut(stored, ds), dtype=np.float64))
+    return GreyWindow((lo + hi + 1.0) / 2.0, hi - lo + 1.0, f"full {bits}-bit stored range")
+
+
+def _greyscale_to_unit(ds: Dataset, arr: np.ndarray, window: GreyWindow) -> np.ndarray:
+    """Modality LUT (rescale slope / intercept), the fixed window, MONOCHROME1 inversion."""
+    unit = window.apply(np.asarray(apply_modality_lut(arr, ds), dtype=np.float64))
     if str(ds.PhotometricInterpretation) == "MONOCHROME1":
         unit = 1.0 - unit
     return unit.astype(np.float32)
 
 
-def to_model_input(ds: Dataset, source: str = "") -> np.ndarray:
+def to_model_input(ds: Dataset, source: str = "", window: GreyWindow | None = None) -> np.ndarray:
     """Checked, decoded ``(3, H, W)`` float32 in [0, 1].
 
     RGB (and YBR, converted to RGB by pydicom) is divided by ``2**BitsStored - 1`` (255 for 8-bit, like the
-    bundle); palette colour goes through its LUT; greyscale is rescaled, inverted if MONOCHROME1, min-max
-    normalised and repeated to three channels.
+    bundle); palette colour goes through its LUT; greyscale is rescaled, put through a fixed ``window`` (default
+    :func:`grey_window` of ``ds``; pass one window for every slice of a series), inverted if MONOCHROME1 and
+    repeated to three channels.
     """
     check_supported(ds, source)
     try:
@@ -155,18 +202,25 @@ def to_model_input(ds: Dataset, source: str = "") -> np.ndarray:
         bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
         rgb = lut.astype(np.float32) / np.float32(2**bits - 1)
     else:
-        rgb = np.repeat(_greyscale_to_unit(ds, arr)[..., None], 3, axis=-1)
+        rgb = np.repeat(_greyscale_to_unit(ds, arr, window or grey_window(ds))[..., None], 3, axis=-1)
     if rgb.shape[:2] != (int(ds.Rows), int(ds.Columns)):
         raise UnsupportedDicomError(f"decoded shape {rgb.shape} does not match Rows/Columns", source, ds.SOPInstanceUID)
     return np.ascontiguousarray(np.moveaxis(np.clip(rgb, 0.0, 1.0), -1, 0), dtype=np.float32)
 
 
-def load_image(ds_or_path: Dataset | str | os.PathLike[str], source: str | None = None) -> DicomImage:
-    """Read (if a path), check and convert one DICOM image."""
+def is_greyscale(ds: Dataset) -> bool:
+    """One sample per pixel and not palette colour."""
+    return int(ds.get("SamplesPerPixel", 1)) == 1 and str(ds.get("PhotometricInterpretation", "")) != "PALETTE COLOR"
+
+
+def load_image(
+    ds_or_path: Dataset | str | os.PathLike[str], source: str | None = None, window: GreyWindow | None = None
+) -> DicomImage:
+    """Read (if a path), check and convert one DICOM image (``window``: see :func:`to_model_input`)."""
     if isinstance(ds_or_path, Dataset):
         ds = ds_or_path
         src = source or f"SOPInstanceUID {ds.get('SOPInstanceUID', '?')}"
     else:
         src = source or str(ds_or_path)
         ds = read_dataset(ds_or_path)
-    return DicomImage(dataset=ds, image=to_model_input(ds, src), source=src)
+    return DicomImage(dataset=ds, image=to_model_input(ds, src, window), source=src)

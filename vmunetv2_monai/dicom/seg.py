@@ -1,6 +1,6 @@
-"""Binary DICOM Segmentation (and an optional secondary-capture overlay) for one source image, via highdicom.
+"""Binary DICOM Segmentation of one image or one series (and optional secondary-capture overlays), via highdicom.
 
-UIDs are derived deterministically from the source SOPInstanceUID and the algorithm name/version, so a
+UIDs are derived deterministically from the source SOPInstanceUID(s) and the algorithm name/version, so a
 re-run after a crash produces the same SEG instance (the PACS can be asked whether it already has it, and a
 second store of it is not a second object).
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping, Sequence
 
 import highdicom as hd
 import numpy as np
@@ -36,15 +37,22 @@ _PROPERTY_CODES = {
 }
 
 
-def derived_uid(source_sop_instance_uid: str, algorithm: AlgorithmInfo, kind: str) -> str:
-    """Deterministic UID (2.25 form) for an object of ``kind`` derived from a source instance."""
-    name = "|".join([str(source_sop_instance_uid), algorithm.name, algorithm.version, kind])
+def derived_uid(source_uid: str, algorithm: AlgorithmInfo, kind: str) -> str:
+    """Deterministic UID (2.25 form) for an object of ``kind`` derived from a source UID."""
+    name = "|".join([str(source_uid), algorithm.name, algorithm.version, kind])
     return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
 
 
-def seg_uid_for(source_sop_instance_uid: str, algorithm: AlgorithmInfo) -> str:
-    """SOPInstanceUID of the SEG for this source and algorithm."""
-    return derived_uid(source_sop_instance_uid, algorithm, "seg-instance")
+def _sources_key(source_sop_instance_uids: str | Sequence[str]) -> str:
+    if isinstance(source_sop_instance_uids, str):
+        return source_sop_instance_uids
+    uids = sorted(str(u) for u in source_sop_instance_uids)
+    return uids[0] if len(uids) == 1 else "|".join(uids)
+
+
+def seg_uid_for(source_sop_instance_uids: str | Sequence[str], algorithm: AlgorithmInfo) -> str:
+    """SOPInstanceUID of the SEG of these source instances (one image, or every slice of a series) and algorithm."""
+    return derived_uid(_sources_key(source_sop_instance_uids), algorithm, "seg-instance")
 
 
 #: Patient/study attributes (type 2 in the SEG) that highdicom copies from the source; some sources lack them.
@@ -63,9 +71,7 @@ def _valid_da_tm(value: object, vr: str) -> bool:
 def _prepared_source(source: Dataset) -> Dataset:
     """Shallow copy of ``source`` that highdicom accepts; the source itself is not modified.
 
-    Missing type-2 patient/study attributes become empty, non-conformant dates/times become empty, and a
-    ``PixelSpacing`` without ``SliceThickness`` on an image without a Frame of Reference is dropped (highdicom
-    0.28.2 cannot build a Pixel Measures Sequence from it; such spacing is nominal anyway).
+    Missing type-2 patient/study attributes become empty and non-conformant dates/times become empty.
     """
     copy = Dataset(source)
     copy.file_meta = source.file_meta
@@ -79,20 +85,38 @@ def _prepared_source(source: Dataset) -> Dataset:
         if value and not _valid_da_tm(value, vr):
             setattr(copy, key, None)
             changed.append(key)
-    if "FrameOfReferenceUID" not in copy and "PixelSpacing" in copy and "SliceThickness" not in copy:
-        del copy.PixelSpacing
-        changed.append("PixelSpacing")
     if changed:
-        logger.debug("source %s: %s left empty/omitted in the SEG", source.get("SOPInstanceUID"), changed)
+        logger.debug("source %s: %s left empty in the SEG", source.get("SOPInstanceUID"), changed)
     return copy
 
 
-def build_segmentation(source: Dataset, mask: np.ndarray, algorithm: AlgorithmInfo) -> hd.seg.Segmentation:
-    """BINARY SEG of an ``(H, W)`` mask (Rows, Columns order, no transposition) referencing ``source``."""
-    mask = np.asarray(mask)
-    shape = (int(source.Rows), int(source.Columns))
-    if mask.shape != shape:
-        raise ValueError(f"mask shape {mask.shape} does not match the source (Rows, Columns) {shape}")
+def _series_description(source: Dataset, algorithm: AlgorithmInfo, kind: str) -> str:
+    """``<name> <label> <kind> of series <n>``, cut to the 64 characters of an LO."""
+    number = source.get("SeriesNumber")
+    of = f" of series {number}" if number not in (None, "") else ""
+    return f"{algorithm.name} {algorithm.segment_label} {kind}{of}"[:64]
+
+
+def build_segmentation(
+    sources: Dataset | Sequence[Dataset],
+    masks: np.ndarray,
+    algorithm: AlgorithmInfo,
+    parameters: Mapping[str, str] | None = None,
+) -> hd.seg.Segmentation:
+    """BINARY SEG referencing ``sources``: one image and an ``(H, W)`` mask, or the slices of one series (same
+    frame of reference and geometry) and ``(N, H, W)`` masks in the same order; one frame per source, empty
+    frames kept, so every slice is referenced and a reader gets the full volume back.
+
+    Masks are in (Rows, Columns) order, never transposed. ``parameters`` (e.g. the greyscale window) go into
+    the segment's Algorithm Parameters.
+    """
+    sources = [sources] if isinstance(sources, Dataset) else list(sources)
+    masks = np.asarray(masks)
+    if masks.ndim == 2:
+        masks = masks[None]
+    shape = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
+    if masks.shape != shape:
+        raise ValueError(f"mask shape {masks.shape} does not match the sources (N, Rows, Columns) {shape}")
     label = algorithm.segment_label
     description = hd.seg.SegmentDescription(
         segment_number=1,
@@ -101,60 +125,83 @@ def build_segmentation(source: Dataset, mask: np.ndarray, algorithm: AlgorithmIn
         segmented_property_type=_PROPERTY_CODES.get(label.lower(), (TISSUE, TISSUE))[1],
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name=algorithm.name, family=codes.DCM.ArtificialIntelligence, version=algorithm.version
+            name=algorithm.name, family=codes.DCM.ArtificialIntelligence, version=algorithm.version,
+            parameters=dict(parameters) if parameters else None,
         ),
     )
-    uid = str(source.SOPInstanceUID)
+    first = sources[0]
+    uids = [str(s.SOPInstanceUID) for s in sources]
     try:
-        return _segmentation(source, mask, algorithm, description, uid)
+        seg = hd.seg.Segmentation(
+            source_images=[_prepared_source(s) for s in sources],
+            pixel_array=masks.astype(bool),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[description],
+            series_instance_uid=derived_uid(str(first.SeriesInstanceUID), algorithm, "seg-series"),
+            series_number=SEG_SERIES_NUMBER,
+            sop_instance_uid=seg_uid_for(uids, algorithm),
+            instance_number=int(first.get("InstanceNumber") or 1) if len(sources) == 1 else 1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=algorithm.name,
+            software_versions=f"{algorithm.name} {algorithm.version}; vmunetv2_monai {__version__}",
+            device_serial_number="0",
+            series_description=_series_description(first, algorithm, "SEG"),
+            omit_empty_frames=False,
+        )
     except KeyError as exc:  # highdicom looks the source's IOD up by SOP class
-        if exc.args and str(exc.args[0]) == str(source.SOPClassUID):
+        if exc.args and str(exc.args[0]) == str(first.SOPClassUID):
             raise UnsupportedDicomError(
-                f"SOP class {source.SOPClassUID} ({UID(str(source.SOPClassUID)).name}) is unknown to highdicom "
-                "(retired or private); no SEG can reference it", sop_instance_uid=uid
+                f"SOP class {first.SOPClassUID} ({UID(str(first.SOPClassUID)).name}) is unknown to highdicom "
+                "(retired or private); no SEG can reference it", sop_instance_uid=uids[0]
             ) from exc
         raise
+    if "FrameOfReferenceUID" not in seg:
+        # General Image: Patient Orientation is type 2C when there is no patient coordinate system
+        seg.PatientOrientation = first.get("PatientOrientation", "")
+    return seg
 
 
-def _segmentation(
-    source: Dataset, mask: np.ndarray, algorithm: AlgorithmInfo, description: hd.seg.SegmentDescription, uid: str
-) -> hd.seg.Segmentation:
-    label = algorithm.segment_label
-    return hd.seg.Segmentation(
-        source_images=[_prepared_source(source)],
-        pixel_array=mask.astype(bool),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[description],
-        series_instance_uid=derived_uid(uid, algorithm, "seg-series"),
-        series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=seg_uid_for(uid, algorithm),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=algorithm.name,
-        software_versions=f"{algorithm.name} {algorithm.version}; vmunetv2_monai {__version__}",
-        device_serial_number="0",
-        series_description=f"{algorithm.name} {label} SEG",
-        omit_empty_frames=False,
-    )
+def _orientation_letters(cosines: Sequence[float]) -> str:
+    """Patient-orientation letters of a direction (LPS), strongest component first (PS3.3 C.7.6.1.1.1)."""
+    letters = [("L", "R"), ("P", "A"), ("H", "F")]
+    order = sorted(range(3), key=lambda i: -abs(float(cosines[i])))
+    return "".join(letters[i][0 if float(cosines[i]) > 0 else 1] for i in order if abs(float(cosines[i])) > 1e-3)
+
+
+def patient_orientation(source: Dataset) -> tuple[str, str] | None:
+    """The source's Patient Orientation, else derived from Image Orientation (Patient), else None (unknown)."""
+    value = source.get("PatientOrientation")
+    if value is not None and len(value) == 2:
+        return str(value[0]), str(value[1])
+    iop = source.get("ImageOrientationPatient")
+    if iop is not None and len(iop) == 6:
+        return _orientation_letters(iop[:3]), _orientation_letters(iop[3:])
+    return None
 
 
 def build_overlay(source: Dataset, rgb: np.ndarray, mask: np.ndarray, algorithm: AlgorithmInfo) -> hd.sc.SCImage:
-    """Secondary-capture RGB overlay (mask blended in red) for viewers without SEG support."""
+    """Secondary-capture RGB overlay (mask blended in red) for viewers without SEG support.
+
+    It references its source (Source Image Sequence), keeps its pixel spacing and patient orientation, and
+    carries the source's lossy-compression history (the overlay itself is stored uncompressed).
+    """
     out = rgb.astype(np.float32).copy()
     red = np.array([255.0, 0.0, 0.0], dtype=np.float32)
     out[mask] = 0.5 * out[mask] + 0.5 * red
     uid = str(source.SOPInstanceUID)
-    return hd.sc.SCImage(
+    orientation = patient_orientation(source)
+    spacing = source.get("PixelSpacing")
+    sc = hd.sc.SCImage(
         pixel_array=np.round(out).astype(np.uint8),
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        patient_orientation=("L", "F"),
+        patient_orientation=orientation or ("L", "F"),  # replaced by an empty value below when unknown
         study_instance_uid=str(source.StudyInstanceUID),
-        series_instance_uid=derived_uid(uid, algorithm, "overlay-series"),
+        series_instance_uid=derived_uid(str(source.SeriesInstanceUID), algorithm, "overlay-series"),
         series_number=OVERLAY_SERIES_NUMBER,
         sop_instance_uid=derived_uid(uid, algorithm, "overlay-instance"),
-        instance_number=1,
+        instance_number=int(source.get("InstanceNumber") or 1),
         manufacturer=MANUFACTURER,
         patient_id=source.get("PatientID"),
         patient_name=source.get("PatientName"),
@@ -165,8 +212,28 @@ def build_overlay(source: Dataset, rgb: np.ndarray, mask: np.ndarray, algorithm:
         study_date=source.get("StudyDate") or None,
         study_time=source.get("StudyTime") or None,
         referring_physician_name=source.get("ReferringPhysicianName"),
-        series_description=f"{algorithm.name} {algorithm.segment_label} overlay",
+        pixel_spacing=tuple(float(v) for v in spacing) if spacing is not None and len(spacing) == 2 else None,
+        laterality=source.get("Laterality") or None,
+        series_description=_series_description(source, algorithm, "overlay"),
     )
+    if orientation is None:
+        sc.PatientOrientation = ""
+    if "Laterality" not in sc:
+        sc.Laterality = ""  # General Series, type 2C: unknown
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = uid
+    item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept("121322", "DCM", "Source image for image processing operation")]
+    sc.SourceImageSequence = [item]
+    sc.DerivationDescription = f"{algorithm.name} {algorithm.version} {algorithm.segment_label} mask blended in red"
+    lossy = str(source.get("LossyImageCompression", "00")) == "01"
+    sc.LossyImageCompression = "01" if lossy else "00"
+    if lossy:
+        for key in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+            if key in source:
+                setattr(sc, key, source[key].value)
+    return sc
 
 
 def read_back(ds: Dataset) -> hd.seg.Segmentation:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,8 +24,22 @@ CREATE TABLE IF NOT EXISTS instances (
     seg_sop_instance_uid TEXT,
     attempts INTEGER NOT NULL DEFAULT 1,
     updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS studies (
+    study_instance_uid TEXT PRIMARY KEY,
+    n_instances INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS series (
+    series_instance_uid TEXT PRIMARY KEY,
+    n_instances INTEGER NOT NULL,
+    changed REAL NOT NULL
 )
 """
+
+_UPSERT = """INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, 1, ?)
+   ON CONFLICT(sop_instance_uid) DO UPDATE SET status = excluded.status,
+   reason = excluded.reason, seg_sop_instance_uid = excluded.seg_sop_instance_uid,
+   attempts = instances.attempts + 1, updated = excluded.updated"""
 
 
 @dataclass(frozen=True)
@@ -50,7 +65,7 @@ class StateDB:
         self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute(_SCHEMA)
+        self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:
         """Close the database."""
@@ -73,17 +88,51 @@ class StateDB:
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with self._conn:  # one transaction: BEGIN ... COMMIT (rolled back on error)
             self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.execute(
-                """INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, 1, ?)
-                   ON CONFLICT(sop_instance_uid) DO UPDATE SET status = excluded.status,
-                   reason = excluded.reason, seg_sop_instance_uid = excluded.seg_sop_instance_uid,
-                   attempts = instances.attempts + 1, updated = excluded.updated""",
-                (sop, study, series, status, reason, seg, now),
-            )
+            self._conn.execute(_UPSERT, (sop, study, series, status, reason, seg, now))
 
     def mark_done(self, sop: str, study: str, series: str, seg_uid: str, note: str | None = None) -> None:
         """Record that the SEG ``seg_uid`` of ``sop`` is in the PACS."""
         self._put(DONE, sop, study, series, note, seg_uid)
+
+    def mark_done_many(self, sops: list[str], study: str, series: str, seg_uid: str, note: str | None = None) -> None:
+        """Record, in one transaction, that the series SEG ``seg_uid`` covering ``sops`` is in the PACS."""
+        self._put_many(DONE, sops, study, series, note, seg_uid)
+
+    def mark_failed_many(self, sops: list[str], study: str, series: str, reason: str) -> None:
+        """Record, in one transaction, that the SEG covering ``sops`` could not be made."""
+        self._put_many(FAILED, sops, study, series, reason, None)
+
+    def study_count(self, study: str) -> int | None:
+        """Instance count of a study when it was last fully handled, or None."""
+        row = self._conn.execute("SELECT n_instances FROM studies WHERE study_instance_uid = ?", (study,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_study_count(self, study: str, n_instances: int) -> None:
+        """Remember that the study was fully handled at ``n_instances`` instances (the incremental listing)."""
+        with self._conn:
+            self._conn.execute("INSERT INTO studies VALUES (?, ?) ON CONFLICT(study_instance_uid) DO UPDATE SET "
+                               "n_instances = excluded.n_instances", (study, n_instances))
+
+    def series_settled(self, series: str, n_instances: int, settle_s: float, now: float | None = None) -> bool:
+        """Stable-series rule: True once the series has had ``n_instances`` for at least ``settle_s`` seconds
+        (as seen by successive calls; a new count restarts the clock). ``settle_s <= 0``: always settled."""
+        now = time.time() if now is None else now
+        row = self._conn.execute("SELECT n_instances, changed FROM series WHERE series_instance_uid = ?",
+                                 (series,)).fetchone()
+        if row is None or int(row[0]) != n_instances:
+            with self._conn:
+                self._conn.execute("INSERT INTO series VALUES (?, ?, ?) ON CONFLICT(series_instance_uid) DO UPDATE "
+                                   "SET n_instances = excluded.n_instances, changed = excluded.changed",
+                                   (series, n_instances, now))
+            return settle_s <= 0
+        return now - float(row[1]) >= settle_s
+
+    def _put_many(self, status: str, sops: list[str], study: str, series: str, reason: str | None,
+                  seg: str | None) -> None:
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany(_UPSERT, [(sop, study, series, status, reason, seg, now) for sop in sops])
 
     def mark_failed(self, sop: str, study: str, series: str, reason: str) -> None:
         """Record a failure and its reason (retried only on request)."""

@@ -1,0 +1,125 @@
+"""Which source images make one SEG, and making it: every slice of a volumetric series (CT, MR: one frame of
+reference and geometry) gives one multi-frame SEG; independent images (endoscopy stills, photographs,
+ultrasound, secondary captures) give one SEG each."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from ..inference import Predictor
+from .algorithm import AlgorithmInfo
+from .reader import GreyWindow, grey_window, is_greyscale, load_image
+from .seg import build_overlay, build_segmentation, read_back, seg_uid_for
+
+logger = logging.getLogger(__name__)
+
+#: What makes an image a slice of a volume: it sits in a patient coordinate system with a known geometry.
+VOLUME_ATTRIBUTES = ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+
+
+def is_volumetric(ds: Dataset) -> bool:
+    """Whether ``ds`` is a slice of a volume (all of :data:`VOLUME_ATTRIBUTES` present with values)."""
+    return all(ds.get(key) not in (None, "") for key in VOLUME_ATTRIBUTES)
+
+
+def _rounded(values: Iterable[object]) -> tuple[float, ...]:
+    return tuple(round(float(v), 4) for v in values)
+
+
+def _geometry(ds: Dataset) -> tuple:
+    return (str(ds.SeriesInstanceUID), str(ds.FrameOfReferenceUID), _rounded(ds.ImageOrientationPatient),
+            int(ds.Rows), int(ds.Columns), _rounded(ds.PixelSpacing))
+
+
+def _position_along_normal(ds: Dataset) -> float:
+    iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+    return float(np.dot(np.cross(iop[:3], iop[3:]), np.asarray(ds.ImagePositionPatient, dtype=float)))
+
+
+def group_units(datasets: Iterable[Dataset]) -> list[list[Dataset]]:
+    """Split headers into SEG units: volumetric slices grouped by series and geometry (sorted along the slice
+    normal), every other image alone. Units are returned in order of first appearance."""
+    units: dict[object, list[Dataset]] = {}
+    for ds in datasets:
+        key = _geometry(ds) if is_volumetric(ds) else ("image", str(ds.SOPInstanceUID))
+        units.setdefault(key, []).append(ds)
+    for key, unit in units.items():
+        if key[0] != "image":
+            unit.sort(key=_position_along_normal)
+    return list(units.values())
+
+
+def duplicate_uids(datasets: Iterable[tuple[str, Dataset]]) -> dict[str, str]:
+    """``source -> reason`` for every input whose SOPInstanceUID an earlier input already has."""
+    first: dict[str, str] = {}
+    out = {}
+    for source, ds in datasets:
+        uid = str(ds.get("SOPInstanceUID", ""))
+        if uid in first:
+            out[source] = f"duplicate SOPInstanceUID {uid} (also in {first[uid]})"
+        else:
+            first[uid] = source
+    return out
+
+
+@dataclass
+class UnitResult:
+    """The SEG of one unit, its overlays (if asked for) and the source instances it covers."""
+
+    seg: Dataset
+    overlays: list[Dataset]
+    source_uids: list[str]
+    seconds: float
+
+
+class Segmenter:
+    """Model + algorithm identity + intensity rule: a unit of source datasets -> a checked SEG."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        algorithm: AlgorithmInfo | None = None,
+        window: tuple[float, float] | None = None,
+        overlay: bool = False,
+    ) -> None:
+        self.predictor = predictor
+        self.algorithm = algorithm or AlgorithmInfo()
+        self.window = window
+        self.overlay = overlay
+
+    def seg_uid(self, source_uids: Sequence[str]) -> str:
+        """SOPInstanceUID of the SEG of these sources."""
+        return seg_uid_for(list(source_uids), self.algorithm)
+
+    def _window(self, first: Dataset) -> GreyWindow | None:
+        if not is_greyscale(first):
+            return None
+        window = grey_window(first, self.window)
+        if window.origin.startswith("full"):
+            logger.warning("%s: no window configured and none in the image; using the %s (set --window C W)",
+                           first.get("SOPInstanceUID"), window.origin)
+        return window
+
+    def segment(self, unit: Sequence[Dataset], source: str) -> UnitResult:
+        """Predict every image of ``unit`` (one greyscale window for all its slices), build and check the SEG."""
+        start = time.perf_counter()
+        window = self._window(unit[0])
+        images = [load_image(ds, source=f"{source} instance {ds.get('SOPInstanceUID', '?')}", window=window)
+                  for ds in unit]
+        masks = np.stack([self.predictor.predict(image.image) for image in images])
+        parameters = ({"greyscale_window": window.describe()} if window is not None
+                      else {"intensity": "colour / (2**BitsStored - 1)"})
+        seg = build_segmentation(list(unit), masks, self.algorithm, parameters)
+        read_back(seg)
+        overlays = ([build_overlay(image.dataset, image.display_rgb(), mask, self.algorithm)
+                     for image, mask in zip(images, masks)] if self.overlay else [])
+        seconds = time.perf_counter() - start
+        logger.info("%s: SEG of %d image(s) %dx%d, %d foreground pixels, %.2f s (%.2f s per image)", source,
+                    len(unit), masks.shape[1], masks.shape[2], int(masks.sum()), seconds, seconds / len(unit))
+        return UnitResult(seg, overlays, [str(ds.SOPInstanceUID) for ds in unit], seconds)
