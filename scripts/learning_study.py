@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from vmunetv2_monai.data.datalist import build_datalist
+from vmunetv2_monai.evaluation.figures import plot_learning_curves
 from vmunetv2_monai.handlers.atomic import atomic_write
 from vmunetv2_monai.training import ArraySet, TrainConfig, load_arrays, train_for_budget
 
@@ -90,11 +91,11 @@ def _cached(items: list[dict], size: int, path: Path, full: bool) -> ArraySet:
 
 
 def run_trial(model: str, name: str, changes: dict, split_file: str, budget_s: float, eval_every_s: float,
-              out: str) -> dict:
+              out: str, extra: dict) -> dict:
     """Train one variant (one thread) and write its JSON; returns the result."""
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = BASE[model].replace(**changes)
+    cfg = BASE[model].replace(**{**extra, **changes})
     split = json.loads(Path(split_file).read_text())
     train = _cached(split["training"], cfg.size, Path(out) / "cache" / f"training_{cfg.size}.pt", False)
     val = _cached(split["validation"], cfg.size, Path(out) / "cache" / f"validation_{cfg.size}.pt", True)
@@ -109,17 +110,12 @@ def run_trial(model: str, name: str, changes: dict, split_file: str, budget_s: f
 
 
 def write_report(records: list[dict], out: Path) -> None:
-    """``study.md`` (one table per model, sorted as run, with the change against the baseline) and the curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """``study.md`` (one table per model, in run order, with the change against the baseline) and the curves."""
     lines = ["# Learning study: validation mean Dice against CPU seconds of training", "",
              f"Budget per trial: {records[0]['budget_s']:.0f} CPU s (process time of the trial's own process, one "
              "thread, training steps only). Validation: the 90-image split, per-image Dice at original resolution.", ""]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharey=True)
-    for ax, model in zip(axes, VARIANTS):
+    curves: dict[str, dict[str, list]] = {}
+    for model in VARIANTS:
         rows = [r for r in records if r["model"] == model]
         if not rows:
             continue
@@ -131,16 +127,9 @@ def write_report(records: list[dict], out: Path) -> None:
             delta = "" if base is None or r["variant"] == "baseline" else f"{final - base:+.4f}"
             lines.append(f"| {r['variant']} | {final:.4f} | {delta} | {r['best_val_dice']:.4f} | {r['steps']} | "
                          f"{r['epochs']} | {r['params'] / 1e6:.2f} M |")
-            xs, ys = zip(*r["curve"])
-            ax.plot(xs, ys, marker="o", lw=2.5 if r["variant"] == "baseline" else 1, label=r["variant"])
+            curves.setdefault(r["variant"], {})[model] = [tuple(p) for p in r["curve"]]
         lines.append("")
-        ax.set_title(model)
-        ax.set_xlabel("training CPU seconds")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, ncol=2)
-    axes[0].set_ylabel("validation mean Dice")
-    fig.tight_layout()
-    atomic_write(out / "learning_curves.png", lambda p: fig.savefig(p, dpi=110, format="png"))
+    plot_learning_curves(curves, out / "learning_curves.png", xlabel="training CPU seconds")
     atomic_write(out / "study.md", lambda p: Path(p).write_text("\n".join(lines)))
     logger.info("wrote %s and %s", out / "study.md", out / "learning_curves.png")
 
@@ -156,11 +145,13 @@ def main() -> None:
     ap.add_argument("--variants", type=int, help="run only the first N variants of each model (smoke tests)")
     ap.add_argument("--jobs", type=int, default=1, help="trials at the same time (one thread each)")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--val-fraction", type=float, default=0.1)
+    ap.add_argument("--extra", default="{}", help="JSON of TrainConfig changes for every trial (smoke tests)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     out = Path(args.out)
     test_names = args.test_names or os.path.join(args.data_dir, "pranet_kvasir_test_names.txt")
-    split = build_datalist(args.data_dir, val_fraction=0.1, seed=args.seed, test_names_file=test_names)
+    split = build_datalist(args.data_dir, val_fraction=args.val_fraction, seed=args.seed, test_names_file=test_names)
     split_file = out / "split.json"
     atomic_write(split_file, lambda p: Path(p).write_text(json.dumps(
         {k: split[k] for k in ("training", "validation")}, indent=2)))
@@ -182,7 +173,7 @@ def main() -> None:
                 records.append(json.loads(done.read_text()))
                 continue
             futures.append(pool.submit(run_trial, m, name, changes, str(split_file), args.budget_s,
-                                       args.eval_every_s, str(out)))
+                                       args.eval_every_s, str(out), json.loads(args.extra)))
         records += [f.result() for f in futures]
     order = {(m, n): i for i, (m, n, _) in enumerate(todo)}
     write_report(sorted(records, key=lambda r: order[(r["model"], r["variant"])]), out)

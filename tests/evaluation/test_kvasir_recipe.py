@@ -1,5 +1,5 @@
-"""The results recipe end to end on the bundled sample, at a tiny size: both models trained at the same time
-(--jobs 2), predictions, report, and the report rebuilt from the run folders (--report-only)."""
+"""The results recipe end to end on the bundled sample, at a tiny size and CPU budget: both models trained at the
+same time (--jobs 2), predictions through the bundle, report, refusal to overwrite, and --report-only."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = {"depths": [1, 1, 1, 1], "dims": 16, "d_state": 4, "mid_channels": 8, "image_size": [64, 64],
-        "batch_size": 2, "num_workers": 0}
+TINY = {"depths": [1, 1, 1, 1], "dims": 16, "size": 64, "batch_size": 2, "features": [8, 8, 16, 32, 64, 8]}
 
 
 def test_recipe_runs_end_to_end(tmp_path: Path) -> None:
@@ -19,8 +18,8 @@ def test_recipe_runs_end_to_end(tmp_path: Path) -> None:
     (tmp_path / "test.txt").write_text("\n".join(names[:2]) + "\n")
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "scripts" / "kvasir_recipe.py"), "--data-dir", str(sample),
-           "--test-names", str(tmp_path / "test.txt"), "--out", str(out), "--epochs", "2", "--val-fraction", "0.2",
-           "--jobs", "2", "--budget-min", "5", "--extra", json.dumps(TINY)]
+           "--test-names", str(tmp_path / "test.txt"), "--out", str(out), "--budget-s", "3", "--eval-every-s", "1.5",
+           "--val-fraction", "0.2", "--jobs", "2", "--extra", json.dumps(TINY)]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     split = json.loads((out / "split.json").read_text())
@@ -35,7 +34,13 @@ def test_recipe_runs_end_to_end(tmp_path: Path) -> None:
     assert (out / "report" / "overlays.png").is_file() and (out / "report" / "learning_curves.png").is_file()
     for model in ("vmunetv2", "basicunet"):
         run = json.loads((out / model / "run.json").read_text())
-        assert run["epochs"] == 2 and run["torch_threads"] >= 1 and run["budget_min"] == 5 and run["jobs"] == 2
+        assert run["budget_cpu_s"] == 3 and run["train_cpu_s"] >= 3 and run["torch_threads"] == 1
+        assert run["settings"]["size"] == 64 and len(run["curve"]) >= 2
+    assert "| setting: size | 64 | 64 |" in report
+
+    # nothing is overwritten: a new run into the same folder is refused, --resume finishes what is missing
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "use --resume" in proc.stderr
 
     (out / "report" / "report.md").unlink()
     proc = subprocess.run(cmd + ["--report-only"], cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -21,11 +21,13 @@ __all__ = ["pick_cases", "plot_learning_curves", "plot_overlay_grid"]
 
 
 def plot_learning_curves(
-    curves: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]], path: str | os.PathLike
+    curves: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]],
+    path: str | os.PathLike,
+    xlabel: str = "epoch",
 ) -> Path:
     """One panel per series name (e.g. ``train_loss``, ``val_mean_dice``), one line per model.
 
-    ``curves[model][series]`` is a list of ``(step, value)`` pairs.
+    ``curves[model][series]`` is a list of ``(x, value)`` pairs; ``xlabel`` names x (epochs, CPU seconds).
     """
     series = sorted({s for per_model in curves.values() for s in per_model})
     if not series:
@@ -37,9 +39,9 @@ def plot_learning_curves(
                 steps, values = zip(*per_model[name])
                 ax.plot(steps, values, marker=".", label=model)
         ax.set_title(name)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small" if len(curves) <= 6 else 6)
     fig.tight_layout()
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

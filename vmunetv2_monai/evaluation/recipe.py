@@ -1,5 +1,5 @@
-"""Results recipe: split, train each model with the bundle under one wall-clock budget, predict the test images
-at their original resolution, score them and write the report folder.
+"""Results recipe pieces: bundle training (full recipe), bundle overrides of a CPU-recipe setting, prediction of
+the test images at their original resolution with the bundle's inference config, scoring and the report folder.
 
 Prediction runs the bundle's ``inference.json`` with the recipe's overrides (``spatial_mode resize``, hence
 ``inference_mode resize``): each whole image is resized to the training ``image_size``, and the logits are
@@ -16,17 +16,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ignite.engine import Events
-from ignite.handlers import TimeLimit
 from monai.bundle import ConfigWorkflow
 
-from ..handlers.budget import FitEpochsToBudget
+from ..training.trainer import TrainConfig
 from .figures import pick_cases, plot_learning_curves, plot_overlay_grid
 from .folders import score_predictions, write_metrics_csv
 from .report import format_report
 from .stats import bootstrap_summary
 
-__all__ = ["evaluate_models", "predict_with_bundle", "read_tensorboard_curves", "train_with_budget"]
+__all__ = ["bundle_overrides", "evaluate_models", "predict_with_bundle", "read_tensorboard_curves", "train_with_bundle"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,29 +44,19 @@ def _workflow(bundle_dir: str | os.PathLike, names: Sequence[str], kind: str, ov
     )
 
 
-def train_with_budget(
-    bundle_dir: str | os.PathLike, overrides: Mapping[str, Any], time_limit_s: float | None
-) -> dict[str, float]:
-    """Run the bundle's training with ``overrides``. With ``time_limit_s``, the epoch count and the cosine
-    schedule are fitted to the budget after two epochs (:class:`FitEpochsToBudget`) and ignite's ``TimeLimit``
-    stops the run at the budget in any case. Data caching (``cache_rate``) happens before the clock starts.
+def train_with_bundle(bundle_dir: str | os.PathLike, overrides: Mapping[str, Any]) -> dict[str, float]:
+    """Run the bundle's training with ``overrides`` (the full recipe; CPU-second budgets are
+    :func:`vmunetv2_monai.training.train_for_budget`'s).
 
     Returns ``{"epochs", "train_wall_s", "best_val_mean_dice", "best_epoch"}``.
     """
     wf = _workflow(bundle_dir, ("common", "train"), "train", overrides)
     wf.initialize()
     trainer = wf.parser.get_parsed_content("train#trainer")
-    if time_limit_s is not None:
-        FitEpochsToBudget(time_limit_s, wf.parser.get_parsed_content("lr_scheduler")).attach(trainer)
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, TimeLimit(max(1, int(time_limit_s))))
     start = time.perf_counter()
     wf.run()
     wall = time.perf_counter() - start
     evaluator = wf.parser.get_parsed_content("validate#evaluator")
-    if not os.path.exists(wf.parser.get_parsed_content("ckpt_path")):
-        # The budget ended the first epoch before any validation: validate once so a best checkpoint exists.
-        logger.info("no validation finished within the budget; validating the current weights once")
-        evaluator.run(trainer.state.epoch)
     wf.finalize()
     return {
         "epochs": int(trainer.state.epoch),
@@ -76,6 +64,16 @@ def train_with_budget(
         "best_val_mean_dice": round(float(evaluator.state.best_metric), 4),
         "best_epoch": int(evaluator.state.best_metric_epoch),
     }
+
+
+def bundle_overrides(cfg: TrainConfig) -> dict[str, Any]:
+    """The bundle config ids that reproduce ``cfg``'s network and preprocessing at inference."""
+    common = {"image_size": [cfg.size, cfg.size], "spatial_mode": "resize", "normalization": cfg.norm}
+    if cfg.model == "basicunet":
+        return {**common, "network_def": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3,
+                                          "out_channels": 1, "features": list(cfg.features), "dropout": cfg.dropout}}
+    return {**common, "depths": list(cfg.depths), "dims": cfg.dims, "drop_path_rate": cfg.drop_path_rate,
+            "keep_unused_stage": False}
 
 
 def predict_with_bundle(
@@ -119,6 +117,7 @@ def evaluate_models(
     title: str,
     notes: str,
     n_boot: int = 2000,
+    xlabel: str = "epoch",
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Score every model's predictions and write ``metrics.csv``, ``learning_curves.png``, ``overlays.png`` and
     ``report.md`` in ``report_dir``; returns the bootstrap summaries per model."""
@@ -130,7 +129,7 @@ def evaluate_models(
         all_rows += [{"model": model, **r} for r in rows]
     write_metrics_csv(all_rows, report_dir / "metrics.csv")
     if any(curves.values()):
-        plot_learning_curves(curves, report_dir / "learning_curves.png")
+        plot_learning_curves(curves, report_dir / "learning_curves.png", xlabel=xlabel)
     first = next(iter(pred_dirs))
     picked = pick_cases([r for r in all_rows if r["model"] == first])
     by_name = {it["name"]: it for it in test_items}

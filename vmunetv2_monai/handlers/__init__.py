@@ -1,8 +1,7 @@
 """Ignite handlers for the VM-UNetV2 bundle: atomic checkpoints and checked loading, a stop on a non-finite loss,
-evaluation reports, prediction writer, wall-clock budget."""
+evaluation reports, prediction writer."""
 
 from .atomic import atomic_write
-from .budget import FitEpochsToBudget
 from .checkpoint import AtomicCheckpointSaver, CheckpointLoader, StopOnNonFiniteLoss
 from .predictions import PredictionWriter, overlay_contour
 from .reports import CaseReportWriter
@@ -11,7 +10,6 @@ __all__ = [
     "AtomicCheckpointSaver",
     "CaseReportWriter",
     "CheckpointLoader",
-    "FitEpochsToBudget",
     "PredictionWriter",
     "StopOnNonFiniteLoss",
     "atomic_write",
