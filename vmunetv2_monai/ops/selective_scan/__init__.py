@@ -12,6 +12,8 @@ Backends, all with mamba-ssm's ``selective_scan_fn`` contract:
 ========== ===================================================================================
 
 ``cpu`` hands inputs it does not take (float64, d_state not in 8/16/24/32) to ``torch``, and says so in the log.
+On CUDA tensors, ``auto`` falling back from ``mamba`` logs a WARNING with the reason and the install command. Our
+backends compute in float32 (float64 stays float64) also under autocast: it is switched off around them.
 
 The environment variable ``VMUNETV2_SCAN_BACKEND`` sets the backend used by ``"auto"`` (read once, here).
 """
@@ -25,7 +27,7 @@ import torch
 
 from .blocked import selective_scan_blocked
 from .cpu import cpu_status, cpu_unsupported_reason, selective_scan_cpu
-from .mamba import mamba_scan_fn, mamba_status
+from .mamba import MAMBA_INSTALL_HINT, mamba_scan_fn, mamba_status
 from .reference import selective_scan_reference
 from .scripted import selective_scan_scripted
 
@@ -39,7 +41,10 @@ _logged: set[tuple[str, str]] = set()
 
 
 def available_backends() -> dict[str, tuple[bool, str]]:
-    """Map each concrete backend name to ``(usable_here, reason)``; builds the ``cpu`` kernel on first call."""
+    """Map each concrete backend name to ``(usable_here, reason)``; builds the ``cpu`` kernel on first call.
+
+    ``mamba`` is probed with a forward and backward on the current CUDA device.
+    """
     return {
         "mamba": mamba_status(),
         "cpu": cpu_status(),
@@ -48,10 +53,10 @@ def available_backends() -> dict[str, tuple[bool, str]]:
     }
 
 
-def _log_once(backend: str, reason: str) -> None:
+def _log_once(backend: str, reason: str, level: int = logging.INFO) -> None:
     if (backend, reason) not in _logged:
         _logged.add((backend, reason))
-        logger.info("selective scan backend: %s (%s)", backend, reason)
+        logger.log(level, "selective scan backend: %s (%s)", backend, reason)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -67,9 +72,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             raise ValueError(f"VMUNETV2_SCAN_BACKEND must be one of {SCAN_BACKENDS}, got {_ENV_BACKEND!r}.")
         backend = _ENV_BACKEND
     if backend == "mamba":
-        mamba_scan_fn()  # raises with the reason when the kernel is unusable
-        if device.type != "cuda":
-            raise RuntimeError(f"scan backend 'mamba' needs CUDA tensors, got tensors on {device}.")
+        mamba_scan_fn(device)  # raises with the reason (CPU tensors, no kernel, failed probe) and the install hint
         _log_once("mamba", "forced")
         return "mamba"
     if backend == "cpu":
@@ -82,11 +85,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return "cpu"
     if backend == "auto":
         if device.type == "cuda":
-            ok, reason = mamba_status()
+            ok, reason = mamba_status(device)
             if ok:
                 _log_once("mamba", reason)
                 return "mamba"
-            _log_once("torch", f"auto: {reason}")
+            # The slow path on a GPU is worth a warning: the user most likely meant to have the kernel.
+            _log_once("torch", f"auto on {device}: mamba unavailable: {reason}. {MAMBA_INSTALL_HINT}", logging.WARNING)
             return "torch"
         if device.type == "cpu":
             ok, reason = cpu_status()
@@ -136,12 +140,17 @@ def selective_scan(
         return selective_scan_scripted(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     name = resolve_backend(backend, u.device)
     if name == "mamba":
-        return mamba_scan_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return mamba_scan_fn(u.device)(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if name == "cpu":
         why_not = cpu_unsupported_reason(u, A)
         if why_not is None:
-            return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-        _log_once("torch", f"cpu kernel does not take {why_not}")
-        name = "torch"
-    fn = selective_scan_blocked if name == "torch" else selective_scan_reference
-    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+            fn = selective_scan_cpu
+        else:
+            _log_once("torch", f"cpu kernel does not take {why_not}")
+            fn = selective_scan_blocked
+    else:
+        fn = selective_scan_blocked if name == "torch" else selective_scan_reference
+    # Autocast would run the blocked scan's matmul in fp16/bf16; our backends state float32 compute. Their
+    # backward passes hold no autocast-eligible op, so switching it off around the forward is enough.
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
