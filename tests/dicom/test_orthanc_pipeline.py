@@ -18,12 +18,14 @@ from pydicom.data import get_testdata_file
 from vmunetv2_monai.dicom.algorithm import AlgorithmInfo
 from vmunetv2_monai.dicom.dicomweb import PacsClient
 from vmunetv2_monai.dicom.pipeline import main
-from vmunetv2_monai.dicom.reader import load_image
+from vmunetv2_monai.dicom.files import write_atomic
+from vmunetv2_monai.dicom.reader import grey_window, load_image
 from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID, seg_mask_for_source, seg_uid_for
 from vmunetv2_monai.dicom.state import DONE, FAILED, StateDB
 from vmunetv2_monai.inference import Predictor
 
-from .conftest import REPO, Orthanc, kvasir_image_paths, load_rgb, ultrasound_files, wrap_vl_endoscopic
+from .conftest import (REPO, Orthanc, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb, ultrasound_files,
+                       wrap_vl_endoscopic)
 
 KILL_TIMEOUT_S = 120.0
 
@@ -56,57 +58,94 @@ def _bad_sources() -> list[pydicom.Dataset]:
 
 
 def _segs(client: PacsClient) -> list[pydicom.Dataset]:
-    return [client.retrieve(r) for r in client.list_instances() if r.sop_class_uid == SEG_SOP_CLASS_UID]
+    return [client.retrieve(r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid)
+            for r in client.list_instances() if r.sop_class_uid == SEG_SOP_CLASS_UID]
 
 
-def _check_segs(client: PacsClient, sources: list[pydicom.Dataset], predictor: Predictor) -> None:
-    """Exactly one SEG per source, referencing it, parsed by highdicom, mask == direct inference."""
-    segs = _segs(client)
-    assert len(segs) == len(sources), [s.SOPInstanceUID for s in segs]
-    by_source: dict[str, pydicom.Dataset] = {}
-    for ds in segs:
+def _check_segs(client: PacsClient, sources: list[pydicom.Dataset], predictor: Predictor,
+                series: list[pydicom.Dataset] = ()) -> list[pydicom.Dataset]:
+    """Exactly one SEG per still and one multi-frame SEG for the series, referencing them, parsed by highdicom,
+    masks == direct inference. Returns the SEG datasets."""
+    datasets = _segs(client)
+    assert len(datasets) == len(sources) + (1 if series else 0), [s.SOPInstanceUID for s in datasets]
+    by_source: dict[str, hd.seg.Segmentation] = {}
+    for ds in datasets:
         seg = hd.seg.Segmentation.from_dataset(ds)
-        refs = [str(t[2]) for t in seg.get_source_image_uids()]
-        assert len(refs) == 1
-        assert refs[0] not in by_source, f"duplicate SEG for {refs[0]}"
-        by_source[refs[0]] = seg
+        for ref in (str(t[2]) for t in seg.get_source_image_uids()):
+            assert ref not in by_source, f"duplicate SEG for {ref}"
+            by_source[ref] = seg
     for src in sources:
         uid = str(src.SOPInstanceUID)
         seg = by_source[uid]
-        assert seg.SOPInstanceUID == seg_uid_for(uid, AlgorithmInfo())
+        assert seg.SOPInstanceUID == seg_uid_for(uid, AlgorithmInfo()) and seg.NumberOfFrames == 1
         assert seg.StudyInstanceUID == src.StudyInstanceUID
-        expected = _direct(predictor, src)
         got = seg_mask_for_source(seg, uid)
-        np.testing.assert_array_equal(got, expected, err_msg=f"mask differs for {uid}")
+        np.testing.assert_array_equal(got, _direct(predictor, src), err_msg=f"mask differs for {uid}")
         assert got.shape == (src.Rows, src.Columns)
+    if series:
+        seg = by_source[str(series[0].SOPInstanceUID)]
+        assert seg.NumberOfFrames == len(series)
+        assert seg.SOPInstanceUID == seg_uid_for([str(d.SOPInstanceUID) for d in series], AlgorithmInfo())
+        window = grey_window(series[0])
+        for ds in series:
+            expected = predictor.predict(load_image(ds, window=window).image)
+            np.testing.assert_array_equal(seg_mask_for_source(seg, str(ds.SOPInstanceUID)), expected)
+    return datasets
 
 
 def _pipeline_args(orthanc: Orthanc, state: Path, ckpt: Path, network_json: str) -> list[str]:
     return ["--url", orthanc.url, "--state", str(state), "--checkpoint", str(ckpt), "--network-json", network_json,
-            "--log-level", "WARNING"]
+            "--log-level", "WARNING", "--settle", "0"]
+
+
+def _windowed_ct(n: int, study: str) -> list[pydicom.Dataset]:
+    slices = ct_series(n, study_uid=study)
+    for ds in slices:
+        ds.WindowCenter, ds.WindowWidth = 40.0, 400.0
+    return slices
 
 
 def test_pipeline_end_to_end(orthanc: Orthanc, tmp_path: Path, tiny_checkpoint: Path, network_json: str,
-                             predictor: Predictor, caplog: pytest.LogCaptureFixture) -> None:
+                             predictor: Predictor, caplog: pytest.LogCaptureFixture,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
     client = PacsClient(orthanc.url)
     good, bad = _good_sources(3, ultrasound=True), _bad_sources()
-    for ds in good[:2] + bad[:1] + good[2:] + bad[1:]:  # bad ones among the good ones
+    series = _windowed_ct(5, str(good[0].StudyInstanceUID))
+    for ds in good[:2] + bad[:1] + series + good[2:] + bad[1:]:  # bad ones among the good ones
         client.store(ds)
     state = tmp_path / "state.sqlite"
     args = _pipeline_args(orthanc, state, tiny_checkpoint, network_json)
+    retrieved: list[str] = []
+    original = PacsClient.retrieve
 
-    assert main(args + ["--overlay"]) == 1  # failures present -> exit 1, but the good ones are done
-    _check_segs(client, good, predictor)
+    def spy(self: PacsClient, study: str, series_uid: str, sop: str) -> pydicom.Dataset:
+        retrieved.append(sop)
+        return original(self, study, series_uid, sop)
+
+    monkeypatch.setattr(PacsClient, "retrieve", spy)
+
+    waiting = args[:-1] + ["3600"]  # stable-series rule: a series first seen now has not settled
+    assert main(waiting + ["--overlay"]) == 1  # refusals -> exit 1; the stills are done, the series waits
+    with StateDB(state) as db:
+        assert not any(db.get(str(d.SOPInstanceUID)) for d in series)  # waiting, not failed or done
+        assert db.study_count(str(series[0].StudyInstanceUID)) is None  # the study is listed again next pass
+
+    assert main(args + ["--overlay"]) == 0  # the refusals were recorded by the first pass; the series is done now
+    segs = _check_segs(client, good, predictor, series)
     overlays = [r for r in client.list_instances() if r.manufacturer == "vmunetv2-monai"
                 and r.sop_class_uid == "1.2.840.10008.5.1.4.1.1.7"]
-    assert len(overlays) == len(good)
+    assert len(overlays) == len(good) + len(series)
+    objects = segs + [client.retrieve(r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid)
+                      for r in overlays]
+    assert_valid_dicom([write_atomic(ds, tmp_path / "out" / f"{ds.SOPInstanceUID}.dcm") for ds in objects])
     with StateDB(state) as db:
-        assert db.counts()[DONE] == len(good)
+        assert db.counts()[DONE] == len(good) + len(series)
         failed = {r.sop_instance_uid: r for r in db.records(FAILED)}
     assert set(failed) == {str(b.SOPInstanceUID) for b in bad}
     assert "multi-frame" in failed[str(bad[0].SOPInstanceUID)].reason
     assert "missing pixel data" in failed[str(bad[1].SOPInstanceUID)].reason
     assert any("multi-frame" in rec.getMessage() for rec in caplog.records)
+    assert not set(failed) & set(retrieved), "refused instances were downloaded"
 
     n_before = len(client.list_instances())
     assert main(args) == 0  # nothing new, failures not retried unless asked; SEGs and overlays skipped
@@ -115,12 +154,27 @@ def test_pipeline_end_to_end(orthanc: Orthanc, tmp_path: Path, tiny_checkpoint: 
         skipped = {r.sop_instance_uid: r.reason for r in db.records("skipped")}
     assert {r.sop_instance_uid for r in overlays} <= set(skipped)
     assert "created by this pipeline" in skipped[overlays[0].sop_instance_uid]
+    retrieved.clear()
+    assert main(args) == 0  # incremental: no study changed, nothing opened
+    assert not retrieved
 
     assert main(args + ["--retry-failed"]) == 1  # retried on request, still refused, attempts counted
     with StateDB(state) as db:
         assert all(r.attempts == 2 for r in db.records(FAILED))
     assert len(client.list_instances()) == n_before
-    _check_segs(client, good, predictor)
+    _check_segs(client, good, predictor, series)
+
+
+def test_server_transcodes_compressed_input(orthanc: Orthanc) -> None:
+    """A JPEG-LS image is asked for as explicit VR little endian, and Orthanc transcodes it."""
+    from pydicom.data import get_testdata_file
+
+    client = PacsClient(orthanc.url)
+    source = pydicom.dcmread(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
+    client.store(source)
+    got = client.retrieve(str(source.StudyInstanceUID), str(source.SeriesInstanceUID), str(source.SOPInstanceUID))
+    assert got.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    np.testing.assert_array_equal(got.pixel_array, source.pixel_array)
 
 
 def test_kill_mid_run_and_restart(orthanc: Orthanc, tmp_path: Path, tiny_checkpoint: Path, network_json: str,
@@ -157,3 +211,42 @@ def test_kill_mid_run_and_restart(orthanc: Orthanc, tmp_path: Path, tiny_checkpo
     n = len(client.list_instances())
     assert main(args) == 0
     assert len(client.list_instances()) == n
+
+
+def test_watch_survives_pacs_outage(orthanc: Orthanc, tmp_path: Path, tiny_checkpoint: Path,
+                                    network_json: str) -> None:
+    """--watch: Orthanc stopped mid-watch -> a log line per failed try with back-off; restarted -> catches up."""
+    client = PacsClient(orthanc.url)
+    first, second = _good_sources(2, ultrasound=False)
+    client.store(first)
+    args = _pipeline_args(orthanc, tmp_path / "state.sqlite", tiny_checkpoint, network_json)
+    cmd = [sys.executable, "-m", "vmunetv2_monai.dicom.pipeline", *args[:-1], "--watch", "--interval", "0.5",
+           "--max-backoff", "2"]
+    cmd[cmd.index("WARNING")] = "INFO"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    log = tmp_path / "watch.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+
+    def wait(predicate, what: str) -> None:
+        deadline = time.monotonic() + KILL_TIMEOUT_S
+        while not predicate():
+            assert proc.poll() is None, f"watcher ended: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"{what} not in time: {log.read_text()[-3000:]}"
+            time.sleep(0.2)
+
+    try:
+        wait(lambda: len(_segs(client)) == 1, "first SEG")
+        orthanc.stop()
+        wait(lambda: log.read_text().count("PACS unavailable") >= 3, "three failed tries")
+        orthanc.start()
+        client.store(second)
+        wait(lambda: len(_segs(client)) == 2, "SEG after the outage")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    text = log.read_text()
+    assert "failure 1 in a row" in text and "failure 3 in a row" in text and "next try in 2 s" in text

@@ -34,6 +34,7 @@ from ..inference import InferenceSettings, Predictor
 from .algorithm import MANUFACTURER, AlgorithmInfo
 from .dicomweb import DEFAULT_URL, InstanceRef, PacsClient, PacsUnavailable, is_transient
 from .files import write_atomic
+from .listener import Listener, RemoteAE
 from .reader import NON_IMAGE_SOP_CLASSES, UnsupportedDicomError, check_metadata, read_dataset
 from .state import DONE, FAILED, StateDB
 from .units import Segmenter, duplicate_uids, group_units, is_volumetric
@@ -318,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="retry instances recorded as failed")
     p.add_argument("--watch", action="store_true", help="keep polling the PACS until stopped (SIGTERM / Ctrl-C); "
                    "an unreachable PACS is retried with back-off")
-    p.add_argument("--interval", type=float, default=30.0, help="seconds between passes with --watch")
+    p.add_argument("--interval", type=float, default=30.0, help="seconds between passes with --watch (spool polls "
+                   "with --listen: at most 2 s)")
     p.add_argument("--max-backoff", type=float, default=600.0, help="longest wait after repeated PACS failures")
     p.add_argument("--settle", type=float, default=60.0, help="stable-series rule: a CT/MR series is segmented once "
                    "it has had no new instance for this many seconds (0: at once)")
@@ -327,6 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-failed", action="store_true", help="print the failed instances and their reasons, exit")
     p.add_argument("--files", nargs="+", help="local mode: segment these DICOM files instead of polling a PACS")
     p.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds")
+    p.add_argument("--listen", action="store_true", help="DIMSE mode: a Storage SCP receives images by C-STORE and "
+                   "the SEGs are sent to --destination (no DICOMweb)")
+    p.add_argument("--ae-title", default="VMUNETV2", help="our AE title in --listen mode (default %(default)s)")
+    p.add_argument("--listen-host", default="127.0.0.1", help="address of the Storage SCP (default %(default)s)")
+    p.add_argument("--listen-port", type=int, default=11112, help="port of the Storage SCP (default %(default)s)")
+    p.add_argument("--destination", help="AET@host:port that receives the SEGs in --listen mode")
+    p.add_argument("--spool", default="vmunetv2_spool", help="received images wait here until their SEG is sent")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -367,6 +376,23 @@ def watch(pipeline: Pipeline, args: argparse.Namespace) -> int:
             return 0
 
 
+def listen(segmenter: Segmenter, args: argparse.Namespace) -> int:
+    """DIMSE mode until SIGTERM / Ctrl-C."""
+    if not args.destination:
+        raise SystemExit("--listen needs --destination AET@host:port")
+    with StateDB(args.state) as state:
+        listener = Listener(segmenter, state, args.spool, RemoteAE.parse(args.destination), args.ae_title,
+                            args.listen_host, args.listen_port, args.settle)
+
+        def _stop(signum: int, _frame: object) -> None:
+            logger.info("signal %d: stopping after the current unit", signum)
+            listener.stop_event.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        listener.serve(min(args.interval, 2.0))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; exit status 0 when nothing failed in the last pass, 1 if something did, 2 if the
     PACS could not be reached."""
@@ -382,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.output_dir:
             raise SystemExit("--files needs --output-dir")
         return 1 if segment_files(args.files, args.output_dir, segmenter).failed else 0
+    if args.listen:
+        return listen(segmenter, args)
     filters = {k: v for k, v in (("StudyDate", args.study_date), ("ModalitiesInStudy", args.modality)) if v}
     with StateDB(args.state) as state:
         pipeline = Pipeline(PacsClient(args.url, args.timeout), segmenter, state, args.output_dir, args.settle,

@@ -1,0 +1,103 @@
+"""DIMSE: Orthanc sends a study to our Storage SCP by C-STORE, the SEGs come back to Orthanc by C-STORE; a kill
+mid-study and a restart lose nothing and store nothing twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+import requests
+from pydicom.dataset import Dataset
+
+from vmunetv2_monai.dicom.dicomweb import PacsClient
+from vmunetv2_monai.dicom.listener import RemoteAE, spool_path
+from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID
+from vmunetv2_monai.dicom.state import DONE, StateDB
+
+from .conftest import REPO, Orthanc, _free_port, ct_series, kvasir_image_paths, load_rgb, wrap_vl_endoscopic
+
+WAIT_S = 240.0
+
+
+def test_destination_and_spool_names_are_checked(tmp_path: Path) -> None:
+    assert RemoteAE.parse("ORTHANC@127.0.0.1:4242") == RemoteAE("ORTHANC", "127.0.0.1", 4242)
+    with pytest.raises(ValueError, match="AET@host:port"):
+        RemoteAE.parse("127.0.0.1:4242")
+    ds = Dataset()
+    ds.SOPInstanceUID = "1.2.3"
+    assert spool_path(tmp_path, ds) == tmp_path / "1.2.3.dcm"
+    for bad in ("../../etc/passwd", "1.2/3", "1.2.3\x00", "1" * 65):
+        ds.SOPInstanceUID = bad
+        with pytest.raises(ValueError, match="not a valid SOPInstanceUID"):
+            spool_path(tmp_path, ds)
+
+
+def _segs(orthanc: Orthanc) -> list[str]:
+    return [r.sop_instance_uid for r in PacsClient(orthanc.url).list_instances() if r.sop_class_uid == SEG_SOP_CLASS_UID]
+
+
+def _start(cmd: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with open(log, "ab") as fh:
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+
+
+def _wait(predicate, proc: subprocess.Popen, log: Path, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not predicate():
+        assert proc.poll() is None, f"listener ended: {log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"{what} not in time: {log.read_text()[-3000:]}"
+        time.sleep(0.2)
+
+
+def test_orthanc_sends_study_and_gets_segs_back_with_kill_and_restart(
+    tmp_path: Path, tiny_checkpoint: Path, network_json: str
+) -> None:
+    listen_port = _free_port()
+    orthanc = Orthanc(tmp_path, modalities={"vmunet": ["VMUNETV2", "127.0.0.1", listen_port]})
+    orthanc.start()
+    proc = None
+    try:
+        client = PacsClient(orthanc.url)
+        study = pydicom.uid.generate_uid()
+        stills = [wrap_vl_endoscopic(load_rgb(p), study_uid=study) for p in kvasir_image_paths(5)]
+        series = ct_series(4, study_uid=study)
+        for ds in stills + series:
+            client.store(ds)
+        state, spool, log = tmp_path / "state.sqlite", tmp_path / "spool", tmp_path / "listener.log"
+        cmd = [sys.executable, "-m", "vmunetv2_monai.dicom.pipeline", "--listen", "--listen-port", str(listen_port),
+               "--destination", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", "--spool", str(spool),
+               "--state", str(state), "--checkpoint", str(tiny_checkpoint), "--network-json", network_json,
+               "--settle", "2", "--log-level", "INFO"]
+        proc = _start(cmd, log)
+        _wait(lambda: "listening on 127.0.0.1" in log.read_text(), proc, log, "listener start")
+        orthanc_study = requests.post(orthanc.rest + "/tools/lookup", data=study, timeout=30).json()[0]["ID"]
+        sent = requests.post(orthanc.rest + "/modalities/vmunet/store", json={"Resources": [orthanc_study],
+                             "Synchronous": True}, timeout=120)
+        assert sent.status_code == 200, sent.text
+        _wait(lambda: len(_segs(orthanc)) >= 1, proc, log, "first SEG")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        at_kill = len(_segs(orthanc))
+        assert at_kill < len(stills) + 1, "kill came too late to test a restart"
+
+        proc = _start(cmd, log)
+        expected = len(stills) + 1  # one SEG per still, one multi-frame SEG for the CT series
+        _wait(lambda: len(_segs(orthanc)) >= expected and not list(spool.glob("*.dcm")), proc, log, "all SEGs")
+        time.sleep(3)  # nothing more arrives
+        assert len(_segs(orthanc)) == expected
+        with StateDB(state) as db:
+            assert db.counts()[DONE] == len(stills) + len(series)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        orthanc.stop()
