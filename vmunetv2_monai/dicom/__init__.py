@@ -1,15 +1,21 @@
-"""DICOM in, DICOM SEG out: reading images, writing SEGs, and a DICOMweb PACS pipeline (needs the ``dicom`` extra)."""
+"""DICOM in, DICOM SEG out: reading images, writing SEGs, a DICOMweb PACS pipeline and a DIMSE listener (needs the
+``dicom`` extra)."""
 
 from .algorithm import AlgorithmInfo
-from .reader import DicomImage, UnsupportedDicomError, load_image, to_model_input
+from .reader import DicomImage, GreyWindow, UnsupportedDicomError, grey_window, load_image, to_model_input
 from .seg import build_overlay, build_segmentation, seg_uid_for
+from .units import Segmenter, group_units
 
 __all__ = [
     "AlgorithmInfo",
     "DicomImage",
+    "GreyWindow",
+    "Segmenter",
     "UnsupportedDicomError",
     "build_overlay",
     "build_segmentation",
+    "grey_window",
+    "group_units",
     "load_image",
     "seg_uid_for",
     "to_model_input",
