@@ -1,0 +1,86 @@
+"""The AMP policy behind the bundle's ``amp`` setting (vmunetv2_monai.ops.autocast_dtype)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import vmunetv2_monai.ops.amp as amp_mod
+from vmunetv2_monai.ops import autocast_dtype
+
+CUDA = torch.device("cuda", 0)  # a device object needs no GPU; torch.cuda.is_bf16_supported is patched below
+
+
+@pytest.fixture
+def bf16(monkeypatch):
+    """Set whether the (pretend) CUDA device supports bf16; warnings are logged afresh per test."""
+    monkeypatch.setattr(amp_mod, "_warned", set())
+
+    def set_support(ok: bool) -> None:
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: ok)
+
+    return set_support
+
+
+@pytest.mark.parametrize("amp", ["auto", True])
+def test_auto_is_bf16_where_supported_else_off(bf16, amp) -> None:
+    bf16(True)
+    assert autocast_dtype(amp, CUDA) is torch.bfloat16
+    bf16(False)
+    assert autocast_dtype(amp, CUDA) is None
+
+
+@pytest.mark.parametrize("amp", ["auto", "bf16", "fp16", True])
+def test_never_on_cpu(bf16, amp) -> None:
+    bf16(True)
+    assert autocast_dtype(amp, torch.device("cpu")) is None
+    assert autocast_dtype(amp, "cpu") is None
+
+
+@pytest.mark.parametrize("amp", ["off", False])
+def test_off(bf16, amp) -> None:
+    bf16(True)
+    assert autocast_dtype(amp, CUDA) is None
+
+
+def test_fp16_only_by_explicit_choice_and_warns_once(bf16, caplog) -> None:
+    bf16(False)
+    with caplog.at_level(logging.WARNING, logger=amp_mod.__name__):
+        assert autocast_dtype("fp16", CUDA) is torch.float16
+        assert autocast_dtype("fp16", CUDA) is torch.float16
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "dt_projs_weight" in warnings[0]
+
+
+def test_bf16_on_a_device_without_it_is_an_error(bf16) -> None:
+    bf16(False)
+    with pytest.raises(RuntimeError, match="does not support bf16"):
+        autocast_dtype("bf16", CUDA)
+
+
+@pytest.mark.parametrize("amp", ["float16", "yes", 1, None])
+def test_unknown_setting_is_named(amp) -> None:
+    with pytest.raises(ValueError, match="amp must be one of"):
+        autocast_dtype(amp, "cpu")
+
+
+def test_bundle_engines_get_the_policy() -> None:
+    """The parsed train / inference configs: amp 'auto' by default, off in the paper recipe, bf16 kwargs passed."""
+    from monai.bundle import ConfigParser
+
+    from tests.bundle.test_bundle import CONFIGS
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / n) for n in ("common.json", "train.json")])
+    assert parser["amp"] == "auto"
+    for key in ("train#trainer", "validate#evaluator"):
+        assert parser[key]["amp"] == "$vmunetv2_monai.ops.autocast_dtype(@amp, @device) is not None"
+        assert parser[key]["amp_kwargs"] == {"dtype": "$vmunetv2_monai.ops.autocast_dtype(@amp, @device)"}
+    parser.read_config([str(CONFIGS / n) for n in ("common.json", "train.json", "kvasir_full.json")])
+    assert parser["amp"] == "off"
+    inference = ConfigParser()
+    inference.read_config([str(CONFIGS / n) for n in ("common.json", "inference.json")])
+    inference["device"] = "$torch.device('cpu')"
+    assert inference.get_parsed_content("evaluator#amp_kwargs") == {"dtype": None}
