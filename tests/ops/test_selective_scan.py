@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -97,6 +99,48 @@ def test_auto_on_cpu_never_picks_mamba_and_says_why() -> None:
     cpu_ok, cpu_reason = available_backends()["cpu"]
     assert cpu_reason
     assert resolve_backend("auto", torch.device("cpu")) == ("cpu" if cpu_ok else "torch")
+
+
+@pytest.mark.skipif(MAMBA_OK, reason="mamba-ssm kernel is usable here; this test covers the fallback")
+def test_auto_on_cuda_without_kernel_warns_with_reason_and_install_command(monkeypatch, caplog) -> None:
+    """Resolving for a CUDA device needs no CUDA tensor: the fallback to ``torch`` is a WARNING, not INFO."""
+    import vmunetv2_monai.ops.selective_scan as sel
+
+    monkeypatch.setattr(sel, "_logged", set())
+    with caplog.at_level(logging.INFO, logger=sel.__name__):
+        assert resolve_backend("auto", torch.device("cuda")) == "torch"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "mamba unavailable" in warnings[0].getMessage() and "install_gpu.sh" in warnings[0].getMessage()
+
+
+def test_auto_on_cpu_does_not_warn(monkeypatch, caplog) -> None:
+    import vmunetv2_monai.ops.selective_scan as sel
+
+    monkeypatch.setattr(sel, "_logged", set())
+    with caplog.at_level(logging.INFO, logger=sel.__name__):
+        resolve_backend("auto", torch.device("cpu"))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_forcing_mamba_on_cpu_tensors_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="scan backend 'mamba' is unavailable"):
+        resolve_backend("mamba", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference", "cpu"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_our_backends_compute_in_fp32_under_autocast(backend, dtype) -> None:
+    """Autocast would run the blocked scan's matmul in half precision (relative error ~3e-3 in bf16)."""
+    if backend == "cpu" and not available_backends()["cpu"][0]:
+        pytest.skip(f"cpu kernel unavailable: {available_backends()['cpu'][1]}")
+    args = _inputs(2, 8, 300 if backend != "reference" else 40, 16, 4, True)
+    with torch.no_grad():
+        want = selective_scan(*args, delta_softplus=True, backend=backend)
+        with torch.autocast("cpu", dtype=dtype):
+            got = selective_scan(*args, delta_softplus=True, backend=backend)
+    assert got.dtype == torch.float32
+    assert rel_err(got, want) < 1e-6
 
 
 def test_unknown_backend_is_rejected() -> None:
