@@ -1,0 +1,218 @@
+"""Checkpoints: broken files are refused by name, NaN is never loaded or saved, an earlier run's model is kept,
+a resumed schedule follows the config, and a kill during a write leaves nothing behind for long."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from vmunetv2_monai import VMUNetV2
+from vmunetv2_monai.handlers import AtomicCheckpointSaver, CheckpointLoader, StopOnNonFiniteLoss, atomic_write
+from vmunetv2_monai.handlers.atomic import remove_stale_temps
+from vmunetv2_monai.inference import load_state_dict, read_checkpoint
+from vmunetv2_monai.pretrained.vmamba import load_pretrained_encoder
+
+from .conftest import REPO, TINY
+
+ATOMIC = REPO / "vmunetv2_monai" / "handlers" / "atomic.py"
+
+
+def _net() -> VMUNetV2:
+    kw = {k: v for k, v in TINY.items() if k != "image_size"}
+    return VMUNetV2(spatial_dims=2, in_channels=3, out_channels=1, **kw)
+
+
+class _Pickled:
+    pass
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "empty"), (b"this is text\n", "not a PyTorch weights file"), (os.urandom(256), "not a PyTorch weights file"),
+    ("pickled", "not a PyTorch weights file"), ("nan", "NaN or Inf"), ("truncated", "not a PyTorch weights file"),
+])
+def test_bad_checkpoint_files_are_refused_by_name(tmp_path, content, reason):
+    path = tmp_path / "model.pt"
+    if content == "pickled":
+        torch.save({"obj": _Pickled()}, path)
+    elif content == "nan":
+        state = _net().state_dict()
+        state["encoder.patch_embed.proj.weight"][0, 0, 0, 0] = float("nan")
+        torch.save(state, path)
+    elif content == "truncated":
+        torch.save(_net().state_dict(), path)
+        path.write_bytes(path.read_bytes()[:5000])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=reason) as err:
+        load_state_dict(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        read_checkpoint(tmp_path / "nope.pt")
+
+
+def test_checkpoint_of_another_network_size_is_named(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save(VMUNetV2(spatial_dims=2, in_channels=3, out_channels=1, depths=(1, 1, 1, 1), dims=24, d_state=4,
+                        mid_channels=8).state_dict(), path)
+    loader = CheckpointLoader(path, {"model": _net()})
+    with pytest.raises(ValueError, match="other.pt does not fit this config"):
+        loader(Engine(lambda e, b: None))
+
+
+def _saver_run(folder: Path, net: torch.nn.Module, resumed_state: dict | None = None) -> None:
+    saver = AtomicCheckpointSaver(folder, {"model": net}, filename="model.pt", key_metric_name="dice")
+    if resumed_state is not None:
+        saver.load_state_dict(resumed_state)
+    evaluator = Engine(lambda e, b: None)
+    evaluator.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(dice=0.5))
+    saver.attach(evaluator)
+    evaluator.run([0], max_epochs=1)
+
+
+def test_new_run_keeps_the_earlier_model_under_a_new_name(tmp_path):
+    old = tmp_path / "model.pt"
+    old.write_bytes(b"earlier run")
+    _saver_run(tmp_path, _net())
+    kept = sorted(tmp_path.glob("model.prev-*.pt"))
+    assert len(kept) == 1 and kept[0].read_bytes() == b"earlier run"
+    assert "encoder.patch_embed.proj.weight" in torch.load(old, weights_only=True)
+    old.write_bytes(b"second run")  # a third run keeps both earlier files (same mtime second: a -1 suffix)
+    os.utime(old, (kept[0].stat().st_mtime,) * 2)
+    _saver_run(tmp_path, _net())
+    assert sorted(p.read_bytes() for p in tmp_path.glob("model.prev-*.pt")) == [b"earlier run", b"second run"]
+
+
+def test_resumed_run_overwrites_its_own_model(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"same run")
+    _saver_run(tmp_path, _net(), resumed_state={"best_metric": 0.1})
+    assert not list(tmp_path.glob("model.prev-*"))
+
+
+def test_nan_model_is_never_saved(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"good model")
+    net = _net()
+    with torch.no_grad():
+        next(net.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="NaN or Inf.*learning_rate"):
+        _saver_run(tmp_path, net)
+    assert (tmp_path / "model.pt").read_bytes() == b"good model"
+
+
+@pytest.mark.parametrize("loss", [float("nan"), float("inf")])
+def test_non_finite_loss_stops_training_with_an_error(loss):
+    trainer = Engine(lambda e, b: {"loss": torch.tensor(loss if e.state.iteration == 3 else 1.0)})
+    StopOnNonFiniteLoss().attach(trainer)
+    with pytest.raises(FloatingPointError, match="iteration 3"):
+        trainer.run(range(5), max_epochs=1)
+
+
+def test_resume_with_more_epochs_keeps_the_learning_rate_falling(tmp_path):
+    def make(epochs: int):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.AdamW([p], lr=1e-3)
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=1e-5)
+
+    opt, sched = make(4)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    path = tmp_path / "latest.pt"
+    torch.save({"optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict()}, path)
+    opt, sched = make(10)
+    CheckpointLoader(path, {"optimizer": opt, "lr_scheduler": sched})(Engine(lambda e, b: None))
+    lrs = []
+    for _ in range(6):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert sched.T_max == 10 and all(b <= a for a, b in zip(lrs, lrs[1:])), lrs
+    assert lrs[-1] == pytest.approx(1e-5)
+
+
+def test_orphan_temp_file_of_a_killed_writer_is_removed(tmp_path):
+    target = tmp_path / "latest.pt"
+    target.write_bytes(b"old")
+    # the writer loads atomic.py alone (standard library only), so it starts fast
+    code = ("import importlib.util, time\n"
+            f"spec = importlib.util.spec_from_file_location('atomic', {str(ATOMIC)!r})\n"
+            "atomic = importlib.util.module_from_spec(spec); spec.loader.exec_module(atomic)\n"
+            "def w(p):\n open(p, 'wb').write(b'partial'); print('writing', flush=True); time.sleep(60)\n"
+            f"atomic.atomic_write({str(target)!r}, w)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    orphan = tmp_path / f".tmp{proc.pid}-latest.pt"
+    assert orphan.exists() and target.read_bytes() == b"old"
+    atomic_write(target, lambda p: Path(p).write_bytes(b"new"))
+    assert not orphan.exists() and target.read_bytes() == b"new"
+
+
+def test_temp_file_of_a_live_writer_is_left_alone(tmp_path):
+    live = tmp_path / f".tmp{os.getppid()}-x.pt"
+    live.write_bytes(b"in progress")
+    assert remove_stale_temps(tmp_path / "x.pt") == [] and live.exists()
+
+
+@pytest.mark.parametrize("failure", ["enospc", "torch_stream"])
+def test_full_disk_is_named_and_the_old_file_survives(tmp_path, monkeypatch, failure):
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"old")
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_bytes(b"half")
+        if failure == "enospc":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("basic_ios::clear: iostream error")  # what torch.save says on a full disk
+
+    if failure == "torch_stream":
+        import shutil
+
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1, 1, 0))
+    with pytest.raises(OSError, match="cannot write .*model.pt: no space left on device") as err:
+        atomic_write(target, write)
+    assert err.value.errno == errno.ENOSPC
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_full_disk_on_a_real_small_tmpfs(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root or no CAP_SYS_ADMIN); the simulated ENOSPC tests cover it")
+    try:
+        (mnt / "model.pt").write_bytes(b"old")
+        with pytest.raises(OSError, match="no space left on device"):
+            atomic_write(mnt / "model.pt", lambda p: torch.save(torch.zeros(100_000), p))
+        assert (mnt / "model.pt").read_bytes() == b"old"
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_pretrained_nan_is_refused_and_partial_match_warns(tmp_path, caplog):
+    net = _net()
+    enc = {k[len("encoder."):]: v.clone() for k, v in net.state_dict().items() if k.startswith("encoder.")}
+    bad = dict(enc)
+    first = next(iter(bad))
+    bad[first] = torch.full_like(bad[first], float("nan"))
+    torch.save({"model": bad}, tmp_path / "nan.pth")
+    with pytest.raises(ValueError, match="nan.pth.*NaN or Inf"):
+        load_pretrained_encoder(_net(), tmp_path / "nan.pth")
+    keys = sorted(enc)
+    partial = {k: enc[k] for k in keys[: int(0.6 * len(keys))]}
+    torch.save({"model": partial}, tmp_path / "partial.pth")
+    with caplog.at_level(logging.INFO):
+        load_pretrained_encoder(_net(), tmp_path / "partial.pth")
+    assert any(r.levelno == logging.WARNING and "partial.pth" in r.getMessage() for r in caplog.records)
