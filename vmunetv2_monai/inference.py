@@ -72,27 +72,29 @@ def find_non_finite(obj: Any, prefix: str = "") -> list[str]:
 
 
 def read_checkpoint(
-    path: str | Path, map_location: str | torch.device | None = "cpu", check_finite: bool = True
+    path: str | Path, map_location: str | torch.device | None = "cpu", check_finite: bool = True,
+    what: str = "checkpoint",
 ) -> Any:
     """``torch.load(path, weights_only=True)`` with errors that name the file and say what is wrong with it.
 
     Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for an empty or unreadable file (not a
     PyTorch checkpoint, or one holding pickled objects) and, with ``check_finite``, for tensors holding NaN or Inf.
+    ``what`` names the file's role in the messages.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     if path.stat().st_size == 0:
-        raise ValueError(f"checkpoint {path} is empty (0 bytes): an interrupted copy or download?")
+        raise ValueError(f"{what} {path} is empty (0 bytes): an interrupted copy or download?")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch.load raises many types for foreign files (IndexError, EOFError, ...)
-        raise ValueError(f"cannot read checkpoint {path}: not a PyTorch weights file ({type(err).__name__}: "
+        raise ValueError(f"cannot read {what} {path}: not a PyTorch weights file ({type(err).__name__}: "
                          f"{str(err)[:300]})") from err
     bad = find_non_finite(obj) if check_finite else []
     if bad:
         shown = ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
-        raise ValueError(f"checkpoint {path}: {len(bad)} tensor(s) hold NaN or Inf ({shown}); it comes from a "
+        raise ValueError(f"{what} {path}: {len(bad)} tensor(s) hold NaN or Inf ({shown}); it comes from a "
                          "diverged training run and cannot be used")
     return obj
 

@@ -120,5 +120,6 @@ def test_mask_binarisation_and_channels():
     assert BinarizeMaskd("label")({"label": torch.tensor([[[0.0, 1.0]]])})["label"].flatten().tolist() == [0, 1]
     grey = torch.rand(1, 4, 4)
     assert EnsureChannelsd("image", 3)({"image": grey})["image"].shape == (3, 4, 4)
-    with pytest.raises(ValueError, match="2 channels"):
-        EnsureChannelsd("image", 3)({"image": torch.rand(2, 4, 4)})
+    assert EnsureChannelsd("image", 3)({"image": torch.rand(2, 4, 4)})["image"].shape == (3, 4, 4)  # grey+alpha
+    with pytest.raises(ValueError, match="5 channels"):
+        EnsureChannelsd("image", 3)({"image": torch.rand(5, 4, 4)})

@@ -94,7 +94,8 @@ def load_pretrained_encoder(model: nn.Module, path: str | os.PathLike, min_loade
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
-    ckpt = read_checkpoint(path, check_finite=False)  # only the tensors that are loaded must be finite
+    # only the tensors that are loaded must be finite (checked below)
+    ckpt = read_checkpoint(path, check_finite=False, what="pretrained checkpoint")
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
         ckpt = ckpt["model"]
     if not isinstance(ckpt, dict):
