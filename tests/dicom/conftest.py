@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_NET = {"spatial_dims": 2, "in_channels": 3, "out_channels": 1, "depths": (1, 1, 1, 1), "dims": 16,
-            "d_state": 4, "mid_channels": 8}
+            "d_state": 8, "mid_channels": 8}  # d_state 8: the compiled CPU scan kernel (4 falls back to torch)
 VL_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1"
 ORTHANC_START_TIMEOUT_S = 30.0
 
@@ -162,7 +162,7 @@ def ultrasound_files() -> dict[str, Path]:
     return out
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -203,7 +203,7 @@ class Orthanc:
                                                                                              path="/usr/sbin")
         if not self.binary:
             pytest.fail("Orthanc not found: apt-get install orthanc orthanc-dicomweb (or set ORTHANC_BIN)")
-        self.http_port, self.dicom_port, self.aet = _free_port(), _free_port(), "ORTHANCTEST"
+        self.http_port, self.dicom_port, self.aet = free_port(), free_port(), "ORTHANCTEST"
         self.rest = f"http://127.0.0.1:{self.http_port}"
         self.url = self.rest + "/dicom-web"
         storage = tmp_path / "orthanc-storage"

@@ -267,7 +267,8 @@ def _read_overrides(path: str | None) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         raise SystemExit(f"--bundle-overrides {path}: cannot read a JSON object ({exc})") from exc
     if not isinstance(overrides, dict):
-        raise SystemExit(f"--bundle-overrides {path}: expected a JSON object of config ids, got {type(overrides).__name__}")
+        raise SystemExit(f"--bundle-overrides {path}: expected a JSON object of config ids, "
+                         f"got {type(overrides).__name__}")
     return overrides
 
 

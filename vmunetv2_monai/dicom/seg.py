@@ -30,6 +30,7 @@ OVERLAY_SERIES_NUMBER = 9902
 POLYP = hd.sr.CodedConcept("41329004", "SCT", "Polyp")
 TISSUE = hd.sr.CodedConcept("85756007", "SCT", "Tissue")
 LESION = hd.sr.CodedConcept("52988006", "SCT", "Lesion")
+SOURCE_FOR_PROCESSING = hd.sr.CodedConcept("121322", "DCM", "Source image for image processing operation")
 #: segment label (lower case) -> (category, type); anything else is category and type "Tissue".
 _PROPERTY_CODES = {
     "polyp": (codes.SCT.MorphologicallyAbnormalStructure, POLYP),
@@ -224,7 +225,7 @@ def build_overlay(source: Dataset, rgb: np.ndarray, mask: np.ndarray, algorithm:
     item = Dataset()
     item.ReferencedSOPClassUID = source.SOPClassUID
     item.ReferencedSOPInstanceUID = uid
-    item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept("121322", "DCM", "Source image for image processing operation")]
+    item.PurposeOfReferenceCodeSequence = [SOURCE_FOR_PROCESSING]
     sc.SourceImageSequence = [item]
     sc.DerivationDescription = f"{algorithm.name} {algorithm.version} {algorithm.segment_label} mask blended in red"
     lossy = str(source.get("LossyImageCompression", "00")) == "01"
