@@ -54,12 +54,12 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 if [ -n "${MAMBA_SDIST:-}" ]; then
   [ -f "$MAMBA_SDIST" ] || die "MAMBA_SDIST=$MAMBA_SDIST is not a file"
-  cp "$MAMBA_SDIST" "$WORK/"
+  cp "$MAMBA_SDIST" "$WORK/mamba_ssm-$MAMBA_VERSION.tar.gz"
 else
-  MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE "$PYTHON" -m pip download -q --no-deps --no-build-isolation --no-binary :all: \
-    --no-cache-dir -d "$WORK" "mamba-ssm==$MAMBA_VERSION" || die "could not download the mamba-ssm sdist"
+  MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE "$PYTHON" -m pip download -q --no-deps --no-build-isolation \
+    --no-binary :all: --no-cache-dir -d "$WORK" "mamba-ssm==$MAMBA_VERSION" || die "could not download the sdist"
 fi
-tar -xzf "$WORK"/mamba_ssm-*.tar.gz -C "$WORK"
+tar -xzf "$WORK/mamba_ssm-$MAMBA_VERSION.tar.gz" -C "$WORK"
 SRC="$WORK/mamba_ssm-$MAMBA_VERSION"
 [ -f "$SRC/setup.py" ] || die "the sdist is not mamba_ssm-$MAMBA_VERSION"
 

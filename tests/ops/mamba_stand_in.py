@@ -96,7 +96,8 @@ def make_stand_in(ref_fn, calls: StandInCalls) -> ModuleType:
         n_chunks = (seqlen + CHUNK - 1) // CHUNK
         with torch.no_grad():
             out, state = scan_f32(u, delta, A, B, C, D, delta_bias, delta_softplus, last_state=True)
-            x = torch.full((batch, dim, n_chunks, 2 * A.size(1)), float("nan"), dtype=A.dtype)  # cpp:313
+            x_shape = (batch, dim, n_chunks, 2 * A.size(1))  # cpp:313
+            x = torch.full(x_shape, float("nan"), dtype=A.dtype, device=u.device)
             x[:, :, -1, 1::2] = state  # odd slots: the state at the end of each chunk (the last is last_state)
             for c in range(n_chunks - 1):
                 pre = [t[..., : (c + 1) * CHUNK] if t.dim() >= 3 else t for t in (u, delta, B, C)]

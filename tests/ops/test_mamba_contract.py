@@ -85,6 +85,17 @@ def test_probe_call_passes_the_contract(stand_in) -> None:
     assert [c[0] for c in calls[before:]] == ["fwd", "bwd"]
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "autocast"])
+def test_probe_works_under_the_callers_mode(stand_in, mode) -> None:
+    """The first scan (and so the probe) may run in an evaluator's no_grad / inference_mode or under AMP."""
+    ssi, _ = stand_in
+    contexts = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode,
+                "autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
+    with contexts[mode]():
+        ok, reason = mamba.verify_kernel(ssi.selective_scan_fn, torch.device("cpu"))
+    assert ok, reason
+
+
 def test_probe_reports_a_broken_backward(stand_in, monkeypatch) -> None:
     ssi, _ = stand_in
 

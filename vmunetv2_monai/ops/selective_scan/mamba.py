@@ -46,8 +46,14 @@ def verify_kernel(scan_fn: Callable, device: torch.device) -> tuple[bool, str]:
 
     The call has the network's layout: u, delta ``(1, 8, 64)`` float32, A ``(8, 16)``, grouped B and C
     ``(1, 4, 16, 64)``, D and delta_bias ``(8,)``, softplus on. Returns ``(ok, reason)``; a kernel built for
-    another architecture, a failing backward or a wrong result all give ``ok=False`` with the reason.
+    another architecture, a failing backward or a wrong result all give ``ok=False`` with the reason. Runs with
+    gradients on and autocast off, whatever the caller's mode (the first scan may come under ``no_grad``).
     """
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        return _verify(scan_fn, device)
+
+
+def _verify(scan_fn: Callable, device: torch.device) -> tuple[bool, str]:
     gen = torch.Generator().manual_seed(0)
 
     def rand(*shape: int, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
