@@ -1,4 +1,4 @@
-"""Export: ONNX and TorchScript (trace) keep any image size; scripting is not supported (documented)."""
+"""Export: ONNX, traced and scripted TorchScript keep any image size and match the eager network."""
 
 from __future__ import annotations
 
@@ -51,7 +51,14 @@ def test_traced_torchscript_keeps_any_size(net: VMUNetV2, tmp_path: Path) -> Non
             torch.testing.assert_close(loaded(x), net(x))
 
 
-def test_scripting_is_not_supported(net: VMUNetV2) -> None:
-    """torch.jit.script cannot compile the network (nested functions, custom autograd); use tracing instead."""
-    with pytest.raises(Exception):
-        torch.jit.script(net)
+@pytest.mark.parametrize("kwargs", [{}, {"keep_unused_stage": False, "deep_supervision": False}])
+def test_scripted_torchscript_matches_eager(kwargs: dict, tmp_path: Path) -> None:
+    """torch.jit.script compiles the network (the scan becomes a TorchScript loop); saved, reloaded and compared
+    with the eager network at sizes that are not multiples of 32."""
+    net = VMUNetV2(**TINY, **kwargs).eval()
+    torch.jit.script(net).save(str(tmp_path / "net.ts"))
+    loaded = torch.jit.load(str(tmp_path / "net.ts"))
+    for shape in [(1, 3, 45, 70), (2, 3, 64, 33)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), net(x))

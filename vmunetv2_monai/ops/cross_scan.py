@@ -31,7 +31,7 @@ def cross_merge(ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """``(B, 4, C, H*W)`` outputs in scan order -> ``(B, C, H*W)`` sum in row-major order."""
     b, k, c, length = ys.shape
     if k != 4 or length != h * w:
-        raise ValueError(f"expected (B, 4, C, {h}*{w}) scan outputs, got {tuple(ys.shape)}.")
+        raise ValueError(f"expected (B, 4, C, {h}*{w}) scan outputs, got {list(ys.shape)}.")
     fwd = ys[:, :2] + ys[:, 2:].flip(-1)  # undo the reversal of k = 2, 3
     col = fwd[:, 1].reshape(b, c, w, h).transpose(2, 3).reshape(b, c, length)
     return fwd[:, 0] + col

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -12,7 +10,7 @@ __all__ = ["VMUNetV2Decoder"]
 
 
 def _up4(x: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
+    return F.interpolate(x, scale_factor=4.0, mode="bilinear", align_corners=False)
 
 
 class VMUNetV2Decoder(nn.Module):
@@ -32,12 +30,11 @@ class VMUNetV2Decoder(nn.Module):
         # The official deconv6 is 1 -> 1 channel; here it maps out_channels -> out_channels (same for one class).
         self.fuse = nn.ConvTranspose2d(out_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
 
-    def forward(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        y = feats[0]
-        segs = [self.heads[0](y)]
-        for up, skip, head in zip(self.ups, feats[1:], self.heads[1:]):
-            y = up(y) + skip
-            segs.append(head(y))
+    def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        ys = [feats[0]]  # coarsest first; each finer level adds its skip to the upsampled coarser one
+        for i, up in enumerate(self.ups):
+            ys.append(up(ys[-1]) + feats[i + 1])
+        segs = [head(ys[i]) for i, head in enumerate(self.heads)]
         ups = [_up4(s) for s in segs]
         fused = ups[-1] + self.fuse(ups[-2])
         return fused, ups[::-1]

@@ -34,6 +34,6 @@ class PatchMerging2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] % 2 or x.shape[2] % 2:
-            raise ValueError(f"PatchMerging2D needs even H and W, got {tuple(x.shape[1:3])}.")
+            raise ValueError(f"PatchMerging2D needs even H and W, got {list(x.shape[1:3])}.")
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x))

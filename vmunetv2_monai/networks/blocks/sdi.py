@@ -9,8 +9,6 @@ the anchor's (H, W), so non-square inputs work.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -68,10 +66,11 @@ class SDI(nn.Module):
         super().__init__()
         self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(num_levels))
 
-    def forward(self, xs: Sequence[torch.Tensor], anchor: torch.Tensor) -> torch.Tensor:
+    def forward(self, xs: list[torch.Tensor], anchor: torch.Tensor) -> torch.Tensor:
         size = anchor.shape[-2:]
         ans = torch.ones_like(anchor)
-        for x, conv in zip(xs, self.convs):
+        for i, conv in enumerate(self.convs):
+            x = xs[i]
             if x.shape[-1] > size[-1]:
                 # Levels differ by exact powers of two: plain average pooling (exportable, unlike adaptive pooling).
                 x = F.avg_pool2d(x, kernel_size=x.shape[-1] // size[-1])

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 from ...ops.cross_scan import cross_merge, cross_scan
 from ...ops.selective_scan import SCAN_BACKENDS, selective_scan
+from ...ops.selective_scan.scripted import _scan_loop as scan_loop
+from ...ops.selective_scan.shapes import skip_and_gate, step_sizes
 
 __all__ = ["SS2D"]
 
@@ -81,18 +83,34 @@ class SS2D(nn.Module):
         x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        y = selective_scan(
-            xs.reshape(b, -1, length).float(),
-            dts.reshape(b, -1, length).float(),
-            -torch.exp(self.A_logs.float()),
-            bs.float().contiguous(),
-            cs.float().contiguous(),
-            self.Ds.float(),
-            None,
-            self.dt_projs_bias.reshape(-1).float(),
-            True,
-            backend=self.scan_backend,
-        )
-        y = cross_merge(y.reshape(b, _K, self.d_inner, length), h, w)  # (B, d_inner, L)
+        u, delta = xs.reshape(b, -1, length).float(), dts.reshape(b, -1, length).float()
+        bs, cs = bs.float().contiguous(), cs.float().contiguous()
+        if torch.jit.is_scripting():
+            y = self._scan_scripted(u, delta, bs, cs)
+        else:
+            y = self._scan(u, delta, bs, cs)
+        y = cross_merge(y.reshape(b, xs.shape[1], self.d_inner, length), h, w)  # (B, d_inner, L)
         y = self.out_norm(y.transpose(1, 2).reshape(b, h, w, self.d_inner).to(z.dtype))
         return self.out_proj(y * F.silu(z))
+
+    @torch.jit.unused
+    def _scan(self, u: torch.Tensor, delta: torch.Tensor, bs: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
+        """The selective scan on the configured backend: u, delta ``(B, K * d_inner, L)``, bs, cs ``(B, K, N, L)``."""
+        return selective_scan(
+            u, delta, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(), None,
+            self.dt_projs_bias.reshape(-1).float(), True, backend=self.scan_backend,
+        )
+
+    def _scan_scripted(self, u: torch.Tensor, delta: torch.Tensor, bs: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
+        """The same scan in TorchScript (used when the module is scripted): the export loop of ``scripted.py``."""
+        b, k, length = u.shape[0], bs.shape[1], u.shape[-1]
+        dl = step_sizes(delta, self.dt_projs_bias.reshape(-1).float(), True, torch.float32)
+        a = -torch.exp(self.A_logs.float())
+        y = scan_loop(
+            u.reshape(b, k, self.d_inner, length),
+            dl.reshape(b, k, self.d_inner, length),
+            a.reshape(k, self.d_inner, -1),
+            bs,
+            cs,
+        ).reshape(b, -1, length)
+        return skip_and_gate(y, u, self.Ds.float(), None)

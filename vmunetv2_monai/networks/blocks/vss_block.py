@@ -53,5 +53,13 @@ class VSSLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
-            x = checkpoint(blk, x, use_reentrant=False) if self.use_checkpoint and self.training else blk(x)
+            if self.use_checkpoint and self.training and not torch.jit.is_scripting():
+                x = self._checkpointed(blk, x)
+            else:
+                x = blk(x)
         return x if self.downsample is None else self.downsample(x)
+
+    @torch.jit.unused
+    def _checkpointed(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``blk(x)`` with gradient checkpointing (eager training only; a scripted module never takes it)."""
+        return checkpoint(blk, x, use_reentrant=False)

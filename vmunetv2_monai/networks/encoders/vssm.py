@@ -78,9 +78,10 @@ class VSSMEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.patch_embed(x)  # (B, H/4, W/4, dims[0])
         taps = [x]
-        for layer in self.layers[:3]:
-            x = layer(x)
-            taps.append(x)
+        for i, layer in enumerate(self.layers):  # stage 4 (if kept) is never run: the taps are stage inputs
+            if i < 3:
+                x = layer(x)
+                taps.append(x)
         return [t.permute(0, 3, 1, 2).contiguous() for t in taps]
 
 

@@ -63,6 +63,7 @@ class VMUNetV2(nn.Module):
     """
 
     size_divisor = 32
+    __constants__ = ["size_divisor"]  # TorchScript reads it as a constant
 
     def __init__(
         self,
@@ -123,7 +124,7 @@ class VMUNetV2(nn.Module):
         """``(B, in_channels, H, W)`` -> logits ``(B, out_channels, H, W)`` (a list in DS training, see class doc)."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"VMUNetV2 expects input (B, {self.in_channels}, H, W), got {tuple(x.shape)}; "
+                f"VMUNetV2 expects input (B, {self.in_channels}, H, W), got {list(x.shape)}; "
                 "check in_channels and that images are channel-first."
             )
         h, w = x.shape[-2:]
@@ -131,18 +132,24 @@ class VMUNetV2(nn.Module):
         top, left = ph // 2, pw // 2
         if ph or pw:
             x = F.pad(x, (left, pw - left, top, ph - top))
-        feats = [proj(f) for proj, f in zip(self.projections, self.encoder(x))]  # finest first
-        fused = [sdi(feats, anchor) for sdi, anchor in zip(self.sdi, feats)]
+        taps = self.encoder(x)
+        feats = [proj(taps[i]) for i, proj in enumerate(self.projections)]  # finest first
+        fused = [sdi(feats, feats[i]) for i, sdi in enumerate(self.sdi)]
         out, heads = self.decoder(fused[::-1])  # decoder takes coarsest first
-
-        def crop(t: torch.Tensor) -> torch.Tensor:
-            """The input's region of a map at stride s: ceil(H / s) x ceil(W / s) from the padded origin."""
-            s = x.shape[-1] // t.shape[-1]
-            return t[..., top // s : top // s + -(-h // s), left // s : left // s + -(-w // s)]
-
+        region = (x.shape[-1], top, left, h, w)
         if not self.deep_supervision:
-            return crop(heads[0])
+            return _crop(heads[0], region)
         if self.training:
-            return [crop(out)] + [crop(t) for t in heads]
-        return crop(out)
+            return [_crop(out, region)] + [_crop(t, region) for t in heads]
+        return _crop(out, region)
+
+
+def _crop(t: torch.Tensor, region: tuple[int, int, int, int, int]) -> torch.Tensor:
+    """The input's region of a map at stride s: ceil(H / s) x ceil(W / s) from the padded origin.
+
+    ``region`` is ``(padded width, top padding, left padding, H, W)`` of the network input.
+    """
+    padded_w, top, left, h, w = region
+    s = padded_w // t.shape[-1]
+    return t[..., top // s : top // s + -(-h // s), left // s : left // s + -(-w // s)]
 
