@@ -263,10 +263,10 @@ def bundle_runs(out: Path, device: str, extra: list[str], epochs: int) -> dict:
     common = ["--bundle_root", str(REPO / "bundle"), "--dataset_dir", str(data), "--output_dir", str(run_dir),
               "--device", f"$torch.device('{device}')", "--num_workers", "0", *extra]
     steps = {
-        "train": (["common", "train"], ["--epochs", str(epochs), "--batch_size", "4", "--progress_bar", "False",
+        "train": (["train"], ["--epochs", str(epochs), "--batch_size", "4", "--progress_bar", "False",
                                         "--test_fraction", "0.2"]),
-        "evaluate": (["common", "train", "evaluate"], ["--test_fraction", "0.2"]),
-        "inference": (["common", "inference"], []),
+        "evaluate": (["train", "evaluate"], ["--test_fraction", "0.2"]),
+        "inference": (["inference"], []),
     }
     result = {}
     for name, (configs, args) in steps.items():

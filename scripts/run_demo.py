@@ -48,7 +48,7 @@ def shipped_model_job(output_dir: Path, dataset_dir: Path) -> dict:
         raise SystemExit(f"{ckpt} is missing: the shipped model is part of the bundle (git lfs or a full clone)")
     items = find_pairs(dataset_dir / "images", dataset_dir / "masks")
     pred_dir = output_dir / "predictions"
-    run(config_file=_configs("common", "inference"), bundle_root=str(BUNDLE), dataset_dir=str(dataset_dir / "images"),
+    run(config_file=_configs("inference"), bundle_root=str(BUNDLE), dataset_dir=str(dataset_dir / "images"),
         output_dir=str(output_dir), pred_dir=str(pred_dir), ckpt_path=str(ckpt), num_workers=0, tracking="mlflow",
         experiment_name=EXPERIMENT, run_name="infer_shipped_model")
     rows = score_predictions(items, pred_dir)
@@ -95,10 +95,10 @@ def train_demo(output_dir: Path, dataset_dir: Path, epochs: int, full: bool) -> 
     """Tiny train / evaluate / infer of the bundle on a handful of pairs (a smoke test of the training path)."""
     common = {"bundle_root": str(BUNDLE), "dataset_dir": str(dataset_dir), "output_dir": str(output_dir),
               "test_fraction": 0.15, "num_workers": 0, "experiment_name": EXPERIMENT, **({} if full else TINY)}
-    run(config_file=_configs("common", "train"), tracking="mlflow", epochs=epochs, batch_size=2, progress_bar=False,
+    run(config_file=_configs("train"), tracking="mlflow", epochs=epochs, batch_size=2, progress_bar=False,
         run_name="train", **common)
-    run(config_file=_configs("common", "train", "evaluate"), tracking="mlflow", run_name="evaluate", **common)
-    run(config_file=_configs("common", "inference"), **common)
+    run(config_file=_configs("train", "evaluate"), tracking="mlflow", run_name="evaluate", **common)
+    run(config_file=_configs("inference"), **common)
 
 
 def main() -> None:

@@ -74,7 +74,7 @@ def trained(tmp_path_factory):
     out = work / "out"
     common = ["--bundle_root", str(BUNDLE), "--dataset_dir", str(data), "--output_dir", str(out),
               "--num_workers", "0", "--test_fraction", "0.2", *TINY]
-    log = _run(["--config_file", _cfg("common", "train"), *common, "--epochs", "2", "--batch_size", "4",
+    log = _run(["--config_file", _cfg("train"), *common, "--epochs", "2", "--batch_size", "4",
                 "--progress_bar", "False", "--tracking", "mlflow", "--experiment_name", "vmunetv2_test"], cwd=work)
     return work, data, out, common, log
 
@@ -106,7 +106,7 @@ def test_resume_continues_epoch_count(trained, tmp_path):
     work, _, out, common, _ = trained
     resumed = tmp_path / "resumed"
     shutil.copytree(out / "models", resumed / "models")
-    log = _run(["--config_file", _cfg("common", "train"), *common, "--output_dir", str(resumed), "--epochs", "3",
+    log = _run(["--config_file", _cfg("train"), *common, "--output_dir", str(resumed), "--epochs", "3",
                 "--batch_size", "4", "--progress_bar", "False", "--resume", "True"], cwd=work)
     assert "Epoch: 3/3" in log and "Epoch: 1/3" not in log and "Epoch: 2/3" not in log
     latest = torch.load(resumed / "models" / "latest.pt", weights_only=True)
@@ -115,7 +115,7 @@ def test_resume_continues_epoch_count(trained, tmp_path):
 
 def test_evaluate_writes_per_case_csv_and_summary(trained):
     work, _, out, common, _ = trained
-    _run(["--config_file", _cfg("common", "train", "evaluate"), *common], cwd=work)
+    _run(["--config_file", _cfg("train", "evaluate"), *common], cwd=work)
     summary = json.loads((out / "eval" / "summary.json").read_text())
     rows = (out / "eval" / "per_case.csv").read_text().strip().splitlines()
     assert rows[0] == "name,val_mean_dice,val_mean_iou,val_hd95"
@@ -129,7 +129,7 @@ def test_evaluate_writes_per_case_csv_and_summary(trained):
 
 def test_inference_writes_masks_at_input_size_and_overlays(trained):
     work, data, out, common, _ = trained
-    _run(["--config_file", _cfg("common", "inference"), *common], cwd=work)
+    _run(["--config_file", _cfg("inference"), *common], cwd=work)
     for src in sorted((data / "images").iterdir()):
         mask = Image.open(out / "predictions" / f"{src.stem}_mask.png")
         overlay = Image.open(out / "predictions" / f"{src.stem}_overlay.png")
@@ -143,13 +143,13 @@ def test_check_properties_and_unknown_value(trained):
 
     _, data, out, _, _ = trained
     overrides = {"bundle_root": str(BUNDLE), "dataset_dir": str(data), "output_dir": str(out), "test_fraction": 0.2}
-    for wf_type, names in (("train", ("common", "train")), ("infer", ("common", "inference"))):
+    for wf_type, names in (("train", ("train",)), ("infer", ("inference",))):
         wf = ConfigWorkflow(config_file=[str(CONFIGS / f"{n}.json") for n in names], workflow_type=wf_type,
                             meta_file=str(CONFIGS / "metadata.json"), logging_file=str(CONFIGS / "logging.conf"),
                             **overrides)
         wf.initialize()
         assert wf.check_properties() in (None, [])
-    wf = ConfigWorkflow(config_file=[str(CONFIGS / "common.json"), str(CONFIGS / "inference.json")],
+    wf = ConfigWorkflow(config_file=[str(CONFIGS / "inference.json")],
                         workflow_type="infer", meta_file=str(CONFIGS / "metadata.json"), spatial_mode="resise",
                         **overrides)
     messages = _initialize_errors(wf)
@@ -164,7 +164,7 @@ def test_multi_process_training(tmp_path, monkeypatch):
     data = _make_dataset(tmp_path)
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
-    log = _run(["--config_file", _cfg("common", "train", "multi_gpu_train"), "--bundle_root", str(BUNDLE),
+    log = _run(["--config_file", _cfg("train", "multi_gpu_train"), "--bundle_root", str(BUNDLE),
                 "--dataset_dir", str(data), "--output_dir", str(out), "--num_workers", "0", *TINY,
                 "--epochs", "1", "--batch_size", "2", "--progress_bar", "False"], cwd=tmp_path, launcher=launcher)
     assert "Epoch[1] Metrics" in log
@@ -177,7 +177,7 @@ def test_verify_net_in_out():
     from monai.bundle import verify_net_in_out
 
     verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
-                      config_file=[str(CONFIGS / "common.json")], bundle_root=str(BUNDLE), n=2, device="cpu",
+                      config_file=[str(CONFIGS / "inference.json")], bundle_root=str(BUNDLE), n=2, device="cpu",
                       depths=[1, 1, 1, 1], dims=16, d_state=4, mid_channels=8)
 
 
@@ -194,7 +194,7 @@ def test_inference_reads_tiff_and_nifti(trained, tmp_path):
     nib.save(nib.Nifti1Image(grey, np.eye(4)), str(inputs / "scan.nii.gz"))
     pred_dir = tmp_path / "preds"
     args = [a if a != str(common[common.index("--dataset_dir") + 1]) else str(inputs) for a in common]
-    _run(["--config_file", _cfg("common", "inference"), *args, "--pred_dir", str(pred_dir)], cwd=work)
+    _run(["--config_file", _cfg("inference"), *args, "--pred_dir", str(pred_dir)], cwd=work)
     assert Image.open(pred_dir / "slide_mask.png").size == (67, 45)
     mask = nib.load(str(pred_dir / "scan_mask.nii.gz")).get_fdata()
     assert mask.shape[:2] == (53, 41) and set(np.unique(mask)) <= {0.0, 1.0}
@@ -204,7 +204,7 @@ def test_patch_sampling_training(trained, tmp_path):
     """spatial_mode patch: random crops of image_size at native resolution train and save a checkpoint."""
     work, data, _, common, _ = trained
     args = [a if a != str(common[common.index("--output_dir") + 1]) else str(tmp_path / "out") for a in common]
-    _run(["--config_file", _cfg("common", "train"), *args, "--spatial_mode", "patch", "--epochs", "1",
+    _run(["--config_file", _cfg("train"), *args, "--spatial_mode", "patch", "--epochs", "1",
           "--batch_size", "2", "--progress_bar", "False"], cwd=work)
     state = torch.load(tmp_path / "out" / "models" / "model.pt", weights_only=True)
     assert any(k.startswith("encoder.") for k in (state.get("model", state)))
@@ -215,7 +215,7 @@ def test_bad_training_option_is_named(trained, key, value):
     from monai.bundle import ConfigWorkflow
 
     _, data, out, _, _ = trained
-    wf = ConfigWorkflow(config_file=[str(CONFIGS / "common.json"), str(CONFIGS / "train.json")],
+    wf = ConfigWorkflow(config_file=[str(CONFIGS / "train.json")],
                         workflow_type="train", meta_file=str(CONFIGS / "metadata.json"), bundle_root=str(BUNDLE),
                         dataset_dir=str(data), output_dir=str(out), test_fraction=0.2, **{key: value})
     messages = _initialize_errors(wf)
@@ -227,7 +227,7 @@ def test_early_stopping_with_cached_data(trained, tmp_path):
     cache_rate 1 trains from the in-memory cache."""
     work, _, _, common, _ = trained
     args = [a if a != str(common[common.index("--output_dir") + 1]) else str(tmp_path / "out") for a in common]
-    log = _run(["--config_file", _cfg("common", "train"), *args, "--epochs", "6", "--batch_size", "4",
+    log = _run(["--config_file", _cfg("train"), *args, "--epochs", "6", "--batch_size", "4",
                 "--cache_rate", "1.0", "--early_stop_patience", "1", "--early_stop_min_delta", "2.0",
                 "--progress_bar", "False"], cwd=work)
     assert "Loading dataset" in log  # CacheDataset's progress line: the images were cached
@@ -235,7 +235,7 @@ def test_early_stopping_with_cached_data(trained, tmp_path):
 
 
 def test_kvasir_full_recipe_config(tmp_path):
-    """kvasir_full.json merged over common + train: the test set is exactly the ids in the dataset's
+    """kvasir_full.json merged over train.json: the test set is exactly the ids in the dataset's
     pranet_kvasir_test_names.txt, validation is carved from the rest, and the paper's setting is in place."""
     from monai.bundle import ConfigParser
 
@@ -244,7 +244,7 @@ def test_kvasir_full_recipe_config(tmp_path):
     names = sorted(p.stem for p in (data / "images").iterdir())
     (data / "pranet_kvasir_test_names.txt").write_text("\n".join(names[:3]) + "\n")
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / f"{n}.json") for n in ("common", "train", "kvasir_full")])
+    parser.read_config([str(CONFIGS / f"{n}.json") for n in ("train", "kvasir_full")])
     parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(data)})
     splits = parser.get_parsed_content("datalists")
     assert sorted(it["name"] for it in splits["test"]) == names[:3]
@@ -261,10 +261,10 @@ def test_inference_mode_resize_and_unknown_mode(trained, tmp_path):
     mode stops with its name."""
     work, data, out, common, _ = trained
     args = [a if a != str(common[common.index("--output_dir") + 1]) else str(out) for a in common]
-    _run(["--config_file", _cfg("common", "inference"), *args, "--inference_mode", "resize",
+    _run(["--config_file", _cfg("inference"), *args, "--inference_mode", "resize",
           "--pred_dir", str(tmp_path / "pred")], cwd=work)
     src = sorted((data / "images").iterdir())[0]
     mask = np.asarray(Image.open(tmp_path / "pred" / f"{src.stem}_mask.png"))
     assert mask.shape[:2] == np.asarray(Image.open(src)).shape[:2] and set(np.unique(mask)) <= {0, 255}
     with pytest.raises(AssertionError, match="unknown value 'tiles' for 'inference_mode'"):
-        _run(["--config_file", _cfg("common", "inference"), *args, "--inference_mode", "tiles"], cwd=work)
+        _run(["--config_file", _cfg("inference"), *args, "--inference_mode", "tiles"], cwd=work)

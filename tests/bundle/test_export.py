@@ -21,7 +21,7 @@ def _export(cmd: str, tmp_path: Path, out: Path, extra: list[str]) -> None:
     configs = BUNDLE / "configs"
     args = [sys.executable, "-m", "monai.bundle", cmd, "network_def", "--filepath", str(out),
             "--ckpt_file", str(tmp_path / "model.pt"), "--meta_file", str(configs / "metadata.json"),
-            "--config_file", f"['{configs / 'common.json'}','{configs / 'inference.json'}']",
+            "--config_file", f"['{configs / 'inference.json'}']",
             "--bundle_root", str(BUNDLE), "--input_shape", "[1,3,64,64]", "--use_trace", "True"]
     for key, value in TINY.items():
         args += [f"--{key}", str(value).replace(" ", "")]

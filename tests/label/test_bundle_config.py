@@ -36,12 +36,12 @@ def test_label_map_softmax_skips_background() -> None:
 def test_configs_merged_in_order_with_monailabel_overrides(tmp_path: Path) -> None:
     files = BundleFiles.from_dir(BUNDLE)
     names = [Path(f).name for f in files.config_files("train")]
-    assert names == ["common.json", "train.json", "monailabel_overrides.json", "monailabel_train_overrides.json"]
-    assert [Path(f).name for f in files.config_files("inference")][:2] == ["common.json", "inference.json"]
+    assert names == ["train.json", "monailabel_overrides.json", "monailabel_train_overrides.json"]
+    assert [Path(f).name for f in files.config_files("inference")] == ["inference.json", "monailabel_overrides.json"]
     parser = load_parser(files, "train", {"bundle_root": str(tmp_path)})
     assert Path(parser.get_parsed_content("ckpt_path")) == tmp_path / "models" / "model.pt"
     assert parser.get_parsed_content("num_workers") == 0
-    assert parser["train#dataloader#drop_last"] is False
+    assert Path(parser.get_parsed_content("latest_path")).parent != tmp_path / "models"  # not offered as a model
     with pytest.raises(BundleError, match="no evaluation_x config"):
         files.config_files("evaluation_x")
 

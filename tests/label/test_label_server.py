@@ -185,7 +185,7 @@ def _bundle_run_mask(workspace: Path, bundle: BundleFiles, image: str, tag: str)
     out = workspace / f"bundle_run_{tag}" / "out"
     data.mkdir(parents=True)
     shutil.copy(KVASIR / "images" / f"{image}.jpg", data / f"{image}.jpg")
-    configs = [str(bundle.config(n)) for n in ("common.json", "inference.json", "tiny.json")]
+    configs = [str(bundle.config(n)) for n in ("inference.json", "tiny.json")]
     cmd = [main_python, "-m", "monai.bundle", "run", "--config_file", repr(configs)]
     cmd += ["--meta_file", str(bundle.metadata), "--logging_file", str(bundle.config("logging.conf"))]
     cmd += ["--bundle_root", str(bundle.root), "--dataset_dir", str(data), "--ckpt_path", str(bundle.model_path)]

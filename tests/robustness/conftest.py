@@ -39,9 +39,9 @@ def tail(out: str, lines: int = 15) -> str:
 
 
 def load_transforms(keys: tuple[str, ...] = ("image", "label")) -> Compose:
-    """The bundle's ``load_transforms`` (common.json) for ``keys``."""
+    """The bundle's ``load_transforms`` (train.json) for ``keys``."""
     parser = ConfigParser()
-    parser.read_config(cfg("common"))
+    parser.read_config(cfg("train"))
     parser["keys"] = list(keys)
     return Compose(parser.get_parsed_content("load_transforms"))
 

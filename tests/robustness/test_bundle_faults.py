@@ -27,7 +27,7 @@ BUNDLE_MAIN = "/venv/lib/python3.11/site-packages/monai/bundle/__main__.py"
     ("batch_size", 0, "for 'batch_size'"),
 ])
 def test_bad_training_values_name_the_config_id(dataset, tmp_path, key, value, expected):
-    wf = workflow(("common", "train"), dataset_dir=str(dataset), output_dir=str(tmp_path / "out"),
+    wf = workflow(("train",), dataset_dir=str(dataset), output_dir=str(tmp_path / "out"),
                   **{"batch_size": 2, key: value})
     assert expected in error_chain(wf.initialize)
     assert not (tmp_path / "out" / "models").exists()
@@ -41,13 +41,13 @@ def test_bad_training_values_name_the_config_id(dataset, tmp_path, key, value, e
 def test_bad_data_list_files_are_named(tmp_path, content, expected):
     path = tmp_path / "list.json"
     path.write_text(content)
-    wf = workflow(("common", "train"), datalist_file=str(path), output_dir=str(tmp_path / "out"))
+    wf = workflow(("train",), datalist_file=str(path), output_dir=str(tmp_path / "out"))
     chain = error_chain(wf.initialize)
     assert expected in chain and "list.json" in chain
 
 
 def _argv(*args: str) -> list[str]:
-    return [BUNDLE_MAIN, "run", "--config_file", str(cfg("common", "train")), "--bundle_root", str(BUNDLE), *args]
+    return [BUNDLE_MAIN, "run", "--config_file", str(cfg("train")), "--bundle_root", str(BUNDLE), *args]
 
 
 @pytest.mark.parametrize("args, bad", [
@@ -96,7 +96,7 @@ def trained(tmp_path_factory):
     out = work / "out"
     common = ["--bundle_root", str(BUNDLE), "--dataset_dir", str(data), "--output_dir", str(out),
               "--num_workers", "0", *TINY_ARGS]
-    code, log = run_bundle(["--config_file", str(cfg("common", "train")), *common, "--epochs", "1",
+    code, log = run_bundle(["--config_file", str(cfg("train")), *common, "--epochs", "1",
                             "--batch_size", "2", "--progress_bar", "False"], cwd=work)
     assert code == 0, tail(log, 60)
     return work, data, out, common
@@ -112,7 +112,7 @@ def test_folder_inference_predicts_every_good_image_and_names_the_bad_ones(train
     (inputs / "aaa_truncated.jpg").write_bytes(first.read_bytes()[:3000])  # sorts first: must not stop the rest
     (inputs / "notes.png").write_text("not an image")
     Image.fromarray(np.full((30, 40), 900, dtype=np.uint16)).save(inputs / "grey16.png")
-    code, log = run_bundle(["--config_file", str(cfg("common", "inference")), *common, "--dataset_dir", str(inputs),
+    code, log = run_bundle(["--config_file", str(cfg("inference")), *common, "--dataset_dir", str(inputs),
                             "--pred_dir", str(tmp_path / "pred")], cwd=work)
     assert code != 0
     end = tail(log, 8)
@@ -127,7 +127,7 @@ def test_rerun_into_a_folder_with_a_model_keeps_the_old_one(trained):
     work, _, out, common = trained
     model = (out / "models" / "model.pt").read_bytes()
     latest = (out / "models" / "latest.pt").read_bytes()
-    code, log = run_bundle(["--config_file", str(cfg("common", "train")), *common, "--epochs", "1",
+    code, log = run_bundle(["--config_file", str(cfg("train")), *common, "--epochs", "1",
                             "--batch_size", "2", "--progress_bar", "False"], cwd=work)
     assert code == 0, tail(log, 40)
     kept = {p.name: p.read_bytes() for p in (out / "models").glob("*.prev-*.pt")}

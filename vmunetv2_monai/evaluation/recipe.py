@@ -50,7 +50,7 @@ def train_with_bundle(bundle_dir: str | os.PathLike, overrides: Mapping[str, Any
 
     Returns ``{"epochs", "train_wall_s", "best_val_mean_dice", "best_epoch"}``.
     """
-    wf = _workflow(bundle_dir, ("common", "train"), "train", overrides)
+    wf = _workflow(bundle_dir, ("train",), "train", overrides)
     wf.initialize()
     trainer = wf.parser.get_parsed_content("train#trainer")
     start = time.perf_counter()
@@ -86,7 +86,7 @@ def predict_with_bundle(
     at ``ckpt_path`` and ``overrides`` (batch size 1: the images differ in size): writes
     ``<out_dir>/<name>_mask.png`` (0/255, original size)."""
     data = [{"image": it["image"], "name": it["name"]} for it in items]
-    wf = _workflow(bundle_dir, ("common", "inference"), "infer",
+    wf = _workflow(bundle_dir, ("inference",), "infer",
                    {**overrides, "datalist": data, "pred_dir": str(out_dir), "overlay": False, "batch_size": 1})
     wf.initialize()
     wf.run()

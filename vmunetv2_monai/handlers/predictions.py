@@ -42,7 +42,8 @@ class PredictionWriter:
     """Per image: ``<output_dir>/<name>_mask.png`` (0/255) or ``<name>_mask.nii.gz`` (for NIfTI inputs, with the
     input's affine), and ``<name>_overlay.png`` (mask contour on the image). Files are written atomically.
 
-    Expects decollated outputs with ``pred`` (1, X, Y binary) and ``image`` (C, X, Y), and ``name`` in each batch item.
+    Expects decollated outputs with ``pred`` ((1, X, Y) or (X, Y) binary) and ``image`` (C, X, Y), and ``name`` in
+    each batch item.
     Spatial axes follow MONAI's readers (X = width for PNG/JPG), so PNGs are transposed back to (H, W).
     """
 
@@ -63,7 +64,8 @@ class PredictionWriter:
     def _write_one(self, name: str, out: dict) -> None:
         pred = out["pred"]
         image = out["image"]
-        mask = (torch.as_tensor(pred).detach().cpu().numpy()[0] > 0.5).astype(np.uint8)
+        pred = torch.as_tensor(pred).detach().cpu().numpy()
+        mask = (pred.reshape(pred.shape[-2:]) > 0.5).astype(np.uint8)  # (1, X, Y) or the squeezed (X, Y)
         source = str(getattr(image, "meta", {}).get("filename_or_obj", ""))
         base = os.path.join(self.output_dir, name)
         if source.lower().endswith((".nii", ".nii.gz")):

@@ -1,10 +1,9 @@
 """Read the VM-UNetV2 bundle the way MONAI Label needs it (monai only; no monailabel import).
 
-The bundle splits its configs: ``common.json`` holds the network, device and preprocessing, and each workflow config
-(``inference.json``, ``train.json``) is merged over it. MONAI Label's stock bundle tasks read one config file only, so
-the tasks here merge ``common.json`` + the workflow config + ``monailabel_overrides.json`` (model file in
-``<bundle>/models``, no data loader workers, no progress bar) + ``monailabel_<workflow>_overrides.json`` (training:
-partial batches kept, latest state outside ``models/``) themselves.
+``inference.json`` and ``train.json`` each stand alone (model-zoo layout), so MONAI Label's stock ``monaibundle``
+tasks serve the bundle unchanged. This package's own tasks merge ``<workflow>.json`` + ``monailabel_overrides.json``
+(no data loader workers, no progress bar, latest training state outside ``models/``) +
+``monailabel_<workflow>_overrides.json`` themselves.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ __all__ = ["BundleError", "BundleFiles", "label_map", "load_metadata", "load_par
 
 logger = logging.getLogger(__name__)
 
-COMMON_CONFIG = "common.json"
+INFERENCE_CONFIG = "inference.json"
 OVERRIDE_CONFIG = "monailabel_overrides.json"
 METADATA = "metadata.json"
 MODEL_FILE = "model.pt"
@@ -40,10 +39,10 @@ class BundleFiles:
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> BundleFiles:
-        """Check that ``path`` is a bundle with metadata and the common config; raise :class:`BundleError` if not."""
+        """Check that ``path`` is a bundle with metadata and the inference config; raise :class:`BundleError` if not."""
         root = Path(path).expanduser().resolve()
         files = cls(root)
-        for required in (files.metadata, files.config(COMMON_CONFIG)):
+        for required in (files.metadata, files.config(INFERENCE_CONFIG)):
             if not required.is_file():
                 raise BundleError(f"not a VM-UNetV2 bundle folder: {required} is missing")
         return files
@@ -68,12 +67,12 @@ class BundleFiles:
         return self.configs_dir / name
 
     def config_files(self, workflow: str) -> list[str]:
-        """``common.json``, ``<workflow>.json``, then, when present, ``monailabel_overrides.json`` and
+        """``<workflow>.json``, then, when present, ``monailabel_overrides.json`` and
         ``monailabel_<workflow>_overrides.json`` (merged in this order)."""
         main = self.config(f"{workflow}.json")
         if not main.is_file():
             raise BundleError(f"the bundle has no {workflow} config: {main} is missing")
-        files = [self.config(COMMON_CONFIG), main]
+        files = [main]
         for name in (OVERRIDE_CONFIG, f"monailabel_{workflow}_overrides.json"):
             if self.config(name).is_file():
                 files.append(self.config(name))
@@ -105,19 +104,14 @@ def load_metadata(files: BundleFiles) -> dict[str, Any]:
 def label_map(metadata: dict[str, Any]) -> dict[str, int]:
     """Label name -> value in the predicted mask, from ``network_data_format.outputs.<first>.channel_def``.
 
-    A one-channel (sigmoid) output is binary: its channel 0 is the foreground, written as 1 in the mask. With several
-    channels (softmax + argmax) the value is the channel index; a channel named "background" is left out.
+    As MONAI Label's stock bundle task reads it: every entry except "background" (the bundle's one sigmoid channel
+    declares ``{"0": "background", "1": "lesion"}``, the values of its thresholded mask).
     """
     outputs = metadata.get("network_data_format", {}).get("outputs", {})
     if not outputs:
         raise BundleError("metadata.json has no network_data_format.outputs")
     pred = next(iter(outputs.values()))
-    channel_def = {int(k): str(v) for k, v in pred.get("channel_def", {}).items()}
-    num_channels = int(pred.get("num_channels", len(channel_def) or 1))
-    if num_channels == 1:
-        name = channel_def.get(0, "foreground")
-        return {name.lower(): 1}
-    return {v.lower(): k for k, v in sorted(channel_def.items()) if v.lower() != "background"}
+    return {str(v).lower(): int(k) for k, v in pred.get("channel_def", {}).items() if str(v).lower() != "background"}
 
 
 def spatial_dims(metadata: dict[str, Any]) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 from monai.inferers import Inferer, SimpleInferer
-from monai.transforms import Compose, LoadImaged, SqueezeDimd
+from monai.transforms import Compose, LoadImaged
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.transform.post import Restored
@@ -42,11 +42,10 @@ class NoWeightsError(RuntimeError):
 class VMUNetV2InferTask(BasicInferTask):
     """Segmentation with the bundle's network, preprocessing, inferer (per inference_mode) and postprocessing.
 
-    The bundle's ``common.json`` + ``inference.json`` (+ ``monailabel_overrides.json``) are merged. MONAI Label's
-    additions: the image loader keeps the image metadata, the prediction is restored to the image grid and squeezed
-    to H x W, and the mask is written as a uint8 PNG unless the request asks otherwise. Weights are read from
-    ``<bundle>/models/<model_filename>`` with ``torch.load(weights_only=True)``; without them the task refuses to
-    run instead of serving an untrained network.
+    The bundle's ``inference.json`` (+ ``monailabel_overrides.json``) is read. MONAI Label's additions: the image
+    loader keeps the image metadata, the H x W prediction is restored to the image grid, and the mask is written as
+    a uint8 PNG unless the request asks otherwise. Weights are read from ``<bundle>/models/<model_filename>`` with
+    ``torch.load(weights_only=True)``; without them the task refuses to run instead of serving an untrained network.
     """
 
     def __init__(self, bundle: BundleFiles, conf: dict[str, str] | None = None, preload: bool = False) -> None:
@@ -155,11 +154,10 @@ class VMUNetV2InferTask(BasicInferTask):
         return inferer if inferer is not None else SimpleInferer()
 
     def post_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
-        """Bundle postprocessing (sigmoid, threshold), then back on the image grid and squeezed to H x W."""
+        """Bundle postprocessing (sigmoid, threshold, squeezed to an H x W uint8 mask), then on the image grid."""
         post = self._parsed("postprocessing", data)
         transforms = list(post.transforms) if isinstance(post, Compose) else list(post)
-        transforms.append(Restored(keys=self.key_pred, ref_image=self.key_image))
-        transforms.append(SqueezeDimd(keys=self.key_pred, dim=0))
+        transforms.append(Restored(keys=self.key_pred, ref_image=self.key_image, has_channel=False))
         return transforms
 
     # ------------------------------------------------------------------------------------------------ weights

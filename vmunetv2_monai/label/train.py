@@ -30,7 +30,7 @@ class TrainRequestError(ValueError):
 
 
 class VMUNetV2TrainTask(BundleTrainTask):
-    """Runs ``common.json`` + ``train.json`` + ``monailabel_overrides.json`` with MONAI Label's overrides.
+    """Runs ``train.json`` + ``monailabel_overrides.json`` with MONAI Label's overrides.
 
     MONAI Label sets the epochs, the device and the training/validation lists (``labels/final`` of the datastore,
     split by ``val_split``) and, with ``pretrained`` (default true), starts from ``models/<model_filename>``. The
