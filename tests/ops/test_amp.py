@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -66,21 +68,38 @@ def test_unknown_setting_is_named(amp) -> None:
         autocast_dtype(amp, "cpu")
 
 
+def _engines(node, found: list) -> list:
+    """Every MONAI trainer / evaluator definition (a dict with such a ``_target_``) in a parsed JSON config."""
+    if isinstance(node, dict):
+        if node.get("_target_") in ("SupervisedTrainer", "SupervisedEvaluator"):
+            found.append(node)
+        for value in node.values():
+            _engines(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _engines(value, found)
+    return found
+
+
 def test_bundle_engines_get_the_policy() -> None:
-    """The parsed train / inference configs: amp 'auto' by default, off in the paper recipe, bf16 kwargs passed."""
+    """Whatever the file layout: every engine in bundle/configs takes its AMP from ``autocast_dtype(@amp, ...)``,
+    ``amp`` is "auto" by default and "off" in the paper recipe, and the expression resolves in a MONAI config."""
     from monai.bundle import ConfigParser
 
-    from tests.bundle.test_bundle import CONFIGS
-
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / n) for n in ("common.json", "train.json")])
-    assert parser["amp"] == "auto"
-    for key in ("train#trainer", "validate#evaluator"):
-        assert parser[key]["amp"] == "$vmunetv2_monai.ops.autocast_dtype(@amp, @device) is not None"
-        assert parser[key]["amp_kwargs"] == {"dtype": "$vmunetv2_monai.ops.autocast_dtype(@amp, @device)"}
-    parser.read_config([str(CONFIGS / n) for n in ("common.json", "train.json", "kvasir_full.json")])
-    assert parser["amp"] == "off"
-    inference = ConfigParser()
-    inference.read_config([str(CONFIGS / n) for n in ("common.json", "inference.json")])
-    inference["device"] = "$torch.device('cpu')"
-    assert inference.get_parsed_content("evaluator#amp_kwargs") == {"dtype": None}
+    configs = Path(__file__).resolve().parents[2] / "bundle" / "configs"
+    engines, defaults = [], {}
+    for path in sorted(configs.glob("*.json")):
+        config = json.loads(path.read_text())
+        _engines(config, engines)
+        if "amp" in config:
+            defaults[path.name] = config["amp"]
+    assert len(engines) >= 3  # training, validation, inference
+    for engine in engines:
+        assert engine["amp"] == "$vmunetv2_monai.ops.autocast_dtype(@amp, @device) is not None"
+        assert engine["amp_kwargs"] == {"dtype": "$vmunetv2_monai.ops.autocast_dtype(@amp, @device)"}
+    assert defaults.pop("kvasir_full.json") == "off"
+    assert defaults and set(defaults.values()) == {"auto"}, defaults
+    parser = ConfigParser({"imports": ["$import torch", "$import vmunetv2_monai"], "amp": "auto",
+                           "device": "$torch.device('cpu')", "engine": {"amp": engines[0]["amp"],
+                                                                       "amp_kwargs": engines[0]["amp_kwargs"]}})
+    assert parser.get_parsed_content("engine") == {"amp": False, "amp_kwargs": {"dtype": None}}
