@@ -78,8 +78,10 @@ def test_orthanc_sends_study_and_gets_segs_back_with_kill_and_restart(
                "--settle", "2", "--log-level", "INFO"]
         proc = _start(cmd, log)
         _wait(lambda: "listening on 127.0.0.1" in log.read_text(), proc, log, "listener start")
-        orthanc_study = requests.post(orthanc.rest + "/tools/lookup", data=study, timeout=30).json()[0]["ID"]
-        sent = requests.post(orthanc.rest + "/modalities/vmunet/store", json={"Resources": [orthanc_study],
+        # Orthanc keys studies by patient too: the CT slices (another PatientID) are a second study resource
+        resources = [r["ID"] for r in requests.post(orthanc.rest + "/tools/lookup", data=study, timeout=30).json()]
+        assert len(resources) == 2
+        sent = requests.post(orthanc.rest + "/modalities/vmunet/store", json={"Resources": resources,
                              "Synchronous": True}, timeout=120)
         assert sent.status_code == 200, sent.text
         _wait(lambda: len(_segs(orthanc)) >= 1, proc, log, "first SEG")
