@@ -1,0 +1,118 @@
+"""The model-zoo's checks on the bundle (ci/verify_bundle.py and the premerge jobs), with configs/inference.json and
+configs/train.json each read alone, as the model-zoo, MONAI Label and MONAI Deploy read them (CPU, tiny network)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+
+from vmunetv2_monai import VMUNetV2
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "bundle"
+CONFIGS = BUNDLE / "configs"
+SCHEMA = Path(__file__).parent / "data" / "meta_schema.json"
+# Network ids of the standalone configs, shrunk for CPU tests (d_state 8: the compiled CPU scan takes it).
+TINY = {"depths": [1, 1, 1, 1], "dims": 16, "d_state": 8, "mid_channels": 8, "image_size": [32, 32]}
+NET_IDS = ("in_channels", "out_channels", "depths", "dims", "d_state", "ssm_ratio", "mid_channels", "drop_path_rate",
+           "scan_backend", "keep_unused_stage", "use_checkpoint")
+
+
+def _config(name: str) -> dict:
+    return json.loads((CONFIGS / f"{name}.json").read_text())
+
+
+def test_required_files_and_large_files_list() -> None:
+    """ci/verify_bundle.py: necessary files, the preferred inference config, and models/model.pt present or listed
+    in large_files.yml (when present and a hash is recorded, the file matches it)."""
+    for rel in ("configs/metadata.json", "LICENSE", "configs/inference.json", "configs/train.json", "docs/README.md"):
+        assert (BUNDLE / rel).is_file(), rel
+    entries = {e["path"]: e for e in yaml.safe_load((BUNDLE / "large_files.yml").read_text())["large_files"]}
+    assert "models/model.pt" in entries
+    model = BUNDLE / "models" / "model.pt"
+    if model.is_file() and entries["models/model.pt"].get("hash_val"):
+        assert entries["models/model.pt"]["hash_type"] == "sha256"
+        assert hashlib.sha256(model.read_bytes()).hexdigest() == entries["models/model.pt"]["hash_val"]
+
+
+def test_version_is_in_changelog() -> None:
+    meta = _config("metadata")
+    assert meta["version"] in meta["changelog"]
+    assert next(iter(meta["changelog"])) == meta["version"]  # newest first
+
+
+def test_verify_metadata_against_schema(tmp_path: Path) -> None:
+    schema = tmp_path / "schema.json"  # verify_metadata only downloads when the file is missing
+    shutil.copy(SCHEMA, schema)
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(schema))
+    meta = _config("metadata")
+    assert meta["supported_apps"] == {"monai-label": "0.8.5"}  # only what tests/label runs
+    assert set(meta["eval_metrics"]) >= {"mean_dice", "pooled_dsc"}
+    channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    assert {v: int(k) for k, v in channel_def.items() if v != "background"} == {"lesion": 1}
+
+
+def test_json_is_pretty_formatted() -> None:
+    """pre-commit's pretty-format-json --no-sort-keys --indent=4 would change nothing."""
+    for path in sorted(BUNDLE.rglob("*.json")):
+        text = path.read_text()
+        assert text == json.dumps(json.loads(text), indent=4) + "\n", f"{path} is not pretty-formatted"
+
+
+def test_standalone_configs_define_shared_ids_once() -> None:
+    """inference.json and train.json each stand alone; every id both define has one value, so each definition is
+    the same in both files (only the workflow ids and the default data folder differ)."""
+    inference, train = _config("inference"), _config("train")
+    differing = sorted(k for k in inference.keys() & train.keys() if inference[k] != train[k])
+    assert differing == ["_desc_", "dataset_dir", "initialize", "keys", "run"]  # dataset_dir: sample images vs data
+    for name in ("evaluate", "multi_gpu_train", "kvasir_full"):
+        unknown = {k.split("#")[0] for k in _config(name)} - set(train) - {"_desc_", "initialize", "run", "finalize"}
+        assert unknown <= {"eval_split", "find_unused_parameters", "dist_backend", "is_not_rank0"}, (name, unknown)
+
+
+def test_kvasir_full_holds_the_paper_network() -> None:
+    full = _config("kvasir_full")
+    assert {k: full[k] for k in ("depths", "dims", "drop_path_rate", "keep_unused_stage", "image_size")} == {
+        "depths": [2, 2, 9, 2], "dims": 96, "drop_path_rate": 0.2, "keep_unused_stage": True, "image_size": [256, 256]}
+
+
+@pytest.mark.parametrize("workflow_type, name", [("infer", "inference"), ("train", "train")])
+def test_check_properties(workflow_type: str, name: str) -> None:
+    wf = ConfigWorkflow(config_file=str(CONFIGS / f"{name}.json"), workflow_type=workflow_type,
+                        meta_file=str(CONFIGS / "metadata.json"), logging_file=str(CONFIGS / "logging.conf"))
+    assert wf.check_properties() == []
+
+
+def test_verify_net_in_out_with_inference_config_alone() -> None:
+    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
+                      config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE), n=2, device="cpu",
+                      **{k: v for k, v in TINY.items() if k != "image_size"})
+
+
+@pytest.mark.parametrize("use_trace", [False, True])
+def test_ckpt_export_with_inference_config_alone(tmp_path: Path, use_trace: bool) -> None:
+    """The model-zoo's TorchScript check (scripting; tracing too) on a copy of the bundle with fresh weights at
+    models/model.pt; the exported module is reloaded and compared with the eager network."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("models"))
+    net_args = {k: v for k, v in TINY.items() if k != "image_size"}
+    inference = _config("inference")
+    kwargs = {k: inference[k] for k in NET_IDS if k not in net_args} | net_args
+    net = VMUNetV2(spatial_dims=2, deep_supervision=True, **kwargs).eval()
+    (bundle / "models").mkdir()
+    torch.save(net.state_dict(), bundle / "models" / "model.pt")
+    ts = bundle / "models" / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(bundle / "models" / "model.pt"),
+                meta_file=str(bundle / "configs" / "metadata.json"), config_file=str(bundle / "configs" / "inference.json"),
+                bundle_root=str(bundle), use_trace=use_trace, input_shape=[1, 3, 64, 64], **net_args)
+    loaded = torch.jit.load(str(ts))
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x))
