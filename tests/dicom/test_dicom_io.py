@@ -297,7 +297,8 @@ def test_cli_bundle_overrides_set_network_and_inference_mode(tmp_path: Path, tin
 
     overrides = tmp_path / "overrides.json"
     net = {k: v for k, v in TINY_NET.items() if k not in ("spatial_dims", "in_channels", "out_channels")}
-    overrides.write_text(json.dumps({**net, "inference_mode": "resize", "image_size": [64, 64]}))
+    overrides.write_text(json.dumps({**net, "keep_unused_stage": True, "inference_mode": "resize",  # as TINY_NET
+                                     "image_size": [64, 64]}))
     base = ["--bundle-dir", str(REPO / "bundle"), "--checkpoint", str(tiny_checkpoint)]
     pred = _predictor(build_parser().parse_args([*base, "--bundle-overrides", str(overrides)]))
     assert isinstance(pred.inferer, ResizeInferer) and pred.inferer.spatial_size == (64, 64)
