@@ -67,8 +67,8 @@ def test_orthanc_sends_study_and_gets_segs_back_with_kill_and_restart(
     try:
         client = PacsClient(orthanc.url)
         study = pydicom.uid.generate_uid()
-        stills = [wrap_vl_endoscopic(load_rgb(p), study_uid=study) for p in kvasir_image_paths(5)]
-        series = ct_series(4, study_uid=study)
+        stills = [wrap_vl_endoscopic(load_rgb(p), study_uid=study) for p in kvasir_image_paths(3)]
+        series = ct_series(3, study_uid=study)
         for ds in stills + series:
             client.store(ds)
         state, spool, log = tmp_path / "state.sqlite", tmp_path / "spool", tmp_path / "listener.log"

@@ -220,7 +220,7 @@ def test_watch_survives_pacs_outage(orthanc: Orthanc, tmp_path: Path, tiny_check
     first, second = _good_sources(2, ultrasound=False)
     client.store(first)
     args = _pipeline_args(orthanc, tmp_path / "state.sqlite", tiny_checkpoint, network_json)
-    cmd = [sys.executable, "-m", "vmunetv2_monai.dicom.pipeline", *args[:-1], "--watch", "--interval", "0.5",
+    cmd = [sys.executable, "-m", "vmunetv2_monai.dicom.pipeline", *args, "--watch", "--interval", "0.5",
            "--max-backoff", "2"]
     cmd[cmd.index("WARNING")] = "INFO"
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
