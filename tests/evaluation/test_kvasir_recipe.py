@@ -5,35 +5,27 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = {"depths": [1, 1, 1, 1], "dims": 16, "size": 64, "batch_size": 2, "features": [8, 8, 16, 32, 64, 8]}
 
-
-def test_recipe_runs_end_to_end(tmp_path: Path) -> None:
-    sample = REPO / "tests" / "data" / "kvasir_sample"
-    names = sorted(p.stem for p in (sample / "images").iterdir())
-    (tmp_path / "test.txt").write_text("\n".join(names[:2]) + "\n")
+def test_recipe_runs_end_to_end(tmp_path: Path, script_args) -> None:
+    make_cmd, test_names = script_args
     out = tmp_path / "out"
-    cmd = [sys.executable, str(REPO / "scripts" / "kvasir_recipe.py"), "--data-dir", str(sample),
-           "--test-names", str(tmp_path / "test.txt"), "--out", str(out), "--budget-s", "3", "--eval-every-s", "1.5",
-           "--val-fraction", "0.2", "--jobs", "2", "--extra", json.dumps(TINY)]
+    cmd = make_cmd("kvasir_recipe.py", out, "--budget-s", "3", "--eval-every-s", "1.5", "--jobs", "2")
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     split = json.loads((out / "split.json").read_text())
-    assert [it["name"] for it in split["test"]] == names[:2]
-    assert not {it["name"] for it in split["training"] + split["validation"]} & set(names[:2])
+    assert [it["name"] for it in split["test"]] == test_names
+    assert not {it["name"] for it in split["training"] + split["validation"]} & set(test_names)
     for model in ("vmunetv2", "basicunet"):
         assert (out / model / "models" / "model.pt").is_file()
-        for name in names[:2]:
+        for name in test_names:
             assert (out / model / "test_predictions" / f"{name}_mask.png").is_file()
     report = (out / "report" / "report.md").read_text()
     assert "| metric | vmunetv2 | basicunet |" in report
     assert (out / "report" / "overlays.png").is_file() and (out / "report" / "learning_curves.png").is_file()
-    for model in ("vmunetv2", "basicunet"):
-        run = json.loads((out / model / "run.json").read_text())
+    runs = {m: json.loads((out / m / "run.json").read_text()) for m in ("vmunetv2", "basicunet")}
+    for run in runs.values():
         assert run["budget_cpu_s"] == 3 and run["train_cpu_s"] >= 3 and run["torch_threads"] == 1
         assert run["settings"]["size"] == 64 and len(run["curve"]) >= 2
     assert "| setting: size | 64 | 64 |" in report
@@ -50,3 +42,10 @@ def test_recipe_runs_end_to_end(tmp_path: Path) -> None:
     (out / "basicunet" / "run.json").unlink()
     proc = subprocess.run(cmd + ["--report-only"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "basicunet run did not finish" in proc.stderr
+
+    # --resume finishes the model whose run did not finish, from its latest.pt (the budget is already spent)
+    proc = subprocess.run(cmd + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = json.loads((out / "basicunet" / "run.json").read_text())
+    assert resumed["steps"] == runs["basicunet"]["steps"] and resumed["curve"] == runs["basicunet"]["curve"]
+    assert "resumed from" in proc.stderr
