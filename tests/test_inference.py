@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ TINY = {"depths": [1, 1, 1, 1], "dims": 16, "d_state": 4, "mid_channels": 8}
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    net = VMUNetV2(2, 3, 1, **TINY)
+    net = VMUNetV2(2, 3, 1, **TINY, keep_unused_stage=False)  # the bundle default
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     torch.save(net.state_dict(), path)
     return path
@@ -28,12 +29,13 @@ def checkpoint(tmp_path_factory) -> Path:
 
 def test_default_follows_the_bundles_spatial_mode(checkpoint: Path) -> None:
     """spatial_mode resize (default) -> whole-image resize inference; patch -> sliding window."""
+    size = tuple(json.loads((BUNDLE / "configs" / "inference.json").read_text())["image_size"])
     pred = Predictor.from_bundle(BUNDLE, checkpoint, overrides=TINY)
-    assert isinstance(pred.inferer, ResizeInferer) and pred.inferer.spatial_size == (256, 256)
+    assert isinstance(pred.inferer, ResizeInferer) and pred.inferer.spatial_size == size
     assert pred.settings.threshold == 0.5
     assert isinstance(Predictor(pred.network).inferer, ResizeInferer)  # stand-alone default = bundle default
     pred = Predictor.from_bundle(BUNDLE, checkpoint, overrides={**TINY, "spatial_mode": "patch"})
-    assert isinstance(pred.inferer, SlidingWindowInferer) and tuple(pred.inferer.roi_size) == (256, 256)
+    assert isinstance(pred.inferer, SlidingWindowInferer) and tuple(pred.inferer.roi_size) == size
 
 
 def test_resize_mode_from_overrides(checkpoint: Path) -> None:

@@ -17,9 +17,10 @@ def test_main_job_scores_the_shipped_model_and_logs_to_mlflow(tmp_path: Path) ->
     cmd = [sys.executable, str(REPO / "scripts" / "run_demo.py"), "--output-dir", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr  # the bundle's logging.conf sends log lines to stdout
     names = sorted(p.stem for p in (REPO / "bundle" / "sample_data" / "images").iterdir())
     for name in names:
-        assert f"{name}  Dice " in proc.stderr
+        assert f"{name}  Dice " in log
         assert (out / "predictions" / f"{name}_mask.png").is_file()
         assert (out / "predictions" / f"{name}_overlay.png").is_file()
     summary = json.loads((out / "eval" / "summary.json").read_text())
@@ -40,4 +41,4 @@ def test_main_job_scores_the_shipped_model_and_logs_to_mlflow(tmp_path: Path) ->
 
     # nothing is overwritten: the same folder again is refused
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert again.returncode != 0 and "not empty" in again.stderr
+    assert again.returncode != 0 and "not empty" in again.stdout + again.stderr

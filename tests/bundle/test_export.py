@@ -33,7 +33,7 @@ def _export(cmd: str, tmp_path: Path, out: Path, extra: list[str]) -> None:
 @pytest.fixture()
 def trained(tmp_path: Path) -> VMUNetV2:
     torch.manual_seed(3)
-    net = VMUNetV2(**TINY).eval()
+    net = VMUNetV2(**TINY, keep_unused_stage=False).eval()  # the bundle default
     torch.save(net.state_dict(), tmp_path / "model.pt")
     return net
 
