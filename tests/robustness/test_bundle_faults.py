@@ -23,14 +23,21 @@ BUNDLE_MAIN = "/venv/lib/python3.11/site-packages/monai/bundle/__main__.py"
     ("epochs", 0, "for 'epochs'"), ("epochs", -1, "for 'epochs'"), ("epochs", 2.5, "for 'epochs'"),
     ("learning_rate", "0.1", "for 'learning_rate'"), ("learning_rate", 0.0, "for 'learning_rate'"),
     ("weight_decay", -1.0, "for 'weight_decay'"), ("val_interval", 0, "for 'val_interval'"),
-    ("threshold", 1.5, "for 'threshold'"), ("batch_size", 8, "'batch_size' 8 is larger than the 5 training"),
-    ("batch_size", 0, "for 'batch_size'"),
+    ("threshold", 1.5, "for 'threshold'"), ("batch_size", 0, "for 'batch_size'"),
 ])
 def test_bad_training_values_name_the_config_id(dataset, tmp_path, key, value, expected):
     wf = workflow(("train",), dataset_dir=str(dataset), output_dir=str(tmp_path / "out"),
                   **{"batch_size": 2, key: value})
     assert expected in error_chain(wf.initialize)
     assert not (tmp_path / "out" / "models").exists()
+
+
+def test_batch_size_refused_only_when_nothing_would_train():
+    from vmunetv2_monai.data.checks import check_batch_size
+
+    assert check_batch_size(8, 5) and check_batch_size(4, 5) and check_batch_size(1, 1)  # a partial batch trains
+    with pytest.raises(ValueError, match="'batch_size' 8 with 1 training image"):
+        check_batch_size(8, 1)
 
 
 @pytest.mark.parametrize("content, expected", [

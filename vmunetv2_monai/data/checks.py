@@ -47,12 +47,14 @@ def check_range(
 
 
 def check_batch_size(batch_size: int, n_training: int) -> bool:
-    """The training loader drops a last partial batch, so fewer training images than ``batch_size`` would train
-    zero iterations: raise a ``ValueError`` naming ``batch_size`` instead."""
+    """The training loader keeps a last partial batch unless it would hold one image (batch norms cannot train on
+    it), so training runs zero iterations only when every batch would be such a single image: raise a
+    ``ValueError`` naming ``batch_size`` then instead of training nothing."""
     check_range("batch_size", batch_size, 1, integer=True)
-    if n_training < batch_size:
-        raise ValueError(f"'batch_size' {batch_size} is larger than the {n_training} training image(s): no full "
-                         f"batch to train on; give --batch_size {max(1, n_training)} or more data")
+    full, rest = divmod(n_training, batch_size)
+    if full + (rest > 1) == 0:
+        raise ValueError(f"'batch_size' {batch_size} with {n_training} training image(s) leaves no batch to train on "
+                         "(a last batch of one image is dropped): give more training images")
     return True
 
 
