@@ -32,47 +32,46 @@ from vmunetv2_monai.training import ArraySet, TrainConfig, load_arrays, train_fo
 logger = logging.getLogger("learning_study")
 
 BASE = {"vmunetv2": TrainConfig(model="vmunetv2"), "basicunet": TrainConfig(model="basicunet")}
-# (name, what changes) per model; each list has the same length (same number of tuning trials per model).
+# Training-level variants tried on both models (name, what changes).
+SHARED = [
+    ("lr 2e-3, warm-up 10 %", {"lr": 2e-3, "warmup_frac": 0.1}),
+    ("lr 5e-4", {"lr": 5e-4}),
+    ("batch 4", {"batch_size": 4}),
+    ("batch 16", {"batch_size": 16}),
+    ("input 160", {"size": 160}),
+    ("input 192", {"size": 192}),
+]
+AUGMENT = [
+    ("aug: flips only", {"rotate_prob": 0.0}),
+    ("aug: + scale 0.25 + colour 0.2", {"scale": 0.25, "color": 0.2}),
+    ("input: ImageNet mean/std", {"norm": "imagenet"}),
+    ("EMA 0.99", {"ema": 0.99}),
+    ("weight decay 0.05", {"weight_decay": 0.05}),
+]
+# Per model: its baseline, its own knobs, then the shared ones; each list has the same length (same number of
+# tuning trials per model).
 VARIANTS = {
     "vmunetv2": [
         ("baseline", {}),
         ("loss: fused output only", {"loss": "fused"}),
         ("drop_path 0", {"drop_path_rate": 0.0}),
         ("drop_path 0.2", {"drop_path_rate": 0.2}),
-        ("lr 2e-3, warm-up 10 %", {"lr": 2e-3, "warmup_frac": 0.1}),
-        ("lr 5e-4", {"lr": 5e-4}),
-        ("batch 4", {"batch_size": 4}),
-        ("batch 16", {"batch_size": 16}),
-        ("input 160", {"size": 160}),
-        ("input 192", {"size": 192}),
+        *SHARED,
         ("depths 2-2-4-2", {"depths": (2, 2, 4, 2)}),
         ("depths 2-2-9-2", {"depths": (2, 2, 9, 2)}),
         ("dims 64", {"dims": 64}),
-        ("aug: flips only", {"rotate_prob": 0.0}),
-        ("aug: + scale 0.25 + colour 0.2", {"scale": 0.25, "color": 0.2}),
-        ("input: ImageNet mean/std", {"norm": "imagenet"}),
-        ("EMA 0.99", {"ema": 0.99}),
-        ("weight decay 0.05", {"weight_decay": 0.05}),
+        *AUGMENT,
     ],
     "basicunet": [
         ("baseline", {}),
         ("dropout 0.1", {"dropout": 0.1}),
         ("features x0.5", {"features": (16, 16, 32, 64, 128, 16)}),
         ("features x1.5", {"features": (48, 48, 96, 192, 384, 48)}),
-        ("lr 2e-3, warm-up 10 %", {"lr": 2e-3, "warmup_frac": 0.1}),
-        ("lr 5e-4", {"lr": 5e-4}),
-        ("batch 4", {"batch_size": 4}),
-        ("batch 16", {"batch_size": 16}),
-        ("input 160", {"size": 160}),
-        ("input 192", {"size": 192}),
+        *SHARED,
         ("lr 3e-3, warm-up 10 %", {"lr": 3e-3, "warmup_frac": 0.1}),
         ("warm-up 10 %", {"warmup_frac": 0.1}),
         ("weight decay 0", {"weight_decay": 0.0}),
-        ("aug: flips only", {"rotate_prob": 0.0}),
-        ("aug: + scale 0.25 + colour 0.2", {"scale": 0.25, "color": 0.2}),
-        ("input: ImageNet mean/std", {"norm": "imagenet"}),
-        ("EMA 0.99", {"ema": 0.99}),
-        ("weight decay 0.05", {"weight_decay": 0.05}),
+        *AUGMENT,
     ],
 }
 
