@@ -30,6 +30,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -256,10 +257,15 @@ def train_step_memory(device: torch.device, net_kwargs: dict, backend: str, batc
 
 
 def bundle_runs(out: Path, device: str, extra: list[str], epochs: int) -> dict:
-    """The bundle's train, evaluate and inference configs on ``bundle/sample_data`` as subprocesses."""
+    """The bundle's train, evaluate and inference configs on ``bundle/sample_data`` as subprocesses, run in a
+    temporary folder (a device returns only a few files); their output goes to ``bundle.log``."""
+    with tempfile.TemporaryDirectory(prefix="gpu_check_bundle_") as work:
+        return _bundle_runs(out, Path(work) / "bundle_run", device, extra, epochs)
+
+
+def _bundle_runs(out: Path, run_dir: Path, device: str, extra: list[str], epochs: int) -> dict:
     cfg = REPO / "bundle" / "configs"
     data = REPO / "bundle" / "sample_data"
-    run_dir = out / "bundle_run"
     common = ["--bundle_root", str(REPO / "bundle"), "--dataset_dir", str(data), "--output_dir", str(run_dir),
               "--device", f"$torch.device('{device}')", "--num_workers", "0", *extra]
     steps = {
@@ -273,8 +279,9 @@ def bundle_runs(out: Path, device: str, extra: list[str], epochs: int) -> dict:
         files = str([str(cfg / f"{c}.json") for c in configs])
         cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *common, *args]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=out)
-        (out / f"bundle_{name}.log").write_text(proc.stdout + proc.stderr)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=run_dir.parent)
+        with open(out / "bundle.log", "a") as log:
+            log.write(f"===== {name}: {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
         if proc.returncode != 0:
             raise RuntimeError(f"bundle {name} exited {proc.returncode}: {(proc.stdout + proc.stderr)[-1500:]}")
         result[f"{name}_s"] = round(time.perf_counter() - start, 1)

@@ -17,10 +17,11 @@ VENV="${VENV:-.venv}"
 PY="${PYTHON:-python3}"
 "$PY" -m venv "$VENV"
 "$VENV/bin/pip" install -q -r requirements.txt
-# mamba-ssm / causal-conv1d are sdists: without CUDA they install only as pure Python with both flags below.
+# mamba-ssm is an sdist: without CUDA it installs only as pure Python with both flags below. causal-conv1d is not
+# installed: VM-UNetV2 has no causal convolution (mamba-ssm imports it optionally).
 # Nothing in them imports on a CPU machine; the package probes them and falls back to its own scan.
-MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE \
-  "$VENV/bin/pip" install -q --no-build-isolation --no-deps mamba-ssm==2.3.2.post1 causal-conv1d==1.7.0
+MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE \
+  "$VENV/bin/pip" install -q --no-build-isolation --no-deps mamba-ssm==2.3.2.post1
 "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e .
 # Build the compiled CPU selective scan once (cached in ~/.cache/vmunetv2_monai/ext). Where it cannot build, this
 # prints the reason and the package uses its pure-PyTorch scan; setup does not fail.
