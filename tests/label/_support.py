@@ -8,9 +8,18 @@ so that CI cannot pass with the label tests silently skipped.
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+
+logger = logging.getLogger(__name__)
 
 REQUIRE_ENV = "VMUNETV2_REQUIRE_MONAILABEL"
 MAIN_PYTHON_ENV = "VMUNETV2_MAIN_PYTHON"
@@ -37,3 +46,44 @@ def require_monailabel() -> None:
             f"monailabel is not importable in this environment ({e}); create the MONAI Label environment with "
             "`bash scripts/setup_monailabel.sh` and run `.venv-label/bin/python -m pytest -q tests/label`"
         )
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_server(
+    cmd: Sequence[str], base: str, log_path: Path, cwd: Path, env: dict[str, str], timeout: float
+) -> Iterator[str]:
+    """Start ``cmd`` (a MONAI Label server listening at ``base``), wait at most ``timeout`` s for ``GET /info/``,
+    yield ``base`` and stop the server afterwards; fail with the log's tail if it exits or is not ready in time."""
+    import requests  # comes with monailabel: import only where require_monailabel() has passed
+
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                if requests.get(f"{base}/info/", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready in {timeout:.0f} s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.5)
+        logger.info("MONAI Label server ready at %s in %.1f s", base, timeout - (deadline - time.monotonic()))
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

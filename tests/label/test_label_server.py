@@ -13,16 +13,14 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ._support import MAIN_PYTHON_ENV, require_monailabel, skip_or_fail
+from ._support import MAIN_PYTHON_ENV, free_port, require_monailabel, running_server, skip_or_fail
 
 require_monailabel()
 
@@ -59,12 +57,6 @@ IMAGES = sorted(p.stem for p in (KVASIR / "images").glob("*.jpg"))[:4]
 LABELLED = IMAGES[:2]  # final labels present at start-up
 TO_LABEL = IMAGES[2]  # gets its final label through PUT /datastore/label
 QUERY = IMAGES[3]  # never labelled; used for inference
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _binary_png(src: Path, dest: Path) -> None:
@@ -141,39 +133,15 @@ def server(workspace: Path, bundle: BundleFiles, studies: Path):
     app_dir = workspace / "app"  # a copy of the app entry point, so that the server's logs/ stay in the tmp dir
     app_dir.mkdir()
     shutil.copy(APP_DIR / "main.py", app_dir / "main.py")
-    port = _free_port()
+    port = free_port()
     # what the `monailabel` CLI script runs, with this interpreter rather than the first `python` on PATH
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app_dir), "--studies", str(studies)]
     cmd += ["--conf", "bundle", str(bundle.root)]
     cmd += ["--uvicorn_app", "vmunetv2_monai.label.server:app", "--host", "127.0.0.1", "--port", str(port)]
-    log_path = workspace / "server.log"
     env = dict(os.environ, MONAI_LABEL_DATASTORE_AUTO_RELOAD="true", PYTHONUNBUFFERED="1")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workspace)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                if requests.get(f"{base}/info/", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready in {SERVER_START_TIMEOUT:.0f} s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.5)
-        waited = SERVER_START_TIMEOUT - (deadline - time.monotonic())
-        logger.info("MONAI Label server ready at %s in %.1f s", base, waited)
+    with running_server(cmd, f"http://127.0.0.1:{port}", workspace / "server.log", workspace, env,
+                        SERVER_START_TIMEOUT) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def _bundle_run_mask(workspace: Path, bundle: BundleFiles, image: str, tag: str) -> np.ndarray:

@@ -1,0 +1,181 @@
+"""MONAI Label 0.8.5's stock ``monaibundle`` sample app serving this bundle unchanged, over REST on 127.0.0.1.
+
+The app is what ``monailabel apps --download --name monaibundle`` copies out of the installed monailabel package
+(offline: the wheel ships the sample apps); the repository's ``bundle/`` is copied, file for file, into the app's
+``model/<name>`` folder and served with ``--conf models <name>``, as a local (non-zoo) bundle. The shipped weights are
+served; ``VMUNETV2_SCAN_BACKEND=torch`` in both environments makes the server and ``monai.bundle run`` compute the
+same thing (the compiled CPU scan may be built in one environment and not in the other). The tests run in file
+order and share the server: info, inference parity with ``monai.bundle run`` (main environment), then training on
+the final labels and inference with the new weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ._support import MAIN_PYTHON_ENV, free_port, require_monailabel, running_server, skip_or_fail
+
+require_monailabel()
+
+# requests comes with monailabel: imported after the check above
+import requests
+import torch
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "bundle"
+SAMPLE = BUNDLE / "sample_data"
+MODEL = "vmunetv2"
+# what the repository tracks in bundle/ (left out: outputs of local runs such as tensorboard/ or predictions/)
+BUNDLE_ITEMS = ("LICENSE", "configs", "docs", "large_files.yml", "models", "sample_data")
+SERVER_START_TIMEOUT = 180.0
+REQUEST_TIMEOUT = 300.0
+ENV = {"VMUNETV2_SCAN_BACKEND": "torch", "PYTHONUNBUFFERED": "1"}
+IMAGES = sorted(p.stem for p in (SAMPLE / "images").glob("*.jpg"))[:6]
+LABELLED = IMAGES[:4]  # final labels: training uses 3, validation 1 (val_split 0.25)
+QUERY = IMAGES[5]  # never labelled; used for inference
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stock_monaibundle")
+
+
+@pytest.fixture(scope="module")
+def app_dir(workspace: Path) -> Path:
+    """The stock sample app, copied out of the installed monailabel by its own CLI, with the bundle in model/."""
+    cmd = [sys.executable, "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle"]
+    cmd += ["--output", str(workspace / "apps")]
+    res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, cwd=workspace)
+    assert res.returncode == 0, res.stdout + res.stderr
+    app = workspace / "apps" / "monaibundle"
+    main = (app / "main.py").read_text()
+    assert "BundleInferTask(b, self.conf)" in main and "BundleTrainTask(b, self.conf)" in main, "not the stock app"
+    for item in BUNDLE_ITEMS:
+        src, dest = BUNDLE / item, app / "model" / MODEL / item
+        if src.is_dir():
+            shutil.copytree(src, dest)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
+    return app
+
+
+@pytest.fixture(scope="module")
+def bundle(app_dir: Path) -> Path:
+    return app_dir / "model" / MODEL
+
+
+@pytest.fixture(scope="module")
+def studies(workspace: Path) -> Path:
+    """A local datastore: six sample images, four with final labels (0/1 PNG, as MONAI Label stores them)."""
+    root = workspace / "studies"
+    (root / "labels" / "final").mkdir(parents=True)
+    for name in IMAGES:
+        shutil.copy(SAMPLE / "images" / f"{name}.jpg", root / f"{name}.jpg")
+    for name in LABELLED:
+        mask = np.asarray(Image.open(SAMPLE / "masks" / f"{name}.png")) > 127
+        Image.fromarray(mask.astype(np.uint8)).save(root / "labels" / "final" / f"{name}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(workspace: Path, app_dir: Path, studies: Path):
+    """``monailabel start_server`` with the stock app and ``--conf models vmunetv2``; zoo_source github: a local
+    bundle is then used as it is, without listing the model zoo (which needs the network)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app_dir), "--studies", str(studies)]
+    cmd += ["--conf", "models", MODEL, "--conf", "zoo_source", "github", "--host", "127.0.0.1", "--port", str(port)]
+    env = dict(os.environ, **ENV)
+    with running_server(cmd, f"http://127.0.0.1:{port}", workspace / "server.log", workspace, env,
+                        SERVER_START_TIMEOUT) as base:
+        yield base
+
+
+def _infer(server: str, image: str) -> np.ndarray:
+    """POST /infer with no parameters (the bundle's displayable_configs make the result a PNG) -> the mask."""
+    res = requests.post(f"{server}/infer/{MODEL}", params={"image": image, "output": "image"},
+                        data={"params": "{}"}, timeout=REQUEST_TIMEOUT)
+    assert res.status_code == 200, res.text
+    assert res.content.startswith(b"\x89PNG"), "the mask did not come back as PNG"
+    return np.asarray(Image.open(io.BytesIO(res.content)))
+
+
+def _bundle_run_mask(workspace: Path, bundle: Path, image: str, tag: str) -> np.ndarray:
+    """The model-zoo command from the bundle root, ``python -m monai.bundle run --config_file
+    configs/inference.json`` (main environment), on one image with the bundle's models/model.pt -> 0/1 mask."""
+    main_python = os.environ.get(MAIN_PYTHON_ENV, "")
+    if not main_python or not Path(main_python).is_file():
+        skip_or_fail(f"{MAIN_PYTHON_ENV} does not name the main environment's python (got {main_python!r})")
+    data, out = workspace / f"bundle_run_{tag}" / "data", workspace / f"bundle_run_{tag}" / "out"
+    data.mkdir(parents=True)
+    shutil.copy(SAMPLE / "images" / f"{image}.jpg", data / f"{image}.jpg")
+    cmd = [main_python, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    cmd += ["--dataset_dir", str(data), "--pred_dir", str(out), "--overlay", "False"]
+    res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, cwd=bundle,
+                         env=dict(os.environ, **ENV))
+    assert res.returncode == 0, f"monai.bundle run failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    mask = np.asarray(Image.open(out / f"{image}_mask.png"))
+    assert set(np.unique(mask)) <= {0, 255}
+    return (mask > 0).astype(np.uint8)
+
+
+def test_info_lists_the_bundle_with_lesion_1(server: str, bundle: Path) -> None:
+    info = requests.get(f"{server}/info/", timeout=30).json()
+    model = info["models"][MODEL]
+    assert model["labels"] == {"lesion": 1}
+    assert model["dimension"] == 2
+    assert model["type"] == "segmentation"
+    assert model["version"] == json.loads((bundle / "configs" / "metadata.json").read_text())["version"]
+    assert model["config"]["result_extension"] == ".png"
+    assert MODEL in info["trainers"]
+    assert info["labels"] == ["lesion"]
+    assert info["datastore"]["label_tags"] == {"final": len(LABELLED)}
+
+
+def test_infer_matches_monai_bundle_run(server: str, workspace: Path, bundle: Path) -> None:
+    rest = _infer(server, QUERY)
+    w, h = Image.open(SAMPLE / "images" / f"{QUERY}.jpg").size
+    assert rest.shape == (h, w) and rest.dtype == np.uint8
+    expected = _bundle_run_mask(workspace, bundle, QUERY, "shipped")
+    assert 0 < int(expected.sum()) < expected.size, "all-0 or all-1 mask: the parity check would prove little"
+    np.testing.assert_array_equal(rest, expected)
+    logger.info("stock app mask == bundle-run mask: %d lesion pixels of %d", int(rest.sum()), rest.size)
+
+
+def test_train_updates_the_model_that_infer_serves(server: str, workspace: Path, bundle: Path) -> None:
+    model = bundle / "models" / "model.pt"
+    before = model.read_bytes()
+    old_mask = _infer(server, QUERY)
+    res = requests.post(f"{server}/train/{MODEL}", params={"run_sync": "true"},
+                        json={"max_epochs": 2, "val_split": 0.25, "device": "cpu", "multi_gpu": False},
+                        timeout=REQUEST_TIMEOUT)
+    assert res.status_code == 200, res.text
+    after = model.read_bytes()
+    assert after != before, "training did not write models/model.pt"
+    new_state = torch.load(io.BytesIO(after), map_location="cpu", weights_only=True)
+    old_state = torch.load(io.BytesIO(before), map_location="cpu", weights_only=True)
+    new_state = new_state.get("model", new_state)
+    assert new_state.keys() == old_state.keys()
+    assert any(not torch.equal(new_state[k], v) for k, v in old_state.items())
+
+    new_mask = _infer(server, QUERY)
+    expected = _bundle_run_mask(workspace, bundle, QUERY, "trained")
+    np.testing.assert_array_equal(new_mask, expected)
+    changed = int((new_mask != old_mask).sum())
+    assert changed > 0, "the mask did not change: /infer may still serve the old weights"
+    logger.info("model.pt %s -> %s; %d of %d mask pixels changed", hashlib.sha256(before).hexdigest()[:12],
+                hashlib.sha256(after).hexdigest()[:12], changed, new_mask.size)
