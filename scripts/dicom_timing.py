@@ -1,10 +1,12 @@
 """Time the DICOM path on CPU: one SEG of an endoscopy still, one multi-frame SEG of a CT series.
 
-Uses the bundle's network_def and inference settings (``Predictor.from_bundle``) with ``--checkpoint`` (a
-trained model, or any state dict of the same network: the time does not depend on the weights). Sources are a
-Kvasir image from tests/data wrapped as VL Endoscopic and a series built from pydicom's CT_small.dcm.
+Inference is the bundle's configs/inference.json (``Predictor.from_bundle``), by default the shipped bundle and
+its models/model.pt (``--checkpoint``: any state dict of the same network; the time does not depend on the
+weights). Sources are a Kvasir image from tests/data wrapped as VL Endoscopic (622x530 RGB) and a series built from
+pydicom's CT_small.dcm (128x128 slices, window 40/400). Each figure is the median of ``--repeats`` after a warm-up.
 
-    python scripts/dicom_timing.py --checkpoint model.pt [--slices 20] [--repeats 3] [--threads 2]
+    python scripts/dicom_timing.py [--bundle-dir bundle] [--checkpoint model.pt] [--slices 20] [--repeats 3]
+        [--threads 2]
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ logger = logging.getLogger("dicom_timing")
 def main() -> None:
     """Print seconds per still and per series (median of ``--repeats``)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True)
     p.add_argument("--bundle-dir", default=str(REPO / "bundle"))
+    p.add_argument("--checkpoint", help="default: the bundle config's ckpt_path (models/model.pt)")
     p.add_argument("--slices", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # one line per copied module otherwise
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     predictor = Predictor.from_bundle(args.bundle_dir, args.checkpoint)

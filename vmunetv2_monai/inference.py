@@ -1,60 +1,34 @@
-"""Small stand-alone predictor: VM-UNetV2 + checkpoint -> binary mask, the same way the bundle infers.
+"""Checkpoint reading, and :class:`Predictor`: the bundle's inference on in-memory images (e.g. decoded DICOM).
 
-Preprocessing and post-processing mirror the bundle's inference config: the RGB uint8 image scaled to
-[0, 1] (divided by 255), :class:`~vmunetv2_monai.inferers.ResizeInferer` at ``image_size`` 256x256 (the bundle's
-default ``spatial_mode resize``) or, with ``inference_mode="sliding_window"``, MONAI ``SlidingWindowInferer``
-(roi 256x256, gaussian blending), sigmoid, threshold 0.5. Arrays here are ``(C, H, W)`` / ``(H, W)`` in
-row-major (Rows, Columns) order, like pydicom's ``pixel_array``; nothing is transposed.
+The predictor is built from the bundle's ``configs/inference.json`` with :class:`monai.bundle.ConfigParser`, the
+caller's overrides applied: ``network_def``, ``intensity_transforms`` (the intensity part of ``load_transforms``),
+``inferer`` and ``postprocessing`` (sigmoid, ``threshold``), with ``check_options`` validating the choices. Nothing
+of the inference is re-implemented here, so a DICOM image and the same image as a PNG give the same mask.
+
+Input arrays are ``(C, H, W)`` in row-major (Rows, Columns) order, like pydicom's ``pixel_array``, holding what the
+bundle's ``read_transforms`` give for an image file: float values on the 8-bit scale [0, 255]. MONAI's image readers
+give ``(C, W, H)`` for PNG/JPEG and the network was trained on that order, so the predictor transposes the image to
+``(C, W, H)`` before the transforms and the mask back to ``(H, W)``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import Inferer, SlidingWindowInferer
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
 
-from .inferers import ResizeInferer
-from .networks import VMUNetV2
+from .ops import autocast_dtype
 
 logger = logging.getLogger(__name__)
 
-#: Network arguments of the default (paper) configuration used by the bundle.
-DEFAULT_NETWORK_KWARGS: dict[str, Any] = {
-    "spatial_dims": 2,
-    "in_channels": 3,
-    "out_channels": 1,
-    "depths": (2, 2, 9, 2),
-    "dims": 96,
-    "d_state": 16,
-    "mid_channels": 48,
-}
-
-
-@dataclass
-class InferenceSettings:
-    """Inferer and post-processing settings (defaults match the bundle's inference config)."""
-
-    inference_mode: str = "resize"
-    image_size: tuple[int, int] = (256, 256)
-    roi_size: tuple[int, int] = (256, 256)
-    sw_batch_size: int = 1
-    overlap: float = 0.25
-    mode: str = "gaussian"
-    threshold: float = 0.5
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def build_network(network_kwargs: Mapping[str, Any] | None = None) -> VMUNetV2:
-    """Build a VM-UNetV2 from keyword arguments (the bundle's ``network_def`` arguments, without ``_target_``)."""
-    kwargs = dict(DEFAULT_NETWORK_KWARGS if network_kwargs is None else network_kwargs)
-    kwargs.pop("_target_", None)
-    return VMUNetV2(**kwargs)
+#: The bundle of this source checkout; its ``configs/inference.json`` is the inference path without ``--bundle-dir``.
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 
 
 def find_non_finite(obj: Any, prefix: str = "") -> list[str]:
@@ -112,44 +86,43 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def network_def(network_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``network_def`` config item for ``VMUNetV2(**network_kwargs)``."""
+    return {"_target_": "vmunetv2_monai.VMUNetV2", **network_kwargs}
+
+
+def inference_config(
+    bundle_dir: str | Path, overrides: Mapping[str, Any] | None = None, device: str | torch.device = "cpu"
+) -> ConfigParser:
+    """``<bundle_dir>/configs/inference.json`` with ``bundle_root`` set to ``bundle_dir``, then ``overrides`` (config
+    id -> value, e.g. the overrides a recipe recorded), then ``device``."""
+    path = Path(bundle_dir) / "configs" / "inference.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path}: the bundle's inference config defines the inference (pass --bundle-dir)")
+    parser = ConfigParser()
+    parser.read_config(str(path))
+    parser["bundle_root"] = str(bundle_dir)
+    parser.update(dict(overrides or {}))
+    parser["device"] = torch.device(device)
+    return parser
+
+
 class Predictor:
-    """Binary segmentation of 2D images with VM-UNetV2 (eval mode, CPU or a given device)."""
+    """Binary segmentation of 2D images with the pieces of a parsed inference config (network in eval mode)."""
 
-    def __init__(
-        self,
-        network: torch.nn.Module,
-        settings: InferenceSettings | None = None,
-        device: str | torch.device = "cpu",
-    ) -> None:
-        self.settings = settings or InferenceSettings()
-        self.device = torch.device(device)
+    def __init__(self, parser: ConfigParser, network: torch.nn.Module) -> None:
+        parser.get_parsed_content("check_options")
+        self.device = torch.device(parser.get_parsed_content("device"))
         self.network = network.to(self.device).eval()
-        if self.settings.inference_mode == "resize":
-            self.inferer: Inferer = ResizeInferer(self.settings.image_size)
-        elif self.settings.inference_mode == "sliding_window":
-            self.inferer = SlidingWindowInferer(
-                roi_size=self.settings.roi_size,
-                sw_batch_size=self.settings.sw_batch_size,
-                overlap=self.settings.overlap,
-                mode=self.settings.mode,
-            )
-        else:
-            raise ValueError(f"unknown inference_mode {self.settings.inference_mode!r}: "
-                             "choose 'sliding_window' or 'resize'")
-
-    @classmethod
-    def from_checkpoint(
-        cls,
-        checkpoint: str | Path,
-        network_kwargs: Mapping[str, Any] | None = None,
-        settings: InferenceSettings | None = None,
-        device: str | torch.device = "cpu",
-    ) -> Predictor:
-        """Build the network, load ``checkpoint`` (strict) and wrap it."""
-        net = build_network(network_kwargs)
-        net.load_state_dict(load_state_dict(checkpoint), strict=True)
-        logger.info("loaded checkpoint %s", checkpoint)
-        return cls(net, settings=settings, device=device)
+        self.intensity = Compose(parser.get_parsed_content("intensity_transforms"))
+        self.inferer: Callable[..., torch.Tensor] = parser.get_parsed_content("inferer")
+        self.postprocessing: Callable[[dict], dict] = parser.get_parsed_content("postprocessing")
+        self.amp_dtype = autocast_dtype(parser.get_parsed_content("amp"), self.device)
+        intensity, normalization = parser.get_parsed_content("intensity"), parser.get_parsed_content("normalization")
+        if intensity == "fixed":
+            intensity = f"fixed {list(parser.get_parsed_content('intensity_range'))}"
+        #: The config's intensity rule, as recorded in a SEG's algorithm parameters.
+        self.intensity_rule = f"{intensity}, normalization {normalization}"
 
     @classmethod
     def from_bundle(
@@ -157,54 +130,49 @@ class Predictor:
         bundle_dir: str | Path,
         checkpoint: str | Path | None = None,
         overrides: Mapping[str, Any] | None = None,
-        **kwargs: Any,
+        device: str | torch.device = "cpu",
     ) -> Predictor:
-        """The bundle's ``network_def`` (``configs/common.json`` merged with ``configs/inference.json``) and,
-        unless ``settings`` is given, its ``inference_mode``, ``image_size``, ``roi_size``, ``sw_overlap`` and
-        ``threshold``. ``overrides`` (config id -> value) are applied first, e.g. the overrides a recipe recorded.
-
-        ``checkpoint`` defaults to ``models/model.pt`` inside the bundle.
-        """
-        from monai.bundle import ConfigParser
-
-        configs = Path(bundle_dir) / "configs"
-        files = [str(f) for f in (configs / "common.json", configs / "inference.json") if f.is_file()]
-        if not files:
-            raise FileNotFoundError(f"no configs/common.json or configs/inference.json in {bundle_dir}")
-        parser = ConfigParser()
-        parser.read_config(files)
-        parser.update(dict(overrides or {}))
+        """The bundle's ``network_def`` loaded (strict) from ``checkpoint``, default the config's ``ckpt_path``
+        (``models/model.pt`` in the bundle, or under the overrides' ``output_dir``)."""
+        parser = inference_config(bundle_dir, overrides, device)
         net = parser.get_parsed_content("network_def", instantiate=True)
-        if kwargs.get("settings") is None:
-            kwargs["settings"] = InferenceSettings(
-                inference_mode=parser.get_parsed_content("inference_mode"),
-                image_size=tuple(parser.get_parsed_content("image_size")),
-                roi_size=tuple(parser.get_parsed_content("roi_size")),
-                overlap=float(parser.get_parsed_content("sw_overlap")),
-                threshold=float(parser.get_parsed_content("threshold")),
-            )
-        ckpt = Path(checkpoint) if checkpoint else Path(bundle_dir) / "models" / "model.pt"
+        ckpt = Path(checkpoint) if checkpoint else Path(parser.get_parsed_content("ckpt_path"))
         net.load_state_dict(load_state_dict(ckpt), strict=True)
-        logger.info("bundle %s: network_def from %s, checkpoint %s", bundle_dir, files, ckpt)
-        return cls(net, **kwargs)
+        logger.info("bundle %s (inference.json, %d override(s)): checkpoint %s", bundle_dir, len(overrides or {}), ckpt)
+        return cls(parser, net)
 
-    @staticmethod
-    def scale_rgb_uint8(image_hwc: np.ndarray) -> np.ndarray:
-        """``(H, W, 3)`` uint8 -> ``(3, H, W)`` float32 in [0, 1] (divided by 255)."""
-        if image_hwc.dtype != np.uint8 or image_hwc.ndim != 3 or image_hwc.shape[-1] != 3:
-            raise ValueError(f"expected (H, W, 3) uint8, got {image_hwc.shape} {image_hwc.dtype}")
-        return np.ascontiguousarray(np.moveaxis(image_hwc, -1, 0), dtype=np.float32) / np.float32(255.0)
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path,
+        network_kwargs: Mapping[str, Any] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> Predictor:
+        """:meth:`from_bundle` of :data:`DEFAULT_BUNDLE` with ``network_kwargs`` (``VMUNetV2`` arguments) replacing
+        its ``network_def``, so every inference setting is the bundle's default unless ``overrides`` sets it."""
+        merged = dict(overrides or {})
+        if network_kwargs is not None:
+            merged["network_def"] = network_def(network_kwargs)
+        return cls.from_bundle(DEFAULT_BUNDLE, checkpoint, merged, device)
 
-    @torch.no_grad()
-    def logits(self, image_chw: np.ndarray) -> np.ndarray:
-        """``(C, H, W)`` float image in [0, 1] -> ``(out_channels, H, W)`` float32 logits."""
+    def _model_logits(self, image_chw: np.ndarray) -> torch.Tensor:
+        """``(C, H, W)`` -> ``(out_channels, W, H)`` logits, in MONAI's spatial order."""
         if image_chw.ndim != 3:
             raise ValueError(f"expected (C, H, W), got shape {image_chw.shape}")
-        x = torch.as_tensor(np.ascontiguousarray(image_chw, dtype=np.float32), device=self.device)[None]
-        out = self.inferer(x, self.network)
-        return out[0].float().cpu().numpy()
+        image = torch.as_tensor(np.ascontiguousarray(np.swapaxes(image_chw, 1, 2)), dtype=torch.float32)
+        x = torch.as_tensor(self.intensity({"image": image})["image"]).to(self.device)[None]
+        with torch.no_grad(), torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp_dtype is not None):
+            out = self.inferer(x, self.network)
+        return torch.as_tensor(out[0]).float().cpu()
+
+    def logits(self, image_chw: np.ndarray) -> np.ndarray:
+        """``(C, H, W)`` image on the 8-bit scale -> ``(out_channels, H, W)`` float32 logits."""
+        return np.ascontiguousarray(np.swapaxes(self._model_logits(image_chw).numpy(), 1, 2))
 
     def predict(self, image_chw: np.ndarray) -> np.ndarray:
-        """``(C, H, W)`` float image in [0, 1] -> ``(H, W)`` bool mask (sigmoid > threshold of channel 0)."""
-        prob = torch.sigmoid(torch.from_numpy(self.logits(image_chw)[0]))
-        return (prob > self.settings.threshold).numpy()
+        """``(C, H, W)`` image on the 8-bit scale -> ``(H, W)`` bool mask (the config's ``postprocessing``)."""
+        pred = torch.as_tensor(self.postprocessing({"pred": self._model_logits(image_chw)})["pred"])
+        if pred.ndim != 2:
+            raise ValueError(f"postprocessing gave shape {tuple(pred.shape)}; expected a squeezed (W, H) mask")
+        return pred.numpy().T > 0

@@ -23,7 +23,8 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from vmunetv2_monai.inference import Predictor, build_network
+from vmunetv2_monai import VMUNetV2
+from vmunetv2_monai.inference import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ def load_rgb(path: Path, size: tuple[int, int] = (88, 72)) -> np.ndarray:
     """An RGB image downsized to ``size`` = (W, H): ``(H, W, 3)`` uint8; non-square on purpose."""
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB").resize(size, Image.BILINEAR), dtype=np.uint8)
+
+
+def rgb_input(rgb: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 -> ``(3, H, W)`` float32 on the 8-bit scale: what the bundle loads from a PNG, rows first."""
+    return np.moveaxis(rgb, -1, 0).astype(np.float32)
 
 
 def wrap_vl_endoscopic(rgb: np.ndarray, patient_id: str = "KVASIR1", study_uid: str | None = None) -> Dataset:
@@ -125,14 +131,14 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     foreground and background, so mask comparisons mean something.
     """
     torch.manual_seed(0)
-    net = build_network(TINY_NET)
-    image = Predictor.scale_rgb_uint8(load_rgb(kvasir_image_paths(1)[0]))
-    logits = Predictor(net).logits(image)
+    net = VMUNetV2(**TINY_NET)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save(net.state_dict(), path)
+    logits = Predictor.from_checkpoint(path, TINY_NET).logits(rgb_input(load_rgb(kvasir_image_paths(1)[0])))
     convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
     biases = [m for m in net.modules() if isinstance(m, convs) and m.bias is not None]
     with torch.no_grad():
         biases[-1].bias -= float(np.median(logits))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     torch.save(net.state_dict(), path)
     return path
 

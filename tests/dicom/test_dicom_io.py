@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import highdicom as hd
@@ -12,6 +15,7 @@ import pydicom
 import pytest
 from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space
+from PIL import Image
 from pydicom.uid import UID, generate_uid
 
 from vmunetv2_monai.dicom.algorithm import MANUFACTURER, AlgorithmInfo
@@ -20,8 +24,8 @@ from vmunetv2_monai.dicom.reader import UnsupportedDicomError, grey_window, load
 from vmunetv2_monai.dicom.seg import build_overlay, build_segmentation, seg_mask_for_source, seg_uid_for
 from vmunetv2_monai.inference import Predictor
 
-from .conftest import (REPO, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb, ultrasound_files,
-                       wrap_vl_endoscopic)
+from .conftest import (REPO, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb, rgb_input,
+                       ultrasound_files, wrap_vl_endoscopic)
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +46,15 @@ def _greyscale(values: np.ndarray, photometric: str, slope: float = 1.0, interce
 
 def test_rgb_matches_bundle_scaling(kvasir_rgb: np.ndarray) -> None:
     image = to_model_input(wrap_vl_endoscopic(kvasir_rgb))
-    np.testing.assert_array_equal(image, Predictor.scale_rgb_uint8(kvasir_rgb))
+    np.testing.assert_array_equal(image, rgb_input(kvasir_rgb))  # 8-bit values as stored, like a PNG
 
 
 def test_ybr_full_is_converted_to_rgb(kvasir_rgb: np.ndarray) -> None:
     ds = wrap_vl_endoscopic(kvasir_rgb)
     ds.PhotometricInterpretation = "YBR_FULL"
     ds.PixelData = convert_color_space(kvasir_rgb, "RGB", "YBR_FULL").tobytes()
-    diff = np.abs(to_model_input(ds) - Predictor.scale_rgb_uint8(kvasir_rgb)).max()
-    assert diff <= 3 / 255, diff  # colour-space round trip rounding only
+    diff = np.abs(to_model_input(ds) - rgb_input(kvasir_rgb)).max()
+    assert diff <= 3, diff  # colour-space round trip rounding only
 
 
 def test_greyscale_fixed_window_and_monochrome1() -> None:
@@ -65,8 +69,8 @@ def test_greyscale_fixed_window_and_monochrome1() -> None:
     wide = to_model_input(_greyscale(values, "MONOCHROME2"), window=configured)
     small = to_model_input(_greyscale(narrow, "MONOCHROME2"), window=configured)
     both = narrow == values
-    np.testing.assert_allclose(small[0][both], wide[0][both], atol=1e-6)
-    np.testing.assert_allclose(wide[0], np.clip((values - 2047.5) / 4095 + 0.5, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(small[0][both], wide[0][both], atol=1e-4)
+    np.testing.assert_allclose(wide[0], 255 * np.clip((values - 2047.5) / 4095 + 0.5, 0, 1), atol=1e-4)
 
     ds = _greyscale(values, "MONOCHROME2", slope=2.0, intercept=-1024.0)
     ds.WindowCenter, ds.WindowWidth = [40.0, 300.0], [400.0, 1500.0]  # the first window is used
@@ -74,10 +78,10 @@ def test_greyscale_fixed_window_and_monochrome1() -> None:
     assert (window.center, window.width, window.origin) == (40.0, 400.0, "image WindowCenter/WindowWidth")
     hu = values * 2.0 - 1024.0
     mono2 = to_model_input(ds)
-    np.testing.assert_allclose(mono2[0], np.clip((hu - 39.5) / 399 + 0.5, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(mono2[0], 255 * np.clip((hu - 39.5) / 399 + 0.5, 0, 1), atol=1e-4)
     assert np.allclose(mono2[0], mono2[2])
     ds.PhotometricInterpretation = "MONOCHROME1"
-    np.testing.assert_allclose(to_model_input(ds), 1.0 - mono2, atol=1e-6)  # MONOCHROME1: high values are dark
+    np.testing.assert_allclose(to_model_input(ds), 255 - mono2, atol=1e-4)  # MONOCHROME1: high values are dark
 
     full = grey_window(_greyscale(values, "MONOCHROME2", slope=-1.0))  # no window: the full 12-bit range
     assert full.origin == "full 12-bit stored range" and (full.center, full.width) == (-2047.0, 4096.0)
@@ -182,8 +186,9 @@ def test_real_bundle_metadata_is_used_when_present() -> None:
 
 
 def test_orientation_dicom_equals_png(tmp_path: Path, kvasir_rgb: np.ndarray, predictor: Predictor) -> None:
-    """One rule: (H, W) = (Rows, Columns) everywhere. The DICOM path equals the PNG path pixel for pixel;
-    MONAI's PILReader gives the transpose (W, H), which we never use for DICOM."""
+    """One rule: (H, W) = (Rows, Columns) for DICOM arrays and masks. The DICOM input equals the PNG's pixels rows
+    first; MONAI's PILReader gives the transpose (W, H), the order the bundle's network sees, so the predictor
+    transposes its input and mask (tests/test_inference.py compares its masks with the bundle's own run)."""
     from monai.transforms import LoadImage
     from PIL import Image
 
@@ -192,13 +197,41 @@ def test_orientation_dicom_equals_png(tmp_path: Path, kvasir_rgb: np.ndarray, pr
     Image.fromarray(kvasir_rgb).save(png)
     png_rgb = np.asarray(Image.open(png).convert("RGB"))
     via_dicom = load_image(write_atomic(wrap_vl_endoscopic(kvasir_rgb), tmp_path / "img.dcm"))
-    np.testing.assert_array_equal(via_dicom.image, Predictor.scale_rgb_uint8(png_rgb))
+    np.testing.assert_array_equal(via_dicom.image, rgb_input(png_rgb))
     monai_arr = np.asarray(LoadImage(image_only=True, reader="PILReader")(str(png)))
     np.testing.assert_array_equal(np.transpose(monai_arr, (1, 0, 2)), png_rgb)
-    np.testing.assert_array_equal(predictor.predict(via_dicom.image), predictor.predict(
-        Predictor.scale_rgb_uint8(png_rgb)))
-    seg = build_segmentation(via_dicom.dataset, predictor.predict(via_dicom.image), AlgorithmInfo())
+    mask = predictor.predict(via_dicom.image)
+    assert mask.shape == kvasir_rgb.shape[:2]
+    seg = build_segmentation(via_dicom.dataset, mask, AlgorithmInfo())
     assert (seg.Rows, seg.Columns) == kvasir_rgb.shape[:2]
+
+
+@pytest.mark.parametrize("overrides", [{}, {"normalization": "imagenet", "threshold": 0.3}],
+                         ids=["defaults", "imagenet-threshold"])
+def test_dicom_masks_equal_the_bundle_run(tmp_path: Path, overrides: dict) -> None:
+    """With the shipped model, the DICOM path's mask of an image (wrapped as VL Endoscopic) equals the PNG that
+    ``python -m monai.bundle run --config_file configs/inference.json`` writes for it, with the bundle defaults and
+    with a non-default normalization and threshold given to both as overrides."""
+    data = tmp_path / "data"
+    data.mkdir()
+    images = sorted((REPO / "bundle" / "sample_data" / "images").glob("*.jpg"))[:2]
+    for path in images:
+        shutil.copy(path, data / path.name)
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+               "--dataset_dir", str(data), "--pred_dir", str(tmp_path / "pred"), "--overlay", "False",
+               "--num_workers", "0", *[arg for k, v in overrides.items() for arg in (f"--{k}", json.dumps(v))]]
+    proc = subprocess.run(command, cwd=REPO / "bundle", capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    predictor = Predictor.from_bundle(REPO / "bundle", overrides=overrides)
+    for path in images:
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        assert rgb.shape[0] != rgb.shape[1]  # non-square: a transposition would show
+        expected = np.asarray(Image.open(tmp_path / "pred" / f"{path.stem}_mask.png")) > 0
+        assert expected.shape == rgb.shape[:2] and 0.001 < expected.mean() < 0.999
+        image = load_image(wrap_vl_endoscopic(rgb)).image
+        np.testing.assert_array_equal(predictor.predict(image), expected, err_msg=path.name)
+        swapped = predictor.predict(np.ascontiguousarray(np.swapaxes(image, 1, 2))).T
+        assert not np.array_equal(swapped, expected)  # the network is not transpose-invariant: order matters
 
 
 def test_write_atomic_leaves_no_partial_file(tmp_path: Path, kvasir_rgb: np.ndarray,
@@ -253,6 +286,7 @@ def test_local_files_mode_series_and_images(tmp_path: Path, kvasir_rgb: np.ndarr
     assert {str(t[2]) for t in seg.get_source_image_uids()} == {str(ds.SOPInstanceUID) for ds in slices}
     params = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters
     assert "greyscale_window" in params and "center 40 width 400" in params
+    assert "bundle_intensity=fixed [0, 255], normalization unit" in params  # the config's rule after the window
     volume = seg.get_volume(combine_segments=True)
     assert volume.array.shape == (6, 128, 128)
     window = grey_window(slices[0])

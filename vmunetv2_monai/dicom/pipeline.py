@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from ..inference import InferenceSettings, Predictor
+from ..inference import Predictor, network_def
 from .algorithm import MANUFACTURER, AlgorithmInfo
 from .dicomweb import DEFAULT_URL, InstanceRef, PacsClient, PacsUnavailable, is_transient
 from .files import write_atomic
@@ -272,29 +272,17 @@ def _read_overrides(path: str | None) -> dict:
     return overrides
 
 
-def _settings(overrides: dict) -> InferenceSettings:
-    """Inference settings from recorded overrides (the bundle config ids), defaults for the rest."""
-    keys = {"inference_mode": "inference_mode", "image_size": "image_size", "roi_size": "roi_size",
-            "sw_overlap": "overlap", "threshold": "threshold"}
-    values = {field_: overrides[key] for key, field_ in keys.items() if key in overrides}
-    for key in ("image_size", "roi_size"):
-        if key in values:
-            values[key] = tuple(int(v) for v in values[key])
-    if "image_size" in values and "roi_size" not in values:
-        values["roi_size"] = values["image_size"]  # the bundle's roi_size follows image_size
-    return InferenceSettings(**values)
-
-
 def _predictor(args: argparse.Namespace) -> Predictor:
+    """The bundle's inference (``--bundle-dir``, else this checkout's bundle) with the overrides and network."""
     overrides = _read_overrides(args.bundle_overrides)
     network = json.loads(args.network_json) if args.network_json else None
     if args.bundle_dir:
         if network is not None:
-            overrides["network_def"] = {"_target_": "vmunetv2_monai.VMUNetV2", **network}
+            overrides["network_def"] = network_def(network)
         return Predictor.from_bundle(args.bundle_dir, args.checkpoint, overrides, device=args.device)
     if not args.checkpoint:
         raise SystemExit("--checkpoint is required (or --bundle-dir with models/model.pt)")
-    return Predictor.from_checkpoint(args.checkpoint, network, settings=_settings(overrides), device=args.device)
+    return Predictor.from_checkpoint(args.checkpoint, network, overrides, device=args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,11 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", default=os.environ.get("VMUNETV2_STATE", "vmunetv2_dicom_state.sqlite"),
                    help="state database of processed instances (env VMUNETV2_STATE; default %(default)s)")
     p.add_argument("--checkpoint", help="state dict (.pt), loaded with weights_only=True")
-    p.add_argument("--bundle-dir", help="bundle directory: network_def and inference settings from its configs, "
-                   "name/version/label from configs/metadata.json, checkpoint default models/model.pt")
-    p.add_argument("--bundle-overrides", help="JSON file of bundle config overrides, e.g. the overrides.json a "
-                   "results recipe wrote (network size, inference_mode, image_size); also read with --network-json")
-    p.add_argument("--network-json", help="VMUNetV2 keyword arguments as JSON (replaces the bundle's network_def)")
+    p.add_argument("--bundle-dir", help="bundle directory: inference as its configs/inference.json defines it "
+                   "(network_def, intensity_transforms, inferer, postprocessing), name/version/label from "
+                   "configs/metadata.json, checkpoint default the config's ckpt_path (models/model.pt); without it, "
+                   "this checkout's bundle/ config with --checkpoint and the package name/version")
+    p.add_argument("--bundle-overrides", help="JSON file of inference.json overrides, e.g. the overrides.json a "
+                   "results recipe wrote (network size, image_size, intensity, normalization, threshold)")
+    p.add_argument("--network-json", help="VMUNetV2 keyword arguments as JSON (replaces the config's network_def)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--window", nargs=2, type=float, metavar=("CENTER", "WIDTH"),

@@ -1,5 +1,10 @@
 """DICOM image -> model input: single-frame RGB / YBR / palette colour and greyscale images, checked first.
 
+The model input is what the bundle's ``read_transforms`` give for an image file: three channels of float values on
+the 8-bit scale [0, 255] (:data:`LOADED_MAX`); the bundle's ``intensity_transforms`` (``intensity``,
+``intensity_range``, ``normalization``) are applied to it by :class:`~vmunetv2_monai.inference.Predictor`, as to a
+PNG. Greyscale images are first put through a fixed window to [0, 1], which then spans that 8-bit scale.
+
 Orientation rule: everything stays in pydicom's ``pixel_array`` order, rows first: ``(H, W)`` = (Rows,
 Columns). The model input is ``(3, H, W)``; the mask is ``(H, W)`` and goes into the SEG as is. No axis is
 swapped anywhere (MONAI's image readers would swap to ``(W, H)``; we never use them for DICOM).
@@ -21,6 +26,9 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 from pydicom.uid import UID
 
 logger = logging.getLogger(__name__)
+
+#: Top of the value scale of the bundle's loaded images (8-bit; its LoadImaged scales 16-bit files to it too).
+LOADED_MAX = 255.0
 
 #: Non-image objects the pipeline never segments (skipped, not refused).
 NON_IMAGE_SOP_CLASSES: frozenset[str] = frozenset(
@@ -51,7 +59,7 @@ class UnsupportedDicomError(ValueError):
 
 @dataclass
 class DicomImage:
-    """A checked source image and its model input (``(3, H, W)`` float32 in [0, 1])."""
+    """A checked source image and its model input (``(3, H, W)`` float32 in [0, :data:`LOADED_MAX`])."""
 
     dataset: Dataset
     image: np.ndarray
@@ -64,7 +72,7 @@ class DicomImage:
 
     def display_rgb(self) -> np.ndarray:
         """``(H, W, 3)`` uint8 rendering of the model input (for overlays)."""
-        return np.round(np.moveaxis(self.image, 0, -1) * 255.0).astype(np.uint8)
+        return np.round(np.moveaxis(self.image, 0, -1)).astype(np.uint8)
 
 
 def read_dataset(path: str | os.PathLike[str]) -> Dataset:
@@ -179,12 +187,12 @@ def _greyscale_to_unit(ds: Dataset, arr: np.ndarray, window: GreyWindow) -> np.n
 
 
 def to_model_input(ds: Dataset, source: str = "", window: GreyWindow | None = None) -> np.ndarray:
-    """Checked, decoded ``(3, H, W)`` float32 in [0, 1].
+    """Checked, decoded ``(3, H, W)`` float32 in [0, :data:`LOADED_MAX`] (the bundle's loaded-image scale).
 
-    RGB (and YBR, converted to RGB by pydicom) is divided by ``2**BitsStored - 1`` (255 for 8-bit, like the
-    bundle); palette colour goes through its LUT; greyscale is rescaled, put through a fixed ``window`` (default
-    :func:`grey_window` of ``ds``; pass one window for every slice of a series), inverted if MONOCHROME1 and
-    repeated to three channels.
+    RGB (and YBR, converted to RGB by pydicom) is scaled from [0, ``2**BitsStored - 1``] (unchanged for 8-bit, as
+    the bundle loads a PNG); palette colour goes through its LUT; greyscale is rescaled, put through a fixed
+    ``window`` to [0, 1] (default :func:`grey_window` of ``ds``; pass one window for every slice of a series),
+    inverted if MONOCHROME1, repeated to three channels and scaled to [0, :data:`LOADED_MAX`].
     """
     check_supported(ds, source)
     try:
@@ -196,16 +204,17 @@ def to_model_input(ds: Dataset, source: str = "", window: GreyWindow | None = No
     pi = str(ds.PhotometricInterpretation)
     if int(ds.SamplesPerPixel) == 3:
         maxval = float(2 ** int(ds.get("BitsStored", ds.BitsAllocated)) - 1)
-        rgb = arr.astype(np.float32) / np.float32(maxval)
+        rgb = arr.astype(np.float32) * np.float32(LOADED_MAX / maxval)  # factor 1 for 8-bit: values as stored
     elif pi == "PALETTE COLOR":
         lut = apply_color_lut(arr, ds)
         bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
-        rgb = lut.astype(np.float32) / np.float32(2**bits - 1)
+        rgb = lut.astype(np.float32) * np.float32(LOADED_MAX / (2**bits - 1))
     else:
-        rgb = np.repeat(_greyscale_to_unit(ds, arr, window or grey_window(ds))[..., None], 3, axis=-1)
+        unit = _greyscale_to_unit(ds, arr, window or grey_window(ds))
+        rgb = np.repeat(unit[..., None] * np.float32(LOADED_MAX), 3, axis=-1)
     if rgb.shape[:2] != (int(ds.Rows), int(ds.Columns)):
         raise UnsupportedDicomError(f"decoded shape {rgb.shape} does not match Rows/Columns", source, ds.SOPInstanceUID)
-    return np.ascontiguousarray(np.moveaxis(np.clip(rgb, 0.0, 1.0), -1, 0), dtype=np.float32)
+    return np.ascontiguousarray(np.moveaxis(np.clip(rgb, 0.0, LOADED_MAX), -1, 0), dtype=np.float32)
 
 
 def is_greyscale(ds: Dataset) -> bool:

@@ -113,8 +113,9 @@ class Segmenter:
         images = [load_image(ds, source=f"{source} instance {ds.get('SOPInstanceUID', '?')}", window=window)
                   for ds in unit]
         masks = np.stack([self.predictor.predict(image.image) for image in images])
-        parameters = ({"greyscale_window": window.describe()} if window is not None
-                      else {"intensity": "colour / (2**BitsStored - 1)"})
+        source_rule = ({"greyscale_window": window.describe()} if window is not None
+                       else {"colour": "stored / (2**BitsStored - 1) * 255"})
+        parameters = {**source_rule, "bundle_intensity": self.predictor.intensity_rule}
         seg = build_segmentation(list(unit), masks, self.algorithm, parameters)
         read_back(seg)
         overlays = ([build_overlay(image.dataset, image.display_rgb(), mask, self.algorithm)
