@@ -16,7 +16,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from vmunetv2_monai.dicom.algorithm import AlgorithmInfo
-from vmunetv2_monai.dicom.dicomweb import PacsClient
+from vmunetv2_monai.dicom.dicomweb import PacsClient, is_transient
 from vmunetv2_monai.dicom.pipeline import main
 from vmunetv2_monai.dicom.files import write_atomic
 from vmunetv2_monai.dicom.reader import grey_window, load_image
@@ -24,8 +24,8 @@ from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID, seg_mask_for_source, seg
 from vmunetv2_monai.dicom.state import DONE, FAILED, StateDB
 from vmunetv2_monai.inference import Predictor
 
-from .conftest import (REPO, Orthanc, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb, ultrasound_files,
-                       wrap_vl_endoscopic)
+from .conftest import (REPO, Orthanc, assert_valid_dicom, ct_series, free_port, kvasir_image_paths, load_rgb,
+                       ultrasound_files, wrap_vl_endoscopic)
 
 KILL_TIMEOUT_S = 600.0  # generous: a loaded 2-core machine; a passing run takes far less
 
@@ -211,6 +211,17 @@ def test_kill_mid_run_and_restart(orthanc: Orthanc, tmp_path: Path, tiny_checkpo
     n = len(client.list_instances())
     assert main(args) == 0
     assert len(client.list_instances()) == n
+
+
+def test_unreachable_pacs_fails_at_once() -> None:
+    """A refused connection ends the request at once (dicomweb-client's own 5 retries, 30 s, are off): the
+    watcher's back-off alone decides when the PACS is tried again."""
+    client = PacsClient(f"http://127.0.0.1:{free_port()}/dicom-web", timeout_s=5)
+    start = time.monotonic()
+    with pytest.raises(Exception) as err:
+        list(client.iter_studies())
+    assert is_transient(err.value), err.value
+    assert time.monotonic() - start < 10
 
 
 def test_watch_survives_pacs_outage(orthanc: Orthanc, tmp_path: Path, tiny_checkpoint: Path,

@@ -75,6 +75,9 @@ class PacsClient:
     def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 60.0) -> None:
         self.url = url.rstrip("/")
         self._client = DICOMwebClient(self.url, timeout=timeout_s)
+        # dicomweb-client retries every failed request 5 times (30 s when the PACS is down); an unreachable PACS
+        # ends the pass at once instead, and the watcher's own back-off decides when to try again
+        self._client.set_http_retry_params(retry=False)
 
     def iter_studies(self, filters: dict[str, str] | None = None, page_size: int = 200) -> Iterator[tuple[str, int]]:
         """``(StudyInstanceUID, NumberOfStudyRelatedInstances)`` of every study matching ``filters`` (QIDO-RS
