@@ -16,9 +16,12 @@ import requests
 from pydicom.dataset import Dataset
 
 from vmunetv2_monai.dicom.dicomweb import PacsClient
-from vmunetv2_monai.dicom.listener import RemoteAE, spool_path
+from vmunetv2_monai.dicom.files import write_atomic
+from vmunetv2_monai.dicom.listener import Listener, RemoteAE, spool_path
 from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID
 from vmunetv2_monai.dicom.state import DONE, StateDB
+from vmunetv2_monai.dicom.units import Segmenter, UnitResult
+from vmunetv2_monai.inference import Predictor
 
 from .conftest import REPO, Orthanc, ct_series, free_port, kvasir_image_paths, load_rgb, wrap_vl_endoscopic
 
@@ -36,6 +39,50 @@ def test_destination_and_spool_names_are_checked(tmp_path: Path) -> None:
         ds.SOPInstanceUID = bad
         with pytest.raises(ValueError, match="not a valid SOPInstanceUID"):
             spool_path(tmp_path, ds)
+
+
+class CountingSegmenter(Segmenter):
+    """The real segmenter, counting its calls."""
+
+    calls = 0
+
+    def segment(self, unit: list[Dataset], source: str) -> UnitResult:
+        self.calls += 1
+        return super().segment(unit, source)
+
+
+def test_failed_c_store_is_resent_without_segmenting_again(tmp_path: Path, predictor: Predictor) -> None:
+    """Destination down: the image stays in the spool, not done, and each poll re-sends the SEG made once; when
+    the destination is up, the same SEG arrives and the spool empties."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import SegmentationStorage
+
+    port = free_port()
+    segmenter = CountingSegmenter(predictor)
+    still = wrap_vl_endoscopic(load_rgb(kvasir_image_paths(1)[0]))
+    with StateDB(tmp_path / "state.sqlite") as state:
+        listener = Listener(segmenter, state, tmp_path / "spool", RemoteAE("DEST", "127.0.0.1", port), settle_s=0)
+        write_atomic(still, spool_path(listener.spool, still))
+        assert listener.poll_once() == 0 and listener.poll_once() == 0  # nobody listens on the port
+        assert segmenter.calls == 1 and state.get(str(still.SOPInstanceUID)) is None
+        assert spool_path(listener.spool, still).is_file()
+
+        received: list[str] = []
+
+        def on_store(event: evt.Event) -> int:
+            received.append(str(event.dataset.SOPInstanceUID))
+            return 0x0000
+
+        dest = AE(ae_title="DEST")
+        dest.add_supported_context(SegmentationStorage)
+        server = dest.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        try:
+            assert listener.poll_once() == 1
+        finally:
+            server.shutdown()
+        assert segmenter.calls == 1 and received == [segmenter.seg_uid([str(still.SOPInstanceUID)])]
+        assert state.get(str(still.SOPInstanceUID)).status == DONE
+        assert not list(listener.spool.glob("*.dcm"))
 
 
 def _segs(orthanc: Orthanc) -> list[str]:

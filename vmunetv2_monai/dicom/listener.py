@@ -25,7 +25,7 @@ from .algorithm import MANUFACTURER
 from .files import write_atomic
 from .reader import NON_IMAGE_SOP_CLASSES, UnsupportedDicomError, check_metadata, read_dataset
 from .state import FAILED, StateDB
-from .units import Segmenter, group_units, is_volumetric
+from .units import Segmenter, UnitResult, group_units, is_volumetric
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ class Listener:
         self.ae_title, self.host, self.port, self.settle_s = ae_title, host, port, settle_s
         self.stop_event = threading.Event()
         self._server = None
+        #: SEGs whose C-STORE failed, by their source UIDs: re-sent on the next poll without segmenting again.
+        self._unsent: dict[tuple[str, ...], UnitResult] = {}
 
     def _on_store(self, event: evt.Event) -> int:
         """C-STORE: keep the instance on disk before acknowledging it."""
@@ -154,7 +156,10 @@ class Listener:
                 continue
             candidates[uid] = (path, ds)
         now = time.time()
-        for unit in group_units(ds for _, ds in candidates.values()):
+        units = group_units(ds for _, ds in candidates.values())
+        current = {tuple(str(ds.SOPInstanceUID) for ds in unit) for unit in units}
+        self._unsent = {k: v for k, v in self._unsent.items() if k in current}  # a unit that changed is redone
+        for unit in units:
             paths = [candidates[str(ds.SOPInstanceUID)][0] for ds in unit]
             newest = max(p.stat().st_mtime for p in paths)
             if (len(unit) > 1 or is_volumetric(unit[0])) and now - newest < self.settle_s:
@@ -178,8 +183,9 @@ class Listener:
     def _process(self, unit: list[Dataset], paths: list[Path]) -> int:
         first = unit[0]
         study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
+        key = tuple(str(ds.SOPInstanceUID) for ds in unit)
         try:
-            result = self.segmenter.segment(unit, f"{self.ae_title} series {series}")
+            result = self._unsent.pop(key, None) or self.segmenter.segment(unit, f"{self.ae_title} series {series}")
         except UnsupportedDicomError as exc:
             self._fail(paths, exc.reason, list(unit))
             return 0
@@ -192,6 +198,7 @@ class Listener:
         except (ConnectionError, OSError, RuntimeError) as exc:  # destination down: keep the spool, retry later
             logger.warning("cannot send SEG %s to %s (%s); retrying on the next poll", result.seg.SOPInstanceUID,
                            self.destination, exc)
+            self._unsent[key] = result
             return 0
         self.state.mark_done_many(result.source_uids, study, series, str(result.seg.SOPInstanceUID))
         for path in paths:
