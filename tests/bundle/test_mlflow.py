@@ -1,4 +1,5 @@
-"""MLflow through ``--tracking configs/mlflow_tracking.json``: train and evaluate runs read back from the store.
+"""MLflow through ``--tracking configs/mlflow_tracking.json`` (and MONAI's built-in ``--tracking mlflow``): train and
+evaluate runs read back from the store.
 
 Runs ``python -m monai.bundle run`` from the root of a copy of the bundle (the model-zoo way) on the Kvasir sample
 with a tiny network (CPU)."""
@@ -20,10 +21,11 @@ TINY = ["--depths", "[1,1,1,1]", "--dims", "16", "--d_state", "8", "--mid_channe
 NETWORK_PARAMS = ("network", "depths", "dims", "d_state", "mid_channels", "keep_unused_stage", "drop_path_rate")
 
 
-def _run(bundle: Path, configs: list[str], *args: str) -> subprocess.CompletedProcess:
+def _run(bundle: Path, configs: list[str], *args: str, tracking: str = "configs/mlflow_tracking.json"
+         ) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str([f"configs/{c}.json" for c in configs]),
-           "--tracking", "configs/mlflow_tracking.json", *args]
+           "--tracking", tracking, *args]
     return subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -87,3 +89,21 @@ def test_failed_run_is_marked_failed(job, tmp_path: Path) -> None:
     _, runs = _runs(out)
     assert runs[-1].data.tags["vmunetv2.workflow"] == "evaluate" and runs[-1].info.status == "FAILED"
     assert "missing.pt" in runs[-1].data.tags["vmunetv2.error"]
+
+
+def test_plain_mlflow_setting_ends_the_evaluate_run_finished(job, tmp_path: Path) -> None:
+    """MONAI's built-in ``--tracking mlflow`` leaves the validator's run open (its handler does not close on
+    completion); evaluate.json's finalize closes it, so the run ends FINISHED. The plain setting records the metrics
+    only: no params, no model or evaluation files, no link to the training run (configs/mlflow_tracking.json does)."""
+    bundle, out, common = job
+    plain = tmp_path / "plain"
+    args = [str(plain) if a == str(out) else a for a in common]
+    proc = _run(bundle, ["train", "evaluate"], *args, "--ckpt_path", str(out / "models" / "model.pt"), tracking="mlflow")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{plain / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("monai_experiment")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert "val_mean_dice" in runs[0].data.metrics
+    assert "depths" not in runs[0].data.params and "vmunetv2.train_run_id" not in runs[0].data.tags
