@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -17,7 +18,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -87,3 +90,20 @@ def running_server(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def binary_png(src: Path, dest: Path) -> None:
+    """A mask (0..255, also with JPEG noise) -> a MONAI Label final label: PNG with 0 / 1."""
+    mask = np.asarray(Image.open(src).convert("L")) > 127
+    Image.fromarray(mask.astype(np.uint8)).save(dest, format="PNG")
+
+
+def local_datastore(root: Path, images: Sequence[Path], masks: Sequence[Path]) -> Path:
+    """A MONAI Label local datastore in ``root``: the images, and each mask as the final label of the image with
+    the same stem."""
+    (root / "labels" / "final").mkdir(parents=True)
+    for image in images:
+        shutil.copy(image, root / image.name)
+    for mask in masks:
+        binary_png(mask, root / "labels" / "final" / f"{mask.stem}.png")
+    return root

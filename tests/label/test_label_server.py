@@ -20,7 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ._support import MAIN_PYTHON_ENV, free_port, require_monailabel, running_server, skip_or_fail
+from ._support import (
+    MAIN_PYTHON_ENV,
+    binary_png,
+    free_port,
+    local_datastore,
+    require_monailabel,
+    running_server,
+    skip_or_fail,
+)
 
 require_monailabel()
 
@@ -57,12 +65,6 @@ IMAGES = sorted(p.stem for p in (KVASIR / "images").glob("*.jpg"))[:4]
 LABELLED = IMAGES[:2]  # final labels present at start-up
 TO_LABEL = IMAGES[2]  # gets its final label through PUT /datastore/label
 QUERY = IMAGES[3]  # never labelled; used for inference
-
-
-def _binary_png(src: Path, dest: Path) -> None:
-    """Kvasir JPEG mask (0..255 with JPEG noise) -> MONAI Label final label: PNG with 0 / 1."""
-    mask = np.asarray(Image.open(src).convert("L")) > 127
-    Image.fromarray(mask.astype(np.uint8)).save(dest, format="PNG")
 
 
 def _state_dict(checkpoint: dict) -> dict:
@@ -118,13 +120,8 @@ def _write_tiny(files: BundleFiles, settings: dict) -> None:
 @pytest.fixture(scope="module")
 def studies(workspace: Path) -> Path:
     """A local datastore with four real Kvasir images, two of them with final labels."""
-    root = workspace / "studies"
-    (root / "labels" / "final").mkdir(parents=True)
-    for name in IMAGES:
-        shutil.copy(KVASIR / "images" / f"{name}.jpg", root / f"{name}.jpg")
-    for name in LABELLED:
-        _binary_png(KVASIR / "masks" / f"{name}.jpg", root / "labels" / "final" / f"{name}.png")
-    return root
+    return local_datastore(workspace / "studies", [_image(n) for n in IMAGES],
+                           [KVASIR / "masks" / f"{n}.jpg" for n in LABELLED])
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +311,7 @@ def test_saved_label_lands_in_final_and_training_uses_it(
     server: str, workspace: Path, bundle: BundleFiles, studies: Path
 ) -> None:
     label_png = workspace / f"{TO_LABEL}.png"
-    _binary_png(KVASIR / "masks" / f"{TO_LABEL}.jpg", label_png)
+    binary_png(KVASIR / "masks" / f"{TO_LABEL}.jpg", label_png)
     with open(label_png, "rb") as fp:
         res = requests.put(
             f"{server}/datastore/label",

@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ._support import MAIN_PYTHON_ENV, free_port, require_monailabel, running_server, skip_or_fail
+from ._support import (
+    MAIN_PYTHON_ENV,
+    free_port,
+    local_datastore,
+    require_monailabel,
+    running_server,
+    skip_or_fail,
+)
 
 require_monailabel()
 
@@ -82,14 +89,8 @@ def bundle(app_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def studies(workspace: Path) -> Path:
     """A local datastore: six sample images, four with final labels (0/1 PNG, as MONAI Label stores them)."""
-    root = workspace / "studies"
-    (root / "labels" / "final").mkdir(parents=True)
-    for name in IMAGES:
-        shutil.copy(SAMPLE / "images" / f"{name}.jpg", root / f"{name}.jpg")
-    for name in LABELLED:
-        mask = np.asarray(Image.open(SAMPLE / "masks" / f"{name}.png")) > 127
-        Image.fromarray(mask.astype(np.uint8)).save(root / "labels" / "final" / f"{name}.png")
-    return root
+    return local_datastore(workspace / "studies", [SAMPLE / "images" / f"{n}.jpg" for n in IMAGES],
+                           [SAMPLE / "masks" / f"{n}.png" for n in LABELLED])
 
 
 @pytest.fixture(scope="module")
