@@ -98,7 +98,8 @@ def test_plain_mlflow_setting_ends_the_evaluate_run_finished(job, tmp_path: Path
     bundle, out, common = job
     plain = tmp_path / "plain"
     args = [str(plain) if a == str(out) else a for a in common]
-    proc = _run(bundle, ["train", "evaluate"], *args, "--ckpt_path", str(out / "models" / "model.pt"), tracking="mlflow")
+    ckpt = str(out / "models" / "model.pt")
+    proc = _run(bundle, ["train", "evaluate"], *args, "--ckpt_path", ckpt, tracking="mlflow")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{plain / 'mlruns.db'}")
     exp = client.get_experiment_by_name("monai_experiment")

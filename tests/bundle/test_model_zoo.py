@@ -53,7 +53,8 @@ def test_verify_metadata_against_schema(tmp_path: Path) -> None:
     shutil.copy(SCHEMA, schema)
     verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(schema))
     meta = _config("metadata")
-    assert meta["supported_apps"] == {"monai-label": "0.8.5"}  # only what tests/label runs
+    # only what is tested: tests/label (stock monaibundle app) and tests/deploy (bundle operator)
+    assert meta["supported_apps"] == {"monai-label": "0.8.5", "monai-deploy-app-sdk": "4.0.0"}
     assert set(meta["eval_metrics"]) >= {"mean_dice", "pooled_dsc"}
     channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
     assert {v: int(k) for k, v in channel_def.items() if v != "background"} == {"lesion": 1}
