@@ -8,21 +8,19 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-import requests
 import torch
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from tests._servers import free_port, wait_until_serving
 from vmunetv2_monai import VMUNetV2
 from vmunetv2_monai.inference import Predictor
 
@@ -168,12 +166,6 @@ def ultrasound_files() -> dict[str, Path]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _find_plugin() -> Path:
     env = os.environ.get("ORTHANC_DICOMWEB_PLUGIN")
     dirs = [Path(env)] if env else []
@@ -233,18 +225,8 @@ class Orthanc:
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen([self.binary, str(self.config)], stdout=fh, stderr=subprocess.STDOUT,
                                          cwd=self.cwd)
-        deadline = time.monotonic() + ORTHANC_START_TIMEOUT_S
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"Orthanc exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            try:
-                if requests.get(self.rest + "/dicom-web/studies", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"Orthanc not ready after {ORTHANC_START_TIMEOUT_S}s: {self.log.read_text()[-2000:]}")
-            time.sleep(0.2)
+        wait_until_serving(self.proc, self.rest + "/dicom-web/studies", self.log, ORTHANC_START_TIMEOUT_S, "Orthanc",
+                           poll_s=0.2, request_timeout=2.0)
 
     def stop(self) -> None:
         """Terminate (kill after 15 s)."""

@@ -15,6 +15,7 @@ import pytest
 import requests
 from pydicom.dataset import Dataset
 
+from tests._servers import free_port
 from vmunetv2_monai.dicom.dicomweb import PacsClient
 from vmunetv2_monai.dicom.files import write_atomic
 from vmunetv2_monai.dicom.listener import Listener, RemoteAE, spool_path
@@ -23,7 +24,7 @@ from vmunetv2_monai.dicom.state import DONE, StateDB
 from vmunetv2_monai.dicom.units import Segmenter, UnitResult
 from vmunetv2_monai.inference import Predictor
 
-from .conftest import REPO, Orthanc, ct_series, free_port, kvasir_image_paths, load_rgb, wrap_vl_endoscopic
+from .conftest import REPO, Orthanc, ct_series, kvasir_image_paths, load_rgb, wrap_vl_endoscopic
 
 WAIT_S = 600.0  # generous: a loaded 2-core machine; a passing run takes far less
 

@@ -22,10 +22,11 @@ from vmunetv2_monai.dicom.files import write_atomic
 from vmunetv2_monai.dicom.reader import grey_window, load_image
 from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID, seg_mask_for_source, seg_uid_for
 from vmunetv2_monai.dicom.state import DONE, FAILED, StateDB
+from tests._servers import free_port
 from vmunetv2_monai.inference import Predictor
 
-from .conftest import (REPO, Orthanc, assert_valid_dicom, ct_series, free_port, kvasir_image_paths, load_rgb,
-                       ultrasound_files, wrap_vl_endoscopic)
+from .conftest import (REPO, Orthanc, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb, ultrasound_files,
+                       wrap_vl_endoscopic)
 
 KILL_TIMEOUT_S = 600.0  # generous: a loaded 2-core machine; a passing run takes far less
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests._servers import free_port, wait_until_serving
 
 logger = logging.getLogger(__name__)
 
@@ -51,37 +52,18 @@ def require_monailabel() -> None:
         )
 
 
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def running_server(
     cmd: Sequence[str], base: str, log_path: Path, cwd: Path, env: dict[str, str], timeout: float
 ) -> Iterator[str]:
     """Start ``cmd`` (a MONAI Label server listening at ``base``), wait at most ``timeout`` s for ``GET /info/``,
     yield ``base`` and stop the server afterwards; fail with the log's tail if it exits or is not ready in time."""
-    import requests  # comes with monailabel: import only where require_monailabel() has passed
-
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                if requests.get(f"{base}/info/", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready in {timeout:.0f} s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.5)
-        logger.info("MONAI Label server ready at %s in %.1f s", base, timeout - (deadline - time.monotonic()))
+        wait_until_serving(proc, f"{base}/info/", log_path, timeout, "MONAI Label server")
+        logger.info("MONAI Label server ready at %s in %.1f s", base, time.monotonic() - start)
         yield base
     finally:
         proc.terminate()

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests._servers import free_port
+
 from ._support import (
     MAIN_PYTHON_ENV,
     binary_png,
-    free_port,
     local_datastore,
     require_monailabel,
     running_server,

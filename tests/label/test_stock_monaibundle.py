@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests._servers import free_port
+
 from ._support import (
     MAIN_PYTHON_ENV,
-    free_port,
     local_datastore,
     require_monailabel,
     running_server,
