@@ -86,7 +86,8 @@ def test_train_writes_loadable_checkpoints_and_mlflow_run(trained):
     assert any(k.startswith("encoder.") for k in best)  # raw state dict of the network
     latest = torch.load(out / "models" / "latest.pt", weights_only=True)
     assert _epoch(latest) == 2
-    assert set(latest) == {"model", "optimizer", "lr_scheduler", "trainer", "best_saver"}
+    assert set(latest) == {"model", "optimizer", "trainer", "budget", "best_saver"}
+    assert len(latest["budget"]["history"]) == 2  # validated after each epoch
 
     from mlflow.tracking import MlflowClient
 
@@ -118,7 +119,7 @@ def test_evaluate_writes_per_case_csv_and_summary(trained):
     _run(["--config_file", _cfg("train", "evaluate"), *common], cwd=work)
     summary = json.loads((out / "eval" / "summary.json").read_text())
     rows = (out / "eval" / "per_case.csv").read_text().strip().splitlines()
-    assert rows[0] == "name,val_mean_dice,val_mean_iou,val_hd95"
+    assert rows[0] == "name,val_mean_dice,val_mean_iou,val_hd95,tp,fp,tn,fn"
     assert summary["num_cases"] == len(rows) - 1 == 2  # 20 % of 12 pairs
     for key in ("val_mean_dice", "val_mean_iou", "val_pooled_dsc", "val_pooled_iou", "val_pooled_accuracy",
                 "val_pooled_sensitivity", "val_pooled_specificity"):
@@ -252,7 +253,7 @@ def test_kvasir_full_recipe_config(tmp_path):
     assert len(splits["validation"]) >= 1
     assert parser.get_parsed_content("depths") == [2, 2, 9, 2]
     assert parser.get_parsed_content("image_size") == [256, 256]
-    assert parser.get_parsed_content("epochs") == 300 and parser.get_parsed_content("lr_t_max") == 300
+    assert parser.get_parsed_content("epochs") == 300 and parser.get_parsed_content("budget_cpu_s") is None
     assert parser.get_parsed_content("early_stop_patience") == 30
 
 
@@ -268,3 +269,31 @@ def test_inference_mode_resize_and_unknown_mode(trained, tmp_path):
     assert mask.shape[:2] == np.asarray(Image.open(src)).shape[:2] and set(np.unique(mask)) <= {0, 255}
     with pytest.raises(AssertionError, match="unknown value 'tiles' for 'inference_mode'"):
         _run(["--config_file", _cfg("inference"), *args, "--inference_mode", "tiles"], cwd=work)
+
+
+BUNDLE_ITEMS = ("LICENSE", "configs", "docs", "large_files.yml", "models", "sample_data")
+
+
+def test_default_training_runs_in_a_copy_of_the_bundle(tmp_path):
+    """model-zoo style: a copy of bundle/ (what git tracks), run from its root with train.json's defaults (the
+    bundled sample data), loads with monai.bundle.load(workflow_type="train") and trains; the shipped model is
+    replaced only by one that scores at least as well on the same validation images."""
+    copy = tmp_path / "vmunetv2"
+    copy.mkdir()
+    for item in BUNDLE_ITEMS:
+        (shutil.copytree if (BUNDLE / item).is_dir() else shutil.copy2)(BUNDLE / item, copy / item)
+    shipped = (copy / "models" / "model.pt").read_bytes()
+    log = _run(["--config_file", "configs/train.json", "--epochs", "1", "--progress_bar", "False"], cwd=copy)
+    assert "model already at ./models/model.pt: val_mean_dice" in log
+    latest = torch.load(copy / "models" / "latest.pt", weights_only=True)
+    assert _epoch(latest) == 1 and latest["budget"]["history"]
+    if (copy / "models" / "model.pt").read_bytes() == shipped:
+        assert "NOT replaced" in log and (copy / "models" / "model.candidate.pt").is_file()
+    else:
+        assert "models/model.pt replaced" in log and list((copy / "models").glob("model.prev-*.pt"))
+
+    code = ("import monai.bundle; net = monai.bundle.load(name='vmunetv2', bundle_dir='..', workflow_type='train', "
+            "source='github'); print(type(net).__name__)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=copy, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("VMUNetV2"), proc.stderr[-3000:]
+

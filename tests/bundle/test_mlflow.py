@@ -67,7 +67,7 @@ def test_train_and_evaluate_runs_are_complete_and_linked(job) -> None:
             assert key in params, (run.data.tags["vmunetv2.workflow"], key)
         assert params["depths"] == "[1, 1, 1, 1]" and params["network"] == "vmunetv2_monai.VMUNetV2"
     tp = train.data.params
-    assert tp["optimizer"] == "torch.optim.AdamW" and tp["lr_scheduler"].endswith("CosineAnnealingLR")
+    assert tp["optimizer"] == "torch.optim.AdamW" and tp["lr_scheduler"].endswith("WarmupCosineLR")
     assert (tp["learning_rate"], tp["batch_size"], tp["epochs"]) == ("0.001", "2", "2")
     assert int(tp["n_training"]) + int(tp["n_validation"]) + int(evaluate.data.params["n_test"]) == 8
     assert "train_loss" in train.data.metrics and "val_mean_dice" in train.data.metrics

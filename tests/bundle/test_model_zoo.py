@@ -69,11 +69,12 @@ def test_json_is_pretty_formatted() -> None:
 
 def test_standalone_configs_define_shared_ids_once() -> None:
     """inference.json and train.json each stand alone; every id both define has one value, so each definition is
-    the same in both files (only the workflow ids and the default data folder differ)."""
+    the same in both files (only the workflow ids differ): training reads images exactly as inference does."""
     inference, train = _config("inference"), _config("train")
     differing = sorted(k for k in inference.keys() & train.keys() if inference[k] != train[k])
-    assert differing == ["_desc_", "dataset_dir", "initialize", "keys", "run"]  # dataset_dir: sample images vs data
-    for name in ("evaluate", "multi_gpu_train", "kvasir_full"):
+    assert differing == ["_desc_", "initialize", "keys", "run"]
+    assert train["dataset_dir"] == "$os.path.join(@bundle_root, 'sample_data')"  # data inside the bundle
+    for name in ("evaluate", "multi_gpu_train", "kvasir_full", "kvasir_cpu"):
         unknown = {k.split("#")[0] for k in _config(name)} - set(train) - {"_desc_", "initialize", "run", "finalize"}
         assert unknown <= {"eval_split", "find_unused_parameters", "dist_backend", "is_not_rank0"}, (name, unknown)
 

@@ -13,7 +13,7 @@ import yaml
 
 from vmunetv2_monai.data.datalist import find_pairs
 from vmunetv2_monai.evaluation.folders import score_predictions
-from vmunetv2_monai.evaluation.recipe import predict_with_bundle
+from vmunetv2_monai.evaluation.recipe import bundle_command, run_bundle
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 MODEL = BUNDLE / "models" / "model.pt"
@@ -25,7 +25,9 @@ DICE_FLOOR = 0.55
 
 def _mean_dice(ckpt: Path, out: Path) -> float:
     items = find_pairs(SAMPLE / "images", SAMPLE / "masks")
-    predict_with_bundle(BUNDLE, {"bundle_root": str(BUNDLE), "ckpt_path": str(ckpt), "num_workers": 0}, items, out)
+    data = [{"image": it["image"], "name": it["name"]} for it in items]
+    overrides = {"ckpt_path": str(ckpt), "num_workers": 0, "datalist": data, "pred_dir": str(out), "overlay": False}
+    run_bundle(bundle_command(BUNDLE, ["inference"], overrides), out.parent / f"{out.name}.log")
     rows = score_predictions(items, out)
     return sum(float(r["dice"]) for r in rows) / len(rows)
 

@@ -1,8 +1,7 @@
-"""Shared pieces of the recipe and study script tests: the bundled sample with two ids held out as the test set."""
+"""Shared pieces of the recipe and study script tests: the test sample with two ids held out as the test set."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -10,8 +9,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "tests" / "data" / "kvasir_sample"
-# Tiny TrainConfig changes for every model: the scripts run end to end in seconds.
-TINY = {"depths": [1, 1, 1, 1], "dims": 16, "size": 64, "batch_size": 2, "features": [8, 8, 16, 32, 64, 8]}
+# Tiny bundle overrides for every model (BasicUNet's width by model): the scripts run end to end in seconds.
+TINY = ["depths=[1, 1, 1, 1]", "dims=16", "image_size=[64, 64]", "batch_size=2",
+        "basicunet:network_def#features=[8, 8, 16, 32, 64, 8]"]
 
 
 @pytest.fixture
@@ -22,8 +22,8 @@ def script_args(tmp_path: Path):
     (tmp_path / "test.txt").write_text("\n".join(names) + "\n")
 
     def make_cmd(script: str, out: Path, *extra: str) -> list[str]:
+        sets = [arg for item in TINY for arg in ("--set", item)]
         return [sys.executable, str(REPO / "scripts" / script), "--data-dir", str(SAMPLE), "--test-names",
-                str(tmp_path / "test.txt"), "--out", str(out), "--val-fraction", "0.2", "--extra", json.dumps(TINY),
-                *extra]
+                str(tmp_path / "test.txt"), "--out", str(out), "--val-fraction", "0.2", *sets, *extra]
 
     return make_cmd, names

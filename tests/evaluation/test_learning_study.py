@@ -1,4 +1,5 @@
-"""scripts/learning_study.py end to end on the bundled sample at a tiny budget: trials, table, curves, no reruns."""
+"""scripts/learning_study.py end to end on the test sample at a tiny budget: trials through the bundle, table,
+curves, no reruns."""
 
 from __future__ import annotations
 
@@ -10,16 +11,23 @@ from pathlib import Path
 def test_study_runs_end_to_end(tmp_path: Path, script_args) -> None:
     make_cmd, test_names = script_args
     out = tmp_path / "study"
-    cmd = make_cmd("learning_study.py", out, "--budget-s", "2", "--eval-every-s", "1", "--variants", "2")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    cmd = make_cmd("learning_study.py", out, "--budget-s", "2", "--eval-every-s", "1", "--variants", "2",
+                   "--jobs", "2")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = sorted(out.glob("trials/*.json"))
-    assert [t.name for t in trials] == ["basicunet__baseline.json", "basicunet__dropout-0-1.json",
-                                        "vmunetv2__baseline.json", "vmunetv2__loss--fused-output-only.json"]
+    assert [t.name for t in trials] == ["basicunet__dropout-0-1.json", "basicunet__recipe.json",
+                                        "vmunetv2__loss--fused-output-only.json", "vmunetv2__recipe.json"]
     for t in trials:
         rec = json.loads(t.read_text())
-        assert rec["train_cpu_s"] >= 2 and rec["steps"] >= 1 and len(rec["curve"]) >= 2
-        assert 0.0 <= rec["best_val_dice"] <= 1.0
+        assert rec["train_cpu_s"] >= 2 and rec["iterations"] >= 1 and len(rec["history"]) >= 2
+        assert 0.0 <= rec["best_val_mean_dice"] <= 1.0
+        assert "-m monai.bundle run" in (t.with_suffix("") / "train.log").read_text()
+    fused = json.loads((out / "trials" / "vmunetv2__loss--fused-output-only.json").read_text())
+    assert fused["changes"] == {"network_def#deep_supervision": False}
+    assert "--network_def#deep_supervision False" in (out / "trials" / "vmunetv2__loss--fused-output-only" /
+                                                       "train.log").read_text()
+    assert "--network_def#deep_supervision" not in (out / "trials" / "vmunetv2__recipe" / "train.log").read_text()
     split = json.loads((out / "split.json").read_text())
     assert not {it["name"] for it in split["training"] + split["validation"]} & set(test_names)  # test never read
     table = (out / "study.md").read_text()

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from vmunetv2_monai.evaluation.folders import score_predictions
-from vmunetv2_monai.evaluation.recipe import evaluate_models
+from vmunetv2_monai.evaluation.recipe import evaluate_models, read_case_rows
 from vmunetv2_monai.evaluation.split import SplitOverlapError, write_split
 
 
@@ -61,7 +61,9 @@ def test_evaluate_models_writes_the_report_folder(tmp_path: Path) -> None:
         Image.fromarray(np.roll(gt, 4, axis=1).astype(np.uint8) * 255).save(preds["bad"] / f"c{i}_mask.png")
     curves = {"good": {"val_mean_dice": [(1, 0.5), (2, 0.7)]}, "bad": {"val_mean_dice": [(1, 0.2), (2, 0.3)]}}
     runs = {"good": {"epochs": 2}, "bad": {"epochs": 2}}
-    summaries = evaluate_models(items, preds, curves, runs, tmp_path / "report", "tiny", "notes here", n_boot=100)
+    rows = {m: score_predictions(items, d) for m, d in preds.items()}
+    summaries = evaluate_models(items, rows, preds, curves, runs, tmp_path / "report", "tiny", "notes here",
+                                n_boot=100)
     assert summaries["good"]["dice"]["value"] == pytest.approx(1.0)
     assert summaries["bad"]["dice"]["value"] < 0.9
     for name in ("report.md", "metrics.csv", "learning_curves.png", "overlays.png"):
@@ -71,3 +73,15 @@ def test_evaluate_models_writes_the_report_folder(tmp_path: Path) -> None:
     assert len(rows) == 8 and {r["model"] for r in rows} == {"good", "bad"}
     text = (tmp_path / "report" / "report.md").read_text()
     assert "| mean Dice (per image) | 1.0000 [1.0000, 1.0000] |" in text and "notes here" in text
+
+
+def test_read_case_rows_maps_evaluate_columns(tmp_path: Path) -> None:
+    """evaluate.json's per_case.csv -> statistics rows; an infinite HD95 (empty mask) becomes NaN; an old file
+    without confusion counts is refused by name."""
+    path = tmp_path / "per_case.csv"
+    path.write_text("name,val_mean_dice,val_mean_iou,val_hd95,tp,fp,tn,fn\na,0.5,0.33,inf,1,1,5,1\n")
+    (row,) = read_case_rows(path)
+    assert row["name"] == "a" and row["dice"] == 0.5 and np.isnan(row["hd95"]) and row["tn"] == 5
+    path.write_text("name,val_mean_dice,val_mean_iou,val_hd95\na,0.5,0.33,2\n")
+    with pytest.raises(KeyError, match="no column 'tp'"):
+        read_case_rows(path)

@@ -5,13 +5,12 @@ The app is what ``monailabel apps --download --name monaibundle`` copies out of 
 ``model/<name>`` folder and served with ``--conf models <name>``, as a local (non-zoo) bundle. The shipped weights are
 served; ``VMUNETV2_SCAN_BACKEND=torch`` in both environments makes the server and ``monai.bundle run`` compute the
 same thing (the compiled CPU scan may be built in one environment and not in the other). The tests run in file
-order and share the server: info, inference parity with ``monai.bundle run`` (main environment), then training on
-the final labels and inference with the new weights.
+order and share the server: info, inference parity with ``monai.bundle run`` (main environment), then fine-tuning
+on the final labels (the served model never gets worse on the held-out label) and inference with what it serves.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -158,26 +157,68 @@ def test_infer_matches_monai_bundle_run(server: str, workspace: Path, bundle: Pa
     logger.info("stock app mask == bundle-run mask: %d lesion pixels of %d", int(rest.sum()), rest.size)
 
 
-def test_train_updates_the_model_that_infer_serves(server: str, workspace: Path, bundle: Path) -> None:
-    model = bundle / "models" / "model.pt"
-    before = model.read_bytes()
-    old_mask = _infer(server, QUERY)
+def _dice(mask: np.ndarray, image: str) -> float:
+    truth = np.asarray(Image.open(SAMPLE / "masks" / f"{image}.png").convert("L")) > 127
+    pred = mask > 0
+    return 2.0 * float((pred & truth).sum()) / max(1.0, float(pred.sum() + truth.sum()))
+
+
+def _held_out(workspace: Path) -> list[str]:
+    """The validation images of the last /train, from the bundle's log line that scores the incumbent model."""
+    lines = [ln for ln in (workspace / "server.log").read_text().splitlines() if "model already at" in ln]
+    assert lines, "the training did not score the model it could replace"
+    names = lines[-1].split("validation images [", 1)[1].split("]", 1)[0].split(", ")
+    return [Path(n).stem for n in names]
+
+
+def _train(server: str) -> None:
     res = requests.post(f"{server}/train/{MODEL}", params={"run_sync": "true"},
                         json={"max_epochs": 2, "val_split": 0.25, "device": "cpu", "multi_gpu": False},
                         timeout=REQUEST_TIMEOUT)
     assert res.status_code == 200, res.text
-    after = model.read_bytes()
-    assert after != before, "training did not write models/model.pt"
-    new_state = torch.load(io.BytesIO(after), map_location="cpu", weights_only=True)
-    old_state = torch.load(io.BytesIO(before), map_location="cpu", weights_only=True)
-    new_state = new_state.get("model", new_state)
-    assert new_state.keys() == old_state.keys()
-    assert any(not torch.equal(new_state[k], v) for k, v in old_state.items())
 
+
+def test_train_fine_tunes_and_never_serves_a_worse_model(server: str, workspace: Path, bundle: Path) -> None:
+    """/train starts from models/model.pt with the fine-tuning rate and holds out a label; the served model then
+    scores at least as well on that label as before, and /infer serves what ``monai.bundle run`` computes."""
+    model = bundle / "models" / "model.pt"
+    before = model.read_bytes()
+    masks_before = {n: _infer(server, n) for n in LABELLED}
+    _train(server)
+    log = (workspace / "server.log").read_text()
+    assert "epoch 1: learning rate 0.0001 " in log  # finetune_learning_rate, not the 1e-3 of training from scratch
+    held_out = _held_out(workspace)
+    assert held_out and set(held_out) <= set(LABELLED)
+    for name in held_out:
+        assert _dice(_infer(server, name), name) >= _dice(masks_before[name], name)
+    replaced = model.read_bytes() != before
+    assert replaced == ("models/model.pt replaced" in log), "the log must say whether the model was replaced"
+    if not replaced:
+        assert (bundle / "models" / "model.candidate.pt").is_file()
     new_mask = _infer(server, QUERY)
-    expected = _bundle_run_mask(workspace, bundle, QUERY, "trained")
-    np.testing.assert_array_equal(new_mask, expected)
-    changed = int((new_mask != old_mask).sum())
-    assert changed > 0, "the mask did not change: /infer may still serve the old weights"
-    logger.info("model.pt %s -> %s; %d of %d mask pixels changed", hashlib.sha256(before).hexdigest()[:12],
-                hashlib.sha256(after).hexdigest()[:12], changed, new_mask.size)
+    np.testing.assert_array_equal(new_mask, _bundle_run_mask(workspace, bundle, QUERY, "after_train"))
+    logger.info("fine-tune: model.pt %s; held-out %s", "replaced" if replaced else "kept", held_out)
+
+
+def test_train_that_would_make_it_worse_keeps_the_served_model(server: str, workspace: Path, bundle: Path) -> None:
+    """A harmful fine-tuning rate (set in the bundle's train.json, which the stock task reads at every /train):
+    the new weights score below the served model on the held-out label, so models/model.pt stays byte for byte,
+    the new weights are kept as models/model.candidate.pt and the log says why."""
+    config = bundle / "configs" / "train.json"
+    original = config.read_text()
+    model = bundle / "models" / "model.pt"
+    before = model.read_bytes()
+    query_before = _infer(server, QUERY)
+    settings = json.loads(original)
+    settings["finetune_learning_rate"] = 0.5
+    config.write_text(json.dumps(settings, indent=4))
+    try:
+        _train(server)
+    finally:
+        config.write_text(original)
+    log = (workspace / "server.log").read_text()
+    assert "NOT replaced" in log.split("model already at")[-1], log[-3000:]
+    assert model.read_bytes() == before
+    candidate = torch.load(bundle / "models" / "model.candidate.pt", map_location="cpu", weights_only=True)
+    assert candidate.keys() == torch.load(io.BytesIO(before), map_location="cpu", weights_only=True).keys()
+    np.testing.assert_array_equal(_infer(server, QUERY), query_before)

@@ -1,8 +1,11 @@
-"""Ignite handlers for the VM-UNetV2 bundle: atomic checkpoints and checked loading, a stop on a non-finite loss,
+"""Ignite handlers for the VM-UNetV2 bundle: training budget and learning-rate schedule, atomic checkpoints, checked
+loading and a never-worse model gate, a stop on a non-finite loss,
 evaluation reports, prediction writer, complete MLflow runs."""
 
 from .atomic import atomic_write
-from .checkpoint import AtomicCheckpointSaver, CheckpointLoader, StopOnNonFiniteLoss
+from .budget import TrainingBudget, WarmupCosineLR
+from .checkpoint import AtomicCheckpointSaver, CheckpointLoader, StopOnNonFiniteLoss, loads_network
+from .incumbent import KeepBetterModel
 from .predictions import PredictionWriter, overlay_contour
 from .reports import CaseReportWriter
 from .tracking import MLflowTracker, package_versions
@@ -11,10 +14,14 @@ __all__ = [
     "AtomicCheckpointSaver",
     "CaseReportWriter",
     "CheckpointLoader",
+    "KeepBetterModel",
     "MLflowTracker",
     "PredictionWriter",
     "StopOnNonFiniteLoss",
+    "TrainingBudget",
+    "WarmupCosineLR",
     "atomic_write",
+    "loads_network",
     "overlay_contour",
     "package_versions",
 ]

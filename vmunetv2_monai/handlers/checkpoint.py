@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from ..inference import find_non_finite, read_checkpoint
 from .atomic import atomic_write
 
-__all__ = ["AtomicCheckpointSaver", "CheckpointLoader", "StopOnNonFiniteLoss", "keep_previous"]
+__all__ = ["AtomicCheckpointSaver", "CheckpointLoader", "StopOnNonFiniteLoss", "keep_previous", "loads_network"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,10 @@ class AtomicCheckpointSaver:
     network. Everything saved loads with ``torch.load(weights_only=True)``. The saver has a state dict (its best
     score) so that a "latest" checkpoint can carry it across a resume.
 
+    A "best" saver can be given a ``baseline``: the score of the model already at its path (the incumbent, see
+    :class:`~vmunetv2_monai.handlers.incumbent.KeepBetterModel`). A new best below the baseline does not replace
+    the incumbent: it is written beside it as ``<stem>.candidate<suffix>``, and the log says why.
+
     Nothing from an earlier run is lost: when the file already exists at the first save of a run that is not a
     resume, it is renamed to ``<stem>.prev-<mtime><suffix>`` first (see :func:`keep_previous`). A run is a resume
     when this saver's state was loaded or its engine starts at an epoch above 0. A payload with NaN or Inf is
@@ -72,6 +76,8 @@ class AtomicCheckpointSaver:
         filename: file name inside ``save_dir``.
         key_metric_name: metric in ``engine.state.metrics`` to maximise; None saves every ``interval`` epochs.
         interval: epochs between interval saves.
+        save_final: interval saver only: also save when the engine completes (a run stopped mid-epoch, e.g. by
+            its budget, then resumes from where it stopped).
     """
 
     def __init__(
@@ -81,6 +87,7 @@ class AtomicCheckpointSaver:
         filename: str = "model.pt",
         key_metric_name: str | None = None,
         interval: int = 1,
+        save_final: bool = False,
     ) -> None:
         if not save_dict:
             raise ValueError("save_dict must name at least one object to save")
@@ -89,50 +96,71 @@ class AtomicCheckpointSaver:
         self.filename = filename
         self.key_metric_name = key_metric_name
         self.interval = interval
+        self.save_final = save_final
         self.best_metric = float("-inf")
-        self._resumed = False
+        self.baseline = float("-inf")
+        self.resumed = False
+        self.wrote_candidate = False
         self._saved = False
 
     def state_dict(self) -> dict:
-        return {"best_metric": self.best_metric}
+        return {"best_metric": self.best_metric, "baseline": self.baseline}
 
     def load_state_dict(self, state: Mapping) -> None:
         self.best_metric = float(state["best_metric"])
-        self._resumed = True
+        self.baseline = float(state.get("baseline", float("-inf")))
+        self.resumed = True
 
     @property
     def path(self) -> str:
         return os.path.join(self.save_dir, self.filename)
 
+    @property
+    def candidate_path(self) -> str:
+        stem, suffix = os.path.splitext(self.filename)
+        return os.path.join(self.save_dir, f"{stem}.candidate{suffix}")
+
+    @property
+    def replaced(self) -> bool:
+        """Whether this run has written ``path``."""
+        return self._saved
+
     def attach(self, engine: Engine) -> None:
         if self.key_metric_name is None:
             engine.add_event_handler(Events.STARTED, self._note_resume)
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self._save)
+            if self.save_final:
+                engine.add_event_handler(Events.COMPLETED, self._save)
         else:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._save_if_better)
 
     def _note_resume(self, engine: Engine) -> None:
         # a trainer's saver is attached after the resume CheckpointLoader, so a resumed trainer has its epoch here
         # (an evaluator's epoch is the trainer's, so "best" savers learn of a resume from load_state_dict only)
-        self._resumed = self._resumed or engine.state.epoch > 0
+        self.resumed = self.resumed or engine.state.epoch > 0
 
     def _payload(self) -> Any:
         states = {k: _unwrap(v).state_dict() for k, v in self.save_dict.items()}
         return next(iter(states.values())) if len(states) == 1 else states
 
-    def _save(self, engine: Engine) -> None:
+    def _save(self, engine: Engine, path: str | None = None) -> None:
+        path = path or self.path
         payload = self._payload()
         bad = find_non_finite(payload)
         if bad:
             raise FloatingPointError(
-                f"not saving {self.path} at epoch {engine.state.epoch}: {len(bad)} tensor(s) hold NaN or Inf "
+                f"not saving {path} at epoch {engine.state.epoch}: {len(bad)} tensor(s) hold NaN or Inf "
                 f"({', '.join(bad[:5])}); training diverged, lower 'learning_rate'"
             )
-        if not self._saved and not self._resumed:
-            keep_previous(self.path)
-        atomic_write(self.path, lambda tmp: torch.save(payload, tmp))
-        self._saved = True
-        logger.info("saved %s (epoch %d)", self.path, engine.state.epoch)
+        first = not (self._saved if path == self.path else self.wrote_candidate)
+        if first and not self.resumed:
+            keep_previous(path)
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+        if path == self.path:
+            self._saved = True
+        else:
+            self.wrote_candidate = True
+        logger.info("saved %s (epoch %d)", path, engine.state.epoch)
 
     def _save_if_better(self, engine: Engine) -> None:
         value = engine.state.metrics.get(self.key_metric_name)
@@ -142,8 +170,13 @@ class AtomicCheckpointSaver:
         if value != value or value <= self.best_metric:  # NaN or not better
             return
         self.best_metric = value
-        self._save(engine)
-        logger.info("new best %s = %.4f", self.key_metric_name, value)
+        if value >= self.baseline:
+            self._save(engine)
+            logger.info("new best %s = %.4f", self.key_metric_name, value)
+            return
+        self._save(engine, self.candidate_path)
+        logger.info("new best %s = %.4f, below the %.4f of the model already at %s: that model stays, this one is "
+                    "kept as %s", self.key_metric_name, value, self.baseline, self.path, self.candidate_path)
 
 
 class CheckpointLoader:
@@ -156,7 +189,7 @@ class CheckpointLoader:
     ``max_epochs``.
 
     Args:
-        load_path: checkpoint file.
+        load_path: checkpoint file; None: the loader loads nothing (an optional starting point, e.g. fine-tuning).
         load_dict: name -> object with ``load_state_dict``; a raw state dict fills a one-entry ``load_dict``.
         map_location: ``torch.load``'s ``map_location``.
         strict: strict state-dict loading.
@@ -164,22 +197,25 @@ class CheckpointLoader:
 
     def __init__(
         self,
-        load_path: str | os.PathLike,
+        load_path: str | os.PathLike | None,
         load_dict: Mapping[str, Any],
         map_location: str | torch.device | None = None,
         strict: bool = True,
     ) -> None:
         if not load_dict:
             raise ValueError("load_dict must name at least one object to load")
-        self.load_path = Path(load_path)
+        self.load_path = None if load_path is None else Path(load_path)
         self.load_dict = dict(load_dict)
         self.map_location = map_location
         self.strict = strict
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self)
+        if self.load_path is not None:
+            engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
+        if self.load_path is None:
+            return
         checkpoint = read_checkpoint(self.load_path, self.map_location)
         first = next(iter(self.load_dict))
         if len(self.load_dict) == 1 and not (isinstance(checkpoint, Mapping) and first in checkpoint):
@@ -209,6 +245,12 @@ class CheckpointLoader:
             if changed:
                 logger.info("%s: kept this config's %s over the checkpoint's", name, changed)
         logger.info("restored %s from %s", ", ".join(self.load_dict), self.load_path)
+
+
+def loads_network(handlers: Sequence[Any], key: str = "model") -> bool:
+    """Whether one of ``handlers`` loads weights into the network when training starts: a checkpoint loader (MONAI's
+    or ours) whose ``load_dict`` has ``key``, as MONAI Label's stock bundle app inserts for its /train."""
+    return any(isinstance(getattr(h, "load_dict", None), Mapping) and key in h.load_dict for h in handlers)
 
 
 class StopOnNonFiniteLoss:

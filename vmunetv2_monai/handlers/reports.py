@@ -35,11 +35,16 @@ class CaseReportWriter:
         output_dir: folder for the two files.
         per_case_metrics: metric names whose per-case values (``engine.state.metric_details``) go in the CSV;
             None takes every metric that has details.
+        confusion_metric: a MONAI ``ConfusionMatrix`` metric whose per-case counts go in the CSV as columns
+            ``tp, fp, tn, fn`` (summed over channels), so that pooled metrics and their intervals can be
+            recomputed from the file.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, per_case_metrics: Sequence[str] | None = None) -> None:
+    def __init__(self, output_dir: str | os.PathLike, per_case_metrics: Sequence[str] | None = None,
+                 confusion_metric: str | None = None) -> None:
         self.output_dir = os.fspath(output_dir)
         self.per_case_metrics = per_case_metrics
+        self.confusion_metric = confusion_metric
         self._names: list[str] = []
 
     def attach(self, engine: Engine) -> None:
@@ -62,6 +67,13 @@ class CaseReportWriter:
                 raise KeyError(f"no per-case values for metric {name!r}; is save_details=True on its handler?")
             values = torch.as_tensor(details[name]).float().reshape(len(self._names), -1).mean(dim=1)
             columns[name] = [float(v) for v in values]
+        if self.confusion_metric is not None:
+            if self.confusion_metric not in details:
+                raise KeyError(f"no per-case values for metric {self.confusion_metric!r}; is it a ConfusionMatrix "
+                               "with save_details=True?")
+            counts = torch.as_tensor(details[self.confusion_metric]).float().reshape(len(self._names), -1, 4).sum(1)
+            for i, name in enumerate(("tp", "fp", "tn", "fn")):
+                columns[name] = [float(v) for v in counts[:, i]]
 
         def write_csv(tmp: str) -> None:
             with open(tmp, "w", newline="") as f:
