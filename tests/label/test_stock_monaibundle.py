@@ -165,9 +165,9 @@ def _dice(mask: np.ndarray, image: str) -> float:
 
 def _held_out(workspace: Path) -> list[str]:
     """The validation images of the last /train, from the bundle's log line that scores the incumbent model."""
-    lines = [ln for ln in (workspace / "server.log").read_text().splitlines() if "model already at" in ln]
+    lines = [ln for ln in (workspace / "server.log").read_text().splitlines() if "on the validation images [" in ln]
     assert lines, "the training did not score the model it could replace"
-    names = lines[-1].split("validation images [", 1)[1].split("]", 1)[0].split(", ")
+    names = lines[-1].split("on the validation images [", 1)[1].split("]", 1)[0].split(", ")
     return [Path(n).stem for n in names]
 
 
