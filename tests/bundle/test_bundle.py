@@ -297,3 +297,28 @@ def test_default_training_runs_in_a_copy_of_the_bundle(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=copy, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("VMUNetV2"), proc.stderr[-3000:]
 
+
+
+def test_fine_tuning_settings_follow_init_weights_or_a_network_loader(tmp_path):
+    """init_weights, or a network CheckpointLoader in train#handlers (what MONAI Label's stock /train inserts),
+    switch train.json to finetune_learning_rate without warm-up; plain training keeps learning_rate."""
+    from monai.bundle import ConfigParser
+
+    def parsed(**overrides):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / "train.json"))
+        parser.update({"bundle_root": str(BUNDLE), "lr_warmup_fraction": 0.1, **overrides})
+        return parser
+
+    plain = parsed()
+    assert plain.get_parsed_content("finetune") is False
+    assert plain.get_parsed_content("optimizer").param_groups[0]["lr"] == 1e-3
+    assert plain.get_parsed_content("lr_scheduler").warmup_fraction == 0.1
+    tuned = parsed(init_weights=str(BUNDLE / "models" / "model.pt"))
+    assert tuned.get_parsed_content("optimizer").param_groups[0]["lr"] == 1e-4
+    assert tuned.get_parsed_content("lr_scheduler").warmup_fraction == 0.0
+    loader = {"_target_": "CheckpointLoader", "load_path": str(BUNDLE / "models" / "model.pt"),
+              "load_dict": {"model": "$@network"}, "strict": False}
+    stock = parsed(**{"train#handlers": [loader, *json.loads((CONFIGS / "train.json").read_text())["train"]["handlers"]]})
+    assert stock.get_parsed_content("finetune") is True
+    assert stock.get_parsed_content("optimizer").param_groups[0]["lr"] == 1e-4
