@@ -319,6 +319,7 @@ def test_fine_tuning_settings_follow_init_weights_or_a_network_loader(tmp_path):
     assert tuned.get_parsed_content("lr_scheduler").warmup_fraction == 0.0
     loader = {"_target_": "CheckpointLoader", "load_path": str(BUNDLE / "models" / "model.pt"),
               "load_dict": {"model": "$@network"}, "strict": False}
-    stock = parsed(**{"train#handlers": [loader, *json.loads((CONFIGS / "train.json").read_text())["train"]["handlers"]]})
+    handlers = json.loads((CONFIGS / "train.json").read_text())["train"]["handlers"]
+    stock = parsed(**{"train#handlers": [loader, *handlers]})
     assert stock.get_parsed_content("finetune") is True
     assert stock.get_parsed_content("optimizer").param_groups[0]["lr"] == 1e-4
