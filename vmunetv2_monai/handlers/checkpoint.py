@@ -122,8 +122,8 @@ class AtomicCheckpointSaver:
 
     @property
     def replaced(self) -> bool:
-        """Whether this run has written ``path``."""
-        return self._saved
+        """Whether ``path`` holds this run's best (it reached the baseline; also across a resume)."""
+        return self.best_metric > float("-inf") and self.best_metric >= self.baseline
 
     def attach(self, engine: Engine) -> None:
         if self.key_metric_name is None:
