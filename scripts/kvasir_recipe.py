@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--test-names", help="test ids file (default: <data-dir>/pranet_kvasir_test_names.txt)")
     ap.add_argument("--out", required=True, type=lambda p: Path(p).resolve(), help="output folder")
     ap.add_argument("--models", default="vmunetv2,basicunet", help="comma-separated: vmunetv2, basicunet")
-    ap.add_argument("--budget-s", type=float, default=5000.0, help="cpu recipe: training CPU seconds per model")
+    ap.add_argument("--budget-s", type=float, default=6000.0, help="cpu recipe: training CPU seconds per model")
     ap.add_argument("--eval-every-s", type=float, default=300.0, help="cpu recipe: CPU seconds between validations")
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=42)
