@@ -115,13 +115,13 @@ def main() -> None:
                     "overrides": model_overrides(name, args, split_file)}
             _write_json(out / name / "run.json", info)  # its presence marks a finished training
 
-    runs, curves, case_rows, pred_dirs = {}, {}, {}, {}
+    runs, curves, case_rows, pred_dirs, recorded = {}, {}, {}, {}, {}
     for name in names:
         run_file = out / name / "run.json"
         if not run_file.is_file():
             raise SystemExit(f"{run_file} is missing: the {name} run did not finish")
         run = json.loads(run_file.read_text())
-        overrides = {**model_overrides(name, args, split_file), **run["overrides"]}
+        recorded[name] = overrides = run.pop("overrides")  # what trained this model: evaluate and infer with it
         per_case = out / name / "eval" / "per_case.csv"
         if not per_case.is_file():
             run_bundle(bundle_command(BUNDLE, [*configs, "evaluate"], {**overrides, "eval_split": "test"}),
@@ -130,14 +130,13 @@ def main() -> None:
         history, epoch_length = run.pop("history"), run.pop("epoch_length")
         curves[name] = {"val_mean_dice": [(row[0] if args.recipe == "cpu" else row[1] / epoch_length, row[2])
                                           for row in history]}
-        run.pop("overrides")
         runs[name] = {**run, "train/val/test": "/".join(str(len(datalist[k])) for k in ("training", "validation",
                                                                                         "test"))}
         pred_dirs[name] = out / name / "test_predictions"
     shown = set(overlay_cases(case_rows).values())
     items = [it for it in datalist["test"] if it["name"] in shown]
     for name in names:
-        overrides = {**model_overrides(name, args, split_file), "datalist": items, "overlay": False,
+        overrides = {**recorded[name], "datalist": items, "overlay": False,
                      "pred_dir": str(pred_dirs[name]), "batch_size": 1,
                      "ckpt_path": str(out / name / "models" / "model.pt")}
         run_bundle(bundle_command(BUNDLE, ["inference", f"kvasir_{args.recipe}"], overrides),

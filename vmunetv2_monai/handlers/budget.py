@@ -152,7 +152,8 @@ class TrainingBudget:
 
 class WarmupCosineLR:
     """Set every parameter group's learning rate before each iteration from the budget spent ``p``: a linear
-    warm-up from 0 over the first ``warmup_fraction`` of the budget, then a cosine from the group's initial rate
+    warm-up over the first ``warmup_fraction`` of the budget (from peak * 0.001 / (warmup_fraction + 0.001), so the
+    first iteration does not run at a rate of 0), then a cosine from the group's initial rate
     down to ``eta_min`` at the end of the budget. The rate depends only on ``p``, so a resumed run continues the
     same curve, and a run given more budget stretches the curve instead of restarting it.
 
