@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--jobs", type=int, default=1, help="models trained at the same time (cores shared equally)")
+    ap.add_argument("--threads", type=int, help="CPU threads per training process (default: the cores / --jobs)")
     ap.add_argument("--resume", action="store_true", help="continue killed runs from <out>/<model>/models/latest.pt")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the report of a finished run")
     ap.add_argument("--set", action="append", default=[], metavar="[MODEL:]ID=VALUE",
@@ -76,6 +77,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.jobs < 1:
         raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODEL_OVERRIDES]
     if unknown:
@@ -101,7 +104,7 @@ def main() -> None:
         write_split(datalist, split_file)
 
     todo = [n for n in names if not args.report_only and not (out / n / "run.json").is_file()]
-    threads = max(1, (os.cpu_count() or 1) // min(args.jobs, max(1, len(todo))))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // min(args.jobs, max(1, len(todo))))
     for start in range(0, len(todo), args.jobs):
         running = []
         for name in todo[start : start + args.jobs]:
