@@ -342,3 +342,43 @@ def test_cli_bundle_overrides_set_network_and_inference_mode(tmp_path: Path, tin
     overrides.write_text("[1, 2]")
     with pytest.raises(SystemExit, match="overrides.json: expected a JSON object"):
         _predictor(build_parser().parse_args([*base, "--bundle-overrides", str(overrides)]))
+
+
+#: pydicom test files with Pixel Spacing but no Slice Thickness: a secondary capture, JPEG 2000 and JPEG Extended
+#: secondary captures with a frame of reference, and a computed radiograph.
+SPACING_WITHOUT_THICKNESS = ("SC_rgb.dcm", "JPEG2000.dcm", "JPGExtended.dcm", "RG1_UNCR.dcm")
+
+
+def test_pixel_spacing_without_slice_thickness_gets_a_valid_seg(tmp_path: Path, tiny_checkpoint: Path,
+                                                                 network_json: str) -> None:
+    """Issue 25, point 2 case 3: highdicom wrote a Pixel Measures item without Slice Thickness and then refused
+    to read it back, so these files got no SEG. Now each gets one that passes dciodvfy and reads back with the
+    source's pixel spacing; the source dataset is not modified on the way."""
+    from pydicom.data import get_testdata_file
+
+    from vmunetv2_monai.dicom.pipeline import main
+
+    paths = {name: get_testdata_file(name) for name in SPACING_WITHOUT_THICKNESS}
+    sources = {str(pydicom.dcmread(p).SOPInstanceUID): pydicom.dcmread(p) for p in paths.values()}
+    assert all("PixelSpacing" in s and "SliceThickness" not in s for s in sources.values())
+    out = tmp_path / "out"
+    rc = main(["--files", *paths.values(), "--output-dir", str(out), "--checkpoint", str(tiny_checkpoint),
+               "--network-json", network_json, "--log-level", "WARNING"])
+    assert rc == 0
+    files = sorted(out.iterdir())
+    assert len(files) == len(paths)
+    assert_valid_dicom(files)
+    for path in files:
+        seg = hd.seg.segread(path)
+        ((_, _, ref),) = seg.get_source_image_uids()
+        source = sources[str(ref)]
+        shared = seg.SharedFunctionalGroupsSequence[0]
+        if min(float(v) for v in source.PixelSpacing) == 0:
+            assert "PixelMeasuresSequence" not in shared
+            continue
+        measures = shared.PixelMeasuresSequence[0]
+        assert [float(v) for v in measures.PixelSpacing] == [float(v) for v in source.PixelSpacing]
+        assert float(measures.SliceThickness) == min(float(v) for v in source.PixelSpacing)
+    source = pydicom.dcmread(paths["SC_rgb.dcm"])
+    build_segmentation(source, np.zeros((source.Rows, source.Columns), bool), AlgorithmInfo())
+    assert "SliceThickness" not in source

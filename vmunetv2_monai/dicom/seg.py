@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from copy import copy as shallow_copy
 from collections.abc import Mapping, Sequence
 
 import highdicom as hd
@@ -69,12 +70,26 @@ def _valid_da_tm(value: object, vr: str) -> bool:
     return True
 
 
+def known_pixel_spacing(source: Dataset) -> tuple[float, float] | None:
+    """The source's Pixel Spacing (row, column in mm) when it is two positive numbers, else None (unknown; e.g. a
+    computed radiograph with ``0\\0``)."""
+    spacing = source.get("PixelSpacing")
+    if spacing is None or len(spacing) != 2:
+        return None
+    values = (float(spacing[0]), float(spacing[1]))
+    return values if min(values) > 0 else None
+
+
 def _prepared_source(source: Dataset) -> Dataset:
     """Shallow copy of ``source`` that highdicom accepts; the source itself is not modified.
 
-    Missing type-2 patient/study attributes become empty and non-conformant dates/times become empty.
+    Missing type-2 patient/study attributes become empty and non-conformant dates/times become empty. A Pixel
+    Spacing that is not :func:`known_pixel_spacing` is left out. A source with Pixel Spacing but no Slice
+    Thickness (a 2D image: secondary capture, CR, NM) gets a nominal one, the smaller pixel spacing (cubic
+    voxels): highdicom 0.28 writes a Pixel Measures item without it (valid DICOM) but refuses to read one back.
     """
-    copy = Dataset(source)
+    # Dataset(source) would share the source's element dict: every element is copied (values are not)
+    copy = Dataset({elem.tag: shallow_copy(elem) for elem in source})
     copy.file_meta = source.file_meta
     changed = []
     for key in _TYPE2_COPIED:
@@ -88,6 +103,15 @@ def _prepared_source(source: Dataset) -> Dataset:
             changed.append(key)
     if changed:
         logger.debug("source %s: %s left empty in the SEG", source.get("SOPInstanceUID"), changed)
+    spacing = known_pixel_spacing(copy)
+    if spacing is None and "PixelSpacing" in copy:
+        logger.warning("source %s: PixelSpacing %s is not two positive numbers; the SEG has no pixel spacing",
+                       source.get("SOPInstanceUID"), copy.PixelSpacing)
+        del copy.PixelSpacing
+    if spacing is not None and copy.get("SliceThickness") in (None, ""):
+        copy.SliceThickness = min(spacing)
+        logger.debug("source %s: no SliceThickness; the SEG's Pixel Measures get a nominal %s mm",
+                     source.get("SOPInstanceUID"), copy.SliceThickness)
     return copy
 
 
@@ -156,8 +180,9 @@ def build_segmentation(
                 "(retired or private); no SEG can reference it", sop_instance_uid=uids[0]
             ) from exc
         raise
-    if "FrameOfReferenceUID" not in seg:
-        # General Image: Patient Orientation is type 2C when there is no patient coordinate system
+    if "PlaneOrientationSequence" not in seg.SharedFunctionalGroupsSequence[0]:
+        # General Image: Patient Orientation is type 2C when there is no patient coordinate system (also when the
+        # source has a Frame of Reference UID but no Image Orientation (Patient))
         seg.PatientOrientation = first.get("PatientOrientation", "")
     return seg
 
@@ -191,7 +216,7 @@ def build_overlay(source: Dataset, rgb: np.ndarray, mask: np.ndarray, algorithm:
     out[mask] = 0.5 * out[mask] + 0.5 * red
     uid = str(source.SOPInstanceUID)
     orientation = patient_orientation(source)
-    spacing = source.get("PixelSpacing")
+    spacing = known_pixel_spacing(source)
     sc = hd.sc.SCImage(
         pixel_array=np.round(out).astype(np.uint8),
         photometric_interpretation="RGB",
@@ -213,7 +238,7 @@ def build_overlay(source: Dataset, rgb: np.ndarray, mask: np.ndarray, algorithm:
         study_date=source.get("StudyDate") or None,
         study_time=source.get("StudyTime") or None,
         referring_physician_name=source.get("ReferringPhysicianName"),
-        pixel_spacing=tuple(float(v) for v in spacing) if spacing is not None and len(spacing) == 2 else None,
+        pixel_spacing=spacing,
         laterality=source.get("Laterality") or None,
         series_description=_series_description(source, algorithm, "overlay"),
     )
