@@ -9,10 +9,11 @@ from .datalist import (
     load_splits,
     read_names,
     require_items,
+    require_lesion,
     save_datalist,
 )
 from .inputs import InputImages
-from .transforms import BinarizeMaskd, EnsureChannelsd, LoadImaged
+from .transforms import BinarizeMaskd, EnsureChannelsd, LoadImaged, binarize_mask
 
 __all__ = [
     "BinarizeMaskd",
@@ -20,6 +21,7 @@ __all__ = [
     "EnsureChannelsd",
     "InputImages",
     "LoadImaged",
+    "binarize_mask",
     "build_datalist",
     "check_batch_size",
     "check_choice",
@@ -30,5 +32,6 @@ __all__ = [
     "load_splits",
     "read_names",
     "require_items",
+    "require_lesion",
     "save_datalist",
 ]

@@ -17,8 +17,11 @@ import json
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from ..handlers.atomic import atomic_write
 
@@ -32,6 +35,7 @@ __all__ = [
     "load_splits",
     "read_names",
     "require_items",
+    "require_lesion",
     "save_datalist",
 ]
 
@@ -322,3 +326,20 @@ def require_items(items: Sequence[dict], split: str) -> list[dict]:
             "val_fraction > 0 for validation, or choose another split"
         )
     return list(items)
+
+
+def require_lesion(
+    items: Sequence[dict], transform: Callable[[dict], Any], data: str | os.PathLike, key: str = "label"
+) -> bool:
+    """Raise a :class:`DataListError` naming ``data`` (the data list file or dataset folder) when no mask of
+    ``items`` has a lesion pixel once read by ``transform`` (the bundle's ``read_transforms``, so the mask rule of
+    :class:`~vmunetv2_monai.data.BinarizeMaskd`): training on them would learn to predict nothing. Stops at the
+    first mask with a lesion, so usual data costs one read; a mask the rule refuses stops it with that file's name.
+    """
+    for item in items:
+        if bool(torch.as_tensor(transform(dict(item))[key]).any()):
+            return True
+    shown = ", ".join(str(it[key]) for it in items[:3]) + (" ..." if len(items) > 3 else "")
+    raise DataListError(
+        f"all {len(items)} training mask(s) of {data} are empty (no lesion pixel under the mask rule, see "
+        f"BinarizeMaskd): {shown}; check that the masks mark the lesion (0/1, 0/255 or labels 1.. on 0)")

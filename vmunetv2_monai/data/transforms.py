@@ -13,7 +13,7 @@ from monai.data import PILReader
 from monai.transforms import MapTransform
 from PIL import Image
 
-__all__ = ["BinarizeMaskd", "EnsureChannelsd", "LoadImaged", "pil_standard_mode"]
+__all__ = ["MAX_LABELS", "BinarizeMaskd", "EnsureChannelsd", "LoadImaged", "binarize_mask", "pil_standard_mode"]
 
 #: Largest value of an unsigned 16-bit image; such images are scaled from [0, this] to [0, 255].
 _UINT16_MAX = 65535.0
@@ -47,7 +47,9 @@ def _scale_16bit(img: torch.Tensor) -> torch.Tensor:
 class LoadImaged(monai.transforms.LoadImaged):
     """MONAI's ``LoadImaged`` with PNG/JPEG/BMP read through :func:`pil_standard_mode` (so CMYK JPEGs, palette and
     grey+alpha PNGs keep their look) and 16-bit images under ``image_key`` scaled to [0, 255], so the bundle's
-    fixed intensity range fits them. Every output is float32.
+    fixed intensity range fits them. Every output is float32. A file holding NaN or infinite values (a float TIFF,
+    NIfTI, NRRD) is refused with a ``ValueError`` naming it and the count: no replacement value is right for every
+    image, and one NaN would spread through the intensity scaling and the network to the whole mask.
 
     Args:
         keys: keys to load.
@@ -66,6 +68,10 @@ class LoadImaged(monai.transforms.LoadImaged):
         d = super().__call__(data, reader)
         for key in self.key_iterator(d):
             d[key] = _scale_16bit(d[key]) if key == self.image_key else d[key].float()
+            bad = int((~torch.isfinite(d[key])).sum())
+            if bad:
+                raise ValueError(f"{_source(d, key)}: {bad} of {d[key].numel()} values are NaN or infinite; replace "
+                                 "them (e.g. with 0) or leave the file out")
         return d
 
 
@@ -98,25 +104,84 @@ class EnsureChannelsd(MapTransform):
         return d
 
 
-class BinarizeMaskd(MapTransform):
-    """Turn a mask of any channel count into one binary float channel.
+#: Largest value of an integer mask read as a label mask (0 background, 1..this lesion labels): index masks and 0/1
+#: masks saved as JPEG, whose artefacts reach 2-3.
+MAX_LABELS = 15
 
-    An alpha channel is dropped (grey+alpha, RGBA); the lesion is where any colour channel exceeds ``threshold``
-    (127, for 8-bit masks), or 0.5 when the mask's maximum is at most 1 (masks stored as 0/1). So white, red or any
-    other bright colour on black is lesion, and JPEG masks work.
+#: The scales a mask's values can be on, by their largest value: 0/1 (or [0, 1] probabilities), percent, 8 and 16 bit.
+_MASK_SCALES = (1.0, 100.0, 255.0, _UINT16_MAX)
+
+
+def binarize_mask(
+    mask: torch.Tensor, threshold: float = 127.0, max_labels: int = MAX_LABELS, source: str = "mask"
+) -> torch.Tensor:
+    """The lesion of a channel-first mask: ``(C, *spatial)`` -> ``(1, *spatial)`` bool (the mask rule).
+
+    The colour channels count, an alpha channel (grey+alpha, RGBA) does not; a pixel's value is its largest colour
+    channel, so white, red or any bright colour on black is lesion. The mask's largest value ``m`` picks its scale:
+
+    - ``m <= 1``: 0/1 masks and [0, 1] probabilities, scale 1;
+    - integer values with ``m <= max_labels``: label masks (0 background, every label 1..``max_labels`` lesion; 0/1
+      masks saved as JPEG, whose artefacts reach 2-3), scale 1;
+    - otherwise the smallest of 100 (soft 0-100 masks), 255 (8-bit: 0/255, JPEG, colour) and 65535 (16-bit) that
+      holds ``m``.
+
+    A pixel is lesion when its value is above ``threshold / 255`` of the scale (127 of 255, 0.498 of 1, 49.8 of
+    100). A mask that cannot be read this way is refused with a ``ValueError`` naming ``source``: non-finite or
+    negative values, values above 65535, or non-zero values none of which reaches the threshold (e.g. integer
+    labels up to 40, a soft mask that never passes 50 %, 0/1000 in 16 bit), which would otherwise train on an
+    empty mask.
+    """
+    colour = mask[:3] if mask.shape[0] == 4 else mask[:1] if mask.shape[0] == 2 else mask
+    peak = colour.float().amax(dim=0, keepdim=True)
+    if peak.numel() == 0:
+        return peak > 0
+    if not bool(torch.isfinite(peak).all()):
+        raise ValueError(f"{source}: the mask holds {int((~torch.isfinite(peak)).sum())} NaN or infinite value(s)")
+    low, high = float(peak.min()), float(peak.max())
+    if low < 0:
+        raise ValueError(f"{source}: the mask has negative values (down to {low:g}); a mask holds 0 for background "
+                         "and positive values for lesion")
+    if high <= 1.0 or (high <= max_labels and bool((peak == peak.round()).all())):
+        scale = 1.0
+    else:
+        scale = next((s for s in _MASK_SCALES if high <= s), None)
+        if scale is None:
+            raise ValueError(f"{source}: the mask's largest value {high:g} is above 65535; use 0/1, 0/255 or labels")
+    lesion = peak > threshold / 255.0 * scale
+    if high > 0 and not bool(lesion.any()):
+        raise ValueError(
+            f"{source}: ambiguous mask: its values reach {high:g} but none is above the lesion threshold "
+            f"{threshold / 255.0 * scale:g} of its scale 0-{scale:g}; save the mask as 0/1, 0/255 or as labels "
+            f"0..{max_labels} (0 background)")
+    return lesion
+
+
+class BinarizeMaskd(MapTransform):
+    """Turn a mask of any channel count and value scale into one binary float channel with :func:`binarize_mask`
+    (the mask rule): 0/1, 0/255, colour, JPEG (also 0/1 JPEG), label {0, 1, 2, ...}, soft 0-100 and 16-bit masks
+    are read as their lesion; ambiguous masks are refused with a ``ValueError`` naming the file.
+
+    Args:
+        keys: mask keys; each ``(C, *spatial)`` -> ``(1, *spatial)`` float32 0/1.
+        threshold: the lesion threshold on the 8-bit scale; other scales use the same fraction (``threshold / 255``).
+        max_labels: the largest value of an integer mask read as labels (every label above 0 is lesion).
+        allow_missing_keys: don't raise for missing keys.
     """
 
-    def __init__(self, keys: KeysCollection, threshold: float = 127.0, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, threshold: float = 127.0, max_labels: int = MAX_LABELS,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if not 0.0 <= threshold < 255.0:
+            raise ValueError(f"bad mask threshold {threshold!r}: expected a number in [0, 255) on the 8-bit scale")
         self.threshold = threshold
+        self.max_labels = max_labels
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            mask = d[key]
-            c = mask.shape[0]
-            colour = mask[:3] if c == 4 else mask[:1] if c == 2 else mask
-            peak = colour.float().amax(dim=0, keepdim=True)
-            thr = 0.5 if float(peak.max()) <= 1.0 else self.threshold
-            d[key] = (peak > thr).to(torch.float32)
+            lesion = binarize_mask(d[key], self.threshold, self.max_labels, source=_source(d, key))
+            d[key] = lesion.to(torch.float32)
         return d

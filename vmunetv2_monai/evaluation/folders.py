@@ -8,8 +8,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..data.transforms import binarize_mask, pil_standard_mode
 from ..handlers.atomic import atomic_write
 from .metrics import case_metrics
 
@@ -18,14 +20,16 @@ __all__ = ["CSV_COLUMNS", "read_mask", "score_predictions", "write_metrics_csv"]
 CSV_COLUMNS = ("name", "tp", "fp", "fn", "tn", "dice", "iou", "hd95")
 
 
-def read_mask(path: str | os.PathLike, threshold: int = 127) -> np.ndarray:
-    """``(H, W)`` boolean mask of a PNG/JPG file: grey (or the first channel) above ``threshold``."""
+def read_mask(path: str | os.PathLike, threshold: float = 127.0) -> np.ndarray:
+    """``(H, W)`` boolean mask of a PNG/JPG file, read with the bundle's mask rule
+    (:func:`~vmunetv2_monai.data.transforms.binarize_mask`, ``threshold`` on the 8-bit scale)."""
     try:
         with Image.open(path) as img:
-            arr = np.asarray(img.convert("L"))
+            arr = np.asarray(pil_standard_mode(img))
     except (OSError, UnidentifiedImageError) as err:
         raise ValueError(f"cannot read mask {path}: {err}") from err
-    return arr > threshold
+    chw = torch.as_tensor(arr.astype(np.float32)).reshape(*arr.shape[:2], -1).permute(2, 0, 1)
+    return binarize_mask(chw, threshold, source=str(path))[0].numpy()
 
 
 def score_predictions(
