@@ -23,6 +23,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
+from .bundle_weights import check_bundle_weights
 from .ops import autocast_dtype
 
 logger = logging.getLogger(__name__)
@@ -53,13 +54,16 @@ def read_checkpoint(
 
     Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for an empty or unreadable file (not a
     PyTorch checkpoint, or one holding pickled objects) and, with ``check_finite``, for tensors holding NaN or Inf.
-    ``what`` names the file's role in the messages.
+    ``what`` names the file's role in the messages. A bundle's own weights (``models/model.pt``) are compared with
+    its ``large_files.yml`` first (:func:`~vmunetv2_monai.bundle_weights.check_bundle_weights`: a WARNING on a
+    mismatch).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     if path.stat().st_size == 0:
         raise ValueError(f"{what} {path} is empty (0 bytes): an interrupted copy or download?")
+    check_bundle_weights(path)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch.load raises many types for foreign files (IndexError, EOFError, ...)
