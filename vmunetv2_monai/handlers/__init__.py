@@ -1,11 +1,12 @@
 """Ignite handlers for the VM-UNetV2 bundle: training budget and learning-rate schedule, atomic checkpoints, checked
 loading and a never-worse model gate, a stop on a non-finite loss,
-evaluation reports, prediction writer, complete MLflow runs."""
+evaluation reports, prediction writer, complete MLflow runs and checkpoint lineage."""
 
 from .atomic import atomic_write
 from .budget import TrainingBudget, WarmupCosineLR
 from .checkpoint import AtomicCheckpointSaver, CheckpointLoader, StopOnNonFiniteLoss, loads_network
 from .incumbent import KeepBetterModel
+from .lineage import read_lineage, write_lineage
 from .predictions import PredictionWriter, overlay_contour
 from .reports import CaseReportWriter
 from .tracking import MLflowTracker, package_versions
@@ -24,4 +25,6 @@ __all__ = [
     "loads_network",
     "overlay_contour",
     "package_versions",
+    "read_lineage",
+    "write_lineage",
 ]

@@ -1,5 +1,6 @@
-"""Checkpoint handlers for ignite engines: atomic saving that never overwrites an earlier run's model and never
-saves NaN weights, loading with named errors, and a stop on a non-finite training loss."""
+"""Checkpoint handlers for ignite engines: atomic saving that never overwrites an earlier run's model, never
+saves NaN weights and records each checkpoint's lineage, loading with named errors, and a stop on a non-finite
+training loss."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from ..inference import find_non_finite, read_checkpoint
 from .atomic import atomic_write
+from .lineage import STATE_ATTR, sidecar_path, write_lineage
 
 __all__ = ["AtomicCheckpointSaver", "CheckpointLoader", "StopOnNonFiniteLoss", "keep_previous", "loads_network"]
 
@@ -36,8 +38,8 @@ def _unwrap(obj: Any) -> Any:
 
 
 def keep_previous(path: str | os.PathLike) -> Path | None:
-    """Rename an existing ``path`` to a free ``<stem>.prev-<its mtime>[-k]<suffix>`` beside it; returns the new
-    path, or None when there was nothing to keep."""
+    """Rename an existing ``path`` to a free ``<stem>.prev-<its mtime>[-k]<suffix>`` beside it, with its lineage
+    sidecar (``<path>.json``); returns the new path, or None when there was nothing to keep."""
     path = Path(path)
     if not path.exists():
         return None
@@ -47,6 +49,8 @@ def keep_previous(path: str | os.PathLike) -> Path | None:
         k += 1
         target = path.with_name(f"{path.stem}.prev-{stamp}-{k}{path.suffix}")
     os.rename(path, target)
+    if sidecar_path(path).exists():
+        os.rename(sidecar_path(path), sidecar_path(target))
     logger.warning("%s is from an earlier run: kept as %s (a new run never overwrites it; --resume True continues "
                    "that run instead)", path, target)
     return target
@@ -60,6 +64,10 @@ class AtomicCheckpointSaver:
     A one-entry ``save_dict`` is saved as the raw state dict, so ``models/model.pt`` loads straight into the
     network. Everything saved loads with ``torch.load(weights_only=True)``. The saver has a state dict (its best
     score) so that a "latest" checkpoint can carry it across a resume.
+
+    Each saved file gets a lineage sidecar ``<file>.json`` (see :mod:`~vmunetv2_monai.handlers.lineage`): its
+    sha256, the epoch and the ``engine.state.lineage`` that a tracker of the engine set (the MLflow run and config
+    hash, see :class:`~vmunetv2_monai.handlers.MLflowTracker`; ``null`` when the run is not tracked).
 
     A "best" saver can be given a ``baseline``: the score of the model already at its path (the incumbent, see
     :class:`~vmunetv2_monai.handlers.incumbent.KeepBetterModel`). A new best below the baseline does not replace
@@ -156,6 +164,7 @@ class AtomicCheckpointSaver:
         if first and not self.resumed:
             keep_previous(path)
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
+        write_lineage(path, getattr(engine.state, STATE_ATTR, None), engine.state.epoch)
         if path == self.path:
             self._saved = True
         else:

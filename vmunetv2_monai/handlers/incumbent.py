@@ -13,6 +13,7 @@ from ignite.engine import Engine, Events
 
 from ..inference import read_checkpoint
 from .checkpoint import AtomicCheckpointSaver
+from .lineage import sidecar_path
 
 __all__ = ["KeepBetterModel"]
 
@@ -96,6 +97,7 @@ class KeepBetterModel:
                         self.saver.baseline)
             if self.saver.wrote_candidate and os.path.isfile(self.saver.candidate_path):
                 os.remove(self.saver.candidate_path)  # this run's earlier, worse weights
+                sidecar_path(self.saver.candidate_path).unlink(missing_ok=True)
         else:
             logger.warning("%s NOT replaced: this run's best %s %.4f is below its %.4f on the same validation "
                            "images; the new weights are kept as %s", self.saver.path, name, best,

@@ -1,0 +1,136 @@
+"""MLflowTracker on an ignite engine and a local sqlite store: run status on success, exception, Ctrl-C and
+SIGTERM; distinct run names; the lineage sidecar that checkpoint savers write from the tracker's run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Engine
+from mlflow.tracking import MlflowClient
+
+from vmunetv2_monai.handlers import AtomicCheckpointSaver, MLflowTracker, read_lineage
+from vmunetv2_monai.handlers.checkpoint import keep_previous
+from vmunetv2_monai.handlers.lineage import sidecar_path, write_lineage
+
+
+def _store(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlruns.db'}"
+
+
+def _runs(uri: str) -> list:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("t")
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def _engine(step) -> Engine:
+    engine = Engine(step)
+    engine.data_loader = list(range(4))  # MLflowTracker's dataset_param reads engine.data_loader.dataset
+    return engine
+
+
+def _tracker(uri: str, job: str, **kwargs) -> MLflowTracker:
+    return MLflowTracker("train", job, tracking_uri=uri, experiment_name="t", iteration_log=False, **kwargs)
+
+
+@pytest.mark.parametrize(("error", "status"), [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
+def test_exception_ends_the_run(tmp_path: Path, error: BaseException, status: str) -> None:
+    def step(engine: Engine, batch: int) -> None:
+        if engine.state.iteration == 2:
+            raise error
+
+    engine = _engine(step)
+    _tracker(_store(tmp_path), str(tmp_path)).attach(engine)
+    with pytest.raises(type(error)):
+        engine.run(range(4), max_epochs=1)
+    (run,) = _runs(_store(tmp_path))
+    assert run.info.status == status
+    assert run.data.tags["vmunetv2.error"].startswith(type(error).__name__)
+
+
+def test_sigterm_ends_the_run_killed(tmp_path: Path) -> None:
+    """SIGTERM during training: the run ends KILLED and the process exits with 143; the default SIGTERM action
+    is back once the run has ended."""
+    script = textwrap.dedent(f"""
+        import os, signal
+        from ignite.engine import Engine
+        from vmunetv2_monai.handlers import MLflowTracker
+
+        def step(engine, batch):
+            if engine.state.iteration == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        engine = Engine(step)
+        MLflowTracker("train", {str(tmp_path)!r}, tracking_uri={_store(tmp_path)!r}, experiment_name="t",
+                      iteration_log=False).attach(engine)
+        try:
+            engine.run(range(10), max_epochs=1)
+        finally:
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+            print("iterations", engine.state.iteration)
+    """)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
+    assert "iterations 3" in proc.stdout
+    (run,) = _runs(_store(tmp_path))
+    assert run.info.status == "KILLED"
+    assert run.data.tags["vmunetv2.error"] == "terminated (SIGTERM)"
+
+
+def test_run_names_are_distinct_and_readable(tmp_path: Path, monkeypatch) -> None:
+    """Two runs of one job started in the same second get distinct names; the job's folder name may hold an
+    apostrophe (no search filter is built from it)."""
+    monkeypatch.setattr("vmunetv2_monai.handlers.tracking._timestamp", lambda: "20260101-000000")
+    job = tmp_path / "it's a job"
+    for _ in range(2):
+        engine = _engine(lambda e, b: None)
+        _tracker(_store(tmp_path), str(job)).attach(engine)
+        engine.run(range(2), max_epochs=1)
+    names = [run.info.run_name for run in _runs(_store(tmp_path))]
+    assert names == ["it's a job-train-20260101-000000", "it's a job-train-20260101-000000-2"]
+
+
+def test_saver_records_the_trackers_run_beside_the_checkpoint(tmp_path: Path) -> None:
+    net = torch.nn.Linear(2, 1)
+    engine = _engine(lambda e, b: None)
+    tracker = _tracker(_store(tmp_path), str(tmp_path))
+    tracker.attach(engine)
+    saver = AtomicCheckpointSaver(tmp_path / "models", {"model": net}, filename="model.pt")
+    saver.attach(engine)
+    engine.run(range(2), max_epochs=1)
+
+    (run,) = _runs(_store(tmp_path))
+    path = tmp_path / "models" / "model.pt"
+    assert set(torch.load(path, weights_only=True)) == {"weight", "bias"}  # still a raw state dict
+    record = read_lineage(path)
+    assert record is not None and record["mlflow_run_id"] == run.info.run_id
+    assert record["mlflow_run_name"] == run.info.run_name and record["mlflow_tracking_uri"] == _store(tmp_path)
+    assert record["epoch"] == 1
+
+    torch.save(torch.nn.Linear(2, 1).state_dict(), path)  # replaced without its sidecar: not trusted
+    assert read_lineage(path) is None
+
+
+def test_untracked_save_has_no_run_and_previous_keeps_its_sidecar(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(1)}, path)
+    write_lineage(path, {"mlflow_run_id": "abc", "config_hash": "h"}, epoch=3)
+    kept = keep_previous(path)
+    assert kept is not None and not sidecar_path(path).exists()
+    assert read_lineage(kept)["mlflow_run_id"] == "abc"
+
+    torch.save({"w": torch.ones(1)}, path)
+    write_lineage(path, None)
+    record = json.loads(sidecar_path(path).read_text())
+    assert record["mlflow_run_id"] is None and record["config_hash"] is None and record["checkpoint"] == "model.pt"
+    sidecar_path(path).write_text("{not json")
+    assert read_lineage(path) is None
