@@ -21,7 +21,8 @@ def _bundle(root: Path, content: bytes, listed: bytes | None = None, hash_type: 
     model.write_bytes(content)
     digest = hashlib.new(hash_type, content if listed is None else listed).hexdigest()
     (root / "large_files.yml").write_text(
-        f'large_files:\n  - path: "models/model.pt"\n    url: ""\n    hash_val: "{digest}"\n    hash_type: "{hash_type}"\n')
+        f'large_files:\n  - path: "models/model.pt"\n    url: ""\n    hash_val: "{digest}"\n'
+        f'    hash_type: "{hash_type}"\n')
     return model
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from vmunetv2_monai import VMUNetV2
 from vmunetv2_monai.data import InputImages, build_datalist, save_datalist
 
-from .conftest import TINY, disc_pair, error_chain, load_transforms, workflow
+from .conftest import BUNDLE, TINY, TINY_ARGS, cfg, disc_pair, error_chain, load_transforms, run_bundle, tail, workflow
 
 H, W = 48, 64
 YY, XX = np.mgrid[:H, :W]
@@ -102,6 +102,18 @@ def test_training_on_all_empty_masks_stops_naming_the_data(dataset, tmp_path):
                                  batch_size=2).initialize)
     assert "are empty" in chain and "list.json" in chain, chain
     assert not (out / "models").exists()
+
+
+def test_training_command_on_all_empty_masks_fails_naming_the_folder(dataset, tmp_path):
+    for mask in (dataset / "masks").iterdir():
+        Image.fromarray(np.zeros((40, 48), np.uint8)).save(mask)
+    out = tmp_path / "out"
+    code, log = run_bundle(["--config_file", str(cfg("train")), "--bundle_root", str(BUNDLE), "--dataset_dir",
+                            str(dataset), "--output_dir", str(out), "--num_workers", "0", "--batch_size", "2",
+                            *TINY_ARGS], cwd=tmp_path)
+    last = log.strip().splitlines()[-1]
+    assert code != 0 and last.startswith("vmunetv2_monai error: DataListError") and str(dataset) in last, tail(log)
+    assert "Epoch[1]" not in log and not (out / "models").exists()
 
 
 def test_training_on_label_masks_passes_the_check_and_ambiguous_ones_are_named(dataset, tmp_path):

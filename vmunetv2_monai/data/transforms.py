@@ -108,8 +108,8 @@ class EnsureChannelsd(MapTransform):
 #: masks saved as JPEG, whose artefacts reach 2-3.
 MAX_LABELS = 15
 
-#: The scales a mask's values can be on, by their largest value: 0/1 (or [0, 1] probabilities), percent, 8 and 16 bit.
-_MASK_SCALES = (1.0, 100.0, 255.0, _UINT16_MAX)
+#: The scales of masks beyond 0/1 and labels, smallest first: percent, 8 bit, 16 bit.
+_MASK_SCALES = (100.0, 255.0, _UINT16_MAX)
 
 
 def binarize_mask(
@@ -175,7 +175,8 @@ class BinarizeMaskd(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if not 0.0 <= threshold < 255.0:
-            raise ValueError(f"bad mask threshold {threshold!r}: expected a number in [0, 255) on the 8-bit scale")
+            raise ValueError(f"bad mask threshold {threshold!r} ('mask_threshold' in the bundle configs): expected a "
+                             "number in [0, 255) on the 8-bit scale")
         self.threshold = threshold
         self.max_labels = max_labels
 
