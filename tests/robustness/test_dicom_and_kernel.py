@@ -1,15 +1,29 @@
-"""Broken DICOM inputs are refused naming the file; the CPU kernel's build folder is per checkout."""
+"""Broken DICOM inputs are refused naming the file; no poison object stops the watcher, the listener or
+``--files`` (issue 25, point 1); the CPU kernel's build folder is per checkout."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
+from vmunetv2_monai.dicom.dicomweb import InstanceRef, PacsClient
+from vmunetv2_monai.dicom.files import write_atomic
+from vmunetv2_monai.dicom.listener import Listener, RemoteAE, spool_path
+from vmunetv2_monai.dicom.pipeline import Pipeline, main, segment_files
 from vmunetv2_monai.dicom.reader import UnsupportedDicomError, load_image
+from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID
+from vmunetv2_monai.dicom.state import DONE, FAILED, StateDB
+from vmunetv2_monai.dicom.units import Segmenter
 from vmunetv2_monai.ops.selective_scan.cpu import _build_dir
 
-from ..dicom.conftest import wrap_vl_endoscopic
+from ..dicom.conftest import ct_series, wrap_vl_endoscopic
 
 
 def _good(tmp_path):
@@ -49,3 +63,145 @@ def test_cpu_kernel_build_folder_differs_per_checkout(tmp_path):
     a, b = tmp_path / "a" / "scan_cpu.cpp", tmp_path / "b" / "scan_cpu.cpp"
     assert _build_dir("AVX2", a) != _build_dir("AVX2", b)
     assert _build_dir("AVX2", a) == _build_dir("AVX2", a)
+
+
+class ThresholdPredictor:
+    """Stands in for the model (these tests are about the drivers): foreground where the channel mean is > 100."""
+
+    intensity_rule = "test: channel mean > 100"
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        return image.mean(axis=0) > 100
+
+
+def _still(study_uid: str | None = None) -> Dataset:
+    return wrap_vl_endoscopic(np.full((12, 16, 3), 150, dtype=np.uint8), study_uid=study_uid)
+
+
+def _text_pixel_spacing(study_uid: str | None = None) -> Dataset:
+    """A still whose PixelSpacing is ``abc\\def`` (as ``dcmodify -m "(0028,0030)=abc\\def"`` writes it)."""
+    ds = _still(study_uid)
+    tag = Tag(0x00280030)
+    ds[tag] = RawDataElement(tag, "DS", 8, b"abc\\def", 0, False, True)
+    return ds
+
+
+def _two_value_position(study_uid: str | None = None) -> Dataset:
+    (ds,) = ct_series(1, study_uid)
+    ds.ImagePositionPatient = [1.0, 2.0]
+    return ds
+
+
+#: poison image -> pattern of the reason recorded for it
+POISONS = {_text_pixel_spacing: r"PixelSpacing 'abc\\def' is not 2 numbers",
+           _two_value_position: r"ImagePositionPatient '1(\.0)?\\2(\.0)?' is not 3 numbers"}
+
+
+def test_files_mode_reports_a_poison_file_and_segments_the_rest(tmp_path: Path) -> None:
+    """A bad PixelSpacing or a 2-value ImagePositionPatient used to abort the whole --files batch."""
+    good = write_atomic(_still(), tmp_path / "in" / "good.dcm")
+    bad = {write_atomic(make(), tmp_path / "in" / f"{make.__name__}.dcm"): pattern for make, pattern in POISONS.items()}
+    summary = segment_files([*bad, good], tmp_path / "out", Segmenter(ThresholdPredictor()))
+    assert summary.stored == [str(good)]
+    assert set(summary.failed) == {str(p) for p in bad}
+    for path, pattern in bad.items():
+        assert re.search(pattern, summary.failed[str(path)]), summary.failed[str(path)]
+    assert len(list((tmp_path / "out").iterdir())) == 1
+
+
+def test_listener_records_a_poison_image_and_goes_on(tmp_path: Path) -> None:
+    """The listener used to die on such an image, and again on every restart (it stayed in the spool). Now it is
+    recorded as failed and moved to <spool>/failed, the good image gets its SEG, a restart passes over it and
+    --retry-failed (requeue_failed) tries it again."""
+    sent: list[Dataset] = []
+
+    def listener(state: StateDB) -> Listener:
+        made = Listener(Segmenter(ThresholdPredictor()), state, tmp_path / "spool", RemoteAE("DEST", "127.0.0.1", 1),
+                        settle_s=0)
+        made.send = sent.extend  # the destination: these tests are about the spool, not the network
+        return made
+
+    good = _still()
+    bad = [(make(), pattern) for make, pattern in POISONS.items()]
+    with StateDB(tmp_path / "state.sqlite") as state:
+        first = listener(state)
+        for ds in [*(ds for ds, _ in bad), good]:
+            write_atomic(ds, spool_path(first.spool, ds))
+        assert first.poll_once() == 1
+        assert [str(ds.SOPClassUID) for ds in sent] == [SEG_SOP_CLASS_UID]
+        assert state.get(str(good.SOPInstanceUID)).status == DONE
+        for ds, pattern in bad:
+            record = state.get(str(ds.SOPInstanceUID))
+            assert record.status == FAILED and re.search(pattern, record.reason), record
+            assert (first.spool / "failed" / f"{ds.SOPInstanceUID}.dcm").is_file()
+        restarted = listener(state)
+        assert restarted.poll_once() == 0 and len(sent) == 1
+        assert restarted.requeue_failed() == len(bad)
+        assert restarted.poll_once() == 0 and len(sent) == 1
+        assert all(state.get(str(ds.SOPInstanceUID)).attempts == 2 for ds, _ in bad)
+
+
+BAD_STUDY = "1.2.3/../x"
+
+
+class MemoryPacs(PacsClient):
+    """A PACS in memory behind the real PacsClient code: QIDO listings from the datasets, WADO-RS metadata as
+    DICOM JSON parsed by PacsClient.series_metadata. The study BAD_STUDY is listed through dicomweb-client, which
+    refuses its UID (ValueError) before any request is made."""
+
+    def __init__(self, studies: dict[str, list[Dataset]], metadata_json: dict[str, dict] | None = None) -> None:
+        super().__init__("http://127.0.0.1:9/dicom-web")
+        self.studies, self.stored, self.listed = studies, [], []
+        self.metadata_json = metadata_json or {}  # SOPInstanceUID -> JSON that replaces the dataset's
+        self._client.retrieve_series_metadata = self._series_json
+
+    def _series_json(self, study: str, series: str) -> list[dict]:
+        return [self.metadata_json.get(str(ds.SOPInstanceUID)) or ds.to_json_dict()
+                for ds in self.studies[study] if str(ds.SeriesInstanceUID) == series]
+
+    def iter_studies(self, filters: dict[str, str] | None = None, page_size: int = 200):
+        return iter([(uid, len(datasets)) for uid, datasets in self.studies.items()])
+
+    def study_instances(self, study_instance_uid: str, page_size: int = 1000) -> list[InstanceRef]:
+        self.listed.append(study_instance_uid)
+        if study_instance_uid == BAD_STUDY:
+            return super().study_instances(study_instance_uid, page_size)
+        return [InstanceRef(study_instance_uid, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
+                            str(ds.SOPClassUID)) for ds in self.studies[study_instance_uid]]
+
+    def has_instance(self, study_instance_uid: str, sop_instance_uid: str) -> bool:
+        return any(str(ds.SOPInstanceUID) == sop_instance_uid for ds in self.stored)
+
+    def retrieve(self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str) -> Dataset:
+        return next(ds for ds in self.studies[study_instance_uid] if str(ds.SOPInstanceUID) == sop_instance_uid)
+
+    def store(self, ds: Dataset) -> None:
+        self.stored.append(ds)
+
+
+def test_watcher_records_a_poison_study_and_instances_and_goes_on(tmp_path: Path, capsys) -> None:
+    """A StudyInstanceUID with '/' (dicomweb-client raises ValueError) used to end --watch with a traceback on
+    every restart. Now it is recorded as a failed study; a series-metadata item pydicom cannot parse (DS "abc")
+    and a 2-value ImagePositionPatient are failed instances; the good image of the study after it gets its SEG;
+    a restart does not open the bad study again, --retry-failed does, --list-failed shows it."""
+    study = "1.2.826.0.1.3680043.8.498.25"
+    good, text_spacing, position = _still(study), _still(study), _two_value_position(study)
+    item = text_spacing.to_json_dict()
+    item["00280030"] = {"vr": "DS", "Value": ["abc", "def"]}
+    pacs = MemoryPacs({BAD_STUDY: [_still(BAD_STUDY)], study: [text_spacing, good, position]},
+                      {str(text_spacing.SOPInstanceUID): item})
+    with StateDB(tmp_path / "state.sqlite") as state:
+        summary = Pipeline(pacs, Segmenter(ThresholdPredictor()), state, settle_s=0).run_once()
+        assert summary.stored == [str(good.SOPInstanceUID)] and len(pacs.stored) == 1
+        assert re.search(r"study 1\.2\.3/\.\./x: ValueError: .*1\.2\.3/\.\./x", summary.failed[BAD_STUDY])
+        assert [f.study_instance_uid for f in state.study_failures()] == [BAD_STUDY]
+        assert "could not convert string to float: 'abc'" in state.get(str(text_spacing.SOPInstanceUID)).reason
+        assert re.search(POISONS[_two_value_position], state.get(str(position.SOPInstanceUID)).reason)
+        pacs.listed.clear()
+        assert not Pipeline(pacs, Segmenter(ThresholdPredictor()), state, settle_s=0).run_once().failed
+        assert pacs.listed == []  # a restart passes over the bad study (and the finished one)
+        retried = Pipeline(pacs, Segmenter(ThresholdPredictor()), state, settle_s=0).run_once(retry_failed=True)
+        assert pacs.listed == [BAD_STUDY, study] and len(retried.failed) == 3 and len(pacs.stored) == 1
+        assert state.study_failures()[0].attempts == 2
+    assert main(["--list-failed", "--state", str(tmp_path / "state.sqlite")]) == 0
+    assert f"{BAD_STUDY}\t2\tstudy {BAD_STUDY}: ValueError" in capsys.readouterr().out

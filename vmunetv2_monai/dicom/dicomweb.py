@@ -118,14 +118,23 @@ class PacsClient:
         """Snapshot of all instances (the listing is complete before anything is stored)."""
         return list(self.iter_instances(page_size))
 
-    def series_metadata(self, study_instance_uid: str, series_instance_uid: str) -> dict[str, Dataset]:
-        """SOPInstanceUID -> header of every instance of a series (WADO-RS metadata: no pixel data is sent)."""
+    def series_metadata(
+        self, study_instance_uid: str, series_instance_uid: str
+    ) -> tuple[dict[str, Dataset], dict[str, str]]:
+        """SOPInstanceUID -> header of every instance of a series (WADO-RS metadata: no pixel data is sent), and
+        SOPInstanceUID -> reason for each instance whose header pydicom cannot parse (e.g. a DS value "abc")."""
         items = self._client.retrieve_series_metadata(study_instance_uid, series_instance_uid)
-        out = {}
+        headers, unreadable = {}, {}
         for item in items:
-            ds = Dataset.from_json(item, bulk_data_uri_handler=lambda *_: b"")
-            out[str(ds.SOPInstanceUID)] = ds
-        return out
+            try:
+                ds = Dataset.from_json(item, bulk_data_uri_handler=lambda *_: b"")
+            except (ValueError, TypeError, KeyError) as exc:
+                sop = _first(item, _TAGS["sop"])
+                unreadable[sop] = f"series metadata cannot be parsed ({type(exc).__name__}: {exc})"
+                logger.warning("series %s instance %s: %s", series_instance_uid, sop, unreadable[sop])
+                continue
+            headers[str(ds.SOPInstanceUID)] = ds
+        return headers, unreadable
 
     def has_instance(self, study_instance_uid: str, sop_instance_uid: str) -> bool:
         """Whether the server holds ``sop_instance_uid`` in that study (QIDO-RS)."""

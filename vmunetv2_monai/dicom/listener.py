@@ -21,11 +21,10 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
 from pynetdicom.sop_class import SecondaryCaptureImageStorage, SegmentationStorage
 
-from .algorithm import MANUFACTURER
 from .files import write_atomic
-from .reader import NON_IMAGE_SOP_CLASSES, UnsupportedDicomError, check_metadata, read_dataset
+from .reader import UnsupportedDicomError, check_metadata, failure_reason, read_dataset
 from .state import FAILED, StateDB
-from .units import Segmenter, UnitResult, group_units, is_volumetric
+from .units import Segmenter, UnitResult, group_units, is_volumetric, skip_reason
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +131,11 @@ class Listener:
             assoc.release()
 
     def poll_once(self) -> int:
-        """Segment every settled unit in the spool; returns the number of source instances finished."""
+        """Segment every settled unit in the spool; returns the number of source instances finished.
+
+        An image that cannot be processed is recorded as failed with its reason and moved to ``<spool>/failed``
+        (:meth:`requeue_failed` brings it back); the others go on.
+        """
         finished = 0
         candidates: dict[str, tuple[Path, Dataset]] = {}
         for path in sorted(self.spool.glob("*.dcm")):
@@ -144,15 +147,17 @@ class Listener:
                 if record is not None and record.status != FAILED:  # resent after it was done
                     path.unlink()
                     continue
-                if str(ds.get("SOPClassUID", "")) in NON_IMAGE_SOP_CLASSES or ds.get("Manufacturer") == MANUFACTURER:
+                reason = skip_reason(str(ds.get("SOPClassUID", "")), str(ds.get("Manufacturer", "")))
+                if reason is not None:
                     self.state.mark_skipped(uid, str(ds.get("StudyInstanceUID", "")),
-                                            str(ds.get("SeriesInstanceUID", "")),
-                                            "not an image or created by this pipeline")
+                                            str(ds.get("SeriesInstanceUID", "")), reason)
                     path.unlink()
                     continue
                 check_metadata(ds, str(path))
-            except UnsupportedDicomError as exc:
-                self._fail([path], exc.reason, [ds])
+            except Exception as exc:  # one bad image must not stop the listener; it is kept and recorded
+                if not isinstance(exc, UnsupportedDicomError):
+                    logger.exception("cannot process %s", path.name)
+                self._fail([path], failure_reason(exc), [ds])
                 continue
             candidates[uid] = (path, ds)
         now = time.time()
@@ -168,6 +173,15 @@ class Listener:
                 break
             finished += self._process(unit, paths)
         return finished
+
+    def requeue_failed(self) -> int:
+        """Move the images kept in ``<spool>/failed`` back into the spool (``--retry-failed``); returns how many."""
+        failed_dir = self.spool / "failed"
+        paths = sorted(failed_dir.glob("*.dcm")) if failed_dir.is_dir() else []
+        for path in paths:
+            os.replace(path, self.spool / path.name)
+        logger.info("%d failed image(s) moved back into %s for a retry", len(paths), self.spool)
+        return len(paths)
 
     def _fail(self, paths: list[Path], reason: str, datasets: list[Dataset | None]) -> None:
         """Record a refusal and move the files to ``<spool>/failed`` (kept for inspection)."""
@@ -191,7 +205,7 @@ class Listener:
             return 0
         except Exception as exc:  # one bad unit must not stop the listener; it is kept and recorded
             logger.exception("failed %s", [p.name for p in paths])
-            self._fail(paths, f"{type(exc).__name__}: {exc}", list(unit))
+            self._fail(paths, failure_reason(exc), list(unit))
             return 0
         try:
             self.send(result.overlays + [result.seg])

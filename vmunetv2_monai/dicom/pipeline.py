@@ -31,13 +31,13 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from ..inference import Predictor, network_def
-from .algorithm import MANUFACTURER, AlgorithmInfo
+from .algorithm import AlgorithmInfo
 from .dicomweb import DEFAULT_URL, InstanceRef, PacsClient, PacsUnavailable, is_transient
 from .files import write_atomic
 from .listener import Listener, RemoteAE
-from .reader import NON_IMAGE_SOP_CLASSES, UnsupportedDicomError, check_metadata, read_dataset
+from .reader import UnsupportedDicomError, check_metadata, failure_reason, read_dataset
 from .state import DONE, FAILED, StateDB
-from .units import Segmenter, duplicate_uids, group_units, is_volumetric
+from .units import Segmenter, duplicate_uids, group_units, is_volumetric, skip_reason
 
 logger = logging.getLogger(__name__)
 
@@ -81,14 +81,11 @@ class Pipeline:
         self.study_filters = dict(study_filters or {})
         self.stop_requested = False  # set from a signal handler; checked between units
 
-    def _skip_reason(self, ref: InstanceRef | Dataset) -> str | None:
-        sop_class = ref.sop_class_uid if isinstance(ref, InstanceRef) else str(ref.get("SOPClassUID", ""))
-        manufacturer = ref.manufacturer if isinstance(ref, InstanceRef) else str(ref.get("Manufacturer", ""))
-        if sop_class in NON_IMAGE_SOP_CLASSES:
-            return f"not an image (SOP class {sop_class})"
-        if manufacturer == MANUFACTURER:
-            return "created by this pipeline"
-        return None
+    @staticmethod
+    def _skip_reason(ref: InstanceRef | Dataset) -> str | None:
+        if isinstance(ref, InstanceRef):
+            return skip_reason(ref.sop_class_uid, ref.manufacturer)
+        return skip_reason(str(ref.get("SOPClassUID", "")), str(ref.get("Manufacturer", "")))
 
     def _needs_work(self, sop: str, retry_failed: bool, summary: RunSummary) -> bool:
         record = self.state.get(sop)
@@ -99,13 +96,18 @@ class Pipeline:
 
     def run_once(self, retry_failed: bool = False) -> RunSummary:
         """One pass: studies whose instance count changed since they were last fully handled (plus, with
-        ``retry_failed``, those holding failed instances) are listed and their new images segmented.
+        ``retry_failed``, those holding failed instances or failed as a whole) are listed and their new images
+        segmented. A study that cannot be processed (e.g. its instances cannot be listed) is recorded as failed
+        and not opened again until ``retry_failed`` or a change of its instance count; the others go on.
 
         Raises :class:`PacsUnavailable` when the PACS cannot be reached; nothing is then recorded as failed.
         """
         summary = RunSummary()
         try:
-            retry_studies = {r.study_instance_uid for r in self.state.records(FAILED)} if retry_failed else set()
+            retry_studies = set()
+            if retry_failed:
+                retry_studies = {r.study_instance_uid for r in self.state.records(FAILED)}
+                retry_studies |= {f.study_instance_uid for f in self.state.study_failures()}
             studies = list(self.client.iter_studies(self.study_filters))
             changed = [(uid, n) for uid, n in studies if uid in retry_studies or self.state.study_count(uid) != n]
             logger.info("PACS lists %d studies, %d new or changed", len(studies), len(changed))
@@ -113,7 +115,20 @@ class Pipeline:
                 if self.stop_requested:
                     logger.info("stop requested; remaining studies are left for the next pass")
                     break
-                if self._process_study(study_uid, retry_failed, summary):
+                try:
+                    complete = self._process_study(study_uid, retry_failed, summary)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    reason = f"study {study_uid}: {failure_reason(exc)}"
+                    logger.exception("failed %s; it is skipped until --retry-failed or a change of the study",
+                                     reason)
+                    self.state.mark_study_failed(study_uid, reason)
+                    summary.failed[study_uid] = reason
+                    self.state.set_study_count(study_uid, n_instances)
+                    continue
+                if complete:
+                    self.state.clear_study_failure(study_uid)
                     self.state.set_study_count(study_uid, n_instances)
         except Exception as exc:
             if is_transient(exc):
@@ -143,7 +158,16 @@ class Pipeline:
 
     def _process_series(self, study_uid: str, series_uid: str, new: set[str], summary: RunSummary) -> bool:
         """Refuse from the metadata, group into units, segment the units holding new images."""
-        headers = self.client.series_metadata(study_uid, series_uid)
+        try:
+            headers, unreadable = self.client.series_metadata(study_uid, series_uid)
+        except Exception as exc:  # e.g. a SeriesInstanceUID that dicomweb-client refuses to put in a URL
+            if is_transient(exc):
+                raise
+            reason = f"series {series_uid}: {failure_reason(exc)}"
+            logger.warning("failed %s", reason)
+            self.state.mark_failed_many(sorted(new), study_uid, series_uid, reason)
+            summary.failed.update(dict.fromkeys(new, reason))
+            return True
         candidates = []
         for sop, ds in headers.items():
             record = self.state.get(sop)
@@ -158,15 +182,18 @@ class Pipeline:
                 continue
             try:
                 check_metadata(ds, f"{self.client.url} study {study_uid}")
-            except UnsupportedDicomError as exc:  # refused before any pixel data is downloaded
-                logger.warning("refused %s", exc)
-                self.state.mark_failed(sop, study_uid, series_uid, exc.reason)
-                summary.failed[sop] = exc.reason
+            except Exception as exc:  # refused before any pixel data is downloaded; the others go on
+                logger.warning("refused %s: %s", sop, failure_reason(exc),
+                               exc_info=not isinstance(exc, UnsupportedDicomError))
+                self.state.mark_failed(sop, study_uid, series_uid, failure_reason(exc))
+                summary.failed[sop] = failure_reason(exc)
                 continue
             candidates.append(ds)
         for sop in new - set(headers):
-            self.state.mark_failed(sop, study_uid, series_uid, "listed by QIDO but missing from the series metadata")
-            summary.failed[sop] = "missing from the series metadata"
+            reason = unreadable.get(sop, "listed by QIDO but missing from the series metadata")
+            self.state.mark_failed(sop, study_uid, series_uid, reason)
+            summary.failed[sop] = reason
+        n_instances = len(headers) + len(unreadable)
         complete = True
         for unit in group_units(candidates):
             uids = [str(ds.SOPInstanceUID) for ds in unit]
@@ -174,9 +201,9 @@ class Pipeline:
             if not fresh:
                 continue
             if len(unit) > 1 or is_volumetric(unit[0]):
-                if not self.state.series_settled(series_uid, len(headers), self.settle_s):
+                if not self.state.series_settled(series_uid, n_instances, self.settle_s):
                     logger.info("series %s: %d instances, waiting %.0f s without new ones", series_uid,
-                                len(headers), self.settle_s)
+                                n_instances, self.settle_s)
                     summary.waiting += len(fresh)
                     complete = False
                     continue
@@ -208,7 +235,7 @@ class Pipeline:
         except Exception as exc:
             if is_transient(exc):
                 raise
-            reason = exc.reason if isinstance(exc, UnsupportedDicomError) else f"{type(exc).__name__}: {exc}"
+            reason = failure_reason(exc)
             if isinstance(exc, UnsupportedDicomError):
                 logger.warning("refused %s", exc)
             else:  # one bad unit must not stop the others
@@ -224,7 +251,8 @@ def segment_files(
     paths: Sequence[str | os.PathLike[str]], output_dir: str | os.PathLike[str], segmenter: Segmenter
 ) -> RunSummary:
     """Local mode: DICOM files -> ``<output_dir>/<SOPInstanceUID>.dcm`` (atomic writes): one SEG per image, or
-    per volumetric series among the files. Unreadable files and duplicate SOPInstanceUIDs are refused."""
+    per volumetric series among the files. A file that cannot be read or processed (duplicate SOPInstanceUIDs
+    too) is reported with its reason in the summary and the others go on."""
     summary = RunSummary()
     out = Path(output_dir)
     read: list[tuple[str, Dataset]] = []
@@ -233,9 +261,10 @@ def segment_files(
             ds = read_dataset(path)
             check_metadata(ds, str(path))
             read.append((str(path), ds))
-        except UnsupportedDicomError as exc:
-            logger.warning("refused %s", exc)
-            summary.failed[str(path)] = exc.reason
+        except Exception as exc:
+            logger.warning("refused %s: %s", path, failure_reason(exc),
+                           exc_info=not isinstance(exc, UnsupportedDicomError))
+            summary.failed[str(path)] = failure_reason(exc)
     duplicates = duplicate_uids(read)
     for path, reason in duplicates.items():
         logger.warning("refused %s: %s", path, reason)
@@ -254,7 +283,7 @@ def segment_files(
             summary.failed.update(dict.fromkeys(unit_paths, exc.reason))
         except Exception as exc:  # keep going with the other files; the reason is logged and returned
             logger.exception("failed %s", unit_paths)
-            summary.failed.update(dict.fromkeys(unit_paths, f"{type(exc).__name__}: {exc}"))
+            summary.failed.update(dict.fromkeys(unit_paths, failure_reason(exc)))
     logger.info("files finished: %s", summary)
     return summary
 
@@ -307,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "Width, else the full stored range); recorded in the SEG")
     p.add_argument("--overlay", action="store_true", help="also store a secondary-capture overlay per image")
     p.add_argument("--output-dir", help="also write each SEG here (atomically); required with --files")
-    p.add_argument("--retry-failed", action="store_true", help="retry instances recorded as failed")
+    p.add_argument("--retry-failed", action="store_true", help="retry the instances and studies recorded as "
+                   "failed (--listen: the images kept in <spool>/failed)")
     p.add_argument("--watch", action="store_true", help="keep polling the PACS until stopped (SIGTERM / Ctrl-C); "
                    "an unreachable PACS is retried with back-off")
     p.add_argument("--interval", type=float, default=30.0, help="seconds between passes with --watch (spool polls "
@@ -317,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "it has had no new instance for this many seconds (0: at once)")
     p.add_argument("--study-date", help="QIDO StudyDate filter, e.g. 20240101- (only these studies are listed)")
     p.add_argument("--modality", help="QIDO ModalitiesInStudy filter, e.g. CT")
-    p.add_argument("--list-failed", action="store_true", help="print the failed instances and their reasons, exit")
+    p.add_argument("--list-failed", action="store_true", help="print the failed instances and studies with "
+                   "their attempts and reasons, exit")
     p.add_argument("--files", nargs="+", help="local mode: segment these DICOM files instead of polling a PACS")
     p.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds")
     p.add_argument("--listen", action="store_true", help="DIMSE mode: a Storage SCP receives images by C-STORE and "
@@ -374,6 +405,8 @@ def listen(segmenter: Segmenter, args: argparse.Namespace) -> int:
     with StateDB(args.state) as state:
         listener = Listener(segmenter, state, args.spool, RemoteAE.parse(args.destination), args.ae_title,
                             args.listen_host, args.listen_port, args.settle)
+        if args.retry_failed:
+            listener.requeue_failed()
 
         def _stop(signum: int, _frame: object) -> None:
             logger.info("signal %d: stopping after the current unit", signum)
@@ -393,6 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with StateDB(args.state) as state:
             for rec in state.records(FAILED):
                 sys.stdout.write(f"{rec.sop_instance_uid}\t{rec.attempts}\t{rec.reason}\n")
+            for study in state.study_failures():
+                sys.stdout.write(f"{study.study_instance_uid}\t{study.attempts}\t{study.reason}\n")
         return 0
     segmenter = make_segmenter(args)
     if args.files:

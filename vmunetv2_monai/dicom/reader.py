@@ -13,6 +13,7 @@ swapped anywhere (MONAI's image readers would swap to ``(W, H)``; we never use t
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,36 @@ class UnsupportedDicomError(ValueError):
         super().__init__(f"{where}: {reason}")
 
 
+def failure_reason(exc: BaseException) -> str:
+    """What the state file records for an object that could not be processed: a refusal's reason, else the
+    exception's type and message."""
+    return exc.reason if isinstance(exc, UnsupportedDicomError) else f"{type(exc).__name__}: {exc}"
+
+
+#: Geometry attributes and their number of values: present but not that many finite numbers is a refusal (slices
+#: are grouped and sorted by them before anything else is done).
+GEOMETRY_ATTRIBUTES = (("PixelSpacing", 2), ("ImageOrientationPatient", 6), ("ImagePositionPatient", 3))
+
+
+def _geometry_problem(ds: Dataset, key: str, n_values: int) -> str | None:
+    """Why the attribute ``key`` of ``ds`` is not ``n_values`` finite numbers, or None if it is (or is absent)."""
+    try:
+        value = ds.get(key)
+    except ValueError as exc:  # an invalid value under a strict pydicom validation mode
+        return f"{key} cannot be read ({exc})"
+    if value in (None, ""):
+        return None
+    values = list(value) if isinstance(value, MultiValue) else [value]
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):  # kept as text by pydicom when it is not a number, e.g. "abc"
+        numbers = []
+    if len(numbers) == n_values and all(math.isfinite(x) for x in numbers):
+        return None
+    shown = "\\".join(str(v) for v in values)[:80]
+    return f"{key} '{shown}' is not {n_values} numbers"
+
+
 @dataclass
 class DicomImage:
     """A checked source image and its model input (``(3, H, W)`` float32 in [0, :data:`LOADED_MAX`])."""
@@ -91,7 +122,8 @@ def _expected_native_bytes(ds: Dataset) -> int:
 
 
 def check_metadata(ds: Dataset, source: str = "") -> None:
-    """Refuse from the header alone (no pixel data needed): non-images, multi-frame, unsupported pixel layouts.
+    """Refuse from the header alone (no pixel data needed): non-images, multi-frame, unsupported pixel layouts,
+    missing study / series UIDs, a geometry (:data:`GEOMETRY_ATTRIBUTES`) that is not numbers.
 
     Used on WADO-RS metadata before any pixel data is downloaded, and on every local file.
     """
@@ -102,6 +134,9 @@ def check_metadata(ds: Dataset, source: str = "") -> None:
 
     if uid is None:
         raise refuse("missing SOPInstanceUID")
+    for key in ("StudyInstanceUID", "SeriesInstanceUID"):
+        if not str(ds.get(key, "")):
+            raise refuse(f"missing {key}")
     if str(ds.get("SOPClassUID", "")) in NON_IMAGE_SOP_CLASSES:
         raise refuse(f"not an image (SOP class {UID(str(ds.SOPClassUID)).name})")
     if "PixelData" not in ds:
@@ -118,6 +153,10 @@ def check_metadata(ds: Dataset, source: str = "") -> None:
         raise refuse(f"unsupported SamplesPerPixel {spp}")
     if spp == 1 and pi not in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"):
         raise refuse(f"unsupported photometric interpretation {pi} with one sample per pixel")
+    for key, n_values in GEOMETRY_ATTRIBUTES:
+        problem = _geometry_problem(ds, key, n_values)
+        if problem is not None:
+            raise refuse(problem)
 
 
 def check_supported(ds: Dataset, source: str = "") -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from copy import copy as shallow_copy
 from collections.abc import Mapping, Sequence
+from copy import copy as shallow_copy
 
 import highdicom as hd
 import numpy as np

@@ -33,6 +33,12 @@ CREATE TABLE IF NOT EXISTS series (
     series_instance_uid TEXT PRIMARY KEY,
     n_instances INTEGER NOT NULL,
     changed REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS failed_studies (
+    study_instance_uid TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    updated TEXT NOT NULL
 )
 """
 
@@ -40,6 +46,16 @@ _UPSERT = """INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, 1, ?)
    ON CONFLICT(sop_instance_uid) DO UPDATE SET status = excluded.status,
    reason = excluded.reason, seg_sop_instance_uid = excluded.seg_sop_instance_uid,
    attempts = instances.attempts + 1, updated = excluded.updated"""
+
+
+@dataclass(frozen=True)
+class StudyFailure:
+    """A study that could not be processed as a whole (e.g. its instances cannot be listed)."""
+
+    study_instance_uid: str
+    reason: str
+    attempts: int
+    updated: str
 
 
 @dataclass(frozen=True)
@@ -112,6 +128,24 @@ class StateDB:
         with self._conn:
             self._conn.execute("INSERT INTO studies VALUES (?, ?) ON CONFLICT(study_instance_uid) DO UPDATE SET "
                                "n_instances = excluded.n_instances", (study, n_instances))
+
+    def mark_study_failed(self, study: str, reason: str) -> None:
+        """Record that a whole study could not be processed, and why (retried only on request)."""
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self._conn:
+            self._conn.execute("INSERT INTO failed_studies VALUES (?, ?, 1, ?) ON CONFLICT(study_instance_uid) DO "
+                               "UPDATE SET reason = excluded.reason, attempts = failed_studies.attempts + 1, "
+                               "updated = excluded.updated", (study, reason, now))
+
+    def clear_study_failure(self, study: str) -> None:
+        """Forget a study's failure (it has now been processed)."""
+        with self._conn:
+            self._conn.execute("DELETE FROM failed_studies WHERE study_instance_uid = ?", (study,))
+
+    def study_failures(self) -> list[StudyFailure]:
+        """Every study recorded as failed as a whole."""
+        rows = self._conn.execute("SELECT * FROM failed_studies ORDER BY updated").fetchall()
+        return [StudyFailure(*r) for r in rows]
 
     def series_settled(self, series: str, n_instances: int, settle_s: float, now: float | None = None) -> bool:
         """Stable-series rule: True once the series has had ``n_instances`` for at least ``settle_s`` seconds

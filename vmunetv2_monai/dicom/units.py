@@ -13,8 +13,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from ..inference import Predictor
-from .algorithm import AlgorithmInfo
-from .reader import GreyWindow, grey_window, is_greyscale, load_image
+from .algorithm import MANUFACTURER, AlgorithmInfo
+from .reader import NON_IMAGE_SOP_CLASSES, GreyWindow, grey_window, is_greyscale, load_image
 from .seg import build_overlay, build_segmentation, read_back, seg_uid_for
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,16 @@ VOLUME_ATTRIBUTES = ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrient
 def is_volumetric(ds: Dataset) -> bool:
     """Whether ``ds`` is a slice of a volume (all of :data:`VOLUME_ATTRIBUTES` present with values)."""
     return all(ds.get(key) not in (None, "") for key in VOLUME_ATTRIBUTES)
+
+
+def skip_reason(sop_class_uid: str, manufacturer: str) -> str | None:
+    """Why an instance is deliberately not segmented (recorded as skipped, not failed), or None: a non-image
+    (SEG, SR, presentation state, PDF) or an object this pipeline created. One rule for every mode."""
+    if sop_class_uid in NON_IMAGE_SOP_CLASSES:
+        return f"not an image (SOP class {sop_class_uid})"
+    if manufacturer == MANUFACTURER:
+        return "created by this pipeline"
+    return None
 
 
 def _rounded(values: Iterable[object]) -> tuple[float, ...]:
