@@ -382,3 +382,17 @@ def test_pixel_spacing_without_slice_thickness_gets_a_valid_seg(tmp_path: Path, 
     source = pydicom.dcmread(paths["SC_rgb.dcm"])
     build_segmentation(source, np.zeros((source.Rows, source.Columns), bool), AlgorithmInfo())
     assert "SliceThickness" not in source
+
+
+def test_oblique_slice_overlay_keeps_its_orientation(tmp_path: Path, predictor: Predictor) -> None:
+    """Issue 25, point 2 case 5: an oblique CT slice gave Patient Orientation 'LP', which highdicom's SCImage
+    refused, so --overlay lost the SEG too. The overlay now carries the full letters and passes dciodvfy."""
+    (source,) = ct_series(1)
+    c, s = np.cos(0.5), np.sin(0.5)
+    source.ImageOrientationPatient = [round(float(v), 6) for v in (c, s, 0.0, -s, c, 0.0)]
+    image = load_image(source)
+    mask = predictor.predict(image.image)
+    overlay = build_overlay(source, image.display_rgb(), mask, AlgorithmInfo())
+    assert list(overlay.PatientOrientation) == ["LP", "PR"]
+    seg = build_segmentation(source, mask, AlgorithmInfo())
+    assert_valid_dicom([write_atomic(overlay, tmp_path / "overlay.dcm"), write_atomic(seg, tmp_path / "seg.dcm")])

@@ -197,7 +197,7 @@ def _orientation_letters(cosines: Sequence[float]) -> str:
 def patient_orientation(source: Dataset) -> tuple[str, str] | None:
     """The source's Patient Orientation, else derived from Image Orientation (Patient), else None (unknown)."""
     value = source.get("PatientOrientation")
-    if value is not None and len(value) == 2:
+    if value is not None and len(value) == 2 and all(str(v) for v in value):
         return str(value[0]), str(value[1])
     iop = source.get("ImageOrientationPatient")
     if iop is not None and len(iop) == 6:
@@ -222,7 +222,8 @@ def build_overlay(source: Dataset, rgb: np.ndarray, mask: np.ndarray, algorithm:
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        patient_orientation=orientation or ("L", "F"),  # replaced by an empty value below when unknown
+        # highdicom takes one letter per direction; the full value (e.g. "LP" for an oblique slice) is set below
+        patient_orientation=(orientation[0][0], orientation[1][0]) if orientation else ("L", "F"),
         study_instance_uid=str(source.StudyInstanceUID),
         series_instance_uid=derived_uid(str(source.SeriesInstanceUID), algorithm, "overlay-series"),
         series_number=OVERLAY_SERIES_NUMBER,
@@ -242,8 +243,7 @@ def build_overlay(source: Dataset, rgb: np.ndarray, mask: np.ndarray, algorithm:
         laterality=source.get("Laterality") or None,
         series_description=_series_description(source, algorithm, "overlay"),
     )
-    if orientation is None:
-        sc.PatientOrientation = ""
+    sc.PatientOrientation = list(orientation) if orientation is not None else ""
     if "Laterality" not in sc:
         sc.Laterality = ""  # General Series, type 2C: unknown
     sc.ImageType = ["DERIVED", "SECONDARY"]
