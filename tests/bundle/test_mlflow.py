@@ -1,19 +1,24 @@
-"""MLflow through ``--tracking configs/mlflow_tracking.json`` (and MONAI's built-in ``--tracking mlflow``): train and
-evaluate runs read back from the store.
+"""MLflow through ``--tracking configs/mlflow_tracking.json`` (and MONAI's built-in ``--tracking mlflow``): train,
+evaluate and inference runs and the checkpoints' lineage read back from the store.
 
 Runs ``python -m monai.bundle run`` from the root of a copy of the bundle (the model-zoo way) on the Kvasir sample
 with a tiny network (CPU)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
+from monai.utils import path_to_sqlite_uri
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "tests" / "data" / "kvasir_sample"
@@ -45,8 +50,13 @@ def job(tmp_path_factory) -> tuple[Path, Path, list[str]]:
     return bundle, out, common
 
 
+def _store(out: Path) -> str:
+    """The tracking URI of ``out``'s default store, as configs/mlflow_tracking.json makes it."""
+    return path_to_sqlite_uri(str(out / "mlruns.db"))
+
+
 def _runs(out: Path) -> tuple[MlflowClient, list]:
-    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    client = MlflowClient(tracking_uri=_store(out))
     exp = client.get_experiment_by_name("vmunetv2")
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
@@ -56,11 +66,17 @@ def _runs(out: Path) -> tuple[MlflowClient, list]:
 def test_train_and_evaluate_runs_are_complete_and_linked(job) -> None:
     _, out, _ = job
     client, runs = _runs(out)
+    runs = runs[:2]  # the fixture's (later tests add runs)
     assert [r.data.tags["vmunetv2.workflow"] for r in runs] == ["train", "evaluate"]
     train, evaluate = runs
     assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
     assert train.data.tags["vmunetv2.job"] == evaluate.data.tags["vmunetv2.job"] == str(out)
+    assert train.info.run_name.startswith("out-train-20") and evaluate.info.run_name.startswith("out-evaluate-20")
+    # evaluate read the model this training wrote: linked by its lineage, as MLflow's own parent/child
     assert evaluate.data.tags["vmunetv2.train_run_id"] == train.info.run_id
+    assert evaluate.data.tags["mlflow.parentRunId"] == train.info.run_id
+    assert evaluate.data.tags["vmunetv2.checkpoint"] == str(out / "models" / "model.pt")
+    assert evaluate.data.tags["vmunetv2.train_config_hash"] == train.data.tags["vmunetv2.config_hash"]
     for run in runs:
         params = run.data.params
         for key in (*NETWORK_PARAMS, "image_size", "seed", "version_monai", "version_torch", "version_vmunetv2-monai"):
@@ -108,3 +124,105 @@ def test_plain_mlflow_setting_ends_the_evaluate_run_finished(job, tmp_path: Path
     assert [r.info.status for r in runs] == ["FINISHED"]
     assert "val_mean_dice" in runs[0].data.metrics
     assert "depths" not in runs[0].data.params and "vmunetv2.train_run_id" not in runs[0].data.tags
+
+
+def test_sigterm_ends_the_training_run_killed(job, tmp_path: Path) -> None:
+    """SIGTERM to a tracked training (the way a scheduler stops a job): the run ends KILLED, not RUNNING."""
+    bundle, out, common = job
+    args = [str(tmp_path / "killed") if a == str(out) else a for a in common]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "['configs/train.json']", "--tracking",
+           "configs/mlflow_tracking.json", *args, "--epochs", "500", "--batch_size", "2", "--progress_bar", "False"]
+    proc = subprocess.Popen(cmd, cwd=bundle, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        for line in proc.stdout:  # until an epoch is done: the run is open and training under way
+            seen.append(line)
+            if "Epoch[1] Complete" in line:
+                break
+        assert proc.poll() is None, "".join(seen)[-4000:]
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, ("".join(seen) + output)[-4000:]
+    _, runs = _runs(tmp_path / "killed")
+    assert [r.info.status for r in runs] == ["KILLED"]
+    assert runs[0].data.tags["vmunetv2.error"] == "terminated (SIGTERM)"
+
+
+@pytest.fixture(scope="module")
+def other_job(job) -> dict[str, Path]:
+    """Job B: train in a folder whose name has an apostrophe, with a relative dataset_dir; then, from B's folder,
+    evaluate job A's model (the ``job`` fixture's), evaluate a copy of it without its lineage sidecar, and infer
+    with A's model into A's store (``--tracking_uri``)."""
+    bundle, a_out, common = job
+    b_out = a_out.parent / "b's job"
+    foreign = a_out.parent / "foreign" / "model.pt"
+    foreign.parent.mkdir()
+    shutil.copy(a_out / "models" / "model.pt", foreign)
+    args = [str(b_out) if a == str(a_out) else os.path.relpath(SAMPLE, bundle) if a == str(SAMPLE) else a
+            for a in common]
+    steps = (
+        (["train"], ["--epochs", "1", "--batch_size", "2", "--progress_bar", "False"]),
+        (["train", "evaluate"], ["--ckpt_path", str(a_out / "models" / "model.pt")]),
+        (["train", "evaluate"], ["--ckpt_path", str(foreign)]),
+    )
+    for configs, extra in steps:
+        proc = _run(bundle, configs, *args, *extra)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    proc = _run(bundle, ["inference"], "--dataset_dir", str(SAMPLE), "--output_dir", str(b_out), "--num_workers", "0",
+                "--ckpt_path", str(a_out / "models" / "model.pt"), "--tracking_uri", _store(a_out), *TINY)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return {"a": a_out, "b": b_out, "foreign": foreign}
+
+
+def test_checkpoints_carry_their_training_run(other_job) -> None:
+    """model.pt stays a raw state dict; its sidecar names B's training run and config hash; data paths logged
+    resolved."""
+    b_out = other_job["b"]
+    _, runs = _runs(b_out)
+    train = runs[0]
+    assert train.data.tags["vmunetv2.workflow"] == "train" and train.info.status == "FINISHED"
+    assert train.info.run_name.startswith("b's job-train-20")
+    assert train.data.params["dataset_dir"] == str(SAMPLE)  # given relative on the command line
+    for name in ("model.pt", "latest.pt"):
+        record = json.loads((b_out / "models" / f"{name}.json").read_text())
+        assert record["mlflow_run_id"] == train.info.run_id and record["mlflow_tracking_uri"] == _store(b_out)
+        assert record["config_hash"] == train.data.tags["vmunetv2.config_hash"]
+    state = torch.load(b_out / "models" / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_evaluating_another_jobs_model_names_that_job(other_job) -> None:
+    """Evaluate A's model from B's folder: the link names A's run (in A's store), not B's train run."""
+    _, a_runs = _runs(other_job["a"])
+    _, b_runs = _runs(other_job["b"])
+    a_train, b_train = a_runs[0], b_runs[0]
+    evaluate = b_runs[1]
+    assert evaluate.data.tags["vmunetv2.workflow"] == "evaluate" and evaluate.info.status == "FINISHED"
+    assert evaluate.data.tags["vmunetv2.job"] == str(other_job["b"])
+    assert evaluate.data.tags["vmunetv2.train_run_id"] == a_train.info.run_id != b_train.info.run_id
+    assert evaluate.data.tags["vmunetv2.train_tracking_uri"] == _store(other_job["a"])
+    assert "mlflow.parentRunId" not in evaluate.data.tags  # A's run is not in B's store
+    names = [r.info.run_name for r in b_runs]
+    assert len(set(names)) == len(names)
+
+
+def test_foreign_checkpoint_is_unknown(other_job) -> None:
+    _, b_runs = _runs(other_job["b"])
+    evaluate = b_runs[2]
+    assert evaluate.data.tags["vmunetv2.checkpoint"] == str(other_job["foreign"])
+    assert evaluate.data.tags["vmunetv2.train_run_id"] == "unknown"
+    assert "mlflow.parentRunId" not in evaluate.data.tags
+
+
+def test_inference_in_the_training_store_is_its_child(other_job) -> None:
+    _, a_runs = _runs(other_job["a"])
+    inference = [r for r in a_runs if r.data.tags["vmunetv2.workflow"] == "inference"]
+    assert len(inference) == 1 and inference[0].info.status == "FINISHED"
+    tags, params = inference[0].data.tags, inference[0].data.params
+    assert tags["vmunetv2.train_run_id"] == tags["mlflow.parentRunId"] == a_runs[0].info.run_id
+    assert params["ckpt_path"] == str(other_job["a"] / "models" / "model.pt") and params["n_images"] == "8"
+    assert params["pred_dir"] == str(other_job["b"] / "predictions")

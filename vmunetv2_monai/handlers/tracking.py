@@ -42,7 +42,6 @@ __all__ = [
     "WORKFLOW_TAG",
     "MLflowTracker",
     "Terminated",
-    "class_name",
     "executed_config",
     "package_versions",
 ]
@@ -81,12 +80,6 @@ def package_versions(packages: Sequence[str] = _PACKAGES) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[f"version_{name}"] = "not installed"
     return versions
-
-
-def class_name(obj: Any) -> str:
-    """``<module>.<class>`` of ``obj`` (a parameter value that needs no config macro, so the tracking settings
-    also parse for configs without that component, e.g. the optimiser in inference.json)."""
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 class Terminated(SystemExit):
