@@ -174,6 +174,33 @@ def test_multi_process_training(tmp_path, monkeypatch):
     assert not any(k.startswith("module.") for k in latest["model"])
 
 
+def test_multi_process_evaluation_equals_one_process(trained, tmp_path, monkeypatch):
+    """multi_gpu_evaluate.json with two gloo processes writes the same per_case.csv rows and summary as
+    evaluate.json in one process (the training split: enough cases to spread over the ranks)."""
+    if torch.cuda.device_count() < 2:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    work, _, _, common, _ = trained
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    common = [*common, "--eval_split", "training"]
+    _run(["--config_file", _cfg("train", "evaluate"), *common, "--eval_dir", str(single)], cwd=work)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
+    _run(["--config_file", _cfg("train", "evaluate", "multi_gpu_evaluate"), *common, "--eval_dir", str(multi)],
+         cwd=work, launcher=launcher)
+
+    def rows(folder: Path) -> dict[str, list[float]]:
+        lines = (folder / "per_case.csv").read_text().strip().splitlines()
+        return {r.split(",")[0]: [float(v) for v in r.split(",")[1:]] for r in lines[1:]}
+
+    one, two = rows(single), rows(multi)
+    assert len(one) >= 3
+    assert one.keys() == two.keys()
+    for name in one:
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=1e-4, err_msg=name)
+    s1, s2 = (json.loads((f / "summary.json").read_text()) for f in (single, multi))
+    assert s2["num_cases"] == s1["num_cases"] == len(one)
+    assert abs(s2["val_mean_dice"] - s1["val_mean_dice"]) < 1e-4
+
+
 def test_verify_net_in_out():
     from monai.bundle import verify_net_in_out
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -74,9 +75,20 @@ def test_standalone_configs_define_shared_ids_once() -> None:
     differing = sorted(k for k in inference.keys() & train.keys() if inference[k] != train[k])
     assert differing == ["_desc_", "initialize", "keys", "run"]
     assert train["dataset_dir"] == "$os.path.join(@bundle_root, 'sample_data')"  # data inside the bundle
-    for name in ("evaluate", "multi_gpu_train", "kvasir_full", "kvasir_cpu"):
+    for name in ("evaluate", "multi_gpu_train", "multi_gpu_evaluate", "kvasir_full", "kvasir_cpu"):
         unknown = {k.split("#")[0] for k in _config(name)} - set(train) - {"_desc_", "initialize", "run", "finalize"}
         assert unknown <= {"eval_split", "find_unused_parameters", "dist_backend", "is_not_rank0"}, (name, unknown)
+
+
+def test_inference_trt_overrides_only_inference_ids() -> None:
+    """inference_trt.json (model-zoo pattern, merged over inference.json) replaces the network by the TensorRT
+    TorchScript and disables the checkpoint loader; every id it sets exists in inference.json, and the import list
+    is inference.json's plus torch_tensorrt. (Running it needs a GPU with torch_tensorrt: untested here.)"""
+    inference, trt = _config("inference"), _config("inference_trt")
+    assert {k.split("#")[0] for k in trt} - set(inference) <= {"_desc_", "trt_path"}
+    assert trt["imports"] == [*inference["imports"][:2], "$import torch_tensorrt", *inference["imports"][2:]]
+    assert inference["handlers"][0]["_target_"].endswith("CheckpointLoader") and trt["handlers#0#_disabled_"]
+    assert trt["network_def"] == "$torch.jit.load(@trt_path)" and trt["amp"] == "off"
 
 
 def test_kvasir_full_holds_the_paper_network() -> None:
@@ -122,3 +134,14 @@ def test_ckpt_export_with_inference_config_alone(tmp_path: Path, use_trace: bool
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x))
+    # Every pin of metadata.json survives into the export (MONAI renames optional_packages_version to
+    # required_packages_version, which would drop the real pins).
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert "optional_packages_version" not in meta
+    with zipfile.ZipFile(ts) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("extra/metadata.json"))
+        exported = json.loads(archive.read(name))
+    for key in ("monai_version", "pytorch_version", "numpy_version"):
+        assert exported[key] == meta[key], key
+    assert exported["required_packages_version"] == meta["required_packages_version"]
+    assert {"vmunetv2-monai", "pytorch-ignite", "mlflow"} <= set(exported["required_packages_version"])

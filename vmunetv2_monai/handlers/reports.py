@@ -10,7 +10,9 @@ import os
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
+from monai.utils import string_list_all_gather
 
 from .atomic import atomic_write
 
@@ -59,6 +61,11 @@ class CaseReportWriter:
         self._names += _names(engine.state.batch)
 
     def _write(self, engine: Engine) -> None:
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if distributed:
+            self._names = string_list_all_gather(self._names)  # a collective: every rank takes part
+            if dist.get_rank() > 0:
+                return
         details = getattr(engine.state, "metric_details", {}) or {}
         wanted = list(details) if self.per_case_metrics is None else list(self.per_case_metrics)
         columns: dict[str, list[float]] = {}
