@@ -182,7 +182,8 @@ def dciodvfy_errors(path: Path) -> list[str]:
     binary = shutil.which("dciodvfy")
     if binary is None:
         pytest.fail("dciodvfy not found: apt-get install dicom3tools")
-    proc = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=60)
+    # errors="replace": dciodvfy echoes attribute values in their own (possibly non-UTF-8) encoding
+    proc = subprocess.run([binary, str(path)], capture_output=True, text=True, errors="replace", timeout=60)
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
 
 

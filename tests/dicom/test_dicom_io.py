@@ -20,8 +20,10 @@ from pydicom.uid import UID, generate_uid
 
 from vmunetv2_monai.dicom.algorithm import MANUFACTURER, AlgorithmInfo
 from vmunetv2_monai.dicom.files import write_atomic
+from vmunetv2_monai.dicom.pipeline import segment_files
 from vmunetv2_monai.dicom.reader import UnsupportedDicomError, grey_window, load_image, to_model_input
 from vmunetv2_monai.dicom.seg import build_overlay, build_segmentation, seg_mask_for_source, seg_uid_for
+from vmunetv2_monai.dicom.units import Segmenter
 from vmunetv2_monai.inference import Predictor
 
 from .conftest import (REPO, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb, rgb_input,
@@ -396,3 +398,45 @@ def test_oblique_slice_overlay_keeps_its_orientation(tmp_path: Path, predictor: 
     assert list(overlay.PatientOrientation) == ["LP", "PR"]
     seg = build_segmentation(source, mask, AlgorithmInfo())
     assert_valid_dicom([write_atomic(overlay, tmp_path / "overlay.dcm"), write_atomic(seg, tmp_path / "seg.dcm")])
+
+
+#: pydicom's character-set test images (secondary captures) -> Specific Character Set of their SEG and overlay.
+CHARSET_FILES = {
+    "chrH31.dcm": ["ISO 2022 IR 6", "ISO 2022 IR 87"],  # \\ISO 2022 IR 87: empty first value (issue 25 case 6)
+    "chrH32.dcm": ["ISO 2022 IR 13", "ISO 2022 IR 87"],
+    "chrI2.dcm": "ISO_IR 192",  # \\ISO 2022 IR 149 (Korean), missing from highdicom's terms: written in UTF-8
+    "chrX1.dcm": "ISO_IR 192", "chrX2.dcm": "GB18030", "chrFren.dcm": "ISO_IR 100", "chrGerm.dcm": "ISO_IR 100",
+    "chrGreek.dcm": "ISO_IR 126", "chrRuss.dcm": "ISO_IR 144", "chrArab.dcm": "ISO_IR 127",
+    "chrHbrw.dcm": "ISO_IR 138",
+}
+
+
+def test_character_sets_give_valid_seg_and_overlay(tmp_path: Path, predictor: Predictor) -> None:
+    """Issue 25, point 2 cases 6 and 7: a Japanese \\ISO 2022 IR 87 source got no SEG (highdicom refused the empty
+    first value), and overlays declared no character set, so non-ASCII names were undeclared bytes. Now every
+    SEG and overlay declares a set that encodes the source's names, passes dciodvfy and reads back with them."""
+    from pydicom.data import get_charset_files
+
+    paths = {name: get_charset_files(name)[0] for name in CHARSET_FILES}
+    sources = {name: pydicom.dcmread(path) for name, path in paths.items()}
+    out = tmp_path / "out"
+    summary = segment_files(list(paths.values()), out, Segmenter(predictor, overlay=True))
+    assert not summary.failed and len(summary.stored) == len(paths)
+    written = sorted(out.iterdir())
+    assert len(written) == 2 * len(paths)
+    assert_valid_dicom(written)
+    by_source: dict[str, list[pydicom.Dataset]] = {}
+    for path in written:
+        ds = pydicom.dcmread(path)
+        if ds.Modality == "SEG":
+            ((_, _, ref),) = hd.seg.segread(path).get_source_image_uids()
+        else:
+            ref = ds.SourceImageSequence[0].ReferencedSOPInstanceUID
+        by_source.setdefault(str(ref), []).append(ds)
+    for name, expected in CHARSET_FILES.items():
+        source = sources[name]
+        seg, overlay = sorted(by_source[str(source.SOPInstanceUID)], key=lambda ds: ds.Modality != "SEG")
+        for ds in (seg, overlay):
+            charset = ds.SpecificCharacterSet
+            assert (list(charset) if isinstance(charset, pydicom.multival.MultiValue) else charset) == expected, name
+            assert str(ds.PatientName) == str(source.PatientName), name

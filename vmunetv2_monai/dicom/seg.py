@@ -15,6 +15,7 @@ from copy import copy as shallow_copy
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 from pydicom.valuerep import DA, TM
@@ -68,6 +69,39 @@ def _valid_da_tm(value: object, vr: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+#: Specific Character Set terms highdicom accepts (its enum; 'ISO 2022 IR 149', Korean, is missing from it).
+_HD_CHARSETS = frozenset(v.value for v in hd.SpecificCharacterSetValues)
+#: Code-extension terms that may open a multi-valued Specific Character Set (single-byte, PS3.3 C.12.1.1.2).
+_FIRST_CODE_EXTENSIONS = frozenset({"ISO 2022 IR 6", "ISO 2022 IR 100", "ISO 2022 IR 101", "ISO 2022 IR 109",
+                                    "ISO 2022 IR 110", "ISO 2022 IR 144", "ISO 2022 IR 127", "ISO 2022 IR 126",
+                                    "ISO 2022 IR 138", "ISO 2022 IR 148", "ISO 2022 IR 203", "ISO 2022 IR 13",
+                                    "ISO 2022 IR 166"})
+UTF8 = "ISO_IR 192"
+
+
+def output_character_set(source: Dataset) -> str | list[str] | None:
+    """Specific Character Set of a SEG or overlay made from ``source``: the source's own when highdicom accepts
+    it, else UTF-8 (``ISO_IR 192``, which encodes any text pydicom decoded), else None (default repertoire).
+
+    An empty first value of a multi-valued set (the default repertoire with code extensions, e.g.
+    ``\\ISO 2022 IR 87`` in Japanese files) becomes its defined term ``ISO 2022 IR 6``.
+    """
+    value = source.get("SpecificCharacterSet")
+    values = [str(v).strip() for v in (value if isinstance(value, (list, MultiValue)) else [value or ""])]
+    if values == [""]:
+        return None
+    if len(values) == 1:
+        if values[0] in _HD_CHARSETS and not values[0].startswith("ISO 2022"):
+            return values[0]
+    else:
+        values[0] = values[0] or "ISO 2022 IR 6"
+        if values[0] in _FIRST_CODE_EXTENSIONS and all(v in _HD_CHARSETS and v.startswith("ISO 2022") for v in values):
+            return values
+    logger.info("source %s: Specific Character Set %s is not one highdicom writes; its SEG and overlay are written "
+                "in UTF-8 (%s)", source.get("SOPInstanceUID"), "\\".join(values), UTF8)
+    return UTF8
 
 
 def known_pixel_spacing(source: Dataset) -> tuple[float, float] | None:
@@ -172,6 +206,7 @@ def build_segmentation(
             device_serial_number="0",
             series_description=_series_description(first, algorithm, "SEG"),
             omit_empty_frames=False,
+            specific_character_set=output_character_set(first),
         )
     except KeyError as exc:  # highdicom looks the source's IOD up by SOP class
         if exc.args and str(exc.args[0]) == str(first.SOPClassUID):
@@ -242,6 +277,7 @@ def build_overlay(source: Dataset, rgb: np.ndarray, mask: np.ndarray, algorithm:
         pixel_spacing=spacing,
         laterality=source.get("Laterality") or None,
         series_description=_series_description(source, algorithm, "overlay"),
+        specific_character_set=output_character_set(source),
     )
     sc.PatientOrientation = list(orientation) if orientation is not None else ""
     if "Laterality" not in sc:
