@@ -9,12 +9,15 @@ from __future__ import annotations
 import ast
 import difflib
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["check_batch_size", "check_choice", "check_cli", "check_range", "config_ids", "unknown_overrides"]
+__all__ = [
+    "check_batch_size", "check_choice", "check_cli", "check_range", "check_workflow_ids", "config_ids",
+    "unknown_overrides",
+]
 
 #: ``monai.bundle run`` arguments that are not config ids.
 _RUN_ARGS = frozenset({
@@ -95,13 +98,27 @@ def _literal(value: Any) -> Any:
     return value
 
 
+def _known_ids(files: Iterable[Path]) -> set[str]:
+    """The ids that config ``files`` define, with the top-level ids that tracking settings add to a workflow
+    (MONAI's default MLflow settings, and the ``configs`` of a settings file such as ``mlflow_tracking.json``)."""
+    from monai.bundle import ConfigParser
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+
+    known = set(DEFAULT_MLFLOW_SETTINGS["configs"])
+    for f in sorted(files):
+        config = ConfigParser.load_config_file(f)
+        known |= config_ids(config)
+        if isinstance(config, Mapping) and "handlers_id" in config and isinstance(config.get("configs"), Mapping):
+            known |= set(config["configs"])
+    return known
+
+
 def unknown_overrides(args: Sequence[str]) -> dict[str, list[str]]:
     """Override ids of a ``monai.bundle run`` command line (``args`` after ``run``) that its configs do not define,
     each with close matches. Ids of every config beside the given ones count as known (one argument list may serve
     train, evaluate and inference). A nested id (``a#b``) is known when its parent (``a``) is, so new arguments
     can be added to an existing component."""
     from monai.bundle import ConfigParser
-    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
     from monai.utils import ensure_tuple
 
     overrides = _parse_overrides(args)
@@ -114,9 +131,7 @@ def unknown_overrides(args: Sequence[str]) -> dict[str, list[str]]:
         given = given.split(",")
     files = [Path(f) for f in ensure_tuple(given)]
     siblings = {f for folder in {p.parent for p in files} for f in folder.glob("*.json")}
-    known = set(DEFAULT_MLFLOW_SETTINGS["configs"])
-    for f in sorted(siblings | set(files)):
-        known |= config_ids(ConfigParser.load_config_file(f))
+    known = _known_ids(siblings | set(files))
     tops = sorted(k for k in known if "#" not in k)
     unknown = {}
     for key in overrides:
@@ -159,4 +174,44 @@ def check_cli(argv: Sequence[str] | None = None) -> bool:
         lines = [f"--{k}" + (f" (did you mean {' or '.join(repr(m) for m in v)}?)" if v else "") for k, v in unknown.items()]
         raise ValueError(f"unknown config id(s) on the command line, not defined in the config files: "
                          f"{'; '.join(lines)}")
+    return True
+
+
+def _running_workflow() -> Any:
+    """The ``ConfigWorkflow`` whose parser is evaluating the calling config expression, or None.
+
+    A config expression cannot see its parser, so the caller's stack is searched: the nearest ``ConfigParser`` method
+    frame is the parser, and the ``ConfigWorkflow`` frame above it that owns that parser is the workflow."""
+    from monai.bundle import ConfigParser, ConfigWorkflow
+
+    parser, frame = None, sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if parser is None and isinstance(owner, ConfigParser):
+            parser = owner
+        elif parser is not None and isinstance(owner, ConfigWorkflow) and owner.parser is parser:
+            return owner
+        frame = frame.f_back
+    return None
+
+
+def check_workflow_ids() -> bool:
+    """Raise a ``ValueError`` for top-level ids of the running ``ConfigWorkflow`` that no config in its config
+    folder defines: an override passed to ``monai.bundle.run(..., epoch=1)`` or ``ConfigWorkflow(..., epoch=1)``
+    (scripts, MONAI Label) is refused as ``--epoch 1`` is on the command line (see :func:`check_cli`), instead of
+    being added to the config and ignored. Ids starting with ``_`` (``_meta_``) pass. A no-op for an expression
+    that is not evaluated by a ``ConfigWorkflow`` (a plain ``ConfigParser``, whose files are not known)."""
+    workflow = _running_workflow()
+    if workflow is None:
+        return True
+    folder = Path(workflow.config_root_path)
+    known = _known_ids(folder.glob("*.json"))
+    tops = sorted(k for k in known if "#" not in k)
+    unknown = [k for k in workflow.parser.get() if not str(k).startswith("_") and k not in known]
+    if unknown:
+        lines = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, tops, n=3)
+            lines.append(repr(key) + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""))
+        raise ValueError(f"unknown config id(s), not defined in the config files in {folder}: {'; '.join(lines)}")
     return True
