@@ -14,6 +14,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ..errors import summary_error
+
 __all__ = [
     "check_batch_size", "check_choice", "check_cli", "check_range", "check_workflow_ids", "config_ids",
     "unknown_overrides",
@@ -145,13 +147,12 @@ def unknown_overrides(args: Sequence[str]) -> dict[str, list[str]]:
 
 
 def _summarise_errors(hook: Callable[..., Any]) -> Callable[..., Any]:
-    """An ``excepthook`` that runs ``hook`` (the traceback), then prints the innermost cause as the last line."""
+    """An ``excepthook`` that runs ``hook`` (the traceback, the whole chain), then prints the exception that
+    :func:`~vmunetv2_monai.errors.summary_error` picks (our message naming the file, id or value) as the last line."""
 
     def excepthook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
         hook(kind, err, tb)
-        root = err
-        while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
-            root = root.__cause__ or root.__context__
+        root = summary_error(err)
         lines = str(root).strip().splitlines()
         text = "\n".join(lines[:25] + ([f"... ({len(lines) - 25} more lines above)"] if len(lines) > 25 else []))
         sys.stderr.write(f"vmunetv2_monai error: {type(root).__name__}: {text}\n")
