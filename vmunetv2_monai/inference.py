@@ -14,6 +14,7 @@ give ``(C, W, H)`` for PNG/JPEG and the network was trained on that order, so th
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 from .bundle_weights import check_bundle_weights
+from .checkpoint_files import check_checkpoint_file, unpickling_reason
 from .ops import autocast_dtype
 
 logger = logging.getLogger(__name__)
@@ -53,7 +55,9 @@ def read_checkpoint(
     """``torch.load(path, weights_only=True)`` with errors that name the file and say what is wrong with it.
 
     Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for an empty or unreadable file (not a
-    PyTorch checkpoint, or one holding pickled objects) and, with ``check_finite``, for tensors holding NaN or Inf.
+    PyTorch checkpoint, one holding pickled objects, a git-LFS pointer, a TorchScript archive or a zip archive that
+    would expand past a bound, see :func:`~vmunetv2_monai.checkpoint_files.check_checkpoint_file`) and, with
+    ``check_finite``, for tensors holding NaN or Inf.
     ``what`` names the file's role in the messages. A bundle's own weights (``models/model.pt``) are compared with
     its ``large_files.yml`` first (:func:`~vmunetv2_monai.bundle_weights.check_bundle_weights`: a WARNING on a
     mismatch).
@@ -64,8 +68,14 @@ def read_checkpoint(
     if path.stat().st_size == 0:
         raise ValueError(f"{what} {path} is empty (0 bytes): an interrupted copy or download?")
     check_bundle_weights(path)
+    check_checkpoint_file(path, what)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message advises weights_only=False, which would run code from the file: kept at DEBUG only
+        logger.debug("torch.load(%s, weights_only=True) refused the file", path, exc_info=err)
+        raise ValueError(f"cannot read {what} {path}: not a PyTorch weights file: "
+                         f"{unpickling_reason(str(err))}") from None
     except Exception as err:  # torch.load raises many types for foreign files (IndexError, EOFError, ...)
         raise ValueError(f"cannot read {what} {path}: not a PyTorch weights file ({type(err).__name__}: "
                          f"{str(err)[:300]})") from err
