@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # System packages for the DICOM tests: Orthanc with its DICOMweb plugin (tests/dicom starts its own instance on
-# free 127.0.0.1 ports) and dicom3tools (dciodvfy checks the DICOM SEG objects). Debian/Ubuntu, via apt.
+# free 127.0.0.1 ports), dicom3tools (dciodvfy checks the DICOM SEG objects) and dcmtk (echoscu / storescu try the
+# listener). Debian/Ubuntu, via apt.
 # Usage: bash scripts/install_system_packages.sh          (as root)
 #        bash scripts/install_system_packages.sh --sudo   (as another user, through sudo)
 set -euo pipefail
-PKGS=(orthanc orthanc-dicomweb dicom3tools)
+PKGS=(orthanc orthanc-dicomweb dicom3tools dcmtk)
 if dpkg -s "${PKGS[@]}" >/dev/null 2>&1; then
   echo "system packages already installed: ${PKGS[*]}"
   exit 0

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # One-step setup on a fresh machine: a virtual environment in .venv with everything the package, the bundle
 # and the tests need (CPU build of torch; mamba-ssm installed as pure Python, its CUDA kernel is a GPU extra).
-# Run as root with apt, it also installs the system packages of the DICOM tests (Orthanc, dicom3tools); otherwise
+# Run as root with apt, it also installs the system packages of the DICOM tests (Orthanc, dicom3tools, dcmtk); otherwise
 # it says how to install them.
 # Usage: bash scripts/setup.sh            (VENV=path to choose another location)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
   bash scripts/install_system_packages.sh
-elif ! dpkg -s orthanc orthanc-dicomweb dicom3tools >/dev/null 2>&1; then
-  echo "NOTE: Orthanc, its DICOMweb plugin and dicom3tools are not installed and this setup cannot install them" \
+elif ! dpkg -s orthanc orthanc-dicomweb dicom3tools dcmtk >/dev/null 2>&1; then
+  echo "NOTE: Orthanc, its DICOMweb plugin, dicom3tools and dcmtk are not installed and this setup cannot install them" \
        "(it needs root and apt). The tests in tests/dicom that use them fail until you run:" \
        "sudo bash scripts/install_system_packages.sh" >&2
 fi

@@ -5,6 +5,12 @@ Nothing lost: an image is acknowledged only once it is on disk in the spool dire
 its validated SOPInstanceUID), and it leaves the spool only after its SEG was accepted by the destination and
 recorded as done. Never twice: the state file says what is done, and a SEG's UID is derived from its sources,
 so a SEG re-sent after a kill between the store and the state update is the same object (a PACS keeps one).
+
+What an administrator sets (:class:`ListenerLimits`): the calling AE titles allowed (others, and a called AE title
+other than ours, are rejected at association); the largest object accepted (a bigger one is aborted while it
+arrives: datasets are streamed to a file, never held whole in memory); a spool size above which new associations
+are rejected (transient, "temporary congestion"). C-ECHO (Verification) is answered. A destination that is down
+is retried with a bounded exponential back-off.
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
-from pynetdicom.sop_class import SecondaryCaptureImageStorage, SegmentationStorage
+from pydicom.errors import InvalidDicomError
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, evt
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.sop_class import SecondaryCaptureImageStorage, SegmentationStorage, Verification
 
-from .files import write_atomic
+from .files import copy_atomic
 from .reader import UnsupportedDicomError, check_metadata, failure_reason, read_dataset
 from .state import FAILED, StateDB
 from .units import Segmenter, UnitResult, group_units, is_volumetric, skip_reason
@@ -30,6 +39,42 @@ logger = logging.getLogger(__name__)
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 STATUS_SUCCESS, STATUS_OUT_OF_RESOURCES, STATUS_CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
+#: A-ASSOCIATE-RJ (result, source, diagnostic): transient, service provider (presentation), temporary congestion.
+REJECT_CONGESTION = (0x02, 0x03, 0x01)
+MB = 1024 * 1024
+
+
+def backoff_delay(failures: int, interval: float, max_backoff: float) -> float:
+    """Seconds to wait after ``failures`` consecutive failures: doubling from ``interval`` (at least 1 s), capped."""
+    return min(max(interval, 1.0) * 2.0 ** (failures - 1), max_backoff)
+
+
+@dataclass(frozen=True)
+class ListenerLimits:
+    """What the Storage SCP accepts: ``calling_aets`` (empty: any calling AE title; the called AE title must always
+    be ours), objects up to ``max_object_bytes``, new associations while the spool holds at most
+    ``spool_max_bytes``; a destination that is down is retried after :func:`backoff_delay` up to ``max_backoff_s``.
+    """
+
+    calling_aets: tuple[str, ...] = ()
+    max_object_bytes: int = 256 * MB
+    spool_max_bytes: int = 10 * 1024 * MB
+    max_backoff_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        for title in self.calling_aets:
+            if not 0 < len(title.strip()) <= 16 or "\\" in title:
+                raise ValueError(f"calling AE title {title!r}: 1 to 16 characters, no backslash")
+        if self.max_object_bytes <= 0 or self.spool_max_bytes <= 0 or self.max_backoff_s <= 0:
+            raise ValueError(f"limits must be positive: {self}")
+
+
+@dataclass
+class _Transfer:
+    """Bytes of the dataset now arriving on one association."""
+
+    received: int = 0
+    aborted: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,7 +103,8 @@ def spool_path(spool: Path, ds: Dataset) -> Path:
 
 
 class Listener:
-    """Storage SCP on ``host:port`` (127.0.0.1 by default) + a worker that empties the spool."""
+    """Storage SCP on ``host:port`` (127.0.0.1 by default) + a worker that empties the spool every
+    ``poll_interval`` seconds."""
 
     def __init__(
         self,
@@ -70,41 +116,107 @@ class Listener:
         host: str = "127.0.0.1",
         port: int = 11112,
         settle_s: float = 60.0,
+        limits: ListenerLimits | None = None,
+        poll_interval: float = 2.0,
     ) -> None:
         self.segmenter, self.state, self.destination = segmenter, state, destination
         self.spool = Path(spool)
         self.spool.mkdir(parents=True, exist_ok=True)
         self.ae_title, self.host, self.port, self.settle_s = ae_title, host, port, settle_s
+        self.limits = limits or ListenerLimits()
+        self.poll_interval = poll_interval
         self.stop_event = threading.Event()
         self._server = None
         #: SEGs whose C-STORE failed, by their source UIDs: re-sent on the next poll without segmenting again.
         self._unsent: dict[tuple[str, ...], UnitResult] = {}
+        #: datasets arriving, by association (each association runs in its own thread)
+        self._transfers: dict[int, _Transfer] = {}
+        #: consecutive failed sends to the destination, and when (time.monotonic) the next one may be tried
+        self._send_failures, self._send_retry_at = 0, 0.0
+
+    def spool_bytes(self) -> int:
+        """Bytes held in the spool (waiting and failed images)."""
+        return sum(p.stat().st_size for p in self.spool.rglob("*") if p.is_file())
+
+    def _on_requested(self, event: evt.Event) -> None:
+        """A-ASSOCIATE-RQ: rejected (transient) while the spool is above its watermark."""
+        held = self.spool_bytes()
+        if held > self.limits.spool_max_bytes:
+            logger.warning("association from %s rejected: the spool holds %.1f MB, above the %.1f MB watermark",
+                           event.assoc.requestor.primitive.calling_ae_title, held / MB,
+                           self.limits.spool_max_bytes / MB)
+            event.assoc.acse.send_reject(*REJECT_CONGESTION)
+            event.assoc.kill()  # as pynetdicom after its own rejections: the A-ASSOCIATE-RJ is sent, then the DUL stops
+
+    def _on_pdu(self, event: evt.Event) -> None:
+        """Count the bytes of the dataset arriving; abort the association once it is above the object size limit
+        (pynetdicom streams it to a temporary file meanwhile, so nothing large is held in memory)."""
+        if not isinstance(event.pdu, P_DATA_TF):
+            return
+        transfer = self._transfers.setdefault(id(event.assoc), _Transfer())
+        for item in event.pdu.presentation_data_value_items:
+            data = item.presentation_data_value or b""
+            if not data or data[0] & 1:  # command set fragment
+                continue
+            transfer.received += len(data) - 1
+            if transfer.received > self.limits.max_object_bytes and not transfer.aborted:
+                transfer.aborted = True
+                logger.warning("C-STORE from %s aborted: object larger than the %.1f MB limit",
+                               event.assoc.requestor.ae_title, self.limits.max_object_bytes / MB)
+                event.assoc.abort()
+            if data[0] & 2:  # last fragment of this dataset
+                transfer.received = 0
+
+    def _on_closed(self, event: evt.Event) -> None:
+        """Connection closed: forget its transfer; the partial file of an aborted one is removed (pynetdicom 3
+        keeps it as ``dimse.message._data_set_file`` and deletes it only after a complete C-STORE)."""
+        transfer = self._transfers.pop(id(event.assoc), None)
+        if transfer is None or not transfer.aborted:
+            return
+        partial = getattr(getattr(event.assoc.dimse, "message", None), "_data_set_file", None)
+        if partial is not None:
+            partial.close()
+            Path(partial.name).unlink(missing_ok=True)
+            logger.info("removed the partial dataset %s", partial.name)
 
     def _on_store(self, event: evt.Event) -> int:
-        """C-STORE: keep the instance on disk before acknowledging it."""
+        """C-STORE: keep the instance on disk (copied from the file pynetdicom streamed it to) before acknowledging
+        it; refuse one above the object size limit."""
+        caller = event.assoc.requestor.ae_title
+        received = Path(event.dataset_path)
+        size = received.stat().st_size
+        if size > self.limits.max_object_bytes:
+            logger.warning("C-STORE from %s refused: %.1f MB, above the %.1f MB limit", caller, size / MB,
+                           self.limits.max_object_bytes / MB)
+            return STATUS_OUT_OF_RESOURCES
         try:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
-            path = spool_path(self.spool, ds)
-        except ValueError as exc:
-            logger.warning("C-STORE from %s refused: %s", event.assoc.requestor.ae_title, exc)
+            path = spool_path(self.spool, pydicom.dcmread(received, stop_before_pixels=True))
+        except (ValueError, InvalidDicomError, EOFError) as exc:
+            logger.warning("C-STORE from %s refused: %s", caller, exc)
             return STATUS_CANNOT_UNDERSTAND
         try:
-            write_atomic(ds, path)
+            copy_atomic(received, path)
         except OSError:
             logger.exception("C-STORE of %s: cannot write the spool file", path.name)
             return STATUS_OUT_OF_RESOURCES
         return STATUS_SUCCESS
 
     def start(self) -> None:
-        """Start the Storage SCP in the background."""
+        """Start the Storage SCP (and Verification SCP, for C-ECHO) in the background."""
+        _config.STORE_RECV_CHUNKED_DATASET = True  # datasets go to a file as they arrive, not into memory
         ae = AE(ae_title=self.ae_title)
+        ae.require_called_aet = True
+        ae.require_calling_aet = list(self.limits.calling_aets)
+        ae.add_supported_context(Verification)
         for context in StoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        self._server = ae.start_server((self.host, self.port), block=False,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
-        logger.info("Storage SCP %s listening on %s:%d; results go to %s", self.ae_title, self.host, self.port,
-                    self.destination)
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_REQUESTED, self._on_requested),
+                    (evt.EVT_PDU_RECV, self._on_pdu), (evt.EVT_CONN_CLOSE, self._on_closed)]
+        self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
+        callers = ", ".join(self.limits.calling_aets) or "any calling AE title"
+        logger.info("Storage SCP %s listening on %s:%d (accepting %s; objects up to %.1f MB; spool watermark %.1f "
+                    "MB); results go to %s", self.ae_title, self.host, self.port, callers,
+                    self.limits.max_object_bytes / MB, self.limits.spool_max_bytes / MB, self.destination)
 
     def shutdown(self) -> None:
         """Stop the SCP."""
@@ -169,8 +281,8 @@ class Listener:
             newest = max(p.stat().st_mtime for p in paths)
             if (len(unit) > 1 or is_volumetric(unit[0])) and now - newest < self.settle_s:
                 continue  # stable-series rule: no new slice for settle_s seconds (file times survive a restart)
-            if self.stop_event.is_set():
-                break
+            if self.stop_event.is_set() or time.monotonic() < self._send_retry_at:
+                break  # stopping, or the destination is down: the units wait in the spool
             finished += self._process(unit, paths)
         return finished
 
@@ -210,22 +322,28 @@ class Listener:
         try:
             self.send(result.overlays + [result.seg])
         except (ConnectionError, OSError, RuntimeError) as exc:  # destination down: keep the spool, retry later
-            logger.warning("cannot send SEG %s to %s (%s); retrying on the next poll", result.seg.SOPInstanceUID,
-                           self.destination, exc)
+            self._send_failures += 1
+            delay = backoff_delay(self._send_failures, self.poll_interval, self.limits.max_backoff_s)
+            self._send_retry_at = time.monotonic() + delay
+            logger.warning("cannot send SEG %s to %s (failure %d in a row: %s); next try in %.0f s",
+                           result.seg.SOPInstanceUID, self.destination, self._send_failures, exc, delay)
             self._unsent[key] = result
             return 0
+        if self._send_failures:
+            logger.info("%s reachable again after %d failed send(s)", self.destination, self._send_failures)
+            self._send_failures = 0
         self.state.mark_done_many(result.source_uids, study, series, str(result.seg.SOPInstanceUID))
         for path in paths:
             path.unlink()
         logger.info("sent SEG %s of %d instance(s) to %s", result.seg.SOPInstanceUID, len(unit), self.destination)
         return len(unit)
 
-    def serve(self, interval: float = 2.0) -> None:
-        """Run the SCP and empty the spool every ``interval`` seconds until :attr:`stop_event` is set."""
+    def serve(self) -> None:
+        """Run the SCP and empty the spool every :attr:`poll_interval` seconds until :attr:`stop_event` is set."""
         self.start()
         try:
             while not self.stop_event.is_set():
                 self.poll_once()
-                self.stop_event.wait(interval)
+                self.stop_event.wait(self.poll_interval)
         finally:
             self.shutdown()

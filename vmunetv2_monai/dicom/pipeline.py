@@ -34,7 +34,7 @@ from ..inference import Predictor, network_def
 from .algorithm import AlgorithmInfo
 from .dicomweb import DEFAULT_URL, InstanceRef, PacsClient, PacsUnavailable, is_transient
 from .files import write_atomic
-from .listener import Listener, RemoteAE
+from .listener import MB, Listener, ListenerLimits, RemoteAE, backoff_delay
 from .reader import UnsupportedDicomError, check_metadata, failure_reason, read_dataset
 from .state import DONE, FAILED, StateDB
 from .units import Segmenter, duplicate_uids, group_units, is_volumetric, skip_reason
@@ -342,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "an unreachable PACS is retried with back-off")
     p.add_argument("--interval", type=float, default=30.0, help="seconds between passes with --watch (spool polls "
                    "with --listen: at most 2 s)")
-    p.add_argument("--max-backoff", type=float, default=600.0, help="longest wait after repeated PACS failures")
+    p.add_argument("--max-backoff", type=float, default=600.0, help="longest wait after repeated failures to reach "
+                   "the PACS (--listen: the destination); the wait doubles from --interval (default %(default)s s)")
     p.add_argument("--settle", type=float, default=60.0, help="stable-series rule: a CT/MR series is segmented once "
                    "it has had no new instance for this many seconds (0: at once)")
     p.add_argument("--study-date", help="QIDO StudyDate filter, e.g. 20240101- (only these studies are listed)")
@@ -358,13 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen-port", type=int, default=11112, help="port of the Storage SCP (default %(default)s)")
     p.add_argument("--destination", help="AET@host:port that receives the SEGs in --listen mode")
     p.add_argument("--spool", default="vmunetv2_spool", help="received images wait here until their SEG is sent")
+    p.add_argument("--calling-aet", action="append", default=[], metavar="AET", help="--listen: a calling AE title "
+                   "allowed to associate (repeat for more); others are rejected. Default: any. The called AE title "
+                   "must always be --ae-title")
+    p.add_argument("--max-object-mb", type=float, default=256.0, help="--listen: largest object accepted; a larger "
+                   "C-STORE is aborted while it arrives (default %(default)s MB)")
+    p.add_argument("--spool-max-mb", type=float, default=10240.0, help="--listen: new associations are rejected "
+                   "(transient, temporary congestion) while the spool holds more than this (default %(default)s MB)")
     p.add_argument("--log-level", default="INFO")
     return p
-
-
-def backoff_delay(failures: int, interval: float, max_backoff: float) -> float:
-    """Seconds to wait after ``failures`` consecutive unreachable passes: doubling from ``interval``, capped."""
-    return min(max(interval, 1.0) * 2.0 ** (failures - 1), max_backoff)
 
 
 def make_segmenter(args: argparse.Namespace) -> Segmenter:
@@ -403,8 +406,10 @@ def listen(segmenter: Segmenter, args: argparse.Namespace) -> int:
     if not args.destination:
         raise SystemExit("--listen needs --destination AET@host:port")
     with StateDB(args.state) as state:
+        limits = ListenerLimits(tuple(args.calling_aet), int(args.max_object_mb * MB), int(args.spool_max_mb * MB),
+                                args.max_backoff)
         listener = Listener(segmenter, state, args.spool, RemoteAE.parse(args.destination), args.ae_title,
-                            args.listen_host, args.listen_port, args.settle)
+                            args.listen_host, args.listen_port, args.settle, limits, min(args.interval, 2.0))
         if args.retry_failed:
             listener.requeue_failed()
 
@@ -413,7 +418,7 @@ def listen(segmenter: Segmenter, args: argparse.Namespace) -> int:
             listener.stop_event.set()
 
         signal.signal(signal.SIGTERM, _stop)
-        listener.serve(min(args.interval, 2.0))
+        listener.serve()
     return 0
 
 
