@@ -36,6 +36,7 @@ def _good(tmp_path):
 @pytest.mark.parametrize("damage, reason", [
     ("text", "not a readable DICOM"), ("empty", "not a readable DICOM"), ("truncated_pixels", "truncated pixel data"),
     ("no_pixels", "pixel data"), ("multi_frame", "multi-frame"),
+    ("three_sample_monochrome", "MONOCHROME2 with three samples per pixel"),  # was taken as RGB (issue 25, 13)
 ])
 def test_broken_dicom_is_refused_naming_the_file(tmp_path, damage, reason):
     ds, path = _good(tmp_path)
@@ -49,6 +50,8 @@ def test_broken_dicom_is_refused_naming_the_file(tmp_path, damage, reason):
             ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
         elif damage == "no_pixels":
             del ds.PixelData
+        elif damage == "three_sample_monochrome":
+            ds.PhotometricInterpretation = "MONOCHROME2"
         else:
             ds.NumberOfFrames = 2
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

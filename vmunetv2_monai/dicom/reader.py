@@ -64,6 +64,9 @@ def failure_reason(exc: BaseException) -> str:
     return exc.reason if isinstance(exc, UnsupportedDicomError) else f"{type(exc).__name__}: {exc}"
 
 
+#: Photometric interpretations of three samples per pixel that pydicom decodes to RGB (PS3.3 C.7.6.3.1.2).
+COLOUR_PHOTOMETRIC = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"})
+
 #: Geometry attributes and their number of values: present but not that many finite numbers is a refusal (slices
 #: are grouped and sorted by them before anything else is done).
 GEOMETRY_ATTRIBUTES = (("PixelSpacing", 2), ("ImageOrientationPatient", 6), ("ImagePositionPatient", 3))
@@ -153,6 +156,8 @@ def check_metadata(ds: Dataset, source: str = "") -> None:
         raise refuse(f"unsupported SamplesPerPixel {spp}")
     if spp == 1 and pi not in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"):
         raise refuse(f"unsupported photometric interpretation {pi} with one sample per pixel")
+    if spp == 3 and pi not in COLOUR_PHOTOMETRIC:
+        raise refuse(f"unsupported photometric interpretation {pi} with three samples per pixel")
     for key, n_values in GEOMETRY_ATTRIBUTES:
         problem = _geometry_problem(ds, key, n_values)
         if problem is not None:

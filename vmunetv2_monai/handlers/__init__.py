@@ -1,5 +1,5 @@
 """Ignite handlers for the VM-UNetV2 bundle: training budget and learning-rate schedule, atomic checkpoints, checked
-loading and a never-worse model gate, a stop on a non-finite loss,
+loading and a never-worse model gate, a stop on a non-finite loss, the run settings a resume checks,
 evaluation reports, prediction writer, complete MLflow runs and checkpoint lineage."""
 
 from .atomic import atomic_write
@@ -9,6 +9,7 @@ from .incumbent import KeepBetterModel
 from .lineage import read_lineage, write_lineage
 from .predictions import PredictionWriter, overlay_contour
 from .reports import CaseReportWriter
+from .settings import ResumeSettingsError, RunSettings
 from .tracking import MLflowTracker, package_versions
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "KeepBetterModel",
     "MLflowTracker",
     "PredictionWriter",
+    "ResumeSettingsError",
+    "RunSettings",
     "StopOnNonFiniteLoss",
     "TrainingBudget",
     "WarmupCosineLR",

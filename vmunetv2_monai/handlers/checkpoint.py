@@ -199,7 +199,9 @@ class CheckpointLoader:
 
     Args:
         load_path: checkpoint file; None: the loader loads nothing (an optional starting point, e.g. fine-tuning).
-        load_dict: name -> object with ``load_state_dict``; a raw state dict fills a one-entry ``load_dict``.
+        load_dict: name -> object with ``load_state_dict``; a raw state dict fills a one-entry ``load_dict``. An
+            entry the checkpoint lacks is an error, unless its object has ``optional_state = True`` (then it is
+            skipped with a warning, e.g. :class:`~vmunetv2_monai.handlers.RunSettings` of an earlier version).
         map_location: ``torch.load``'s ``map_location``.
         strict: strict state-dict loading.
     """
@@ -229,9 +231,14 @@ class CheckpointLoader:
         first = next(iter(self.load_dict))
         if len(self.load_dict) == 1 and not (isinstance(checkpoint, Mapping) and first in checkpoint):
             checkpoint = {first: checkpoint}
-        missing = [k for k in self.load_dict if not isinstance(checkpoint, Mapping) or k not in checkpoint]
+        absent = [k for k in self.load_dict if not isinstance(checkpoint, Mapping) or k not in checkpoint]
+        missing = [k for k in absent if not getattr(self.load_dict[k], "optional_state", False)]
         if missing:
             raise ValueError(f"checkpoint {self.load_path} has no entry for {', '.join(missing)}")
+        if absent:
+            logger.warning("checkpoint %s has no entry for %s (saved by an earlier version): not loaded, not checked",
+                           self.load_path, ", ".join(absent))
+        load_dict = {k: v for k, v in self.load_dict.items() if k not in absent}
         settings = {
             name: {k: v for k, v in obj.state_dict().items() if k not in _SCHEDULE_PROGRESS}
             for name, obj in self.load_dict.items()
@@ -239,7 +246,7 @@ class CheckpointLoader:
         }
         prior_max_epochs = engine.state.max_epochs
         try:
-            Checkpoint.load_objects(to_load=self.load_dict, checkpoint=checkpoint, strict=self.strict)
+            Checkpoint.load_objects(to_load=load_dict, checkpoint=checkpoint, strict=self.strict)
         except (KeyError, RuntimeError, TypeError, ValueError) as err:
             raise ValueError(f"checkpoint {self.load_path} does not fit this config (another network size, "
                              f"depths or dims?): {str(err)[:1000]}") from err

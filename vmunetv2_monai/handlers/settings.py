@@ -1,0 +1,71 @@
+"""The settings a training run started with, kept in its ``latest.pt`` so that a resume that changes them is never
+silent: settings a run cannot change midway are refused by name, the others are applied and logged."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["ResumeSettingsError", "RunSettings"]
+
+logger = logging.getLogger(__name__)
+
+
+class ResumeSettingsError(Exception):
+    """A resume would change settings that a run keeps from start to end (not a ``ValueError``, so that a
+    checkpoint loader does not report it as a checkpoint that does not fit)."""
+
+
+def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` as JSON would give them back (tuples as lists), so that a saved run compares equal."""
+    return json.loads(json.dumps(dict(values)))
+
+
+class RunSettings:
+    """A run's settings as a state-dict object for the trainer's checkpoint (``train#state``).
+
+    Saved with the run's other state; when a resume loads it, each recorded setting is compared with the current
+    config. A changed ``fixed`` setting (batch size, image size, preprocessing, network, weight decay) stops the run
+    with a :class:`ResumeSettingsError` naming each one, its old and its new value; a changed ``changeable``
+    setting (the budget, the learning-rate schedule) applies from the resumed iteration on and is logged at
+    WARNING. Put it first in the load dict, so that it is checked before weights that may not fit are loaded.
+
+    A checkpoint saved before settings were recorded lacks this entry: the loader skips it (``optional_state``)
+    with a warning.
+
+    Args:
+        fixed: id -> value of the settings a run cannot change midway.
+        changeable: id -> value of the settings a resume may change.
+        source: the checkpoint, for messages.
+    """
+
+    optional_state = True
+
+    def __init__(self, fixed: Mapping[str, Any], changeable: Mapping[str, Any],
+                 source: str | os.PathLike = "latest.pt") -> None:
+        overlap = set(fixed) & set(changeable)
+        if overlap:
+            raise ValueError(f"settings both fixed and changeable: {', '.join(sorted(overlap))}")
+        self.fixed = _plain(fixed)
+        self.changeable = _plain(changeable)
+        self.source = os.fspath(source)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.fixed, **self.changeable}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        current = self.state_dict()
+        changed = {k: (state[k], v) for k, v in current.items() if k in state and state[k] != v}
+        refused = [f"'{k}' {old!r} -> {new!r}" for k, (old, new) in changed.items() if k in self.fixed]
+        if refused:
+            raise ResumeSettingsError(
+                f"cannot resume {self.source} with changed settings that a run keeps from start to end: "
+                f"{', '.join(refused)}; give the run's values, or start a new run (without 'resume', or into "
+                "another 'output_dir')"
+            )
+        if changed:
+            logger.warning("resuming %s with changed settings, applied from here on: %s", self.source,
+                           ", ".join(f"'{k}' {old!r} -> {new!r}" for k, (old, new) in changed.items()))
