@@ -208,3 +208,15 @@ def test_watcher_records_a_poison_study_and_instances_and_goes_on(tmp_path: Path
         assert state.study_failures()[0].attempts == 2
     assert main(["--list-failed", "--state", str(tmp_path / "state.sqlite")]) == 0
     assert f"{BAD_STUDY}\t2\tstudy {BAD_STUDY}: ValueError" in capsys.readouterr().out
+
+
+def test_refusal_of_a_sop_class_highdicom_cannot_reference_names_the_file(tmp_path: Path) -> None:
+    """Issue 25, point 13: this refusal came from the SEG builder and named '<dataset>' instead of the file."""
+    still = _still()
+    still.SOPClassUID = still.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6"  # retired US Image
+    path = write_atomic(still, tmp_path / "retired_us.dcm")
+    summary = segment_files([path], tmp_path / "out", Segmenter(ThresholdPredictor()))
+    assert "unknown to highdicom" in summary.failed[str(path)]
+    with pytest.raises(UnsupportedDicomError, match="unknown to highdicom") as err:
+        Segmenter(ThresholdPredictor()).segment([still], str(path))
+    assert str(err.value).startswith(f"{path} (SOPInstanceUID {still.SOPInstanceUID})"), str(err.value)

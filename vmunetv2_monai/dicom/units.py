@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 
 from ..inference import Predictor
 from .algorithm import MANUFACTURER, AlgorithmInfo
-from .reader import NON_IMAGE_SOP_CLASSES, GreyWindow, grey_window, is_greyscale, load_image
+from .reader import NON_IMAGE_SOP_CLASSES, GreyWindow, UnsupportedDicomError, grey_window, is_greyscale, load_image
 from .seg import build_overlay, build_segmentation, read_back, seg_uid_for
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,12 @@ class Segmenter:
         source_rule = ({"greyscale_window": window.describe()} if window is not None
                        else {"colour": "stored / (2**BitsStored - 1) * 255"})
         parameters = {**source_rule, "bundle_intensity": self.predictor.intensity_rule}
-        seg = build_segmentation(list(unit), masks, self.algorithm, parameters)
+        try:
+            seg = build_segmentation(list(unit), masks, self.algorithm, parameters)
+        except UnsupportedDicomError as exc:
+            if exc.source:
+                raise
+            raise UnsupportedDicomError(exc.reason, source, exc.sop_instance_uid) from exc  # name the file / unit
         read_back(seg)
         overlays = ([build_overlay(image.dataset, image.display_rgb(), mask, self.algorithm)
                      for image, mask in zip(images, masks)] if self.overlay else [])
