@@ -160,11 +160,12 @@ def detect_layout(root: Path) -> str:
 
 
 def read_names(path: str | os.PathLike) -> list[str]:
-    """Read one file stem per line (blank lines and ``#`` comments ignored; suffixes are stripped)."""
+    """Read one file stem per line (blank lines and ``#`` comments ignored; suffixes are stripped; a UTF-8 byte
+    order mark, as Windows editors write, is dropped)."""
     path = Path(path)
     if not path.is_file():
         raise DataListError(f"split file not found: {path}")
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
     names = [_stem(Path(ln)) for ln in lines if ln and not ln.startswith("#")]
     if not names:
         raise DataListError(f"split file {path} lists no names")

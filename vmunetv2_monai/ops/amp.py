@@ -33,12 +33,15 @@ def autocast_dtype(amp: bool | str, device: torch.device | str) -> torch.dtype |
     """The autocast dtype that ``amp`` means on ``device``, or None for no AMP.
 
     Raises ``ValueError`` for an unknown setting and ``RuntimeError`` when ``"bf16"`` is asked of a CUDA device
-    without bf16 support. ``"fp16"`` logs a WARNING (once) about gradient underflow.
+    without bf16 support. ``"fp16"`` logs a WARNING (once) about gradient underflow; ``"bf16"`` or ``"fp16"`` on
+    another device a WARNING (once) that it runs in fp32.
     """
     choice = ("auto" if amp else "off") if isinstance(amp, bool) else amp
     if choice not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {AMP_CHOICES} or a bool, got {amp!r}.")
     device = torch.device(device)
+    if choice in ("bf16", "fp16") and device.type != "cuda":
+        _log_once(logging.WARNING, f"amp={choice!r} on {device}: AMP applies on CUDA devices only, running in fp32.")
     if choice == "off" or device.type != "cuda":
         return None
     if choice == "fp16":

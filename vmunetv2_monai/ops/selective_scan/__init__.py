@@ -15,7 +15,8 @@ Backends, all with mamba-ssm's ``selective_scan_fn`` contract:
 On CUDA tensors, ``auto`` falling back from ``mamba`` logs a WARNING with the reason and the install command. Our
 backends compute in float32 (float64 stays float64) also under autocast: it is switched off around them.
 
-The environment variable ``VMUNETV2_SCAN_BACKEND`` sets the backend used by ``"auto"`` (read once, here).
+The environment variable ``VMUNETV2_SCAN_BACKEND`` sets the backend used by ``"auto"`` (read once, here; empty
+means ``auto``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ __all__ = ["SCAN_BACKENDS", "available_backends", "resolve_backend", "selective_
 logger = logging.getLogger(__name__)
 
 SCAN_BACKENDS = ("auto", "mamba", "cpu", "torch", "reference")
-_ENV_BACKEND = os.environ.get("VMUNETV2_SCAN_BACKEND", "auto")
+_ENV_BACKEND = os.environ.get("VMUNETV2_SCAN_BACKEND") or "auto"  # set but empty: auto
 _logged: set[tuple[str, str]] = set()
 
 
