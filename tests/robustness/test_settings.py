@@ -115,3 +115,15 @@ def test_resume_command_with_a_changed_batch_size_exits_1_naming_it(dataset, tmp
     assert code == 1 and last.startswith("vmunetv2_monai error: ResumeSettingsError"), tail(log)
     assert "'batch_size' 2 -> 4" in last and "latest.pt" in last
     assert (out / "models" / "latest.pt").read_bytes() == before
+
+
+def test_resume_without_latest_says_it_starts_over_and_does_not_advise_a_resume(dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    _train(dataset, out, epochs=1)
+    (out / "models" / "latest.pt").unlink()
+    capsys.readouterr()
+    _train(dataset, out, epochs=1, resume=True)
+    log = capsys.readouterr().out
+    assert "'resume' is set but" in log and "latest.pt does not exist: nothing to resume" in log
+    assert "model.pt is from an earlier run: kept as" in log and "--resume True continues" not in log
+    assert len(list((out / "models").glob("model.prev-*.pt"))) == 1

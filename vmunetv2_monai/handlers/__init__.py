@@ -9,7 +9,7 @@ from .incumbent import KeepBetterModel
 from .lineage import read_lineage, write_lineage
 from .predictions import PredictionWriter, overlay_contour
 from .reports import CaseReportWriter
-from .settings import ResumeSettingsError, RunSettings
+from .settings import ResumeSettingsError, RunSettings, resume_from
 from .tracking import MLflowTracker, package_versions
 
 __all__ = [
@@ -29,5 +29,6 @@ __all__ = [
     "overlay_contour",
     "package_versions",
     "read_lineage",
+    "resume_from",
     "write_lineage",
 ]

@@ -51,8 +51,9 @@ def keep_previous(path: str | os.PathLike) -> Path | None:
     os.rename(path, target)
     if sidecar_path(path).exists():
         os.rename(sidecar_path(path), sidecar_path(target))
-    logger.warning("%s is from an earlier run: kept as %s (a new run never overwrites it; --resume True continues "
-                   "that run instead)", path, target)
+    resumable = path.with_name("latest.pt").exists()  # advise a resume only when there is a run to resume
+    logger.warning("%s is from an earlier run: kept as %s (a new run never overwrites it%s)", path, target,
+                   "; --resume True continues that run instead" if resumable else "")
     return target
 
 

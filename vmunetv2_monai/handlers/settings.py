@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ResumeSettingsError", "RunSettings"]
+__all__ = ["ResumeSettingsError", "RunSettings", "resume_from"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,3 +69,13 @@ class RunSettings:
         if changed:
             logger.warning("resuming %s with changed settings, applied from here on: %s", self.source,
                            ", ".join(f"'{k}' {old!r} -> {new!r}" for k, (old, new) in changed.items()))
+
+
+def resume_from(latest_path: str | os.PathLike, resume: bool) -> bool:
+    """Whether training resumes from ``latest_path``: ``resume`` is set and the file exists. A ``resume`` without
+    the file logs a WARNING that training starts from the beginning (instead of doing so without a word)."""
+    if resume and not os.path.exists(latest_path):
+        logger.warning("'resume' is set but %s does not exist: nothing to resume, training starts from the beginning",
+                       latest_path)
+        return False
+    return bool(resume)
