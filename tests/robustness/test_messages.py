@@ -1,8 +1,10 @@
 """Small settings that used to pass without a word or fail without a hint: bf16/fp16 AMP on a CPU, an empty
-``VMUNETV2_SCAN_BACKEND``, a byte order mark in a names file (issue 26, groups J and K)."""
+``VMUNETV2_SCAN_BACKEND``, a byte order mark in a names file, relative data list paths (issue 26, groups J
+and K)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -10,10 +12,10 @@ import sys
 
 import pytest
 
-from vmunetv2_monai.data import read_names
+from vmunetv2_monai.data import load_splits, read_names
 from vmunetv2_monai.ops import amp
 
-from .conftest import REPO
+from .conftest import BUNDLE, CONFIGS, REPO, TINY_ARGS, cfg, run_bundle, tail
 
 
 @pytest.mark.parametrize("choice", ["bf16", "fp16"])
@@ -44,3 +46,23 @@ def test_byte_order_mark_in_a_names_file_is_dropped(tmp_path):
     path = tmp_path / "names.txt"
     path.write_bytes("\ufeffcju0\r\ncju1.jpg\n".encode("utf-8"))
     assert read_names(path) == ["cju0", "cju1"]
+
+
+def test_relative_data_list_paths_are_read_from_the_list_folder_or_named_with_the_paths_tried(dataset, tmp_path):
+    entries = [{"image": f"images/case{i}.png", "label": f"masks/case{i}.png"} for i in range(6)]
+    good = dataset / "list.json"
+    good.write_text(json.dumps({"training": entries[:4], "validation": entries[4:]}))
+    splits = load_splits(datalist_file=good)
+    assert splits["training"][0]["image"] == str(dataset.resolve() / "images" / "case0.png")
+    assert splits["validation"][1]["name"] == "case5"
+    bad = tmp_path / "elsewhere" / "list.json"
+    bad.parent.mkdir()
+    bad.write_text(good.read_text())
+    args = ["--config_file", cfg("train")[0], "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root",
+            str(BUNDLE), "--datalist_file", str(bad), "--output_dir", str(tmp_path / "out"), "--epochs", "1",
+            *TINY_ARGS]
+    code, log = run_bundle(args, cwd=tmp_path)
+    last = tail(log, 1)
+    assert code == 1 and last.startswith("vmunetv2_monai error:"), tail(log)
+    assert "image file not found: images/case0.png" in last and str(bad) in last
+    assert str(tmp_path / "elsewhere" / "images" / "case0.png") in last and str(tmp_path / "images") in last

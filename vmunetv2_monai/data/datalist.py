@@ -303,10 +303,24 @@ def load_splits(
     for split, items in out.items():
         for item in items:
             for key in ("image", "label"):
-                if key not in item or not Path(item[key]).is_file():
-                    raise DataListError(f"{split} entry {item.get('name', item)} in {path}: {key} file not found")
+                if key not in item:
+                    raise DataListError(f"{split} entry {item.get('name', item)} in {path}: no {key} file given")
+                item[key] = _list_file(item[key], path, f"{split} entry {item.get('name', item)}", key)
             item.setdefault("name", _stem(Path(item["image"])))
     return out
+
+
+def _list_file(entry: str, list_path: Path, what: str, key: str) -> str:
+    """The file a data list entry names: absolute, or relative to the working folder (kept as given) or else to
+    the data list's folder (made absolute); a missing file is named with every path tried."""
+    given = Path(entry)
+    if given.is_file():
+        return entry
+    tried = [given] if given.is_absolute() else [Path.cwd() / given, list_path.parent.resolve() / given]
+    if not given.is_absolute() and tried[1].is_file():
+        return os.fspath(tried[1])
+    where = f" (looked for {' and '.join(map(str, tried))})" if not given.is_absolute() else ""
+    raise DataListError(f"{what} in {list_path}: {key} file not found: {entry}{where}")
 
 
 def list_images(input_dir: str | os.PathLike) -> list[dict]:
