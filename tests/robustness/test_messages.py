@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from vmunetv2_monai.data import load_splits, read_names
+from vmunetv2_monai.data import check_size, load_splits, read_names
 from vmunetv2_monai.ops import amp
 
 from .conftest import BUNDLE, CONFIGS, REPO, TINY_ARGS, cfg, run_bundle, tail
@@ -66,3 +66,19 @@ def test_relative_data_list_paths_are_read_from_the_list_folder_or_named_with_th
     assert code == 1 and last.startswith("vmunetv2_monai error:"), tail(log)
     assert "image file not found: images/case0.png" in last and str(bad) in last
     assert str(tmp_path / "elsewhere" / "images" / "case0.png") in last and str(tmp_path / "images") in last
+
+
+@pytest.mark.parametrize("value", ["abc", "[64,x]", "[64,64,64]", "0", "[64.5,64]"])
+def test_bad_image_size_on_the_command_line_exits_1_naming_it(dataset, tmp_path, value):
+    args = ["--config_file", cfg("inference")[0], "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root",
+            str(BUNDLE), "--dataset_dir", str(dataset / "images"), "--output_dir", str(tmp_path / "out"),
+            "--image_size", value]
+    code, log = run_bundle(args, cwd=tmp_path, timeout=300)
+    last = tail(log, 1)
+    assert code == 1 and last.startswith("vmunetv2_monai error: ValueError: bad value"), tail(log)
+    assert "for 'image_size': expected 2 whole numbers >= 1" in last
+    assert not (tmp_path / "out").exists()
+
+
+def test_image_size_as_one_number_or_a_pair_passes():
+    assert check_size("image_size", [64, 96]) and check_size("image_size", (64, 64)) and check_size("roi_size", 64)

@@ -1,6 +1,6 @@
 """Data lists, transforms and config checks for the VM-UNetV2 bundle."""
 
-from .checks import check_batch_size, check_choice, check_cli, check_range, check_workflow_ids
+from .checks import check_batch_size, check_choice, check_cli, check_range, check_size, check_workflow_ids
 from .datalist import (
     DataListError,
     build_datalist,
@@ -27,6 +27,7 @@ __all__ = [
     "check_choice",
     "check_cli",
     "check_range",
+    "check_size",
     "check_workflow_ids",
     "find_pairs",
     "list_images",

@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import summary_error
 
 __all__ = [
-    "check_batch_size", "check_choice", "check_cli", "check_range", "check_workflow_ids", "config_ids",
+    "check_batch_size", "check_choice", "check_cli", "check_range", "check_size", "check_workflow_ids", "config_ids",
     "unknown_overrides",
 ]
 
@@ -48,6 +48,18 @@ def check_range(
         kind = "a whole number" if integer else "a number"
         bound = f"{'(' if open_low else '['}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
         raise ValueError(f"bad value {value!r} for '{name}': expected {kind} in {bound}")
+    return True
+
+
+def check_size(name: str, value: object, dims: int = 2) -> bool:
+    """Raise a ``ValueError`` naming the config id when ``value`` is not a list of ``dims`` whole numbers >= 1 (an
+    image size such as ``[128,128]``) or one such number for every axis (``--image_size abc`` otherwise fails deep
+    inside a transform)."""
+    values = value if isinstance(value, (list, tuple)) and len(value) == dims else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+        example = ",".join(["128"] * dims)
+        raise ValueError(f"bad value {value!r} for '{name}': expected {dims} whole numbers >= 1 (on the command line "
+                         f"--{name} \"[{example}]\") or one for every axis")
     return True
 
 
