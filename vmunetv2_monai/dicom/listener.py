@@ -122,6 +122,9 @@ class Listener:
         self.segmenter, self.state, self.destination = segmenter, state, destination
         self.spool = Path(spool)
         self.spool.mkdir(parents=True, exist_ok=True)
+        for stale in self.spool.glob(".*.dcm.*.tmp"):  # a copy_atomic cut short by a kill: the image was not acked
+            stale.unlink()
+            logger.info("removed %s, left by an interrupted spool write", stale)
         self.ae_title, self.host, self.port, self.settle_s = ae_title, host, port, settle_s
         self.limits = limits or ListenerLimits()
         self.poll_interval = poll_interval
@@ -168,11 +171,10 @@ class Listener:
                 transfer.received = 0
 
     def _on_closed(self, event: evt.Event) -> None:
-        """Connection closed: forget its transfer; the partial file of an aborted one is removed (pynetdicom 3
-        keeps it as ``dimse.message._data_set_file`` and deletes it only after a complete C-STORE)."""
-        transfer = self._transfers.pop(id(event.assoc), None)
-        if transfer is None or not transfer.aborted:
-            return
+        """Connection closed: forget its transfer; the partial file of a dataset that did not arrive whole (we
+        aborted it, or the peer dropped or aborted the association) is removed. pynetdicom 3 keeps it in the
+        temporary folder as ``dimse.message._data_set_file`` and deletes it only after a complete C-STORE."""
+        self._transfers.pop(id(event.assoc), None)
         partial = getattr(getattr(event.assoc.dimse, "message", None), "_data_set_file", None)
         if partial is not None:
             partial.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,19 @@ COLOUR_PHOTOMETRIC = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "Y
 #: are grouped and sorted by them before anything else is done).
 GEOMETRY_ATTRIBUTES = (("PixelSpacing", 2), ("ImageOrientationPatient", 6), ("ImagePositionPatient", 3))
 
+#: UIDs of a source that end up in its SEG (referenced or copied): each must be a DICOM UID (PS3.5 9.1).
+SOURCE_UID_ATTRIBUTES = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                         "FrameOfReferenceUID")
+_UID_GRAMMAR = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def uid_problem(key: str, value: object) -> str | None:
+    """Why ``value`` of the attribute ``key`` is not a DICOM UID (digits and dots, at most 64 characters), or None."""
+    text = str(value)
+    if len(text) <= 64 and _UID_GRAMMAR.fullmatch(text) is not None:
+        return None
+    return f"invalid {key} {text[:80]!r} (a UID is digits separated by dots, at most 64 characters)"
+
 
 def _geometry_problem(ds: Dataset, key: str, n_values: int) -> str | None:
     """Why the attribute ``key`` of ``ds`` is not ``n_values`` finite numbers, or None if it is (or is absent)."""
@@ -126,7 +140,7 @@ def _expected_native_bytes(ds: Dataset) -> int:
 
 def check_metadata(ds: Dataset, source: str = "") -> None:
     """Refuse from the header alone (no pixel data needed): non-images, multi-frame, unsupported pixel layouts,
-    missing study / series UIDs, a geometry (:data:`GEOMETRY_ATTRIBUTES`) that is not numbers.
+    missing study / series UIDs, UIDs that are not DICOM UIDs (:data:`SOURCE_UID_ATTRIBUTES`), a geometry (:data:`GEOMETRY_ATTRIBUTES`) that is not numbers.
 
     Used on WADO-RS metadata before any pixel data is downloaded, and on every local file.
     """
@@ -140,6 +154,10 @@ def check_metadata(ds: Dataset, source: str = "") -> None:
     for key in ("StudyInstanceUID", "SeriesInstanceUID"):
         if not str(ds.get(key, "")):
             raise refuse(f"missing {key}")
+    for key in SOURCE_UID_ATTRIBUTES:
+        problem = uid_problem(key, ds.get(key)) if str(ds.get(key, "")) else None
+        if problem is not None:
+            raise refuse(problem)
     if str(ds.get("SOPClassUID", "")) in NON_IMAGE_SOP_CLASSES:
         raise refuse(f"not an image (SOP class {UID(str(ds.SOPClassUID)).name})")
     if "PixelData" not in ds:
@@ -179,6 +197,8 @@ def check_supported(ds: Dataset, source: str = "") -> None:
     if not decoder.is_available:
         raise UnsupportedDicomError(
             f"transfer syntax {tsyntax.name} needs a missing decoder: {decoder.missing_dependencies}", source, uid)
+    if not ds.PixelData:  # pydicom reads a zero-length element as None
+        raise UnsupportedDicomError("zero-length pixel data (the PixelData element is empty)", source, uid)
     if not tsyntax.is_compressed:
         have, need = len(ds.PixelData), _expected_native_bytes(ds)
         if have < need:
