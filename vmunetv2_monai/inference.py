@@ -100,16 +100,15 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def network_def(network_kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """A ``network_def`` config item for ``VMUNetV2(**network_kwargs)``."""
-    return {"_target_": "vmunetv2_monai.VMUNetV2", **network_kwargs}
-
-
 def inference_config(
-    bundle_dir: str | Path, overrides: Mapping[str, Any] | None = None, device: str | torch.device = "cpu"
+    bundle_dir: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    network_kwargs: Mapping[str, Any] | None = None,
 ) -> ConfigParser:
     """``<bundle_dir>/configs/inference.json`` with ``bundle_root`` set to ``bundle_dir``, then ``overrides`` (config
-    id -> value, e.g. the overrides a recipe recorded), then ``device``."""
+    id -> value, e.g. the overrides a recipe recorded), then ``network_kwargs`` (``VMUNetV2`` arguments) over its
+    ``network_def`` (arguments not given keep the config's values, e.g. ``keep_unused_stage``), then ``device``."""
     path = Path(bundle_dir) / "configs" / "inference.json"
     if not path.is_file():
         raise FileNotFoundError(f"no {path}: the bundle's inference config defines the inference (pass --bundle-dir)")
@@ -117,6 +116,8 @@ def inference_config(
     parser.read_config(str(path))
     parser["bundle_root"] = str(bundle_dir)
     parser.update(dict(overrides or {}))
+    if network_kwargs is not None:
+        parser["network_def"] = {**parser["network_def"], **network_kwargs}
     parser["device"] = torch.device(device)
     return parser
 
@@ -145,10 +146,12 @@ class Predictor:
         checkpoint: str | Path | None = None,
         overrides: Mapping[str, Any] | None = None,
         device: str | torch.device = "cpu",
+        network_kwargs: Mapping[str, Any] | None = None,
     ) -> Predictor:
-        """The bundle's ``network_def`` loaded (strict) from ``checkpoint``, default the config's ``ckpt_path``
-        (``models/model.pt`` in the bundle, or under the overrides' ``output_dir``)."""
-        parser = inference_config(bundle_dir, overrides, device)
+        """The bundle's ``network_def`` (with ``network_kwargs`` over it, see :func:`inference_config`) loaded
+        (strict) from ``checkpoint``, default the config's ``ckpt_path`` (``models/model.pt`` in the bundle, or under
+        the overrides' ``output_dir``)."""
+        parser = inference_config(bundle_dir, overrides, device, network_kwargs)
         net = parser.get_parsed_content("network_def", instantiate=True)
         ckpt = Path(checkpoint) if checkpoint else Path(parser.get_parsed_content("ckpt_path"))
         net.load_state_dict(load_state_dict(ckpt), strict=True)
@@ -163,12 +166,10 @@ class Predictor:
         overrides: Mapping[str, Any] | None = None,
         device: str | torch.device = "cpu",
     ) -> Predictor:
-        """:meth:`from_bundle` of :data:`DEFAULT_BUNDLE` with ``network_kwargs`` (``VMUNetV2`` arguments) replacing
-        its ``network_def``, so every inference setting is the bundle's default unless ``overrides`` sets it."""
-        merged = dict(overrides or {})
-        if network_kwargs is not None:
-            merged["network_def"] = network_def(network_kwargs)
-        return cls.from_bundle(DEFAULT_BUNDLE, checkpoint, merged, device)
+        """:meth:`from_bundle` of :data:`DEFAULT_BUNDLE` with ``network_kwargs`` (``VMUNetV2`` arguments) over its
+        ``network_def``, so every inference and network setting is the bundle's default (``keep_unused_stage``
+        false, ...) unless ``network_kwargs`` or ``overrides`` sets it."""
+        return cls.from_bundle(DEFAULT_BUNDLE, checkpoint, overrides, device, network_kwargs)
 
     def _model_logits(self, image_chw: np.ndarray) -> torch.Tensor:
         """``(C, H, W)`` -> ``(out_channels, W, H)`` logits, in MONAI's spatial order."""

@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_NET = {"spatial_dims": 2, "in_channels": 3, "out_channels": 1, "depths": (1, 1, 1, 1), "dims": 16,
-            "d_state": 8, "mid_channels": 8}  # d_state 8: the compiled CPU scan kernel (4 falls back to torch)
+            "d_state": 8, "mid_channels": 8,  # d_state 8: the compiled CPU scan kernel (4 falls back to torch)
+            "keep_unused_stage": True}  # over the bundle's false: --network-json changes only what it names
 VL_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1"
 ORTHANC_START_TIMEOUT_S = 30.0
 

@@ -3,27 +3,34 @@
 
 from __future__ import annotations
 
+import json
 import re
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pydicom
 import pytest
+import torch
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
+from vmunetv2_monai import VMUNetV2
+from vmunetv2_monai.dicom import pipeline as pipeline_module
 from vmunetv2_monai.dicom.dicomweb import InstanceRef, PacsClient
 from vmunetv2_monai.dicom.files import write_atomic
 from vmunetv2_monai.dicom.listener import Listener, RemoteAE, spool_path
-from vmunetv2_monai.dicom.pipeline import Pipeline, main, segment_files
+from vmunetv2_monai.dicom.pipeline import Pipeline, _predictor, build_parser, dicom_files, main, segment_files
 from vmunetv2_monai.dicom.reader import UnsupportedDicomError, load_image
 from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID
 from vmunetv2_monai.dicom.state import DONE, FAILED, StateDB
 from vmunetv2_monai.dicom.units import Segmenter
 from vmunetv2_monai.ops.selective_scan.cpu import _build_dir
 
-from ..dicom.conftest import ct_series, wrap_vl_endoscopic
+from ..dicom.conftest import REPO, assert_valid_dicom, ct_series, wrap_vl_endoscopic
 
 
 def _good(tmp_path):
@@ -220,3 +227,162 @@ def test_refusal_of_a_sop_class_highdicom_cannot_reference_names_the_file(tmp_pa
     with pytest.raises(UnsupportedDicomError, match="unknown to highdicom") as err:
         Segmenter(ThresholdPredictor()).segment([still], str(path))
     assert str(err.value).startswith(f"{path} (SOPInstanceUID {still.SOPInstanceUID})"), str(err.value)
+
+
+def _main_with_threshold_model(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> int:
+    """``vmunetv2-dicom`` ARGV with :class:`ThresholdPredictor` in place of the network (these tests are about
+    the command's rules, not the model)."""
+    monkeypatch.setattr(pipeline_module, "make_segmenter", lambda args: Segmenter(
+        ThresholdPredictor(), window=tuple(args.window) if args.window else None, overlay=args.overlay,
+        copy_attributes=tuple(args.copy_attribute)))
+    return main(argv)
+
+
+@pytest.mark.parametrize("window", [("nan", "nan"), ("40", "inf"), ("40", "0"), ("40", "-5")])
+def test_a_window_that_is_not_finite_or_positive_is_refused_at_parsing(tmp_path: Path, capsys,
+                                                                         window: tuple[str, str]) -> None:
+    """Issue 26, group I: '--window nan nan' gave an empty SEG with exit status 0."""
+    _, path = _good(tmp_path)
+    with pytest.raises(SystemExit) as err:
+        main(["--files", str(path), "--output-dir", str(tmp_path / "out"), "--window", *window])
+    assert err.value.code == 2
+    assert f"--window {float(window[0]):g} {float(window[1]):g}: " in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def _zero_length_pixels(ds: Dataset) -> None:
+    ds.PixelData = b""
+
+
+def _truncated_pixels(ds: Dataset) -> None:
+    ds.PixelData = ds.PixelData[:10]
+
+
+@pytest.mark.parametrize("damage, reason", [(_zero_length_pixels, "zero-length pixel data"),
+                                            (_truncated_pixels, "truncated pixel data")])
+def test_a_broken_copy_does_not_refuse_the_good_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage,
+                                                     reason: str) -> None:
+    """Issue 26, group I: duplicates were looked for before validation, so a broken copy listed first made the good
+    copy with the same SOPInstanceUID be refused; zero-length PixelData gave a bare TypeError."""
+    good, other = _still(), _still()
+    broken = _still()
+    damage(broken)
+    broken.SOPInstanceUID = broken.file_meta.MediaStorageSOPInstanceUID = good.SOPInstanceUID
+    paths = [write_atomic(ds, tmp_path / "in" / name) for ds, name in
+             ((broken, "a_broken.dcm"), (good, "b_good.dcm"), (other, "c_other.dcm"))]
+    out = tmp_path / "out"
+    assert _main_with_threshold_model(monkeypatch, ["--files", *map(str, paths), "--output-dir", str(out)]) == 1
+    summary = segment_files(paths, out, Segmenter(ThresholdPredictor()))
+    assert summary.stored == [str(paths[1]), str(paths[2])]
+    assert list(summary.failed) == [str(paths[0])] and reason in summary.failed[str(paths[0])]
+    assert len(list(out.glob("*.dcm"))) == 2
+    with pytest.raises(UnsupportedDicomError, match=reason) as err:
+        load_image(paths[0])
+    assert str(err.value).startswith(str(paths[0]))
+
+
+@pytest.mark.parametrize("key, value", [("SOPInstanceUID", "../../x"), ("StudyInstanceUID", "1.2.3/../x"),
+                                        ("SeriesInstanceUID", "1." + "2" * 64), ("FrameOfReferenceUID", "1.2.a")])
+def test_invalid_source_uids_are_refused_and_the_others_get_their_seg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      key: str, value: str) -> None:
+    """Issue 25, point 11: an invalid source UID was copied into the SEG (67 dciodvfy errors)."""
+    bad, good = _still(), _still()
+    setattr(bad, key, value)
+    if key == "SOPInstanceUID":
+        bad.file_meta.MediaStorageSOPInstanceUID = value
+    paths = [write_atomic(bad, tmp_path / "in" / "bad.dcm"), write_atomic(good, tmp_path / "in" / "good.dcm")]
+    out = tmp_path / "out"
+    assert _main_with_threshold_model(monkeypatch, ["--files", str(tmp_path / "in"), "--output-dir", str(out)]) == 1
+    summary = segment_files(paths, out, Segmenter(ThresholdPredictor()))
+    assert summary.stored == [str(paths[1])]
+    assert summary.failed[str(paths[0])].startswith(f"invalid {key} {value!r}"), summary.failed
+    (seg_path,) = out.glob("*.dcm")
+    assert_valid_dicom([seg_path])
+
+
+#: type-3 patient attributes and a RequestingService that the SEG used to copy (issue 25, point 12)
+UNNEEDED = ("PatientComments", "OtherPatientIDsSequence", "PatientWeight", "PatientSize", "RequestingService")
+
+
+def test_seg_and_overlay_carry_only_the_required_patient_and_study_attributes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 25, point 12: only what the SEG and SC IODs require, plus --copy-attribute; dciodvfy 0 errors."""
+    still = _still()
+    still.PatientComments, still.PatientAge, still.PatientWeight, still.PatientSize = "private note", "054Y", 70, 1.7
+    still.RequestingService = "Gastroenterology"
+    other_id = Dataset()
+    other_id.PatientID, other_id.IssuerOfPatientID, other_id.TypeOfPatientID = "OTHER-1", "HOSP", "TEXT"
+    still.OtherPatientIDsSequence = [other_id]
+    path = write_atomic(still, tmp_path / "in" / "still.dcm")
+    out = tmp_path / "out"
+    argv = ["--files", str(path), "--output-dir", str(out), "--overlay", "--copy-attribute", "PatientAge"]
+    assert _main_with_threshold_model(monkeypatch, argv) == 0
+    written = sorted(out.glob("*.dcm"))
+    assert len(written) == 2
+    assert_valid_dicom(written)
+    for dcm in written:
+        ds = pydicom.dcmread(dcm)
+        assert [k for k in UNNEEDED if k in ds] == [], dcm
+        assert ds.PatientAge == "054Y" and ds.PatientID == still.PatientID and ds.PatientName == still.PatientName
+        assert ds.StudyInstanceUID == still.StudyInstanceUID
+    with pytest.raises(SystemExit) as err:
+        main(["--files", str(path), "--output-dir", str(out), "--copy-attribute", "PatientAgee"])
+    assert err.value.code == 2
+
+
+def test_files_mode_scans_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """Issue 25, point 13: '--files <folder>' was refused instead of scanned; non-DICOM files are skipped, logged."""
+    first = write_atomic(_still(), tmp_path / "in" / "a.dcm")
+    second = write_atomic(_still(), tmp_path / "in" / "deeper" / "IM0001")  # no suffix, as on many exports
+    (tmp_path / "in" / "notes.txt").write_text("not DICOM")
+    out = tmp_path / "out"
+    caplog.set_level("INFO", logger="vmunetv2_monai.dicom.pipeline")
+    assert _main_with_threshold_model(monkeypatch, ["--files", str(tmp_path / "in"), "--output-dir", str(out)]) == 0
+    assert len(list(out.glob("*.dcm"))) == 2
+    assert f"skipped {tmp_path / 'in' / 'notes.txt'}: not a DICOM file" in caplog.text
+    assert dicom_files([tmp_path / "in"]) == [first, second]
+
+
+def test_network_json_keeps_the_bundles_network_settings(tmp_path: Path) -> None:
+    """Issue 26, group I: --network-json replaced the bundle's network_def, so keep_unused_stage came from the class
+    default (True) and a checkpoint trained by the bundle (false) did not load."""
+    torch.manual_seed(0)
+    size = {"depths": [1, 1, 1, 1], "dims": 16, "d_state": 8, "mid_channels": 8}
+    checkpoint = tmp_path / "bundle_trained.pt"
+    torch.save(VMUNetV2(**size, keep_unused_stage=False).state_dict(), checkpoint)  # as train.json builds it
+    args = build_parser().parse_args(["--checkpoint", str(checkpoint), "--network-json", json.dumps(size)])
+    predictor = _predictor(args)
+    assert predictor.predict(np.full((3, 24, 32), 120, dtype=np.float32)).shape == (24, 32)
+    bundled = _predictor(build_parser().parse_args(["--bundle-dir", str(REPO / "bundle"), "--checkpoint",
+                                                    str(checkpoint), "--network-json", json.dumps(size)]))
+    assert bundled.network.state_dict().keys() == predictor.network.state_dict().keys()
+
+
+def test_temporary_files_are_cleaned_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 26, group I: nothing is left in the temporary folder or beside the outputs after a run with a good and
+    a broken file; a spool write cut short by a kill, and the partial file of a C-STORE whose association was
+    dropped by the peer, are removed by the listener."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    good = write_atomic(_still(), tmp_path / "in" / "good.dcm")
+    (tmp_path / "in" / "bad.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 20)
+    out = tmp_path / "out"
+    assert _main_with_threshold_model(monkeypatch, ["--files", str(tmp_path / "in"), "--output-dir", str(out),
+                                                    "--overlay"]) == 1
+    assert list(temp.iterdir()) == []
+    assert sorted(p.suffix for p in out.iterdir()) == [".dcm", ".dcm"]
+    assert good.is_file()
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    stale = spool / ".1.2.3.dcm.abc123.tmp"
+    stale.write_bytes(b"partial")
+    with StateDB(tmp_path / "state.sqlite") as state:
+        listener = Listener(Segmenter(ThresholdPredictor()), state, spool, RemoteAE("DEST", "127.0.0.1", 1))
+        assert not stale.exists()
+        with tempfile.NamedTemporaryFile(delete=False, suffix=".dcm") as partial:  # as pynetdicom streams a dataset
+            partial.write(b"\0" * 128 + b"DICM")
+            message = SimpleNamespace(_data_set_file=partial)
+            listener._on_closed(SimpleNamespace(assoc=SimpleNamespace(dimse=SimpleNamespace(message=message))))
+    assert list(temp.iterdir()) == []

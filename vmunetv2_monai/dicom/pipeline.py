@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -28,14 +29,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.misc import is_dicom
 
-from ..inference import Predictor, network_def
+from ..inference import Predictor
 from .algorithm import AlgorithmInfo
 from .dicomweb import DEFAULT_URL, InstanceRef, PacsClient, PacsUnavailable, is_transient
 from .files import write_atomic
 from .listener import MB, Listener, ListenerLimits, RemoteAE, backoff_delay
-from .reader import UnsupportedDicomError, check_metadata, failure_reason, read_dataset
+from .reader import UnsupportedDicomError, check_metadata, check_supported, failure_reason, read_dataset
 from .state import DONE, FAILED, StateDB
 from .units import Segmenter, duplicate_uids, group_units, is_volumetric, skip_reason
 
@@ -247,19 +250,40 @@ class Pipeline:
         summary.stored += fresh
 
 
+def dicom_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """``--files`` inputs: a file as given; a folder scanned recursively (sorted) for DICOM files, other files in
+    it skipped with an INFO line (a file named explicitly is always tried, and refused by name if unreadable)."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            out.append(path)
+            continue
+        found = 0
+        for candidate in sorted(p for p in path.rglob("*") if p.is_file()):
+            if is_dicom(candidate):
+                out.append(candidate)
+                found += 1
+            else:
+                logger.info("skipped %s: not a DICOM file (no DICM prefix)", candidate)
+        logger.info("%s: %d DICOM file(s) found", path, found)
+    return out
+
+
 def segment_files(
     paths: Sequence[str | os.PathLike[str]], output_dir: str | os.PathLike[str], segmenter: Segmenter
 ) -> RunSummary:
-    """Local mode: DICOM files -> ``<output_dir>/<SOPInstanceUID>.dcm`` (atomic writes): one SEG per image, or
-    per volumetric series among the files. A file that cannot be read or processed (duplicate SOPInstanceUIDs
-    too) is reported with its reason in the summary and the others go on."""
+    """Local mode: DICOM files (folders are scanned, :func:`dicom_files`) -> ``<output_dir>/<SOPInstanceUID>.dcm``
+    (atomic writes): one SEG per image, or per volumetric series among the files. A file that cannot be read or
+    processed is reported with its reason in the summary and the others go on. Files are checked first
+    (:func:`~.reader.check_supported`, pixel data included), then SOPInstanceUIDs repeated among the valid files are
+    refused, so a broken copy never keeps the good one from its SEG."""
     summary = RunSummary()
     out = Path(output_dir)
     read: list[tuple[str, Dataset]] = []
-    for path in paths:
+    for path in dicom_files(paths):
         try:
             ds = read_dataset(path)
-            check_metadata(ds, str(path))
+            check_supported(ds, str(path))
             read.append((str(path), ds))
         except Exception as exc:
             logger.warning("refused %s: %s", path, failure_reason(exc),
@@ -302,13 +326,13 @@ def _read_overrides(path: str | None) -> dict:
 
 
 def _predictor(args: argparse.Namespace) -> Predictor:
-    """The bundle's inference (``--bundle-dir``, else this checkout's bundle) with the overrides and network."""
+    """The bundle's inference (``--bundle-dir``, else this checkout's bundle) with the overrides; ``--network-json``
+    is applied over the config's ``network_def`` (its other settings, e.g. ``keep_unused_stage``, stay)."""
     overrides = _read_overrides(args.bundle_overrides)
     network = json.loads(args.network_json) if args.network_json else None
     if args.bundle_dir:
-        if network is not None:
-            overrides["network_def"] = network_def(network)
-        return Predictor.from_bundle(args.bundle_dir, args.checkpoint, overrides, device=args.device)
+        return Predictor.from_bundle(args.bundle_dir, args.checkpoint, overrides, device=args.device,
+                                     network_kwargs=network)
     if not args.checkpoint:
         raise SystemExit("--checkpoint is required (or --bundle-dir with models/model.pt)")
     return Predictor.from_checkpoint(args.checkpoint, network, overrides, device=args.device)
@@ -328,12 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "this checkout's bundle/ config with --checkpoint and the package name/version")
     p.add_argument("--bundle-overrides", help="JSON file of inference.json overrides, e.g. the overrides.json a "
                    "results recipe wrote (network size, image_size, intensity, normalization, threshold)")
-    p.add_argument("--network-json", help="VMUNetV2 keyword arguments as JSON (replaces the config's network_def)")
+    p.add_argument("--network-json", help="VMUNetV2 keyword arguments as JSON, applied over the config's "
+                   "network_def (arguments not given keep the config's values, e.g. keep_unused_stage false)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--window", nargs=2, type=float, metavar=("CENTER", "WIDTH"),
                    help="greyscale window for every greyscale image (default: the image's first Window Center / "
                    "Width, else the full stored range); recorded in the SEG")
+    p.add_argument("--copy-attribute", action="append", default=[], metavar="KEYWORD", help="also copy this "
+                   "source attribute (DICOM keyword, e.g. PatientAge) into the SEG and overlays (repeat for more); "
+                   "by default only the patient and study attributes the SEG and SC IODs require are copied")
     p.add_argument("--overlay", action="store_true", help="also store a secondary-capture overlay per image")
     p.add_argument("--output-dir", help="also write each SEG here (atomically); required with --files")
     p.add_argument("--retry-failed", action="store_true", help="retry the instances and studies recorded as "
@@ -350,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", help="QIDO ModalitiesInStudy filter, e.g. CT")
     p.add_argument("--list-failed", action="store_true", help="print the failed instances and studies with "
                    "their attempts and reasons, exit")
-    p.add_argument("--files", nargs="+", help="local mode: segment these DICOM files instead of polling a PACS")
+    p.add_argument("--files", nargs="+", help="local mode: segment these DICOM files (a folder: every DICOM file "
+                   "in it, recursively) instead of polling a PACS")
     p.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds")
     p.add_argument("--listen", action="store_true", help="DIMSE mode: a Storage SCP receives images by C-STORE and "
                    "the SEGs are sent to --destination (no DICOMweb)")
@@ -370,6 +399,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse option values the run could not use (exit status 2, naming the option and the value)."""
+    if args.window is not None:
+        center, width = args.window
+        if not (math.isfinite(center) and math.isfinite(width) and width >= 1):
+            parser.error(f"--window {center:g} {width:g}: CENTER must be a finite number and WIDTH a finite number "
+                         ">= 1 (DICOM window width)")
+    for keyword in args.copy_attribute:
+        if tag_for_keyword(keyword) is None:
+            parser.error(f"--copy-attribute {keyword}: not a DICOM keyword (e.g. PatientAge)")
+
+
 def make_segmenter(args: argparse.Namespace) -> Segmenter:
     """Predictor, algorithm identity and intensity rule from the command line."""
     if args.threads > 0:
@@ -377,7 +418,8 @@ def make_segmenter(args: argparse.Namespace) -> Segmenter:
 
         torch.set_num_threads(args.threads)
     window = tuple(args.window) if args.window else None
-    return Segmenter(_predictor(args), AlgorithmInfo.from_bundle(args.bundle_dir), window, args.overlay)
+    return Segmenter(_predictor(args), AlgorithmInfo.from_bundle(args.bundle_dir), window, args.overlay,
+                     tuple(args.copy_attribute))
 
 
 def watch(pipeline: Pipeline, args: argparse.Namespace) -> int:
@@ -425,7 +467,9 @@ def listen(segmenter: Segmenter, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; exit status 0 when nothing failed in the last pass, 1 if something did, 2 if the
     PACS could not be reached."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.list_failed:
         with StateDB(args.state) as state:

@@ -11,9 +11,11 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from copy import copy as shallow_copy
+from copy import deepcopy
 
 import highdicom as hd
 import numpy as np
+from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
@@ -61,6 +63,43 @@ def seg_uid_for(source_sop_instance_uids: str | Sequence[str], algorithm: Algori
 #: Patient/study attributes (type 2 in the SEG) that highdicom copies from the source; some sources lack them.
 _TYPE2_COPIED = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
                  "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+def _patient_study_keywords(sop_class_uid: str, usage: str | None = None) -> frozenset[str]:
+    """Root attributes of the Patient and Study modules of an IOD (what highdicom copies from a source of that SOP
+    class); with ``usage`` "M", only the mandatory modules' type 1, 2, 1C and 2C ones."""
+    iod = get_sop_class_iod_map()[sop_class_uid]
+    attributes = get_module_attribute_map()
+    return frozenset(
+        str(item["keyword"]) for module in get_iod_module_map()[iod] if module["ie"] in ("Patient", "Study")
+        and (usage is None or module["usage"] == usage) for item in attributes[module["key"]]
+        if not item["path"] and (usage is None or item["type"] in ("1", "2", "1C", "2C"))
+    )
+
+
+#: Patient and study attributes a SEG carries: the type 1/2 (and, when the source has them, 1C/2C) attributes of
+#: the SEG IOD's mandatory Patient and General Study modules (the SC IOD's are the same). Everything else of
+#: those IEs (Patient Study, clinical-trial modules, type-3 attributes such as PatientComments or
+#: OtherPatientIDsSequence) is copied only when the user lists it (``--copy-attribute``).
+SEG_PATIENT_STUDY_KEPT = _patient_study_keywords(SEG_SOP_CLASS_UID, "M") | {"PatientIdentityRemoved"}
+
+
+def _drop_unrequested(seg: Dataset, source: Dataset, copy_attributes: Sequence[str]) -> None:
+    """Remove from ``seg`` the patient / study attributes highdicom copied from ``source`` beyond
+    :data:`SEG_PATIENT_STUDY_KEPT` and ``copy_attributes``."""
+    dropped = sorted(k for k in _patient_study_keywords(str(source.SOPClassUID)) - SEG_PATIENT_STUDY_KEPT
+                     - set(copy_attributes) if k in seg)
+    for keyword in dropped:
+        delattr(seg, keyword)
+    if dropped:
+        logger.debug("source %s: not copied into the SEG: %s", source.get("SOPInstanceUID"), dropped)
+
+
+def copy_listed_attributes(target: Dataset, source: Dataset, copy_attributes: Sequence[str]) -> None:
+    """Copy the attributes the user listed (``--copy-attribute``) that ``source`` has into ``target``."""
+    for keyword in copy_attributes:
+        if keyword in source:
+            target[keyword] = deepcopy(source[keyword])
 
 
 def _valid_da_tm(value: object, vr: str) -> bool:
@@ -161,13 +200,15 @@ def build_segmentation(
     masks: np.ndarray,
     algorithm: AlgorithmInfo,
     parameters: Mapping[str, str] | None = None,
+    copy_attributes: Sequence[str] = (),
 ) -> hd.seg.Segmentation:
     """BINARY SEG referencing ``sources``: one image and an ``(H, W)`` mask, or the slices of one series (same
     frame of reference and geometry) and ``(N, H, W)`` masks in the same order; one frame per source, empty
     frames kept, so every slice is referenced and a reader gets the full volume back.
 
     Masks are in (Rows, Columns) order, never transposed. ``parameters`` (e.g. the greyscale window) go into
-    the segment's Algorithm Parameters.
+    the segment's Algorithm Parameters. Patient and study attributes: :data:`SEG_PATIENT_STUDY_KEPT`, plus the
+    source attributes named in ``copy_attributes``.
     """
     sources = [sources] if isinstance(sources, Dataset) else list(sources)
     masks = np.asarray(masks)
@@ -219,6 +260,8 @@ def build_segmentation(
         # General Image: Patient Orientation is type 2C when there is no patient coordinate system (also when the
         # source has a Frame of Reference UID but no Image Orientation (Patient))
         seg.PatientOrientation = first.get("PatientOrientation", "")
+    _drop_unrequested(seg, first, copy_attributes)
+    copy_listed_attributes(seg, first, copy_attributes)
     return seg
 
 
@@ -240,11 +283,13 @@ def patient_orientation(source: Dataset) -> tuple[str, str] | None:
     return None
 
 
-def build_overlay(source: Dataset, rgb: np.ndarray, mask: np.ndarray, algorithm: AlgorithmInfo) -> hd.sc.SCImage:
+def build_overlay(source: Dataset, rgb: np.ndarray, mask: np.ndarray, algorithm: AlgorithmInfo,
+                  copy_attributes: Sequence[str] = ()) -> hd.sc.SCImage:
     """Secondary-capture RGB overlay (mask blended in red) for viewers without SEG support.
 
     It references its source (Source Image Sequence), keeps its pixel spacing and patient orientation, and
-    carries the source's lossy-compression history (the overlay itself is stored uncompressed).
+    carries the source's lossy-compression history (the overlay itself is stored uncompressed). Patient and
+    study attributes: those of the SC IOD's Patient and General Study modules, plus ``copy_attributes``.
     """
     out = rgb.astype(np.float32).copy()
     red = np.array([255.0, 0.0, 0.0], dtype=np.float32)
@@ -295,6 +340,7 @@ def build_overlay(source: Dataset, rgb: np.ndarray, mask: np.ndarray, algorithm:
         for key in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
             if key in source:
                 setattr(sc, key, source[key].value)
+    copy_listed_attributes(sc, source, copy_attributes)
     return sc
 
 

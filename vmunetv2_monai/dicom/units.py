@@ -97,11 +97,14 @@ class Segmenter:
         algorithm: AlgorithmInfo | None = None,
         window: tuple[float, float] | None = None,
         overlay: bool = False,
+        copy_attributes: Sequence[str] = (),
     ) -> None:
         self.predictor = predictor
         self.algorithm = algorithm or AlgorithmInfo()
         self.window = window
         self.overlay = overlay
+        #: source attributes copied into the SEG and overlays beyond the required ones (``--copy-attribute``)
+        self.copy_attributes = tuple(copy_attributes)
 
     def seg_uid(self, source_uids: Sequence[str]) -> str:
         """SOPInstanceUID of the SEG of these sources."""
@@ -127,13 +130,13 @@ class Segmenter:
                        else {"colour": "stored / (2**BitsStored - 1) * 255"})
         parameters = {**source_rule, "bundle_intensity": self.predictor.intensity_rule}
         try:
-            seg = build_segmentation(list(unit), masks, self.algorithm, parameters)
+            seg = build_segmentation(list(unit), masks, self.algorithm, parameters, self.copy_attributes)
         except UnsupportedDicomError as exc:
             if exc.source:
                 raise
             raise UnsupportedDicomError(exc.reason, source, exc.sop_instance_uid) from exc  # name the file / unit
         read_back(seg)
-        overlays = ([build_overlay(image.dataset, image.display_rgb(), mask, self.algorithm)
+        overlays = ([build_overlay(image.dataset, image.display_rgb(), mask, self.algorithm, self.copy_attributes)
                      for image, mask in zip(images, masks)] if self.overlay else [])
         seconds = time.perf_counter() - start
         logger.info("%s: SEG of %d image(s) %dx%d, %d foreground pixels, %.2f s (%.2f s per image)", source,
