@@ -14,7 +14,7 @@ from skimage.segmentation import find_boundaries
 
 from .atomic import atomic_write
 
-__all__ = ["PredictionWriter", "overlay_contour"]
+__all__ = ["PredictionWriter", "overlay_contour", "prediction_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,14 @@ def _to_display(image: np.ndarray) -> np.ndarray:
     img = (img - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(img)
     img = img[:3] if img.shape[0] >= 3 else np.repeat(img[:1], 3, axis=0)
     return np.ascontiguousarray(img.transpose(2, 1, 0)).astype(np.uint8)
+
+
+def prediction_names(name: str, source: str, overlay: bool = True) -> tuple[str, ...]:
+    """The file names :class:`PredictionWriter` writes for the image ``name`` read from the file ``source``:
+    ``<name>_mask.png`` (``<name>_mask.nii.gz`` for a NIfTI ``source``) and, with ``overlay``,
+    ``<name>_overlay.png``."""
+    nifti = source.lower().endswith((".nii", ".nii.gz"))
+    return (f"{name}_mask.nii.gz" if nifti else f"{name}_mask.png",) + ((f"{name}_overlay.png",) if overlay else ())
 
 
 def overlay_contour(rgb: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 0, 0), width: int = 2):
@@ -67,17 +75,18 @@ class PredictionWriter:
         pred = torch.as_tensor(pred).detach().cpu().numpy()
         mask = (pred.reshape(pred.shape[-2:]) > 0.5).astype(np.uint8)  # (1, X, Y) or the squeezed (X, Y)
         source = str(getattr(image, "meta", {}).get("filename_or_obj", ""))
-        base = os.path.join(self.output_dir, name)
-        if source.lower().endswith((".nii", ".nii.gz")):
+        names = prediction_names(name, source, self.overlay)
+        mask_name, *overlay_name = (os.path.join(self.output_dir, n) for n in names)
+        if mask_name.endswith(".nii.gz"):
             import nibabel as nib
 
             affine = np.asarray(image.meta.get("original_affine", np.eye(4)), dtype=np.float64)
-            atomic_write(f"{base}_mask.nii.gz", lambda tmp: nib.save(nib.Nifti1Image(mask, affine), tmp))
+            atomic_write(mask_name, lambda tmp: nib.save(nib.Nifti1Image(mask, affine), tmp))
         else:
             mask_img = Image.fromarray(np.ascontiguousarray(mask.T) * 255)
-            atomic_write(f"{base}_mask.png", lambda tmp: mask_img.save(tmp, format="PNG"))
-        if self.overlay:
+            atomic_write(mask_name, lambda tmp: mask_img.save(tmp, format="PNG"))
+        if overlay_name:
             rgb = _to_display(torch.as_tensor(image).detach().cpu().numpy())
             over = Image.fromarray(overlay_contour(rgb, mask.T))
-            atomic_write(f"{base}_overlay.png", lambda tmp: over.save(tmp, format="PNG"))
+            atomic_write(overlay_name[0], lambda tmp: over.save(tmp, format="PNG"))
         logger.debug("wrote predictions for %s to %s", name, self.output_dir)
