@@ -24,11 +24,13 @@ from typing import Any
 import torch
 
 from ..handlers.atomic import atomic_write
+from .transforms import TIFF_SUFFIXES, check_tiff
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "DataListError",
     "build_datalist",
+    "exif_orientation",
     "find_pairs",
     "image_size",
     "list_images",
@@ -37,6 +39,7 @@ __all__ = [
     "require_items",
     "require_lesion",
     "save_datalist",
+    "warn_exif_orientation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,14 +64,22 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _by_stem(folder: Path) -> dict[str, Path]:
+def _by_stem(folder: Path, broken: list[str] | None = None) -> dict[str, Path]:
+    """Image files of ``folder`` by stem. A link whose target is missing or loops is an error, or with ``broken``
+    is added to it (``"path: reason"``) and left out."""
     if not folder.is_dir():
         raise DataListError(f"folder not found: {folder}")
     files: dict[str, Path] = {}
     skipped = []
     for path in sorted(folder.iterdir()):
         if path.is_symlink() and not path.exists():
-            raise DataListError(f"broken link {path} -> {os.readlink(path)}: remove it or fix its target")
+            reason = (f"broken link {path} -> {os.readlink(path)} (its target is missing or a link loop): remove it "
+                      "or fix its target")
+            if broken is None:
+                raise DataListError(reason)
+            broken.append(f"{path}: {reason}")
+            logger.error("skipped %s", reason)
+            continue
         if not _is_image(path):
             if not path.name.startswith(".") and not path.is_dir():
                 skipped.append(path.name)
@@ -81,8 +92,34 @@ def _by_stem(folder: Path) -> dict[str, Path]:
         logger.warning("%s: %d file(s) without an image suffix skipped: %s", folder, len(skipped),
                        ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
     if not files:
-        raise DataListError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+        links = f" ({len(broken)} broken link(s): {', '.join(broken)})" if broken else ""
+        raise DataListError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}{links}")
     return files
+
+
+#: EXIF tag of a photo's orientation (1 = as stored; 2-8 = mirrored and/or rotated for display).
+_EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(path: str | os.PathLike) -> int:
+    """The EXIF Orientation of a PNG or JPEG file (1 when it has none, and for other formats). The bundle reads
+    pixels as stored and does not apply it, as MONAI's and ITK's readers do not."""
+    if not os.fspath(path).lower().endswith((".png", ".jpg", ".jpeg")):
+        return 1
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return int(img.getexif().get(_EXIF_ORIENTATION, 1))
+
+
+def warn_exif_orientation(path: str | os.PathLike) -> int:
+    """Log a WARNING naming ``path`` when it has an EXIF Orientation other than 1 (ignored); returns the value."""
+    value = exif_orientation(path)
+    if value != 1:
+        logger.warning("%s has EXIF Orientation %d: it is read as stored, without the rotation or mirroring a photo "
+                       "viewer applies (save it with the orientation applied, e.g. PIL.ImageOps.exif_transpose, to "
+                       "segment what a viewer shows)", path, value)
+    return value
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, ...]:
@@ -90,6 +127,11 @@ def image_size(path: str | os.PathLike) -> tuple[int, ...]:
     that cannot be read (missing, truncated, corrupt)."""
     path = Path(path)
     name = path.name.lower()
+    if name.endswith(TIFF_SUFFIXES):
+        try:
+            check_tiff(path)
+        except ValueError as err:
+            raise DataListError(str(err)) from err
     try:
         if name.endswith((".nii", ".nii.gz")):
             import nibabel as nib
@@ -133,10 +175,13 @@ def find_pairs(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, set_na
             except DataListError as err:
                 problems.append(str(err))
                 continue
+            orientations = {p: warn_exif_orientation(p) for p in (images[stem], masks[stem])}
             if img_size != mask_size:
-                problems.append(
-                    f"image and mask sizes differ for '{stem}': {images[stem]} is {img_size}, {masks[stem]} is {mask_size}"
-                )
+                rotated = [f"{p.name} has EXIF Orientation {o}" for p, o in orientations.items() if o != 1]
+                hint = (f" ({' and '.join(rotated)}, which is not applied: pixels are read as stored; save the "
+                        "files with the orientation applied, e.g. PIL.ImageOps.exif_transpose)") if rotated else ""
+                problems.append(f"image and mask sizes differ for '{stem}': {images[stem]} is {img_size}, "
+                                f"{masks[stem]} is {mask_size}{hint}")
                 continue
         items.append(item)
     if problems:
@@ -323,13 +368,14 @@ def _list_file(entry: str, list_path: Path, what: str, key: str) -> str:
     raise DataListError(f"{what} in {list_path}: {key} file not found: {entry}{where}")
 
 
-def list_images(input_dir: str | os.PathLike) -> list[dict]:
-    """Images to segment: the image files in ``input_dir`` (or in ``input_dir/images`` when that exists)."""
+def list_images(input_dir: str | os.PathLike, broken: list[str] | None = None) -> list[dict]:
+    """Images to segment: the image files in ``input_dir`` (or in ``input_dir/images`` when that exists). A broken
+    link is an error, or with ``broken`` is added to it (``"path: reason"``) and left out."""
     root = Path(input_dir)
     if not root.is_dir():
         raise DataListError(f"input folder not found: {root}")
     folder = root / "images" if (root / "images").is_dir() else root
-    files = _by_stem(folder)
+    files = _by_stem(folder, broken)
     return [{"image": str(p), "name": stem} for stem, p in sorted(files.items())]
 
 

@@ -1,5 +1,6 @@
 """The images of an inference folder, each checked through the preprocessing before the run, so one bad file
-never stops the others: good images are segmented, bad ones are named at the end and the run fails."""
+never stops the others: good images are segmented, bad ones (unreadable, a broken link, an output name too long
+for the file system) are named at the end and the run fails."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .datalist import DataListError, list_images
+from ..handlers.atomic import NAME_MAX
+from ..handlers.predictions import prediction_names
+from .datalist import DataListError, list_images, warn_exif_orientation
 
 __all__ = ["BadInputsError", "InputImages"]
 
@@ -22,7 +25,10 @@ class BadInputsError(RuntimeError):
 
 class InputImages:
     """Images of ``input_dir`` (or ``input_dir/images``) split into ``good`` items and ``bad`` ``"path: reason"``
-    lines by running ``transform`` on each one (a file that fails it would fail the run).
+    lines by running ``transform`` on each one (a file that fails it would fail the run). Broken links and images
+    whose prediction file names (:func:`~vmunetv2_monai.handlers.predictions.prediction_names`) would be longer
+    than :data:`~vmunetv2_monai.handlers.atomic.NAME_MAX` bytes are bad too; an image with an EXIF orientation
+    gets a WARNING (it is read as stored).
 
     Attach it to the inference engine: when the engine completes it raises :class:`BadInputsError` naming the
     bad files, so predictions exist for every good image and the command still exits non-zero. When no image is
@@ -41,23 +47,32 @@ class InputImages:
         transform: Callable[[dict], Any],
         output_dir: str | os.PathLike | None = None,
     ) -> None:
-        items = list_images(input_dir)
+        self.bad: list[str] = []
+        items = list_images(input_dir, broken=self.bad)
         folder = Path(items[0]["image"]).parent
         if output_dir is not None and Path(output_dir).resolve() == folder.resolve():
             raise DataListError(f"the output folder 'pred_dir' ({output_dir}) is the input folder {folder}: the "
                                 "masks would be written among the inputs; choose another pred_dir")
         self.good: list[dict] = []
-        self.bad: list[str] = []
         for item in items:
+            too_long = [n for n in prediction_names(item["name"], item["image"]) if len(n.encode()) > NAME_MAX]
+            if too_long:
+                reason = (f"its prediction file name {too_long[0]} would be {len(too_long[0].encode())} bytes, past "
+                          f"the file system's limit of {NAME_MAX}: rename the image (a shorter name)")
+                self.bad.append(f"{item['image']}: {reason}")
+                logger.error("%s skipped: %s", item["image"], reason)
+                continue
             try:
                 transform(dict(item))
+                warn_exif_orientation(item["image"])
             except Exception as err:  # any failure of the preprocessing marks this file bad; it is reported
                 self.bad.append(f"{item['image']}: {_reason(err)}")
                 logger.error("cannot read %s, skipped: %s", item["image"], _reason(err))
             else:
                 self.good.append(item)
         if not self.good:
-            raise BadInputsError(f"none of the {len(items)} image(s) in {folder} can be read:\n  " + "\n  ".join(self.bad))
+            raise BadInputsError(f"none of the {len(self.bad)} image(s) in {folder} can be read:\n  "
+                                 + "\n  ".join(self.bad))
 
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events

@@ -1,8 +1,10 @@
 """MapTransforms the bundle needs beyond MONAI's: image loading that reads every common PNG/JPEG mode as its
-colours, channel count adaptation and mask binarisation."""
+colours and refuses TIFFs it cannot read as one 2-D image (:func:`check_tiff`), channel count adaptation and mask
+binarisation."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -13,7 +15,10 @@ from monai.data import PILReader
 from monai.transforms import MapTransform
 from PIL import Image
 
-__all__ = ["MAX_LABELS", "BinarizeMaskd", "EnsureChannelsd", "LoadImaged", "binarize_mask", "pil_standard_mode"]
+__all__ = [
+    "MAX_LABELS", "TIFF_SUFFIXES", "BinarizeMaskd", "EnsureChannelsd", "LoadImaged", "binarize_mask", "check_tiff",
+    "pil_standard_mode",
+]
 
 #: Largest value of an unsigned 16-bit image; such images are scaled from [0, this] to [0, 255].
 _UINT16_MAX = 65535.0
@@ -22,6 +27,32 @@ _UINT16_MAX = 65535.0
 def _source(data: Mapping, key: Hashable) -> str:
     meta = getattr(data[key], "meta", {})
     return str(meta.get("filename_or_obj", key))
+
+
+#: Suffixes of TIFF files, checked by :func:`check_tiff` before they are read.
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def check_tiff(path: str | os.PathLike) -> None:
+    """Raise a ``ValueError`` naming ``path`` when a TIFF file is not one 2-D page the readers agree on: a multi-page
+    TIFF (PIL would read page 1 and ITK all pages as a 3-D volume, which fails in the network after the pre-check),
+    or a float image with more than one sample per pixel (float RGB: neither PIL nor ITK's Python wrapping reads
+    it). Reads the TIFF's page headers only."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages, first = len(tif.pages), tif.pages.first
+            kind = first.dtype.kind if first.dtype is not None else ""
+            samples, bits = first.samplesperpixel, first.bitspersample
+    except tifffile.TiffFileError as err:
+        raise ValueError(f"{path}: not a readable TIFF file: {err}") from err
+    if pages > 1:
+        raise ValueError(f"{path}: a multi-page TIFF ({pages} pages); the bundle reads one 2-D image per file: save "
+                         "the page to segment as its own file (e.g. PIL: Image.open(path).save('page1.tif'))")
+    if kind == "f" and samples > 1:
+        raise ValueError(f"{path}: a floating-point TIFF with {samples} samples per pixel ({bits}-bit float RGB) is "
+                         "not supported: save it as 8- or 16-bit integer RGB, or as one float channel")
 
 
 def pil_standard_mode(img: Image.Image) -> Image.Image:
@@ -49,7 +80,8 @@ class LoadImaged(monai.transforms.LoadImaged):
     grey+alpha PNGs keep their look) and 16-bit images under ``image_key`` scaled to [0, 255], so the bundle's
     fixed intensity range fits them. Every output is float32. A file holding NaN or infinite values (a float TIFF,
     NIfTI, NRRD) is refused with a ``ValueError`` naming it and the count: no replacement value is right for every
-    image, and one NaN would spread through the intensity scaling and the network to the whole mask.
+    image, and one NaN would spread through the intensity scaling and the network to the whole mask. A multi-page or
+    float RGB TIFF is refused by :func:`check_tiff`. EXIF orientation is not applied: pixels are read as stored.
 
     Args:
         keys: keys to load.
@@ -65,6 +97,9 @@ class LoadImaged(monai.transforms.LoadImaged):
         self.image_key = image_key
 
     def __call__(self, data: Mapping, reader: Any = None) -> dict:
+        for key in self.key_iterator(dict(data)):
+            if isinstance(data[key], (str, os.PathLike)) and os.fspath(data[key]).lower().endswith(TIFF_SUFFIXES):
+                check_tiff(data[key])
         d = super().__call__(data, reader)
         for key in self.key_iterator(d):
             d[key] = _scale_16bit(d[key]) if key == self.image_key else d[key].float()
