@@ -1,6 +1,7 @@
 """What a file given as a checkpoint is, found before ``torch.load`` reads it.
 
-:func:`check_checkpoint_file` refuses, naming the file and what it is:
+:func:`check_checkpoint_path` refuses a missing or empty file, and :func:`check_checkpoint_file` refuses, naming the
+file and what it is:
 
 - a git-LFS pointer (a clone without ``git lfs pull``: a small text file in place of the weights);
 - a TorchScript archive (``torch.jit.save``): it holds code, not a state dict;
@@ -18,8 +19,8 @@ import re
 import zipfile
 from pathlib import Path
 
-__all__ = ["EXPANSION_FACTOR", "EXPANSION_SLACK_BYTES", "check_checkpoint_file", "expansion_limit",
-           "unpickling_reason"]
+__all__ = ["EXPANSION_FACTOR", "EXPANSION_SLACK_BYTES", "check_checkpoint_file", "check_checkpoint_path",
+           "expansion_limit", "unpickling_reason"]
 
 #: A checkpoint's zip members may add up to this many times the file's size ...
 EXPANSION_FACTOR = 4
@@ -58,6 +59,19 @@ def check_checkpoint_file(path: str | Path, what: str = "checkpoint") -> None:
                          f"{EXPANSION_FACTOR} x its size + {EXPANSION_SLACK_BYTES >> 20} MiB "
                          f"({expansion_limit(size)} bytes): refused unread (torch.save does not compress, so this "
                          "is not a checkpoint it wrote)")
+
+
+def check_checkpoint_path(path: str | Path, what: str = "checkpoint") -> bool:
+    """Raise naming ``path`` (``what`` names its role) when it is missing (``FileNotFoundError``), empty or a file
+    :func:`check_checkpoint_file` refuses (``ValueError``); returns True, for config expressions. Cheap: run before
+    the inputs are read (``inference.json``'s ``initialize``) so a bad checkpoint stops the run at once."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{what} {path} is empty (0 bytes): an interrupted copy or download?")
+    check_checkpoint_file(path, what)
+    return True
 
 
 def unpickling_reason(message: str) -> str:
