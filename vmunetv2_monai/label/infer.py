@@ -19,6 +19,7 @@ from monailabel.transform.post import Restored
 from monailabel.transform.pre import LoadImageTensord
 from monailabel.utils.others.generic import device_map
 
+from ..inference import read_checkpoint
 from .bundle_config import BundleFiles, label_map, load_metadata, load_parser, spatial_dims
 
 __all__ = ["RESULT_DTYPES", "RESULT_EXTENSIONS", "InferRequestError", "NoWeightsError", "VMUNetV2InferTask"]
@@ -45,7 +46,9 @@ class VMUNetV2InferTask(BasicInferTask):
     The bundle's ``inference.json`` (+ ``monailabel_overrides.json``) is read. MONAI Label's additions: the image
     loader keeps the image metadata, the H x W prediction is restored to the image grid, and the mask is written as
     a uint8 PNG unless the request asks otherwise. Weights are read from ``<bundle>/models/<model_filename>`` with
-    ``torch.load(weights_only=True)``; without them the task refuses to run instead of serving an untrained network.
+    :func:`~vmunetv2_monai.inference.read_checkpoint` (the checks of every other reader: foreign files, pickled
+    objects, NaN, the bundle's weights hash); without them the task refuses to run instead of serving an untrained
+    network.
     """
 
     def __init__(self, bundle: BundleFiles, conf: dict[str, str] | None = None, preload: bool = False) -> None:
@@ -177,7 +180,7 @@ class VMUNetV2InferTask(BasicInferTask):
             with open(path, "rb") as fp:
                 digest = hashlib.sha256(fp.read()).hexdigest()
             network = self.parser.get_parsed_content("network_def", instantiate=True).to(torch.device(device))
-            checkpoint = torch.load(path, map_location=torch.device(device), weights_only=True)
+            checkpoint = read_checkpoint(path, map_location=torch.device(device))
             state = checkpoint.get(self.model_state_dict, checkpoint) if isinstance(checkpoint, dict) else checkpoint
             network.load_state_dict(state, strict=self.load_strict)
             network.eval()
