@@ -83,7 +83,8 @@ def _engines(node, found: list) -> list:
 
 def test_bundle_engines_get_the_policy() -> None:
     """Whatever the file layout: every engine in bundle/configs takes its AMP from ``autocast_dtype(@amp, ...)``,
-    ``amp`` is "auto" by default and "off" in the paper recipe, and the expression resolves in a MONAI config."""
+    ``amp`` is "auto" by default and "off" in the paper recipe and for the TensorRT engine (its precision is the
+    engine's), and the expression resolves in a MONAI config."""
     from monai.bundle import ConfigParser
 
     configs = Path(__file__).resolve().parents[2] / "bundle" / "configs"
@@ -98,6 +99,7 @@ def test_bundle_engines_get_the_policy() -> None:
         assert engine["amp"] == "$vmunetv2_monai.ops.autocast_dtype(@amp, @device) is not None"
         assert engine["amp_kwargs"] == {"dtype": "$vmunetv2_monai.ops.autocast_dtype(@amp, @device)"}
     assert defaults.pop("kvasir_full.json") == "off"
+    assert defaults.pop("inference_trt.json") == "off"
     assert defaults and set(defaults.values()) == {"auto"}, defaults
     parser = ConfigParser({"imports": ["$import torch", "$import vmunetv2_monai"], "amp": "auto",
                            "device": "$torch.device('cpu')", "engine": {"amp": engines[0]["amp"],
