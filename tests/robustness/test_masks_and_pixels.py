@@ -152,7 +152,9 @@ def test_nan_image_in_bundle_inference_fails_naming_it_and_segments_the_rest(tmp
     wf.initialize()
     chain = error_chain(wf.run)
     assert "patchy.tif" in chain and "NaN" in chain and "1 of 2" in chain, chain
-    assert sorted(p.name for p in pred.iterdir()) == ["good0_mask.png", "good0_overlay.png"]
+    # the in-process run still holds the folder's lock (vmunetv2_monai.locks): its hidden lock file is not an output
+    assert sorted(p.name for p in pred.iterdir() if p.name != ".vmunetv2.lock") == ["good0_mask.png",
+                                                                                     "good0_overlay.png"]
 
 
 def _root_message(fn) -> str:
