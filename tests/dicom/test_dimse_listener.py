@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -207,11 +208,13 @@ def test_echo_and_ae_titles_are_checked_at_association(scp: Listener, tmp_path: 
     rejected at association (no C-STORE gets through)."""
     where = ["127.0.0.1", str(scp.port)]
     assert _dcmtk("echoscu", "-aet", "MODALITY", "-aec", "VMUNETV2", *where).returncode == 0
-    for calling, called, reason in (("OTHER", "VMUNETV2", "Calling AE title not recognised"),
-                                    ("MODALITY", "WRONG", "Called AE title not recognised")):
+    # dcmtk prints the reason in British or American spelling depending on its version
+    for calling, called, reason in (("OTHER", "VMUNETV2", r"calling ae title not recogni[sz]ed"),
+                                    ("MODALITY", "WRONG", r"called ae title not recogni[sz]ed")):
         for tool in (["echoscu"], ["storescu", str(_still_file(tmp_path, "small", 12))]):
             proc = _dcmtk(tool[0], "-aet", calling, "-aec", called, *where, *tool[1:])
-            assert proc.returncode != 0 and reason in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+            text = proc.stdout + proc.stderr
+            assert proc.returncode != 0 and re.search(reason, text.lower()), text
     assert not list(scp.spool.glob("*.dcm"))
     proc = _dcmtk("storescu", "-aet", "MODALITY", "-aec", "VMUNETV2", *where, str(tmp_path / "small.dcm"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -232,7 +235,9 @@ def test_large_object_is_aborted_and_a_full_spool_refuses_associations(
         deadline = time.monotonic() + 30
         while "removed the partial dataset" not in caplog.text and time.monotonic() < deadline:
             time.sleep(0.1)
-    assert "Association Aborted" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    # "Association Aborted" or "Peer Aborted Association", by dcmtk version
+    assert re.search(r"association aborted|aborted association", (proc.stdout + proc.stderr).lower()), (
+        proc.stdout + proc.stderr)
     assert "object larger than the 0.1 MB limit" in caplog.text and "removed the partial dataset" in caplog.text
     assert not list(scp.spool.glob("*.dcm")) and not list((tmp_path / "incoming").iterdir())
 
@@ -245,7 +250,8 @@ def test_large_object_is_aborted_and_a_full_spool_refuses_associations(
     assert scp.spool_bytes() > scp.limits.spool_max_bytes
     for tool in (["echoscu"], ["storescu", str(medium)]):
         proc = _dcmtk(tool[0], "-aet", "MODALITY", "-aec", "VMUNETV2", *where, *tool[1:])
-        assert proc.returncode != 0 and "Temporary congestion" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        text = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and "temporary congestion" in text.lower(), text
     for path in scp.spool.glob("*.dcm"):
         path.unlink()
     assert _dcmtk("echoscu", "-aet", "MODALITY", "-aec", "VMUNETV2", *where).returncode == 0
