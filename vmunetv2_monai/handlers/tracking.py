@@ -24,8 +24,6 @@ from types import FrameType
 from typing import Any
 
 from ignite.engine import Engine, Events
-from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from monai.handlers import MLFlowHandler
 
 from .lineage import STATE_ATTR, config_hash, read_lineage
@@ -47,6 +45,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"  # mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID, without importing mlflow
 
 JOB_TAG = "vmunetv2.job"
 WORKFLOW_TAG = "vmunetv2.workflow"
@@ -225,6 +225,8 @@ class MLflowTracker(MLFlowHandler):
 
     def _in_experiment(self, run_id: str) -> bool:
         """Whether run ``run_id`` is in this tracker's store and experiment."""
+        from mlflow.exceptions import MlflowException  # here: the package imports without mlflow (MONAI Label's env)
+
         try:
             run = self.client.get_run(run_id)
         except MlflowException as err:
