@@ -18,7 +18,7 @@ from vmunetv2_monai.evaluation.recipe import bundle_command, run_bundle
 BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 MODEL = BUNDLE / "models" / "model.pt"
 SAMPLE = BUNDLE / "sample_data"
-# Measured on 2026-11-30 with the shipped model on the 12 sample pairs: mean Dice 0.701 (scripts/run_demo.py); an
+# Measured on 2026-12-03 with the shipped model (0.5.0) on the 12 sample pairs: mean Dice 0.682 (scripts/run_demo.py); an
 # untrained network of the same configuration scores far lower there (this file's last test). The floor sits between.
 DICE_FLOOR = 0.55
 
