@@ -86,7 +86,7 @@ def test_train_writes_loadable_checkpoints_and_mlflow_run(trained):
     assert any(k.startswith("encoder.") for k in best)  # raw state dict of the network
     latest = torch.load(out / "models" / "latest.pt", weights_only=True)
     assert _epoch(latest) == 2
-    assert set(latest) == {"model", "optimizer", "trainer", "budget", "best_saver"}
+    assert set(latest) == {"settings", "model", "optimizer", "trainer", "budget", "best_saver"}
     assert len(latest["budget"]["history"]) == 2  # validated after each epoch
 
     from mlflow.tracking import MlflowClient
