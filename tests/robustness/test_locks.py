@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from vmunetv2_monai import VMUNetV2
 from vmunetv2_monai.locks import LOCK_NAME, FolderInUseError, lock_folder
 
-from .conftest import BUNDLE, SAMPLE, TINY_ARGS, cfg, disc_pair, run_bundle, tail
+from .conftest import BUNDLE, SAMPLE, TINY, TINY_ARGS, cfg, disc_pair, run_bundle, tail
 
 HOLD = "import sys, time; from vmunetv2_monai.locks import lock_folder; lock_folder(sys.argv[1]); " \
        "print('locked', flush=True); time.sleep(float(sys.argv[2]))"
@@ -121,6 +123,11 @@ def test_inference_or_evaluation_into_a_folder_in_use_is_refused(tmp_path, data,
     dataset = SAMPLE / "images" if workflow == "inference" else data
     (folder / "kept.csv").parent.mkdir(parents=True)
     (folder / "kept.csv").write_text("name,dice\n")
+    # a real checkpoint at <output_dir>/models/model.pt: inference checks it before anything else
+    (out / "models").mkdir()
+    net = VMUNetV2(spatial_dims=2, in_channels=3, out_channels=1, deep_supervision=True, keep_unused_stage=False,
+                   **{k: v for k, v in TINY.items() if k != "image_size"})
+    torch.save(net.state_dict(), out / "models" / "model.pt")
     holder = _holder(folder)
     try:
         code, log = run_bundle(["--config_file", repr(configs), "--bundle_root", str(BUNDLE), "--dataset_dir",
