@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.transforms import Compose
 from PIL import Image
@@ -75,6 +76,15 @@ def disc_pair(folder: Path, name: str, size: tuple[int, int] = (40, 48)) -> None
     (folder / "masks").mkdir(parents=True, exist_ok=True)
     Image.fromarray(img).save(folder / "images" / f"{name}.png")
     Image.fromarray(disc.astype(np.uint8) * 255).save(folder / "masks" / f"{name}.png")
+
+
+def tiny_state(path: Path) -> Path:
+    """An untrained state dict of inference.json's network with :data:`TINY` settings, saved at ``path``."""
+    parser = ConfigParser()
+    parser.read_config(cfg("inference"))
+    parser.update(TINY)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
+    return path
 
 
 @pytest.fixture

@@ -11,25 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
-from monai.bundle import ConfigParser
 from PIL import Image
 
 from vmunetv2_monai.data import DataListError, InputImages, find_pairs
 from vmunetv2_monai.handlers.atomic import NAME_MAX, atomic_write, remove_stale_temps, temp_name
 
-from .conftest import BUNDLE, TINY, TINY_ARGS, cfg, disc_pair, load_transforms, run_bundle, tail
+from .conftest import BUNDLE, TINY_ARGS, cfg, disc_pair, load_transforms, run_bundle, tail, tiny_state
 
 GOOD = ("good_a", "good_b")
-
-
-def _tiny_state(path: Path) -> Path:
-    """An untrained state dict of inference.json's network with :data:`TINY` settings."""
-    parser = ConfigParser()
-    parser.read_config(cfg("inference"))
-    parser.update(TINY)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
-    return path
 
 
 def _rgb(seed: int = 0, size: tuple[int, int] = (36, 44)) -> np.ndarray:
@@ -86,7 +75,7 @@ def _predicted(tmp_path: Path, stem: str) -> bool:
 def test_a_bad_input_is_named_last_and_the_others_are_segmented(tmp_path, kind, reason):
     inputs = _inputs(tmp_path)
     bad = _bad_file(kind, inputs, tmp_path)
-    code, log, last = _infer(tmp_path, inputs, _tiny_state(tmp_path / "model.pt"))
+    code, log, last = _infer(tmp_path, inputs, tiny_state(tmp_path / "model.pt"))
     assert code == 1 and last.startswith("  ") and str(bad) in last and reason in last, tail(log)
     assert "BadInputsError: 1 of 3 input image(s) could not be read" in log, tail(log)
     assert all(_predicted(tmp_path, name) for name in GOOD), tail(log)
@@ -97,7 +86,7 @@ def test_a_long_name_whose_temporary_name_would_not_fit_is_segmented(tmp_path):
     inputs = _inputs(tmp_path)
     stem = "y" * (NAME_MAX - len("_overlay.png") - 3)  # '.tmp<pid>-<stem>_overlay.png' is past NAME_MAX bytes
     Image.fromarray(_rgb(5)).save(inputs / f"{stem}.png")
-    code, log, _ = _infer(tmp_path, inputs, _tiny_state(tmp_path / "model.pt"))
+    code, log, _ = _infer(tmp_path, inputs, tiny_state(tmp_path / "model.pt"))
     assert code == 0, tail(log)
     assert all(_predicted(tmp_path, name) for name in (*GOOD, stem)), tail(log)
 

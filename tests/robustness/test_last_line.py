@@ -13,25 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser
 
 from vmunetv2_monai.checkpoint_files import expansion_limit
 from vmunetv2_monai.data.checks import _summarise_errors
 from vmunetv2_monai.errors import summary_error
 from vmunetv2_monai.inference import read_checkpoint
 
-from .conftest import BUNDLE, SAMPLE, TINY, TINY_ARGS, cfg, disc_pair, run_bundle, tail
+from .conftest import BUNDLE, SAMPLE, TINY_ARGS, cfg, disc_pair, run_bundle, tail, tiny_state
 
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize 123456\n".format("ab" * 32)
-
-
-def _tiny_state(path: Path) -> Path:
-    """An untrained state dict of inference.json's network with :data:`TINY` settings."""
-    parser = ConfigParser()
-    parser.read_config(cfg("inference"))
-    parser.update(TINY)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
-    return path
 
 
 def _zip_bomb(path: Path, expanded: int) -> Path:
@@ -70,7 +60,7 @@ def test_foreign_checkpoints_are_named_for_what_they_are(tmp_path, monkeypatch, 
 
 
 def test_zip_bomb_bound_is_above_real_checkpoints(tmp_path):
-    path = _tiny_state(tmp_path / "model.pt")
+    path = tiny_state(tmp_path / "model.pt")
     expanded = sum(m.file_size for m in zipfile.ZipFile(path).infolist())
     assert expanded <= expansion_limit(path.stat().st_size)
     assert read_checkpoint(path)
@@ -183,7 +173,7 @@ def _run_full_disk(args: list[str], cwd: Path) -> tuple[int, str]:
 
 
 def test_full_disk_during_inference_names_the_prediction_file(tmp_path, inputs):
-    ckpt = _tiny_state(tmp_path / "model.pt")
+    ckpt = tiny_state(tmp_path / "model.pt")
     code, log, last = _infer(tmp_path, inputs, ckpt, full_disk=True)
     assert code != 0 and last.startswith("vmunetv2_monai error: OSError: [Errno 28] cannot write "), tail(log)
     assert f"cannot write {tmp_path / 'out' / 'predictions'}/" in last and "no space left on device" in last, last

@@ -13,12 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from vmunetv2_monai import VMUNetV2
 from vmunetv2_monai.locks import LOCK_NAME, FolderInUseError, lock_folder
 
-from .conftest import BUNDLE, SAMPLE, TINY, TINY_ARGS, cfg, disc_pair, run_bundle, tail
+from .conftest import BUNDLE, SAMPLE, TINY_ARGS, cfg, run_bundle, tail, tiny_state
 
 HOLD = "import sys, time; from vmunetv2_monai.locks import lock_folder; lock_folder(sys.argv[1]); " \
        "print('locked', flush=True); time.sleep(float(sys.argv[2]))"
@@ -78,29 +76,21 @@ def test_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path, caplog):
     assert (folder / "models" / "model.pt").read_bytes() == b"kept"
 
 
-@pytest.fixture
-def data(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    for i in range(6):
-        disc_pair(root, f"case{i}")
-    return root
-
-
 def _train_args(data: Path, out: Path, epochs: int) -> list[str]:
     return ["--config_file", str(cfg("train")), "--bundle_root", str(BUNDLE), "--dataset_dir", str(data),
             "--output_dir", str(out), "--num_workers", "0", "--epochs", str(epochs), "--batch_size", "2",
             "--progress_bar", "False", *TINY_ARGS]
 
 
-def test_second_training_into_a_folder_in_use_is_refused_and_a_killed_runs_lock_taken_over(tmp_path, data):
+def test_second_training_into_a_folder_in_use_is_refused_and_a_killed_runs_lock_taken_over(tmp_path, dataset):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    first = subprocess.Popen([sys.executable, "-m", "monai.bundle", "run", *_train_args(data, out, 10_000)],
+    first = subprocess.Popen([sys.executable, "-m", "monai.bundle", "run", *_train_args(dataset, out, 10_000)],
                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for_lock(out, first)
         start = time.monotonic()
-        code, log = run_bundle(_train_args(data, out, 1), cwd=tmp_path)
+        code, log = run_bundle(_train_args(dataset, out, 1), cwd=tmp_path)
         last = log.strip().splitlines()[-1]
         assert code != 0 and last.startswith("vmunetv2_monai error: FolderInUseError"), tail(log)
         assert f"output folder {out} is in use by another run (process {first.pid} on " in last, last
@@ -109,29 +99,27 @@ def test_second_training_into_a_folder_in_use_is_refused_and_a_killed_runs_lock_
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
-    code, log = run_bundle(_train_args(data, out, 1), cwd=tmp_path)
+    code, log = run_bundle(_train_args(dataset, out, 1), cwd=tmp_path)
     assert code == 0, tail(log, 40)
     assert "took over the lock left by a run that did not end cleanly" in log and f"process {first.pid} " in log
     assert (out / "models" / "model.pt").is_file() and not (out / LOCK_NAME).exists()
 
 
 @pytest.mark.parametrize("workflow", ["inference", "evaluate"])
-def test_inference_or_evaluation_into_a_folder_in_use_is_refused(tmp_path, data, workflow):
+def test_inference_or_evaluation_into_a_folder_in_use_is_refused(tmp_path, dataset, workflow):
     out = tmp_path / "out"
     folder = out / ("predictions" if workflow == "inference" else "eval")
     configs = cfg("inference") if workflow == "inference" else cfg("train", "evaluate")
-    dataset = SAMPLE / "images" if workflow == "inference" else data
+    inputs = SAMPLE / "images" if workflow == "inference" else dataset
     (folder / "kept.csv").parent.mkdir(parents=True)
     (folder / "kept.csv").write_text("name,dice\n")
     # a real checkpoint at <output_dir>/models/model.pt: inference checks it before anything else
     (out / "models").mkdir()
-    net = VMUNetV2(spatial_dims=2, in_channels=3, out_channels=1, deep_supervision=True, keep_unused_stage=False,
-                   **{k: v for k, v in TINY.items() if k != "image_size"})
-    torch.save(net.state_dict(), out / "models" / "model.pt")
+    tiny_state(out / "models" / "model.pt")
     holder = _holder(folder)
     try:
         code, log = run_bundle(["--config_file", repr(configs), "--bundle_root", str(BUNDLE), "--dataset_dir",
-                                str(dataset), "--output_dir", str(out), "--num_workers", "0", *TINY_ARGS],
+                                str(inputs), "--output_dir", str(out), "--num_workers", "0", *TINY_ARGS],
                                cwd=tmp_path)
     finally:
         _stop(holder)
