@@ -25,7 +25,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 from .bundle_weights import check_bundle_weights
-from .checkpoint_files import check_checkpoint_file, unpickling_reason
+from .checkpoint_files import check_checkpoint_path, unpickling_reason
 from .ops import autocast_dtype
 
 logger = logging.getLogger(__name__)
@@ -63,12 +63,8 @@ def read_checkpoint(
     mismatch).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{what} {path} is empty (0 bytes): an interrupted copy or download?")
+    check_checkpoint_path(path, what)
     check_bundle_weights(path)
-    check_checkpoint_file(path, what)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
