@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -189,9 +190,11 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 
 def assert_valid_dicom(paths: list[Path]) -> None:
-    """Every file passes ``dciodvfy`` without an Error line (the lines are printed on failure)."""
+    """Every file passes ``dciodvfy`` without an Error line (the lines are printed on failure), and every SEG
+    among them decodes with dcmjs to what pydicom reads (:func:`assert_dcmjs_matches`)."""
     bad = {str(p): errors for p in paths if (errors := dciodvfy_errors(p))}
     assert not bad, "dciodvfy errors:\n" + "\n".join(f"{p}:\n  " + "\n  ".join(e) for p, e in bad.items())
+    assert_dcmjs_matches(list(paths))  # and a web viewer's library reads every SEG among them
 
 
 class Orthanc:
@@ -254,3 +257,78 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
         yield server
     finally:
         server.stop()
+
+
+JS_DIR = REPO / "tests" / "dicom" / "js"
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+NODE_TIMEOUT_S = 300.0
+
+
+def _dcmjs_ready() -> str:
+    """The ``node`` binary, with dcmjs installed in tests/dicom/js (``npm ci`` from its package-lock.json when
+    node_modules is missing: setup.sh runs it; Debian ``nodejs`` + ``npm``, scripts/install_system_packages.sh)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None:
+        pytest.fail("node not found: sudo bash scripts/install_system_packages.sh (Debian nodejs and npm)")
+    if not (JS_DIR / "node_modules" / "dcmjs" / "package.json").is_file():
+        if npm is None:
+            pytest.fail("dcmjs not installed and npm not found: sudo bash scripts/install_system_packages.sh")
+        proc = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], check=False, cwd=JS_DIR,
+                              capture_output=True, text=True, timeout=NODE_TIMEOUT_S)
+        assert proc.returncode == 0, f"npm ci in {JS_DIR} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return node
+
+
+def source_metadata(source: Dataset) -> dict:
+    """What a viewer's metadata provider knows about one source image (as DICOMweb metadata gives it)."""
+    out: dict = {"imageId": f"wadors:{source.SOPInstanceUID}", "SOPInstanceUID": str(source.SOPInstanceUID),
+                 "SOPClassUID": str(source.SOPClassUID), "SeriesInstanceUID": str(source.SeriesInstanceUID),
+                 "Rows": int(source.Rows), "Columns": int(source.Columns)}
+    for key in ("FrameOfReferenceUID",):
+        if source.get(key):
+            out[key] = str(source.get(key))
+    for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+        if source.get(key):
+            out[key] = [float(v) for v in source.get(key)]
+    return out
+
+
+def dcmjs_decode(segs: list[Path], sources: dict[str, list[Dataset]] | None = None) -> list[dict]:
+    """Decode SEG files with dcmjs (tests/dicom/js/decode_seg.js): per SEG its segments, frames, per-frame source
+    UIDs and foreground counts; with ``sources`` (SEG path -> its source datasets) also the labelmap dcmjs'
+    Cornerstone adapter paints on each source (``viewer``). Fails the test when dcmjs cannot decode one."""
+    node = _dcmjs_ready()
+    sources = sources or {}
+    with tempfile.TemporaryDirectory() as tmp:
+        request, result = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        request.write_text(json.dumps([{"path": str(p), "sources": [source_metadata(s) for s in sources[str(p)]]
+                                        if str(p) in sources else None} for p in segs]))
+        proc = subprocess.run([node, str(JS_DIR / "decode_seg.js"), str(request), str(result)], check=False,
+                              capture_output=True, text=True, timeout=NODE_TIMEOUT_S)
+        decoded = json.loads(result.read_text()) if result.is_file() else []
+    errors = [d for d in decoded if d.get("error")]
+    assert proc.returncode == 0 and len(decoded) == len(segs) and not errors, (
+        f"dcmjs could not decode (exit {proc.returncode}): {errors}\n{proc.stderr[-3000:]}")
+    return decoded
+
+
+def assert_dcmjs_matches(paths: list[Path]) -> None:
+    """Every SEG among ``paths`` decodes with dcmjs to what pydicom reads: segments, frame count, the source
+    SOP instance of each frame and the foreground pixels of each frame."""
+    segs = [p for p in paths if str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) == SEG_CLASS]
+    if not segs:
+        return
+    for path, got in zip(segs, dcmjs_decode(segs)):
+        ds = pydicom.dcmread(path)
+        frames = int(ds.NumberOfFrames)
+        refs = [str(g.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+                for g in ds.PerFrameFunctionalGroupsSequence]
+        bits = np.unpackbits(np.frombuffer(ds.PixelData, np.uint8), bitorder="little")
+        counts = bits[:frames * ds.Rows * ds.Columns].reshape(frames, -1).sum(axis=1).tolist()
+        assert got["frames"] == frames and got["sopInstanceUID"] == str(ds.SOPInstanceUID), (path, got)
+        assert [s["number"] for s in got["segments"]] == [int(s.SegmentNumber) for s in ds.SegmentSequence], path
+        assert got["frameSourceUIDs"] == refs and got["frameForeground"] == counts, (path, got)
+        shared = ds.SharedFunctionalGroupsSequence[0].get("SegmentIdentificationSequence")
+        segments = [int((g.get("SegmentIdentificationSequence") or shared)[0].ReferencedSegmentNumber)
+                    for g in ds.PerFrameFunctionalGroupsSequence]
+        assert got["frameSegments"] == segments, (path, got)

@@ -28,7 +28,12 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, evt
 from pynetdicom.pdu import P_DATA_TF
-from pynetdicom.sop_class import SecondaryCaptureImageStorage, SegmentationStorage, Verification
+from pynetdicom.sop_class import (
+    Comprehensive3DSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+    Verification,
+)
 
 from .files import copy_atomic
 from .reader import UnsupportedDicomError, check_metadata, failure_reason, read_dataset
@@ -229,14 +234,21 @@ class Listener:
     def send(self, datasets: list[Dataset]) -> None:
         """C-STORE ``datasets`` to the destination on one association; raises unless every one succeeded."""
         ae = AE(ae_title=self.ae_title)
-        for sop_class in (SegmentationStorage, SecondaryCaptureImageStorage):
+        for sop_class in (SegmentationStorage, SecondaryCaptureImageStorage, Comprehensive3DSRStorage):
             ae.add_requested_context(sop_class)
         dest = self.destination
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
         if not assoc.is_established:
             raise ConnectionError(f"association with {dest} not established")
         try:
+            accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
             for ds in datasets:
+                if str(ds.SOPClassUID) not in accepted:
+                    if str(ds.SOPClassUID) == str(Comprehensive3DSRStorage):  # an extra: the SEG still goes
+                        logger.warning("%s does not accept Comprehensive 3D SR Storage: SR %s not sent (--no-sr "
+                                       "stops making them)", dest, ds.SOPInstanceUID)
+                        continue
+                    raise ConnectionError(f"{dest} does not accept {ds.SOPClassUID.name} ({ds.SOPInstanceUID})")
                 status = assoc.send_c_store(ds)
                 code = int(status.Status) if status is not None and "Status" in status else None
                 if code is None or (code != 0 and not 0xB000 <= code <= 0xBFFF):
@@ -322,7 +334,7 @@ class Listener:
             self._fail(paths, failure_reason(exc), list(unit))
             return 0
         try:
-            self.send(result.overlays + [result.seg])
+            self.send(result.extras() + [result.seg])
         except (ConnectionError, OSError, RuntimeError) as exc:  # destination down: keep the spool, retry later
             self._send_failures += 1
             delay = backoff_delay(self._send_failures, self.poll_interval, self.limits.max_backoff_s)

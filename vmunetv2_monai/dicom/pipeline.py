@@ -184,7 +184,9 @@ class Pipeline:
                 summary.skipped += 1
                 continue
             try:
-                check_metadata(ds, f"{self.client.url} study {study_uid}")
+                # no pixel data element in the metadata is checked on the retrieved instance (Orthanc leaves
+                # out encapsulated pixel data)
+                check_metadata(ds, f"{self.client.url} study {study_uid}", pixel_data_in_header=False)
             except Exception as exc:  # refused before any pixel data is downloaded; the others go on
                 logger.warning("refused %s: %s", sop, failure_reason(exc),
                                exc_info=not isinstance(exc, UnsupportedDicomError))
@@ -231,9 +233,10 @@ class Pipeline:
             datasets = [self.client.retrieve(study, series, uid) for uid in uids]
             result = self.segmenter.segment(datasets, source)
             if self.output_dir is not None:
-                write_atomic(result.seg, self.output_dir / f"{result.seg.SOPInstanceUID}.dcm")
-            for over in result.overlays:  # first, so that "SEG present" implies everything is present
-                self.client.store(over)
+                for ds in result.reports + [result.seg]:
+                    write_atomic(ds, self.output_dir / f"{ds.SOPInstanceUID}.dcm")
+            for extra in result.extras():  # first, so that "SEG present" implies everything is present
+                self.client.store(extra)
             self.client.store(result.seg)
         except Exception as exc:
             if is_transient(exc):
@@ -299,8 +302,8 @@ def segment_files(
         try:
             result = segmenter.segment(unit, unit_paths[0] if len(unit) == 1 else f"series of {len(unit)} files")
             write_atomic(result.seg, out / f"{result.seg.SOPInstanceUID}.dcm")
-            for over in result.overlays:
-                write_atomic(over, out / f"{over.SOPInstanceUID}.dcm")
+            for extra in result.extras():
+                write_atomic(extra, out / f"{extra.SOPInstanceUID}.dcm")
             summary.stored += unit_paths
         except UnsupportedDicomError as exc:
             logger.warning("refused %s", exc)
@@ -363,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "source attribute (DICOM keyword, e.g. PatientAge) into the SEG and overlays (repeat for more); "
                    "by default only the patient and study attributes the SEG and SC IODs require are copied")
     p.add_argument("--overlay", action="store_true", help="also store a secondary-capture overlay per image")
+    p.add_argument("--no-sr", action="store_true", help="no DICOM SR measurement report (TID 1500: area or volume, "
+                   "pixel count, bounding box) beside each SEG (default: one SR per SEG, stored like it)")
     p.add_argument("--output-dir", help="also write each SEG here (atomically); required with --files")
     p.add_argument("--retry-failed", action="store_true", help="retry the instances and studies recorded as "
                    "failed (--listen: the images kept in <spool>/failed)")
@@ -419,7 +424,7 @@ def make_segmenter(args: argparse.Namespace) -> Segmenter:
         torch.set_num_threads(args.threads)
     window = tuple(args.window) if args.window else None
     return Segmenter(_predictor(args), AlgorithmInfo.from_bundle(args.bundle_dir), window, args.overlay,
-                     tuple(args.copy_attribute))
+                     tuple(args.copy_attribute), report=not args.no_sr)
 
 
 def watch(pipeline: Pipeline, args: argparse.Namespace) -> int:

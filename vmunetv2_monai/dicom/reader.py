@@ -41,6 +41,7 @@ NON_IMAGE_SOP_CLASSES: frozenset[str] = frozenset(
         "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
         "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
         "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+        "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR (the measurement reports this pipeline writes)
         "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
     }
 )
@@ -138,11 +139,15 @@ def _expected_native_bytes(ds: Dataset) -> int:
     return (n * bits + 7) // 8
 
 
-def check_metadata(ds: Dataset, source: str = "") -> None:
+def check_metadata(ds: Dataset, source: str = "", pixel_data_in_header: bool = True) -> None:
     """Refuse from the header alone (no pixel data needed): non-images, multi-frame, unsupported pixel layouts,
-    missing study / series UIDs, UIDs that are not DICOM UIDs (:data:`SOURCE_UID_ATTRIBUTES`), a geometry (:data:`GEOMETRY_ATTRIBUTES`) that is not numbers.
+    missing study / series UIDs, UIDs that are not DICOM UIDs (:data:`SOURCE_UID_ATTRIBUTES`), a geometry
+    (:data:`GEOMETRY_ATTRIBUTES`) that is not numbers.
 
-    Used on WADO-RS metadata before any pixel data is downloaded, and on every local file.
+    Used on WADO-RS metadata before any pixel data is downloaded, and on every local file. With
+    ``pixel_data_in_header=False`` (WADO-RS metadata) a header without a pixel data element is not refused for it:
+    Orthanc's metadata leaves out encapsulated (compressed) pixel data, so only the retrieved instance can tell, and
+    :func:`check_supported` refuses it there if it really has none.
     """
     uid = str(ds.get("SOPInstanceUID", "")) or None
 
@@ -162,7 +167,10 @@ def check_metadata(ds: Dataset, source: str = "") -> None:
         raise refuse(f"not an image (SOP class {UID(str(ds.SOPClassUID)).name})")
     if "PixelData" not in ds:
         other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
-        raise refuse(f"unsupported pixel data element {other[0]}" if other else "missing pixel data")
+        if other:
+            raise refuse(f"unsupported pixel data element {other[0]}")
+        if pixel_data_in_header:
+            raise refuse("missing pixel data")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
         raise refuse(f"multi-frame image ({frames} frames); only single-frame images are supported")
@@ -203,6 +211,29 @@ def check_supported(ds: Dataset, source: str = "") -> None:
         have, need = len(ds.PixelData), _expected_native_bytes(ds)
         if have < need:
             raise UnsupportedDicomError(f"truncated pixel data ({have} of {need} bytes)", source, uid)
+
+
+def decode_problem(ds: Dataset) -> str | None:
+    """Why pydicom cannot decode the pixel data of ``ds`` here (no decoder for its transfer syntax, a decoder plugin
+    missing, or the decoder failing), or None when it can or when there is nothing to decode. Compressed pixel data
+    is decoded once to find out; pydicom keeps the array, so the model input does not decode it again."""
+    if "PixelData" not in ds or not ds.PixelData:
+        return None  # refused by check_supported, with its own reason
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if tsyntax is None or not UID(str(tsyntax)).is_compressed:
+        return None
+    tsyntax = UID(str(tsyntax))
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        return f"unsupported transfer syntax {tsyntax} ({tsyntax.name})"
+    if not decoder.is_available:
+        return f"transfer syntax {tsyntax.name} needs a missing decoder: {decoder.missing_dependencies}"
+    try:
+        ds.pixel_array  # noqa: B018 - decoded for the check, kept by pydicom
+    except Exception as exc:  # any decoder failure is a reason, reported by the caller
+        return f"pixel data cannot be decoded ({type(exc).__name__}: {str(exc).strip()[:300]})"
+    return None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -16,6 +16,7 @@ from ..inference import Predictor
 from .algorithm import MANUFACTURER, AlgorithmInfo
 from .reader import NON_IMAGE_SOP_CLASSES, GreyWindow, UnsupportedDicomError, grey_window, is_greyscale, load_image
 from .seg import build_overlay, build_segmentation, read_back, seg_uid_for
+from .sr import build_report, read_report_back
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +81,19 @@ def duplicate_uids(datasets: Iterable[tuple[str, Dataset]]) -> dict[str, str]:
 
 @dataclass
 class UnitResult:
-    """The SEG of one unit, its overlays (if asked for) and the source instances it covers."""
+    """The SEG of one unit, its overlays (if asked for), the source instances it covers and its SR measurement
+    report (``reports``: one, or none with ``report=False``). Stored in that order: overlays and reports before
+    the SEG, so that "SEG present" implies everything is."""
 
     seg: Dataset
     overlays: list[Dataset]
     source_uids: list[str]
     seconds: float
+    reports: list[Dataset] = field(default_factory=list)
+
+    def extras(self) -> list[Dataset]:
+        """What is stored before the SEG: overlays, then the SR."""
+        return self.overlays + self.reports
 
 
 class Segmenter:
@@ -98,6 +106,7 @@ class Segmenter:
         window: tuple[float, float] | None = None,
         overlay: bool = False,
         copy_attributes: Sequence[str] = (),
+        report: bool = True,
     ) -> None:
         self.predictor = predictor
         self.algorithm = algorithm or AlgorithmInfo()
@@ -105,6 +114,8 @@ class Segmenter:
         self.overlay = overlay
         #: source attributes copied into the SEG and overlays beyond the required ones (``--copy-attribute``)
         self.copy_attributes = tuple(copy_attributes)
+        #: also make a TID 1500 SR measurement report per SEG (``--no-sr`` turns it off)
+        self.report = report
 
     def seg_uid(self, source_uids: Sequence[str]) -> str:
         """SOPInstanceUID of the SEG of these sources."""
@@ -136,9 +147,12 @@ class Segmenter:
                 raise
             raise UnsupportedDicomError(exc.reason, source, exc.sop_instance_uid) from exc  # name the file / unit
         read_back(seg)
+        reports = [build_report(seg, list(unit), masks, self.algorithm)] if self.report else []
+        for report in reports:
+            read_report_back(report)
         overlays = ([build_overlay(image.dataset, image.display_rgb(), mask, self.algorithm, self.copy_attributes)
                      for image, mask in zip(images, masks)] if self.overlay else [])
         seconds = time.perf_counter() - start
         logger.info("%s: SEG of %d image(s) %dx%d, %d foreground pixels, %.2f s (%.2f s per image)", source,
                     len(unit), masks.shape[1], masks.shape[2], int(masks.sum()), seconds, seconds / len(unit))
-        return UnitResult(seg, overlays, [str(ds.SOPInstanceUID) for ds in unit], seconds)
+        return UnitResult(seg, overlays, [str(ds.SOPInstanceUID) for ds in unit], seconds, reports)
