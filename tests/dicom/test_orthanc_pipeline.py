@@ -146,7 +146,10 @@ def test_pipeline_end_to_end(orthanc: Orthanc, tmp_path: Path, tiny_checkpoint: 
     assert "multi-frame" in failed[str(bad[0].SOPInstanceUID)].reason
     assert "missing pixel data" in failed[str(bad[1].SOPInstanceUID)].reason
     assert any("multi-frame" in rec.getMessage() for rec in caplog.records)
-    assert not set(failed) & set(retrieved), "refused instances were downloaded"
+    # refused from the metadata: not downloaded. Orthanc's metadata of an image without pixel data looks like that of
+    # a compressed image (no pixel data element), so that one is retrieved and refused then.
+    assert str(bad[0].SOPInstanceUID) not in retrieved, "an instance refused from its metadata was downloaded"
+    assert retrieved.count(str(bad[1].SOPInstanceUID)) == 1
 
     n_before = len(client.list_instances())
     assert main(args) == 0  # nothing new, failures not retried unless asked; SEGs and overlays skipped
@@ -166,16 +169,110 @@ def test_pipeline_end_to_end(orthanc: Orthanc, tmp_path: Path, tiny_checkpoint: 
     _check_segs(client, good, predictor, series)
 
 
-def test_server_transcodes_compressed_input(orthanc: Orthanc) -> None:
-    """A JPEG-LS image is asked for as explicit VR little endian, and Orthanc transcodes it."""
+def test_compressed_images_are_retrieved_as_stored_or_transcoded(orthanc: Orthanc) -> None:
+    """Retrieval asks for the stored transfer syntax and decodes here (a JPEG-LS image comes back as JPEG-LS with the
+    same pixels as the file); an image pydicom cannot decode here (12-bit JPEG Extended, no 12-bit JPEG decoder in
+    pylibjpeg or Pillow) is asked for again in explicit VR little endian, and Orthanc transcodes it."""
     from pydicom.data import get_testdata_file
 
+    from vmunetv2_monai.dicom.reader import decode_problem
+
     client = PacsClient(orthanc.url)
-    source = pydicom.dcmread(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
-    client.store(source)
-    got = client.retrieve(str(source.StudyInstanceUID), str(source.SeriesInstanceUID), str(source.SOPInstanceUID))
+    jpeg_ls = pydicom.dcmread(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
+    client.store(jpeg_ls)
+    got = client.retrieve(str(jpeg_ls.StudyInstanceUID), str(jpeg_ls.SeriesInstanceUID), str(jpeg_ls.SOPInstanceUID))
+    assert got.file_meta.TransferSyntaxUID == jpeg_ls.file_meta.TransferSyntaxUID
+    np.testing.assert_array_equal(got.pixel_array, jpeg_ls.pixel_array)
+
+    jpeg12 = pydicom.dcmread(get_testdata_file("JPEG-lossy.dcm"))
+    assert decode_problem(pydicom.dcmread(get_testdata_file("JPEG-lossy.dcm"))) is not None  # the premise
+    client.store(jpeg12)
+    got = client.retrieve(str(jpeg12.StudyInstanceUID), str(jpeg12.SeriesInstanceUID), str(jpeg12.SOPInstanceUID))
     assert got.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
-    np.testing.assert_array_equal(got.pixel_array, source.pixel_array)
+    assert got.pixel_array.shape == (jpeg12.Rows, jpeg12.Columns)
+
+
+#: pydicom / pydicom-data test files, one or two per compressed transfer syntax that decodes here (issue 25,
+#: point 2 case 4): colour stills and single MR slices (a one-slice volume).
+COMPRESSED_FILES = {
+    "SC_rgb_jpeg_dcmtk.dcm": "1.2.840.10008.1.2.4.50",  # JPEG Baseline, YBR_FULL
+    "JPGExtended.dcm": "1.2.840.10008.1.2.4.51",  # JPEG Extended, 8-bit greyscale
+    "SC_rgb_jpeg_gdcm.dcm": "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1, RGB
+    "MR_small_jpeg_ls_lossless.dcm": "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "MR_small_jp2klossless.dcm": "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+    "SC_rgb_gdcm_KY.dcm": "1.2.840.10008.1.2.4.91",  # JPEG 2000, RGB
+    "SC_rgb_rle.dcm": "1.2.840.10008.1.2.5",  # RLE, RGB
+    "MR_small_RLE.dcm": "1.2.840.10008.1.2.5",  # RLE, 16-bit greyscale
+}
+
+
+def _with_new_uids(name: str, folder: Path) -> Path:
+    """A copy of a pydicom test file with its own study, series and instance UIDs (several of these files share
+    them), pixel data untouched."""
+    ds = pydicom.dcmread(get_testdata_file(name))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    return write_atomic(ds, folder / name)
+
+
+def test_compressed_images_in_orthanc_get_segs(orthanc: Orthanc, tmp_path: Path, tiny_checkpoint: Path,
+                                               network_json: str, predictor: Predictor,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 25, point 2 case 4: Orthanc's series metadata leaves out encapsulated pixel data, and every compressed
+    image was refused as "missing pixel data". Now each gets a SEG: one per transfer syntax of
+    :data:`COMPRESSED_FILES`, with 0 dciodvfy errors, read back by highdicom, and a mask equal to that of
+    ``--files`` on the same file; the 12-bit JPEG that pydicom cannot decode here gets one from Orthanc's
+    transcoding (and ``--files`` refuses it, naming the decoder error)."""
+    client = PacsClient(orthanc.url)
+    inputs = tmp_path / "in"
+    paths = {name: _with_new_uids(name, inputs) for name in COMPRESSED_FILES}
+    jpeg12 = _with_new_uids("JPEG-lossy.dcm", tmp_path / "in12")
+    sources = {name: pydicom.dcmread(path) for name, path in paths.items()}
+    for name, ds in sources.items():
+        assert ds.file_meta.TransferSyntaxUID == COMPRESSED_FILES[name], name
+        client.store(ds)
+    client.store(pydicom.dcmread(jpeg12))
+    for ds in sources.values():  # the premise: no pixel data element in Orthanc's metadata of these
+        headers, _ = client.series_metadata(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
+        assert "PixelData" not in headers[str(ds.SOPInstanceUID)]
+
+    state = tmp_path / "state.sqlite"
+    assert main(_pipeline_args(orthanc, state, tiny_checkpoint, network_json)) == 0
+    with StateDB(state) as db:
+        assert db.counts()[DONE] == len(paths) + 1 and not db.records(FAILED)
+    segs = {str(hd.seg.Segmentation.from_dataset(ds).get_source_image_uids()[0][2]): ds for ds in _segs(client)}
+    assert len(segs) == len(paths) + 1
+    written = [write_atomic(ds, tmp_path / "from-orthanc" / f"{ds.SOPInstanceUID}.dcm") for ds in segs.values()]
+    assert_valid_dicom(written)
+
+    local = tmp_path / "files-out"
+    args = ["--checkpoint", str(tiny_checkpoint), "--network-json", network_json, "--log-level", "WARNING"]
+    assert main(["--files", str(inputs), "--output-dir", str(local), *args]) == 0
+    local_segs = {}
+    for path in local.iterdir():
+        if pydicom.dcmread(path, stop_before_pixels=True).SOPClassUID == SEG_SOP_CLASS_UID:  # not the SR beside it
+            seg = hd.seg.segread(path)
+            local_segs[str(seg.get_source_image_uids()[0][2])] = seg
+    assert len(local_segs) == len(paths)
+    for name, source in sources.items():
+        uid = str(source.SOPInstanceUID)
+        seg = hd.seg.Segmentation.from_dataset(segs[uid])
+        assert seg.SOPInstanceUID == local_segs[uid].SOPInstanceUID == seg_uid_for(uid, AlgorithmInfo())
+        mask = seg_mask_for_source(seg, uid)
+        assert mask.shape == (source.Rows, source.Columns), name
+        np.testing.assert_array_equal(mask, seg_mask_for_source(local_segs[uid], uid), err_msg=name)
+
+    source12 = pydicom.dcmread(jpeg12)
+    transcoded = client.retrieve(str(source12.StudyInstanceUID), str(source12.SeriesInstanceUID),
+                                 str(source12.SOPInstanceUID))
+    window = grey_window(transcoded)
+    expected = predictor.predict(load_image(transcoded, window=window).image)
+    got = seg_mask_for_source(hd.seg.Segmentation.from_dataset(segs[str(source12.SOPInstanceUID)]),
+                              str(source12.SOPInstanceUID))
+    np.testing.assert_array_equal(got, expected)
+    assert main(["--files", str(jpeg12), "--output-dir", str(tmp_path / "out12"), *args]) == 1
+    assert not (tmp_path / "out12").exists() or not list((tmp_path / "out12").iterdir())
+    assert "pixel data cannot be decoded" in caplog.text
 
 
 def test_kill_mid_run_and_restart(orthanc: Orthanc, tmp_path: Path, tiny_checkpoint: Path, network_json: str,

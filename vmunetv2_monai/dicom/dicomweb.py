@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from .reader import UnsupportedDicomError, decode_problem
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +27,9 @@ _TAGS = {
     "n_instances": "00201208",
 }
 
-#: Asked for on retrieval so that the server transcodes compressed images; refused servers get "*" instead.
+#: Retrieval asks first for the instance as stored, so that it is decoded here by pydicom as a file or a DIMSE image is.
+AS_STORED = (("application/dicom", "*"),)
+#: Asked for when pydicom cannot decode the stored transfer syntax here: the server transcodes (Orthanc does).
 TRANSCODE_TO = (("application/dicom", str(ExplicitVRLittleEndian)),)
 
 
@@ -144,17 +148,37 @@ class PacsClient:
         return any(_first(item, _TAGS["sop"]) == sop_instance_uid for item in found)
 
     def retrieve(self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str) -> Dataset:
-        """WADO-RS retrieve of one instance, asking the server to transcode to explicit VR little endian; a
-        server that refuses (HTTP 406 / 400) is asked again for the instance as stored."""
+        """WADO-RS retrieve of one instance as stored (``transfer-syntax=*``; a server that does not know it, HTTP
+        400 / 406, is asked without a transfer syntax), so that compressed images are decoded here with pydicom
+        exactly as with ``--files`` and ``--listen``. One that pydicom cannot decode here (see
+        :func:`~.reader.decode_problem`) is asked for again transcoded to explicit VR little endian; if the server
+        cannot do that either, :class:`~.reader.UnsupportedDicomError` names both reasons."""
+        uids = (study_instance_uid, series_instance_uid, sop_instance_uid)
         try:
-            return self._client.retrieve_instance(study_instance_uid, series_instance_uid, sop_instance_uid,
-                                                  media_types=TRANSCODE_TO)
+            ds = self._client.retrieve_instance(*uids, media_types=AS_STORED)
         except requests.HTTPError as exc:
             if exc.response is None or exc.response.status_code not in (400, 406):
                 raise
-            logger.info("server does not transcode %s (HTTP %d); retrieving it as stored", sop_instance_uid,
-                        exc.response.status_code)
-        return self._client.retrieve_instance(study_instance_uid, series_instance_uid, sop_instance_uid)
+            logger.info("server does not take transfer-syntax=* for %s (HTTP %d); retrieving it without one",
+                        sop_instance_uid, exc.response.status_code)
+            ds = self._client.retrieve_instance(*uids)
+        problem = decode_problem(ds)
+        if problem is None:
+            return ds
+        stored = UID(str(ds.file_meta.TransferSyntaxUID))
+        logger.info("%s: %s; asking the server for it in explicit VR little endian", sop_instance_uid, problem)
+        try:
+            transcoded = self._client.retrieve_instance(*uids, media_types=TRANSCODE_TO)
+        except requests.HTTPError as exc:
+            if exc.response is None:
+                raise
+            # the stored copy was just served, so an error here is about transcoding this object, not an outage
+            raise UnsupportedDicomError(f"{problem}; the server did not transcode it from {stored.name} either "
+                                        f"(HTTP {exc.response.status_code})", self.url,
+                                        sop_instance_uid) from exc
+        logger.info("%s: decoded from the server's transcoding of %s to %s", sop_instance_uid, stored.name,
+                    UID(str(transcoded.file_meta.TransferSyntaxUID)).name)
+        return transcoded
 
     def store(self, ds: Dataset) -> None:
         """STOW-RS one instance; raises if the server lists it as failed or does not acknowledge it."""
