@@ -60,9 +60,8 @@ def sr_uid_for(source_sop_instance_uids: str | Sequence[str], algorithm: Algorit
 
 
 def slice_spacing(sources: Sequence[Dataset]) -> float | None:
-    """Mean distance in mm between consecutive slices (sorted along the slice normal, as the SEG's frames) from
-    Image Position / Orientation (Patient); None for one slice or when it cannot be derived (no geometry, or
-    slices at one position)."""
+    """Mean distance in mm between consecutive slices along the slice normal, from Image Position / Orientation
+    (Patient); None for one slice or when it cannot be derived (no geometry, or two slices at one position)."""
     if len(sources) < 2:
         return None
     try:
@@ -71,7 +70,7 @@ def slice_spacing(sources: Sequence[Dataset]) -> float | None:
         positions = np.array([np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float)) for ds in sources])
     except (AttributeError, TypeError, ValueError):
         return None
-    steps = np.abs(np.diff(positions))
+    steps = np.diff(np.sort(positions))
     return float(steps.mean()) if steps.size and float(steps.min()) > 0 else None
 
 
@@ -88,9 +87,23 @@ def _bounding_box(masks: np.ndarray, volumetric: bool) -> list[tuple[hd.sr.Coded
     return [(name, int(value)) for name, value in box]
 
 
+def seg_frame_order(seg: Dataset, sources: Sequence[Dataset]) -> list[int]:
+    """Index in ``sources`` of the source of each SEG frame (highdicom orders a series' frames by position, not
+    as given); raises ValueError unless every frame names one of the sources."""
+    index = {str(ds.SOPInstanceUID): i for i, ds in enumerate(sources)}
+    order = []
+    for number, group in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
+        refs = [str(src.ReferencedSOPInstanceUID) for item in group.get("DerivationImageSequence", [])
+                for src in item.get("SourceImageSequence", [])]
+        if len(refs) != 1 or refs[0] not in index:
+            raise ValueError(f"SEG {seg.SOPInstanceUID} frame {number}: source {refs} is not one of the sources")
+        order.append(index[refs[0]])
+    return order
+
+
 def segment_measurements(masks: np.ndarray, sources: Sequence[Dataset]) -> dict[str, float | int | None]:
-    """What the report says about one segment's ``(N, H, W)`` bool masks over ``sources`` (N slices, the SEG's
-    frame order): ``count`` (pixels / voxels), ``area_mm2`` (one slice) or ``volume_mm3`` (several), None when a
+    """What the report says about one segment's ``(N, H, W)`` bool masks over ``sources`` (N slices in the SEG's
+    frame order, so that the bounding box's frames are SEG frame numbers): ``count`` (pixels / voxels), ``area_mm2`` (one slice) or ``volume_mm3`` (several), None when a
     spacing is unknown, and the 1-based bounding box keys ``row_first`` ... (absent for an empty mask)."""
     masks = np.asarray(masks, dtype=bool)
     spacing = known_pixel_spacing(sources[0])
@@ -113,7 +126,7 @@ def build_report(
     algorithm: AlgorithmInfo,
 ) -> hd.sr.Comprehensive3DSR:
     """TID 1500 measurement report of a SEG built by :func:`~.seg.build_segmentation` from ``sources`` (one image,
-    or the slices of one series in the SEG's frame order) and their ``(N, H, W)`` (or ``(H, W)``) masks of segment
+    or the slices of one series, in any order) and their ``(N, H, W)`` (or ``(H, W)``) masks of segment
     1. Patient and study attributes are the SEG's (the same minimal set); the report references the SEG's segment
     and every source image, and lists both as evidence."""
     sources = list(sources)
@@ -124,6 +137,11 @@ def build_report(
         raise ValueError(f"{masks.shape[0]} masks for {len(sources)} sources")
     uids = [str(ds.SOPInstanceUID) for ds in sources]
     first = sources[0]
+    order = seg_frame_order(seg, sources)
+    if sorted(order) != list(range(len(sources))):
+        raise ValueError(f"SEG {seg.SOPInstanceUID}: frames {order} are not one per source")
+    masks = masks[order]  # SEG frame order: the bounding box gives SEG frame numbers
+    sources = [sources[i] for i in order]
     algorithm_id = hd.sr.AlgorithmIdentification(name=algorithm.name, version=algorithm.version)
     tracking = hd.sr.TrackingIdentifier(uid=derived_uid(_sources_key(uids), algorithm, "sr-segment-1"),
                                         identifier=f"{algorithm.segment_label} segment 1")
