@@ -22,7 +22,8 @@ from vmunetv2_monai.dicom.algorithm import MANUFACTURER, AlgorithmInfo
 from vmunetv2_monai.dicom.files import write_atomic
 from vmunetv2_monai.dicom.pipeline import segment_files
 from vmunetv2_monai.dicom.reader import UnsupportedDicomError, grey_window, load_image, to_model_input
-from vmunetv2_monai.dicom.seg import build_overlay, build_segmentation, seg_mask_for_source, seg_uid_for
+from vmunetv2_monai.dicom.seg import (SEG_SOP_CLASS_UID, build_overlay, build_segmentation, seg_mask_for_source,
+                                      seg_uid_for)
 from vmunetv2_monai.dicom.units import Segmenter
 from vmunetv2_monai.inference import Predictor
 
@@ -368,9 +369,9 @@ def test_pixel_spacing_without_slice_thickness_gets_a_valid_seg(tmp_path: Path, 
                "--network-json", network_json, "--log-level", "WARNING"])
     assert rc == 0
     files = sorted(out.iterdir())
-    assert len(files) == len(paths)
+    assert len(files) == 2 * len(paths)  # a SEG and its SR each
     assert_valid_dicom(files)
-    for path in files:
+    for path in (p for p in files if pydicom.dcmread(p).Modality == "SEG"):
         seg = hd.seg.segread(path)
         ((_, _, ref),) = seg.get_source_image_uids()
         source = sources[str(ref)]
@@ -402,8 +403,9 @@ def test_oblique_slice_overlay_keeps_its_orientation(tmp_path: Path, predictor: 
 
 #: pydicom's character-set test images (secondary captures) -> Specific Character Set of their SEG and overlay.
 CHARSET_FILES = {
-    "chrH31.dcm": ["ISO 2022 IR 6", "ISO 2022 IR 87"],  # \\ISO 2022 IR 87: empty first value (issue 25 case 6)
-    "chrH32.dcm": ["ISO 2022 IR 13", "ISO 2022 IR 87"],
+    # code extensions (\\ISO 2022 IR 87: empty first value, issue 25 case 6): UTF-8, as dcmjs (OHIF) reads one value only
+    "chrH31.dcm": "ISO_IR 192",
+    "chrH32.dcm": "ISO_IR 192",
     "chrI2.dcm": "ISO_IR 192",  # \\ISO 2022 IR 149 (Korean), missing from highdicom's terms: written in UTF-8
     "chrX1.dcm": "ISO_IR 192", "chrX2.dcm": "GB18030", "chrFren.dcm": "ISO_IR 100", "chrGerm.dcm": "ISO_IR 100",
     "chrGreek.dcm": "ISO_IR 126", "chrRuss.dcm": "ISO_IR 144", "chrArab.dcm": "ISO_IR 127",
@@ -423,20 +425,25 @@ def test_character_sets_give_valid_seg_and_overlay(tmp_path: Path, predictor: Pr
     summary = segment_files(list(paths.values()), out, Segmenter(predictor, overlay=True))
     assert not summary.failed and len(summary.stored) == len(paths)
     written = sorted(out.iterdir())
-    assert len(written) == 2 * len(paths)
+    assert len(written) == 3 * len(paths)  # SEG, overlay, SR
     assert_valid_dicom(written)
     by_source: dict[str, list[pydicom.Dataset]] = {}
     for path in written:
         ds = pydicom.dcmread(path)
         if ds.Modality == "SEG":
             ((_, _, ref),) = hd.seg.segread(path).get_source_image_uids()
+        elif ds.Modality == "SR":  # evidence: the SEG and the source
+            (ref,) = [i.ReferencedSOPInstanceUID for study in ds.CurrentRequestedProcedureEvidenceSequence
+                      for series in study.ReferencedSeriesSequence for i in series.ReferencedSOPSequence
+                      if i.ReferencedSOPClassUID != SEG_SOP_CLASS_UID]
         else:
             ref = ds.SourceImageSequence[0].ReferencedSOPInstanceUID
         by_source.setdefault(str(ref), []).append(ds)
     for name, expected in CHARSET_FILES.items():
         source = sources[name]
-        seg, overlay = sorted(by_source[str(source.SOPInstanceUID)], key=lambda ds: ds.Modality != "SEG")
-        for ds in (seg, overlay):
+        objects = sorted(by_source[str(source.SOPInstanceUID)], key=lambda ds: ds.Modality)
+        assert [ds.Modality for ds in objects] == ["OT", "SEG", "SR"], name
+        for ds in objects:
             charset = ds.SpecificCharacterSet
             assert (list(charset) if isinstance(charset, pydicom.multival.MultiValue) else charset) == expected, name
             assert str(ds.PatientName) == str(source.PatientName), name

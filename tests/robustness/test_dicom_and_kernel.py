@@ -26,6 +26,7 @@ from vmunetv2_monai.dicom.listener import Listener, RemoteAE, spool_path
 from vmunetv2_monai.dicom.pipeline import Pipeline, _predictor, build_parser, dicom_files, main, segment_files
 from vmunetv2_monai.dicom.reader import UnsupportedDicomError, load_image
 from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID
+from vmunetv2_monai.dicom.sr import SR_SOP_CLASS_UID
 from vmunetv2_monai.dicom.state import DONE, FAILED, StateDB
 from vmunetv2_monai.dicom.units import Segmenter
 from vmunetv2_monai.ops.selective_scan.cpu import _build_dir
@@ -116,7 +117,7 @@ def test_files_mode_reports_a_poison_file_and_segments_the_rest(tmp_path: Path) 
     assert set(summary.failed) == {str(p) for p in bad}
     for path, pattern in bad.items():
         assert re.search(pattern, summary.failed[str(path)]), summary.failed[str(path)]
-    assert len(list((tmp_path / "out").iterdir())) == 1
+    assert len(list((tmp_path / "out").iterdir())) == 2  # the SEG and its SR
 
 
 def test_listener_records_a_poison_image_and_goes_on(tmp_path: Path) -> None:
@@ -138,16 +139,16 @@ def test_listener_records_a_poison_image_and_goes_on(tmp_path: Path) -> None:
         for ds in [*(ds for ds, _ in bad), good]:
             write_atomic(ds, spool_path(first.spool, ds))
         assert first.poll_once() == 1
-        assert [str(ds.SOPClassUID) for ds in sent] == [SEG_SOP_CLASS_UID]
+        assert [str(ds.SOPClassUID) for ds in sent] == [SR_SOP_CLASS_UID, SEG_SOP_CLASS_UID]  # the SR first
         assert state.get(str(good.SOPInstanceUID)).status == DONE
         for ds, pattern in bad:
             record = state.get(str(ds.SOPInstanceUID))
             assert record.status == FAILED and re.search(pattern, record.reason), record
             assert (first.spool / "failed" / f"{ds.SOPInstanceUID}.dcm").is_file()
         restarted = listener(state)
-        assert restarted.poll_once() == 0 and len(sent) == 1
+        assert restarted.poll_once() == 0 and len(sent) == 2
         assert restarted.requeue_failed() == len(bad)
-        assert restarted.poll_once() == 0 and len(sent) == 1
+        assert restarted.poll_once() == 0 and len(sent) == 2
         assert all(state.get(str(ds.SOPInstanceUID)).attempts == 2 for ds, _ in bad)
 
 
@@ -202,7 +203,7 @@ def test_watcher_records_a_poison_study_and_instances_and_goes_on(tmp_path: Path
                       {str(text_spacing.SOPInstanceUID): item})
     with StateDB(tmp_path / "state.sqlite") as state:
         summary = Pipeline(pacs, Segmenter(ThresholdPredictor()), state, settle_s=0).run_once()
-        assert summary.stored == [str(good.SOPInstanceUID)] and len(pacs.stored) == 1
+        assert summary.stored == [str(good.SOPInstanceUID)] and len(pacs.stored) == 2  # its SR and SEG
         assert re.search(r"study 1\.2\.3/\.\./x: ValueError: .*1\.2\.3/\.\./x", summary.failed[BAD_STUDY])
         assert [f.study_instance_uid for f in state.study_failures()] == [BAD_STUDY]
         assert "could not convert string to float: 'abc'" in state.get(str(text_spacing.SOPInstanceUID)).reason
@@ -211,7 +212,7 @@ def test_watcher_records_a_poison_study_and_instances_and_goes_on(tmp_path: Path
         assert not Pipeline(pacs, Segmenter(ThresholdPredictor()), state, settle_s=0).run_once().failed
         assert pacs.listed == []  # a restart passes over the bad study (and the finished one)
         retried = Pipeline(pacs, Segmenter(ThresholdPredictor()), state, settle_s=0).run_once(retry_failed=True)
-        assert pacs.listed == [BAD_STUDY, study] and len(retried.failed) == 3 and len(pacs.stored) == 1
+        assert pacs.listed == [BAD_STUDY, study] and len(retried.failed) == 3 and len(pacs.stored) == 2
         assert state.study_failures()[0].attempts == 2
     assert main(["--list-failed", "--state", str(tmp_path / "state.sqlite")]) == 0
     assert f"{BAD_STUDY}\t2\tstudy {BAD_STUDY}: ValueError" in capsys.readouterr().out
@@ -275,7 +276,7 @@ def test_a_broken_copy_does_not_refuse_the_good_copy(tmp_path: Path, monkeypatch
     summary = segment_files(paths, out, Segmenter(ThresholdPredictor()))
     assert summary.stored == [str(paths[1]), str(paths[2])]
     assert list(summary.failed) == [str(paths[0])] and reason in summary.failed[str(paths[0])]
-    assert len(list(out.glob("*.dcm"))) == 2
+    assert len(list(out.glob("*.dcm"))) == 4  # a SEG and an SR each
     with pytest.raises(UnsupportedDicomError, match=reason) as err:
         load_image(paths[0])
     assert str(err.value).startswith(str(paths[0]))
@@ -296,8 +297,9 @@ def test_invalid_source_uids_are_refused_and_the_others_get_their_seg(tmp_path: 
     summary = segment_files(paths, out, Segmenter(ThresholdPredictor()))
     assert summary.stored == [str(paths[1])]
     assert summary.failed[str(paths[0])].startswith(f"invalid {key} {value!r}"), summary.failed
-    (seg_path,) = out.glob("*.dcm")
-    assert_valid_dicom([seg_path])
+    written = sorted(out.glob("*.dcm"))
+    assert sorted(str(pydicom.dcmread(p).SOPClassUID) for p in written) == [SEG_SOP_CLASS_UID, SR_SOP_CLASS_UID]
+    assert_valid_dicom(written)
 
 
 #: type-3 patient attributes and a RequestingService that the SEG used to copy (issue 25, point 12)
@@ -318,7 +320,7 @@ def test_seg_and_overlay_carry_only_the_required_patient_and_study_attributes(
     argv = ["--files", str(path), "--output-dir", str(out), "--overlay", "--copy-attribute", "PatientAge"]
     assert _main_with_threshold_model(monkeypatch, argv) == 0
     written = sorted(out.glob("*.dcm"))
-    assert len(written) == 2
+    assert len(written) == 3  # SEG, overlay, SR
     assert_valid_dicom(written)
     for dcm in written:
         ds = pydicom.dcmread(dcm)
@@ -338,7 +340,7 @@ def test_files_mode_scans_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     out = tmp_path / "out"
     caplog.set_level("INFO", logger="vmunetv2_monai.dicom.pipeline")
     assert _main_with_threshold_model(monkeypatch, ["--files", str(tmp_path / "in"), "--output-dir", str(out)]) == 0
-    assert len(list(out.glob("*.dcm"))) == 2
+    assert len(list(out.glob("*.dcm"))) == 4  # a SEG and an SR each
     assert f"skipped {tmp_path / 'in' / 'notes.txt'}: not a DICOM file" in caplog.text
     assert dicom_files([tmp_path / "in"]) == [first, second]
 
@@ -371,7 +373,7 @@ def test_temporary_files_are_cleaned_up(tmp_path: Path, monkeypatch: pytest.Monk
     assert _main_with_threshold_model(monkeypatch, ["--files", str(tmp_path / "in"), "--output-dir", str(out),
                                                     "--overlay"]) == 1
     assert list(temp.iterdir()) == []
-    assert sorted(p.suffix for p in out.iterdir()) == [".dcm", ".dcm"]
+    assert sorted(p.suffix for p in out.iterdir()) == [".dcm"] * 3  # SEG, overlay, SR
     assert good.is_file()
 
     spool = tmp_path / "spool"

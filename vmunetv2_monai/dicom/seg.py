@@ -112,34 +112,26 @@ def _valid_da_tm(value: object, vr: str) -> bool:
 
 #: Specific Character Set terms highdicom accepts (its enum; 'ISO 2022 IR 149', Korean, is missing from it).
 _HD_CHARSETS = frozenset(v.value for v in hd.SpecificCharacterSetValues)
-#: Code-extension terms that may open a multi-valued Specific Character Set (single-byte, PS3.3 C.12.1.1.2).
-_FIRST_CODE_EXTENSIONS = frozenset({"ISO 2022 IR 6", "ISO 2022 IR 100", "ISO 2022 IR 101", "ISO 2022 IR 109",
-                                    "ISO 2022 IR 110", "ISO 2022 IR 144", "ISO 2022 IR 127", "ISO 2022 IR 126",
-                                    "ISO 2022 IR 138", "ISO 2022 IR 148", "ISO 2022 IR 203", "ISO 2022 IR 13",
-                                    "ISO 2022 IR 166"})
 UTF8 = "ISO_IR 192"
 
 
-def output_character_set(source: Dataset) -> str | list[str] | None:
-    """Specific Character Set of a SEG or overlay made from ``source``: the source's own when highdicom accepts
-    it, else UTF-8 (``ISO_IR 192``, which encodes any text pydicom decoded), else None (default repertoire).
+def output_character_set(source: Dataset) -> str | None:
+    """Specific Character Set of a SEG, overlay or SR made from ``source``: the source's own when it is one
+    value highdicom accepts, else UTF-8 (``ISO_IR 192``, which encodes any text pydicom decoded), else None
+    (default repertoire).
 
-    An empty first value of a multi-valued set (the default repertoire with code extensions, e.g.
-    ``\\ISO 2022 IR 87`` in Japanese files) becomes its defined term ``ISO 2022 IR 6``.
+    A multi-valued set (code extensions, e.g. Japanese ``\\ISO 2022 IR 87``) becomes UTF-8 as well: dcmjs, which
+    OHIF's SEG loading builds on, refuses to read a file with more than one value ("Using multiple character sets
+    is not supported").
     """
     value = source.get("SpecificCharacterSet")
     values = [str(v).strip() for v in (value if isinstance(value, (list, MultiValue)) else [value or ""])]
     if values == [""]:
         return None
-    if len(values) == 1:
-        if values[0] in _HD_CHARSETS and not values[0].startswith("ISO 2022"):
-            return values[0]
-    else:
-        values[0] = values[0] or "ISO 2022 IR 6"
-        if values[0] in _FIRST_CODE_EXTENSIONS and all(v in _HD_CHARSETS and v.startswith("ISO 2022") for v in values):
-            return values
-    logger.info("source %s: Specific Character Set %s is not one highdicom writes; its SEG and overlay are written "
-                "in UTF-8 (%s)", source.get("SOPInstanceUID"), "\\".join(values), UTF8)
+    if len(values) == 1 and values[0] in _HD_CHARSETS and not values[0].startswith("ISO 2022"):
+        return values[0]
+    logger.info("source %s: Specific Character Set %s is not one value highdicom writes and web viewers read; its "
+                "SEG, overlay and SR are written in UTF-8 (%s)", source.get("SOPInstanceUID"), "\\".join(values), UTF8)
     return UTF8
 
 
