@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -29,12 +30,14 @@ from vmunetv2_monai.dicom import listener as listener_module
 from vmunetv2_monai.dicom.dicomweb import PacsClient
 from vmunetv2_monai.dicom.files import write_atomic
 from vmunetv2_monai.dicom.listener import Listener, ListenerLimits, RemoteAE, spool_path
-from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID
+from vmunetv2_monai.dicom.reader import grey_window, load_image
+from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID, seg_mask_for_source
 from vmunetv2_monai.dicom.state import DONE, StateDB
 from vmunetv2_monai.dicom.units import Segmenter, UnitResult
 from vmunetv2_monai.inference import Predictor
 
-from .conftest import REPO, Orthanc, ct_series, kvasir_image_paths, load_rgb, wrap_vl_endoscopic
+from .conftest import (REPO, Orthanc, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb,
+                       wrap_vl_endoscopic)
 
 WAIT_S = 600.0  # generous: a loaded 2-core machine; a passing run takes far less
 
@@ -288,3 +291,152 @@ def test_destination_down_is_retried_with_a_bounded_backoff(tmp_path: Path, monk
         down, clock.now = False, 11.0
         assert made.poll_once() == 1
         assert state.get(str(still.SOPInstanceUID)).status == DONE and made._send_failures == 0
+
+
+SETTLE_S = 1.0  # --settle of the late-slice tests
+
+
+@pytest.fixture
+def destination() -> Iterator[tuple[RemoteAE, list[Dataset]]]:
+    """A Storage SCP on 127.0.0.1 (AE DEST) that keeps every SEG and SR sent to it, with its file meta."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
+
+    received: list[Dataset] = []
+
+    def on_store(event: evt.Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        received.append(ds)
+        return 0x0000
+
+    dest = AE(ae_title="DEST")
+    for sop_class in (SegmentationStorage, Comprehensive3DSRStorage):
+        dest.add_supported_context(sop_class)
+    port = free_port()
+    server = dest.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        yield RemoteAE("DEST", "127.0.0.1", port), received
+    finally:
+        server.shutdown()
+
+
+def _ct_files(tmp_path: Path, n: int) -> tuple[list[Dataset], list[Path]]:
+    """An ``n``-slice CT series (window 40/400) written to files for storescu."""
+    slices = ct_series(n)
+    for ds in slices:
+        ds.WindowCenter, ds.WindowWidth = 40.0, 400.0
+    return slices, [write_atomic(ds, tmp_path / "ct" / f"ct{i}.dcm") for i, ds in enumerate(slices)]
+
+
+def _storescu(listener: Listener, *paths: Path) -> None:
+    proc = _dcmtk("storescu", "-aec", listener.ae_title, "127.0.0.1", str(listener.port), *map(str, paths))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _settled_poll(listener: Listener) -> int:
+    """poll_once once the newest spool file is older than the listener's settle time."""
+    time.sleep(SETTLE_S + 0.1)
+    return listener.poll_once()
+
+
+def _new_segs(received: list[Dataset], seen: int) -> list[Dataset]:
+    return [ds for ds in received[seen:] if ds.SOPClassUID == SEG_SOP_CLASS_UID]
+
+
+def _expected_masks(slices: list[Dataset]) -> dict[str, np.ndarray]:
+    window = grey_window(slices[0])
+    return {str(ds.SOPInstanceUID): BrightPredictor().predict(load_image(ds, window=window).image) for ds in slices}
+
+
+def _check_seg(seg_ds: Dataset, slices: list[Dataset], tmp_path: Path) -> hd.seg.Segmentation:
+    """One frame per slice of ``slices``, referencing exactly them, masks == the predictor's, dciodvfy-clean."""
+    assert_valid_dicom([write_atomic(seg_ds, tmp_path / "segs" / f"{seg_ds.SOPInstanceUID}.dcm")])
+    seg = hd.seg.Segmentation.from_dataset(seg_ds)
+    assert seg.NumberOfFrames == len(slices)
+    assert sorted(str(t[2]) for t in seg.get_source_image_uids()) == sorted(str(ds.SOPInstanceUID) for ds in slices)
+    for uid, mask in _expected_masks(slices).items():
+        np.testing.assert_array_equal(seg_mask_for_source(seg, uid), mask, err_msg=uid)
+    return seg
+
+
+def test_late_slice_gets_a_new_seg_of_the_whole_series(tmp_path: Path, destination: tuple[RemoteAE, list[Dataset]],
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 25, point 4: a CT slice sent by storescu after its series' SEG was made used to get a SEG of itself
+    only. Now the series' slices are kept (--keep-series), and the late slice gets a new SEG of all four slices, in
+    the same SEG series, that supersedes the first (the log says so); a slice sent again gets nothing new."""
+    dest, received = destination
+    slices, files = _ct_files(tmp_path, 4)
+    segmenter = Segmenter(BrightPredictor())
+    with StateDB(tmp_path / "state.sqlite") as state:
+        listener = Listener(segmenter, state, tmp_path / "spool", dest, port=free_port(), settle_s=SETTLE_S,
+                            limits=ListenerLimits(keep_series_s=3600.0), poll_interval=1.0)
+        listener.start()
+        try:
+            _storescu(listener, *files[:3])
+            assert _settled_poll(listener) == 3
+            (first,) = _new_segs(received, 0)
+            _check_seg(first, slices[:3], tmp_path)
+            kept = listener.spool / "kept" / str(slices[0].SeriesInstanceUID)
+            assert sorted(p.name for p in kept.iterdir()) == sorted(f"{ds.SOPInstanceUID}.dcm" for ds in slices[:3])
+
+            seen = len(received)
+            _storescu(listener, files[3])
+            assert listener.poll_once() == 0  # within --settle of its arrival: waits
+            with caplog.at_level(logging.INFO, logger="vmunetv2_monai.dicom.listener"):
+                assert _settled_poll(listener) == 1
+            (second,) = _new_segs(received, seen)
+            seg = _check_seg(second, slices, tmp_path)
+            uids = [str(ds.SOPInstanceUID) for ds in slices]
+            assert seg.SOPInstanceUID == segmenter.seg_uid(uids) != first.SOPInstanceUID
+            assert second.SeriesInstanceUID == first.SeriesInstanceUID
+            warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+            assert any(str(slices[0].SeriesInstanceUID) in m and str(first.SOPInstanceUID) in m and "supersedes" in m
+                       for m in warning), caplog.text
+            assert all(state.get(u).status == DONE and state.get(u).seg_sop_instance_uid == seg.SOPInstanceUID
+                       for u in uids)
+            assert len(list(kept.iterdir())) == 4 and not list(listener.spool.glob("*.dcm"))
+
+            seen = len(received)
+            _storescu(listener, files[1])  # sent again: already done
+            assert _settled_poll(listener) == 0
+            assert not _new_segs(received, seen) and not list(listener.spool.glob("*.dcm"))
+        finally:
+            listener.shutdown()
+
+
+@pytest.mark.parametrize("keep_s", [0.0, 2.0])
+def test_late_slice_after_the_retention_gets_a_seg_of_its_own(tmp_path: Path, keep_s: float,
+                                                              destination: tuple[RemoteAE, list[Dataset]],
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """The documented rule when the series is no longer kept (--keep-series 0, or its retention has passed): the
+    late slice gets a SEG of itself only, and a WARNING names the series and the earlier SEG."""
+    dest, received = destination
+    slices, files = _ct_files(tmp_path, 4)
+    with StateDB(tmp_path / "state.sqlite") as state:
+        listener = Listener(Segmenter(BrightPredictor()), state, tmp_path / "spool", dest, port=free_port(),
+                            settle_s=SETTLE_S, limits=ListenerLimits(keep_series_s=keep_s), poll_interval=1.0)
+        listener.start()
+        try:
+            _storescu(listener, *files[:3])
+            assert _settled_poll(listener) == 3
+            (first,) = _new_segs(received, 0)
+            kept = listener.spool / "kept" / str(slices[0].SeriesInstanceUID)
+            assert kept.is_dir() == (keep_s > 0)
+            with caplog.at_level(logging.INFO, logger="vmunetv2_monai.dicom.listener"):
+                if keep_s > 0:
+                    time.sleep(keep_s + 0.1)
+                    assert listener.poll_once() == 0
+                    assert not kept.exists() and "kept slice(s) removed" in caplog.text
+                seen = len(received)
+                _storescu(listener, files[3])
+                assert _settled_poll(listener) == 1
+            (late,) = _new_segs(received, seen)
+            _check_seg(late, slices[3:], tmp_path)
+            assert late.SeriesInstanceUID == first.SeriesInstanceUID
+            warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+            assert any(str(slices[0].SeriesInstanceUID) in m and str(first.SOPInstanceUID) in m
+                       and "late instance(s) only" in m for m in warning), caplog.text
+            assert not list(listener.spool.glob("*.dcm"))
+        finally:
+            listener.shutdown()

@@ -11,6 +11,12 @@ other than ours, are rejected at association); the largest object accepted (a bi
 arrives: datasets are streamed to a file, never held whole in memory); a spool size above which new associations
 are rejected (transient, "temporary congestion"). C-ECHO (Verification) is answered. A destination that is down
 is retried with a bounded exponential back-off.
+
+Series completeness: the slices of a volumetric series whose SEG was sent are kept in ``<spool>/kept/<series>``
+for ``keep_series_s`` (counted from the series' latest SEG). A slice of that series arriving later (after
+``--settle``) gets a new SEG of the whole series, kept slices and late ones, which supersedes the earlier one
+(same SEG series, new SOP instance; the earlier SEG stays in the archive). After the retention, or with
+``keep_series_s`` 0, a late slice gets a SEG of the late slices only, with a WARNING naming the series.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +45,7 @@ from pynetdicom.sop_class import (
 
 from .files import copy_atomic
 from .reader import UnsupportedDicomError, check_metadata, failure_reason, read_dataset
-from .state import FAILED, StateDB
+from .state import DONE, FAILED, StateDB
 from .units import Segmenter, UnitResult, group_units, is_volumetric, skip_reason
 
 logger = logging.getLogger(__name__)
@@ -58,13 +66,16 @@ def backoff_delay(failures: int, interval: float, max_backoff: float) -> float:
 class ListenerLimits:
     """What the Storage SCP accepts: ``calling_aets`` (empty: any calling AE title; the called AE title must always
     be ours), objects up to ``max_object_bytes``, new associations while the spool holds at most
-    ``spool_max_bytes``; a destination that is down is retried after :func:`backoff_delay` up to ``max_backoff_s``.
+    ``spool_max_bytes``; a destination that is down is retried after :func:`backoff_delay` up to ``max_backoff_s``;
+    the slices of a series whose SEG was sent are kept ``keep_series_s`` seconds to redo it with late slices (0:
+    none kept). Kept slices count towards ``spool_max_bytes``.
     """
 
     calling_aets: tuple[str, ...] = ()
     max_object_bytes: int = 256 * MB
     spool_max_bytes: int = 10 * 1024 * MB
     max_backoff_s: float = 600.0
+    keep_series_s: float = 3600.0
 
     def __post_init__(self) -> None:
         for title in self.calling_aets:
@@ -72,6 +83,8 @@ class ListenerLimits:
                 raise ValueError(f"calling AE title {title!r}: 1 to 16 characters, no backslash")
         if self.max_object_bytes <= 0 or self.spool_max_bytes <= 0 or self.max_backoff_s <= 0:
             raise ValueError(f"limits must be positive: {self}")
+        if not self.keep_series_s >= 0:
+            raise ValueError(f"keep_series_s must be >= 0 seconds, got {self.keep_series_s}")
 
 
 @dataclass
@@ -99,12 +112,21 @@ class RemoteAE:
         return cls(match.group(1), match.group(2), int(match.group(3)))
 
 
+def _checked_uid(ds: Dataset, key: str) -> str:
+    uid = str(ds.get(key, ""))
+    if len(uid) > 64 or _UID.fullmatch(uid) is None:
+        raise ValueError(f"not a valid {key}: {uid[:80]!r}")
+    return uid
+
+
 def spool_path(spool: Path, ds: Dataset) -> Path:
     """Where a received instance is kept: ``<spool>/<SOPInstanceUID>.dcm``; the UID is never trusted as a path."""
-    uid = str(ds.get("SOPInstanceUID", ""))
-    if len(uid) > 64 or _UID.fullmatch(uid) is None:
-        raise ValueError(f"not a valid SOPInstanceUID: {uid[:80]!r}")
-    return spool / f"{uid}.dcm"
+    return spool / f"{_checked_uid(ds, 'SOPInstanceUID')}.dcm"
+
+
+def kept_dir(spool: Path, ds: Dataset) -> Path:
+    """Where the slices of a segmented series wait for late ones: ``<spool>/kept/<SeriesInstanceUID>`` (checked)."""
+    return spool / "kept" / _checked_uid(ds, "SeriesInstanceUID")
 
 
 class Listener:
@@ -141,9 +163,11 @@ class Listener:
         self._transfers: dict[int, _Transfer] = {}
         #: consecutive failed sends to the destination, and when (time.monotonic) the next one may be tried
         self._send_failures, self._send_retry_at = 0, 0.0
+        #: SEGs sent in the current poll (another geometry group of the same series is not a late slice)
+        self._sent_in_poll: set[str] = set()
 
     def spool_bytes(self) -> int:
-        """Bytes held in the spool (waiting and failed images)."""
+        """Bytes held in the spool (waiting, failed and kept images)."""
         return sum(p.stat().st_size for p in self.spool.rglob("*") if p.is_file())
 
     def _on_requested(self, event: evt.Event) -> None:
@@ -263,6 +287,9 @@ class Listener:
         (:meth:`requeue_failed` brings it back); the others go on.
         """
         finished = 0
+        now = time.time()
+        self._sent_in_poll = set()
+        self._expire_kept(now)
         candidates: dict[str, tuple[Path, Dataset]] = {}
         for path in sorted(self.spool.glob("*.dcm")):
             ds = None
@@ -286,19 +313,70 @@ class Listener:
                 self._fail([path], failure_reason(exc), [ds])
                 continue
             candidates[uid] = (path, ds)
-        now = time.time()
-        units = group_units(ds for _, ds in candidates.values())
+        kept = self._kept_headers([ds for _, ds in candidates.values()], set(candidates))
+        units = group_units([ds for _, ds in candidates.values()] + [ds for _, ds in kept.values()])
+        path_of = {uid: path for uid, (path, _) in (*kept.items(), *candidates.items())}
         current = {tuple(str(ds.SOPInstanceUID) for ds in unit) for unit in units}
         self._unsent = {k: v for k, v in self._unsent.items() if k in current}  # a unit that changed is redone
         for unit in units:
-            paths = [candidates[str(ds.SOPInstanceUID)][0] for ds in unit]
-            newest = max(p.stat().st_mtime for p in paths)
+            fresh = [candidates[str(ds.SOPInstanceUID)][0] for ds in unit if str(ds.SOPInstanceUID) in candidates]
+            if not fresh:
+                continue  # kept slices alone: their SEG was sent
+            newest = max(p.stat().st_mtime for p in fresh)
             if (len(unit) > 1 or is_volumetric(unit[0])) and now - newest < self.settle_s:
                 continue  # stable-series rule: no new slice for settle_s seconds (file times survive a restart)
             if self.stop_event.is_set() or time.monotonic() < self._send_retry_at:
                 break  # stopping, or the destination is down: the units wait in the spool
-            finished += self._process(unit, paths)
+            finished += self._process(unit, [path_of[str(ds.SOPInstanceUID)] for ds in unit], set(kept))
         return finished
+
+    def _kept_headers(self, arrived: list[Dataset], exclude: set[str]) -> dict[str, tuple[Path, Dataset]]:
+        """SOPInstanceUID -> (path, header without pixels) of the kept slices of every volumetric series that has a
+        slice waiting in the spool (read only then: late slices are rare)."""
+        kept: dict[str, tuple[Path, Dataset]] = {}
+        folders = {kept_dir(self.spool, ds) for ds in arrived if is_volumetric(ds)}
+        for folder in sorted(f for f in folders if f.is_dir()):
+            for path in sorted(folder.glob("*.dcm")):
+                if path.stem in exclude:
+                    continue
+                try:
+                    ds = pydicom.dcmread(path, stop_before_pixels=True)
+                except (InvalidDicomError, EOFError, ValueError, KeyError, OSError):
+                    logger.exception("kept slice %s cannot be read; removed (the series' SEG is redone without it)",
+                                     path)
+                    path.unlink(missing_ok=True)
+                    continue
+                kept[str(ds.SOPInstanceUID)] = (path, ds)
+        return kept
+
+    def _expire_kept(self, now: float) -> None:
+        """Remove each kept series whose latest SEG is more than ``keep_series_s`` old (a whole series at a time)."""
+        root = self.spool / "kept"
+        if not root.is_dir():
+            return
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            files = list(folder.glob("*.dcm"))
+            newest = max((p.stat().st_mtime for p in files), default=0.0)
+            if files and now - newest < self.limits.keep_series_s:
+                continue
+            shutil.rmtree(folder)
+            logger.info("series %s: %d kept slice(s) removed after %.0f s (--keep-series); a later slice of it gets "
+                        "a SEG of the late slices only", folder.name, len(files), self.limits.keep_series_s)
+
+    def _keep(self, unit: list[Dataset], fresh: list[Path]) -> None:
+        """After the SEG of a volumetric unit was sent: move its new slices into ``<spool>/kept/<series>`` and restart
+        the series' retention clock; other units' files (and everything with ``keep_series_s`` 0) are deleted."""
+        if self.limits.keep_series_s <= 0 or not (len(unit) > 1 or is_volumetric(unit[0])):
+            for path in fresh:
+                path.unlink()
+            return
+        folder = kept_dir(self.spool, unit[0])
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in fresh:
+            os.replace(path, folder / path.name)
+        now = time.time()
+        for path in folder.glob("*.dcm"):
+            os.utime(path, (now, now))
 
     def requeue_failed(self) -> int:
         """Move the images kept in ``<spool>/failed`` back into the spool (``--retry-failed``); returns how many."""
@@ -320,18 +398,27 @@ class Listener:
             os.replace(path, failed_dir / path.name)
         logger.warning("refused %s: %s", [p.name for p in paths], reason)
 
-    def _process(self, unit: list[Dataset], paths: list[Path]) -> int:
+    def _process(self, unit: list[Dataset], paths: list[Path], kept: Collection[str] = ()) -> int:
+        """Segment one unit (``kept``: UIDs of slices kept from the series' earlier SEG, read again here with their
+        pixels), send the SEG, record it; returns the number of new instances finished. A failure concerns the
+        new instances only: kept slices stay done with their earlier SEG."""
         first = unit[0]
         study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
         key = tuple(str(ds.SOPInstanceUID) for ds in unit)
+        is_kept = [uid in kept for uid in key]
+        fresh = [(path, ds) for path, ds, old in zip(paths, unit, is_kept) if not old]
+        earlier = self._earlier_seg(unit)
         try:
-            result = self._unsent.pop(key, None) or self.segmenter.segment(unit, f"{self.ae_title} series {series}")
+            result = self._unsent.pop(key, None)
+            if result is None:
+                datasets = [read_dataset(path) if old else ds for path, ds, old in zip(paths, unit, is_kept)]
+                result = self.segmenter.segment(datasets, f"{self.ae_title} series {series}")
         except UnsupportedDicomError as exc:
-            self._fail(paths, exc.reason, list(unit))
+            self._fail([p for p, _ in fresh], exc.reason, [ds for _, ds in fresh])
             return 0
         except Exception as exc:  # one bad unit must not stop the listener; it is kept and recorded
             logger.exception("failed %s", [p.name for p in paths])
-            self._fail(paths, failure_reason(exc), list(unit))
+            self._fail([p for p, _ in fresh], failure_reason(exc), [ds for _, ds in fresh])
             return 0
         try:
             self.send(result.extras() + [result.seg])
@@ -346,11 +433,28 @@ class Listener:
         if self._send_failures:
             logger.info("%s reachable again after %d failed send(s)", self.destination, self._send_failures)
             self._send_failures = 0
-        self.state.mark_done_many(result.source_uids, study, series, str(result.seg.SOPInstanceUID))
-        for path in paths:
-            path.unlink()
-        logger.info("sent SEG %s of %d instance(s) to %s", result.seg.SOPInstanceUID, len(unit), self.destination)
-        return len(unit)
+        seg_uid = str(result.seg.SOPInstanceUID)
+        self.state.mark_done_many(result.source_uids, study, series, seg_uid)
+        self._sent_in_poll.add(seg_uid)
+        self._keep(unit, [p for p, _ in fresh])
+        if kept:
+            logger.warning("series %s: %d late instance(s) after SEG %s of %d; sent SEG %s of the whole series (%d "
+                           "instances), which supersedes it (same SEG series; the earlier SEG stays in the archive)",
+                           series, len(fresh), ", ".join(sorted(earlier)) or "?", sum(is_kept), seg_uid, len(unit))
+        elif earlier:
+            logger.warning("series %s: %d late instance(s) after SEG %s, whose slices are no longer kept "
+                           "(--keep-series %.0f s): sent SEG %s of the late instance(s) only", series, len(fresh),
+                           ", ".join(sorted(earlier)), self.limits.keep_series_s, seg_uid)
+        logger.info("sent SEG %s of %d instance(s) to %s", seg_uid, len(unit), self.destination)
+        return len(fresh)
+
+    def _earlier_seg(self, unit: list[Dataset]) -> set[str]:
+        """UIDs of the SEGs already sent for slices of this volumetric unit's series in an earlier poll (empty for a
+        series seen the first time, and for independent images)."""
+        if not (len(unit) > 1 or is_volumetric(unit[0])):
+            return set()
+        records = self.state.series_records(str(unit[0].SeriesInstanceUID), DONE)
+        return {r.seg_sop_instance_uid for r in records if r.seg_sop_instance_uid} - self._sent_in_poll
 
     def serve(self) -> None:
         """Run the SCP and empty the spool every :attr:`poll_interval` seconds until :attr:`stop_event` is set."""

@@ -400,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "C-STORE is aborted while it arrives (default %(default)s MB)")
     p.add_argument("--spool-max-mb", type=float, default=10240.0, help="--listen: new associations are rejected "
                    "(transient, temporary congestion) while the spool holds more than this (default %(default)s MB)")
+    p.add_argument("--keep-series", type=float, default=3600.0, metavar="SECONDS", help="--listen: keep the slices "
+                   "of a segmented CT/MR series this long after its latest SEG, so that a late slice gets a new SEG of "
+                   "the whole series (0: keep none; a late slice then gets a SEG of the late slices only; default "
+                   "%(default)s s)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -411,6 +415,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         if not (math.isfinite(center) and math.isfinite(width) and width >= 1):
             parser.error(f"--window {center:g} {width:g}: CENTER must be a finite number and WIDTH a finite number "
                          ">= 1 (DICOM window width)")
+    if not args.keep_series >= 0:
+        parser.error(f"--keep-series {args.keep_series:g}: must be >= 0 seconds")
     for keyword in args.copy_attribute:
         if tag_for_keyword(keyword) is None:
             parser.error(f"--copy-attribute {keyword}: not a DICOM keyword (e.g. PatientAge)")
@@ -454,7 +460,7 @@ def listen(segmenter: Segmenter, args: argparse.Namespace) -> int:
         raise SystemExit("--listen needs --destination AET@host:port")
     with StateDB(args.state) as state:
         limits = ListenerLimits(tuple(args.calling_aet), int(args.max_object_mb * MB), int(args.spool_max_mb * MB),
-                                args.max_backoff)
+                                args.max_backoff, args.keep_series)
         listener = Listener(segmenter, state, args.spool, RemoteAE.parse(args.destination), args.ae_title,
                             args.listen_host, args.listen_port, args.settle, limits, min(args.interval, 2.0))
         if args.retry_failed:

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS instances (
     attempts INTEGER NOT NULL DEFAULT 1,
     updated TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS instances_by_series ON instances (series_instance_uid);
 CREATE TABLE IF NOT EXISTS studies (
     study_instance_uid TEXT PRIMARY KEY,
     n_instances INTEGER NOT NULL
@@ -185,6 +186,13 @@ class StateDB:
                 "SELECT * FROM instances WHERE status = ? ORDER BY updated", (status,)
             ).fetchall()
         return [Record(*r) for r in rows]
+
+    def series_records(self, series: str, status: str | None = None) -> list[Record]:
+        """The records of one series' instances, or those with one status."""
+        query, args = "SELECT * FROM instances WHERE series_instance_uid = ?", [series]
+        if status is not None:
+            query, args = query + " AND status = ?", args + [status]
+        return [Record(*r) for r in self._conn.execute(query + " ORDER BY updated", args).fetchall()]
 
     def counts(self) -> dict[str, int]:
         """Number of records per status."""
