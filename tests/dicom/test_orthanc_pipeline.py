@@ -21,6 +21,7 @@ from vmunetv2_monai.dicom.pipeline import main
 from vmunetv2_monai.dicom.files import write_atomic
 from vmunetv2_monai.dicom.reader import grey_window, load_image
 from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID, seg_mask_for_source, seg_uid_for
+from vmunetv2_monai.dicom.sr import SR_SOP_CLASS_UID, read_report_back, sr_uid_for
 from vmunetv2_monai.dicom.state import DONE, FAILED, StateDB
 from tests._servers import free_port
 from vmunetv2_monai.inference import Predictor
@@ -94,6 +95,25 @@ def _check_segs(client: PacsClient, sources: list[pydicom.Dataset], predictor: P
     return datasets
 
 
+def _reports(client: PacsClient, segs: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """The SRs in the PACS: exactly one per SEG (referencing it, and its sources), read back by highdicom."""
+    refs = [r for r in client.list_instances() if r.sop_class_uid == SR_SOP_CLASS_UID]
+    reports = [client.retrieve(r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid) for r in refs]
+    seg_of = {}
+    for ds in reports:
+        read_report_back(ds)
+        items = [i for study in ds.CurrentRequestedProcedureEvidenceSequence for series in study.ReferencedSeriesSequence
+                 for i in series.ReferencedSOPSequence]
+        (seg_uid,) = [str(i.ReferencedSOPInstanceUID) for i in items if i.ReferencedSOPClassUID == SEG_SOP_CLASS_UID]
+        seg_of[str(ds.SOPInstanceUID)] = seg_uid
+    assert sorted(seg_of.values()) == sorted(str(s.SOPInstanceUID) for s in segs), "not one SR per SEG"
+    for seg in segs:
+        sources = [str(item.ReferencedSOPInstanceUID) for series in seg.ReferencedSeriesSequence
+                   for item in series.ReferencedInstanceSequence]
+        assert sr_uid_for(sources, AlgorithmInfo()) in seg_of
+    return reports
+
+
 def _pipeline_args(orthanc: Orthanc, state: Path, ckpt: Path, network_json: str) -> list[str]:
     return ["--url", orthanc.url, "--state", str(state), "--checkpoint", str(ckpt), "--network-json", network_json,
             "--log-level", "WARNING", "--settle", "0"]
@@ -136,8 +156,9 @@ def test_pipeline_end_to_end(orthanc: Orthanc, tmp_path: Path, tiny_checkpoint: 
     overlays = [r for r in client.list_instances() if r.manufacturer == "vmunetv2-monai"
                 and r.sop_class_uid == "1.2.840.10008.5.1.4.1.1.7"]
     assert len(overlays) == len(good) + len(series)
-    objects = segs + [client.retrieve(r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid)
-                      for r in overlays]
+    reports = _reports(client, segs)  # an SR beside each SEG, stored once
+    objects = segs + reports + [client.retrieve(r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid)
+                                for r in overlays]
     assert_valid_dicom([write_atomic(ds, tmp_path / "out" / f"{ds.SOPInstanceUID}.dcm") for ds in objects])
     with StateDB(state) as db:
         assert db.counts()[DONE] == len(good) + len(series)
@@ -156,7 +177,7 @@ def test_pipeline_end_to_end(orthanc: Orthanc, tmp_path: Path, tiny_checkpoint: 
     assert len(client.list_instances()) == n_before
     with StateDB(state) as db:
         skipped = {r.sop_instance_uid: r.reason for r in db.records("skipped")}
-    assert {r.sop_instance_uid for r in overlays} <= set(skipped)
+    assert {r.sop_instance_uid for r in overlays} | {str(r.SOPInstanceUID) for r in reports} <= set(skipped)
     assert "created by this pipeline" in skipped[overlays[0].sop_instance_uid]
     retrieved.clear()
     assert main(args) == 0  # incremental: no study changed, nothing opened
@@ -166,7 +187,7 @@ def test_pipeline_end_to_end(orthanc: Orthanc, tmp_path: Path, tiny_checkpoint: 
     with StateDB(state) as db:
         assert all(r.attempts == 2 for r in db.records(FAILED))
     assert len(client.list_instances()) == n_before
-    _check_segs(client, good, predictor, series)
+    _reports(client, _check_segs(client, good, predictor, series))  # still one SEG and one SR each
 
 
 def test_compressed_images_are_retrieved_as_stored_or_transcoded(orthanc: Orthanc) -> None:
@@ -303,7 +324,7 @@ def test_kill_mid_run_and_restart(orthanc: Orthanc, tmp_path: Path, tiny_checkpo
     assert 1 <= stored_at_kill < len(good), "kill came too late to test a restart"
 
     assert main(args) == 0
-    _check_segs(client, good, predictor)
+    _reports(client, _check_segs(client, good, predictor))  # a SR stored before the kill is not stored twice
     with StateDB(state) as db:
         assert db.counts()[DONE] == len(good)
     n = len(client.list_instances())

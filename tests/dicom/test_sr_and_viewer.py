@@ -17,8 +17,7 @@ from vmunetv2_monai.dicom.algorithm import AlgorithmInfo
 from vmunetv2_monai.dicom.files import write_atomic
 from vmunetv2_monai.dicom.pipeline import segment_files
 from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID, seg_mask_for_source, seg_uid_for
-from vmunetv2_monai.dicom.sr import (CODING_SCHEME, SR_SOP_CLASS_UID, read_report_back, slice_spacing,
-                                     sr_uid_for)
+from vmunetv2_monai.dicom.sr import CODING_SCHEME, SR_SOP_CLASS_UID, read_report_back, slice_spacing, sr_uid_for
 from vmunetv2_monai.dicom.units import Segmenter
 from vmunetv2_monai.inference import Predictor
 
