@@ -196,3 +196,51 @@ def test_dcmjs_check_fails_on_a_seg_it_cannot_decode(written: dict, tmp_path: Pa
     broken = write_atomic(ds, tmp_path / "broken.dcm")
     with pytest.raises(AssertionError, match="dcmjs could not decode"):
         dcmjs_decode([broken])
+
+
+@pytest.mark.parametrize("accepts_sr", [True, False])
+def test_listener_sends_the_sr_once_before_the_seg(tmp_path: Path, predictor: Predictor, accepts_sr: bool,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """DIMSE: the SR goes to the destination on the SEG's association, before it; the same image sent again after
+    it was done sends nothing. A destination that does not accept Comprehensive 3D SR still gets the SEG (the SR
+    is skipped with a WARNING)."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
+
+    from tests._servers import free_port
+    from vmunetv2_monai.dicom.listener import Listener, RemoteAE, spool_path
+    from vmunetv2_monai.dicom.state import DONE, StateDB
+
+    received: list[pydicom.Dataset] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(event.dataset)
+        return 0x0000
+
+    port = free_port()
+    dest = AE(ae_title="DEST")
+    dest.add_supported_context(SegmentationStorage)
+    if accepts_sr:
+        dest.add_supported_context(Comprehensive3DSRStorage)
+    server = dest.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    still = _sc_copy([0.5, 0.5])
+    try:
+        with StateDB(tmp_path / "state.sqlite") as state:
+            listener = Listener(Segmenter(predictor), state, tmp_path / "spool", RemoteAE("DEST", "127.0.0.1", port),
+                                settle_s=0)
+            write_atomic(still, spool_path(listener.spool, still))
+            assert listener.poll_once() == 1
+            assert state.get(str(still.SOPInstanceUID)).status == DONE
+            write_atomic(still, spool_path(listener.spool, still))  # sent again by the modality
+            assert listener.poll_once() == 0
+    finally:
+        server.shutdown()
+    uids = [str(still.SOPInstanceUID)]
+    expected = ([sr_uid_for(uids, AlgorithmInfo())] if accepts_sr else []) + [seg_uid_for(uids, AlgorithmInfo())]
+    assert [str(ds.SOPInstanceUID) for ds in received] == expected
+    if accepts_sr:
+        got = {m.name.meaning: m.value for m in
+               read_report_back(received[0]).content.get_planar_roi_measurement_groups()[0].get_measurements()}
+        assert got["Area"] == pytest.approx(got["Segmented pixel count"] * 0.25)
+    else:
+        assert "does not accept Comprehensive 3D SR Storage" in caplog.text
