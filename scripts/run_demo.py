@@ -24,6 +24,7 @@ from pathlib import Path
 from monai.bundle import run
 
 from vmunetv2_monai.data.datalist import find_pairs
+from vmunetv2_monai.errors import check_config_files
 from vmunetv2_monai.evaluation.figures import plot_overlay_grid
 from vmunetv2_monai.evaluation.folders import score_predictions, write_metrics_csv
 from vmunetv2_monai.evaluation.metrics import pooled_metrics
@@ -48,6 +49,7 @@ def shipped_model_job(output_dir: Path, dataset_dir: Path) -> dict:
         raise SystemExit(f"{ckpt} is missing: the shipped model is part of the bundle (git lfs or a full clone)")
     items = find_pairs(dataset_dir / "images", dataset_dir / "masks")
     pred_dir = output_dir / "predictions"
+    check_config_files(*_configs("inference"), CONFIGS / "metadata.json")  # MONAI's own error names no file
     run(config_file=_configs("inference"), bundle_root=str(BUNDLE), dataset_dir=str(dataset_dir / "images"),
         output_dir=str(output_dir), pred_dir=str(pred_dir), ckpt_path=str(ckpt), num_workers=0, tracking="mlflow",
         experiment_name=EXPERIMENT, run_name="infer_shipped_model")
@@ -93,6 +95,7 @@ def _log_evaluation(output_dir: Path, summary: dict, rows: list[dict]) -> None:
 
 def train_demo(output_dir: Path, dataset_dir: Path, epochs: int, full: bool) -> None:
     """Tiny train / evaluate / infer of the bundle on a handful of pairs (a smoke test of the training path)."""
+    check_config_files(*_configs("train", "evaluate", "inference"), CONFIGS / "metadata.json")
     common = {"bundle_root": str(BUNDLE), "dataset_dir": str(dataset_dir), "output_dir": str(output_dir),
               "test_fraction": 0.15, "num_workers": 0, "experiment_name": EXPERIMENT, **({} if full else TINY)}
     run(config_file=_configs("train"), tracking="mlflow", epochs=epochs, batch_size=2, progress_bar=False,

@@ -26,6 +26,7 @@ from monai.transforms import Compose
 
 from .bundle_weights import check_bundle_weights
 from .checkpoint_files import check_checkpoint_path, unpickling_reason
+from .errors import check_config_files
 from .ops import autocast_dtype
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,9 @@ def inference_config(
     path = Path(bundle_dir) / "configs" / "inference.json"
     if not path.is_file():
         raise FileNotFoundError(f"no {path}: the bundle's inference config defines the inference (pass --bundle-dir)")
+    metadata = path.parent / "metadata.json"
+    # a config or metadata file that is not valid JSON is named (the DICOM service reads metadata.json next)
+    check_config_files(path, *([metadata] if metadata.exists() else []))
     parser = ConfigParser()
     parser.read_config(str(path))
     parser["bundle_root"] = str(bundle_dir)

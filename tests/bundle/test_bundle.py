@@ -303,14 +303,16 @@ BUNDLE_ITEMS = ("LICENSE", "configs", "docs", "large_files.yml", "models", "samp
 
 def test_default_training_runs_in_a_copy_of_the_bundle(tmp_path):
     """model-zoo style: a copy of bundle/ (what git tracks), run from its root with train.json's defaults (the
-    bundled sample data), loads with monai.bundle.load(workflow_type="train") and trains; the shipped model is
-    replaced only by one that scores at least as well on the same validation images."""
+    bundled sample data) and the explicit --overwrite_shipped_model True (without it the run is refused:
+    tests/robustness/test_shipped_model_folder.py), loads with monai.bundle.load(workflow_type="train") and
+    trains; the shipped model is replaced only by one that scores at least as well on the same validation images."""
     copy = tmp_path / "vmunetv2"
     copy.mkdir()
     for item in BUNDLE_ITEMS:
         (shutil.copytree if (BUNDLE / item).is_dir() else shutil.copy2)(BUNDLE / item, copy / item)
     shipped = (copy / "models" / "model.pt").read_bytes()
-    log = _run(["--config_file", "configs/train.json", "--epochs", "1", "--progress_bar", "False"], cwd=copy)
+    log = _run(["--config_file", "configs/train.json", "--epochs", "1", "--progress_bar", "False",
+                "--overwrite_shipped_model", "True"], cwd=copy)
     assert "model already at ./models/model.pt: val_mean_dice" in log
     latest = torch.load(copy / "models" / "latest.pt", weights_only=True)
     assert _epoch(latest) == 1 and latest["budget"]["history"]

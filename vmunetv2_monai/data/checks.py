@@ -9,12 +9,11 @@ from __future__ import annotations
 import ast
 import difflib
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from ..errors import summary_error
+from ..errors import install_summary_hook, summarising_excepthook
 
 __all__ = [
     "check_batch_size", "check_choice", "check_cli", "check_range", "check_size", "check_workflow_ids", "config_ids",
@@ -158,19 +157,8 @@ def unknown_overrides(args: Sequence[str]) -> dict[str, list[str]]:
     return unknown
 
 
-def _summarise_errors(hook: Callable[..., Any]) -> Callable[..., Any]:
-    """An ``excepthook`` that runs ``hook`` (the traceback, the whole chain), then prints the exception that
-    :func:`~vmunetv2_monai.errors.summary_error` picks (our message naming the file, id or value) as the last line."""
-
-    def excepthook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
-        hook(kind, err, tb)
-        root = summary_error(err)
-        lines = str(root).strip().splitlines()
-        text = "\n".join(lines[:25] + ([f"... ({len(lines) - 25} more lines above)"] if len(lines) > 25 else []))
-        sys.stderr.write(f"vmunetv2_monai error: {type(root).__name__}: {text}\n")
-
-    excepthook.vmunetv2_summary = True  # type: ignore[attr-defined]
-    return excepthook
+#: The last-line excepthook (kept under its earlier name).
+_summarise_errors = summarising_excepthook
 
 
 def check_cli(argv: Sequence[str] | None = None) -> bool:
@@ -178,10 +166,8 @@ def check_cli(argv: Sequence[str] | None = None) -> bool:
     do not define (``--epoch 1`` for ``--epochs``), and make a failure end with one line that names its cause
     (MONAI's wrapper line otherwise ends the output, with the real message far above it). A no-op otherwise."""
     argv = list(sys.argv if argv is None else argv)
-    if not argv or Path(argv[0]).parts[-3:] != ("monai", "bundle", "__main__.py") or "run" not in argv[1:2]:
+    if not install_summary_hook(argv):
         return True
-    if not getattr(sys.excepthook, "vmunetv2_summary", False):
-        sys.excepthook = _summarise_errors(sys.excepthook)
     unknown = unknown_overrides(argv[2:])
     if unknown:
         lines = [f"--{k}" + (f" (did you mean {' or '.join(repr(m) for m in v)}?)" if v else "") for k, v in unknown.items()]
@@ -203,6 +189,20 @@ def _running_workflow() -> Any:
         if parser is None and isinstance(owner, ConfigParser):
             parser = owner
         elif parser is not None and isinstance(owner, ConfigWorkflow) and owner.parser is parser:
+            return owner
+        frame = frame.f_back
+    return None
+
+
+def running_parser() -> Any:
+    """The ``ConfigParser`` evaluating the calling config expression (the nearest one on the stack), or None: how
+    a check reads a raw, unparsed config entry without instantiating it."""
+    from monai.bundle import ConfigParser
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, ConfigParser):
             return owner
         frame = frame.f_back
     return None

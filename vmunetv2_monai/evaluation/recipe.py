@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import check_config_files
 from ..inference import read_checkpoint
 from .figures import pick_cases, plot_learning_curves, plot_overlay_grid
 from .folders import write_metrics_csv
@@ -87,6 +88,7 @@ def bundle_command(bundle_dir: str | os.PathLike, configs: Sequence[str], overri
     ``overrides`` as ``--id value`` pairs (Python literals, as MONAI's command line reads them; None as ``$None``)."""
     bundle = Path(bundle_dir).resolve()
     files = [str(bundle / "configs" / (c if c.endswith((".json", ".yaml")) else f"{c}.json")) for c in configs]
+    check_config_files(*files, bundle / "configs" / "metadata.json")  # MONAI would name no file
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr(files),
            "--meta_file", str(bundle / "configs" / "metadata.json"),
            "--logging_file", str(bundle / "configs" / "logging.conf"), "--bundle_root", str(bundle)]

@@ -17,6 +17,8 @@ from typing import Any
 
 from monai.bundle import ConfigParser
 
+from ..errors import BundleFileError, check_config_files
+
 __all__ = ["BundleError", "BundleFiles", "label_map", "load_metadata", "load_parser", "spatial_dims"]
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,10 @@ class BundleFiles:
         for required in (files.metadata, files.config(INFERENCE_CONFIG)):
             if not required.is_file():
                 raise BundleError(f"not a VM-UNetV2 bundle folder: {required} is missing")
+        try:
+            check_config_files(files.metadata, files.config(INFERENCE_CONFIG))
+        except BundleFileError as err:
+            raise BundleError(str(err)) from err
         return files
 
     @property
@@ -89,6 +95,10 @@ class BundleFiles:
 def load_parser(files: BundleFiles, workflow: str, overrides: dict[str, Any] | None = None) -> ConfigParser:
     """Merged, unparsed :class:`ConfigParser` for ``workflow`` with ``bundle_root`` set to the bundle folder."""
     parser = ConfigParser()
+    try:
+        check_config_files(*files.config_files(workflow), files.metadata)
+    except BundleFileError as err:
+        raise BundleError(str(err)) from err
     parser.read_config(files.config_files(workflow))
     parser.read_meta(str(files.metadata))
     parser.update({"bundle_root": str(files.root), **(overrides or {})})
@@ -97,6 +107,10 @@ def load_parser(files: BundleFiles, workflow: str, overrides: dict[str, Any] | N
 
 def load_metadata(files: BundleFiles) -> dict[str, Any]:
     """The bundle's ``metadata.json`` as a dict."""
+    try:
+        check_config_files(files.metadata)
+    except BundleFileError as err:
+        raise BundleError(str(err)) from err
     with open(files.metadata, encoding="utf-8") as fp:
         return json.load(fp)
 

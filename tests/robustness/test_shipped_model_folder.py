@@ -1,0 +1,115 @@
+"""Training never writes into the bundle's shipped ``models/`` unless asked to (issue 26, group E / point 5).
+
+The default ``output_dir`` of train.json is the bundle root, so a model-zoo default run (``python -m monai.bundle
+run --config_file configs/train.json`` from the bundle) would train into the folder of ``models/model.pt``, the
+file that ``large_files.yml`` lists and every default inference, DICOM, MONAI Label and Deploy run uses. It is
+refused at initialize, before anything is written, naming the folder and the two ways on; the explicit
+``--overwrite_shipped_model True``, this package's MONAI Label app (its overrides file sets it) and MONAI Label's
+stock ``/train`` (a network ``CheckpointLoader`` of the model in ``train#handlers``) still train into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vmunetv2_monai import check_training_folder
+from vmunetv2_monai.label.bundle_config import BundleFiles, load_parser
+
+from .conftest import BUNDLE, CONFIGS, SAMPLE, TINY, error_chain, run_bundle, tail
+
+CHECK = "$vmunetv2_monai.check_training_folder(@ckpt_dir, @overwrite_shipped_model)"
+
+
+@pytest.fixture
+def bundle_copy(tmp_path: Path) -> Path:
+    """What git tracks of bundle/ that a training run reads: configs, large_files.yml, models/, sample_data/."""
+    copy = tmp_path / "vmunetv2"
+    copy.mkdir()
+    for item in ("configs", "models", "sample_data"):
+        shutil.copytree(BUNDLE / item, copy / item)
+    shutil.copy2(BUNDLE / "large_files.yml", copy / "large_files.yml")
+    return copy
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``root`` (hidden files, e.g. a lock, included)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_default_training_in_the_bundle_is_refused_and_writes_nothing(bundle_copy):
+    before = _snapshot(bundle_copy)
+    code, log = run_bundle(["--config_file", "configs/train.json", "--epochs", "1"], cwd=bundle_copy)
+    last = tail(log, 1)
+    assert code == 1, tail(log, 40)
+    assert last.startswith("vmunetv2_monai error: ShippedModelError: training would write into the bundle's "
+                           f"shipped model folder {bundle_copy / 'models'} (model.pt listed in "
+                           f"{bundle_copy / 'large_files.yml'})"), last
+    assert "--output_dir runs/<name>" in last and "--overwrite_shipped_model True" in last, last
+    assert _snapshot(bundle_copy) == before  # no model, latest.pt, lock, tensorboard or eval folder
+
+
+def test_refused_in_process_too_and_multi_gpu_checks_the_same(bundle_copy):
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(config_file=str(bundle_copy / "configs" / "train.json"), workflow_type="train",
+                        meta_file=str(bundle_copy / "configs" / "metadata.json"), bundle_root=str(bundle_copy),
+                        num_workers=0, batch_size=2, **TINY)
+    chain = error_chain(wf.initialize)
+    assert f"ShippedModelError: training would write into the bundle's shipped model folder {bundle_copy / 'models'}" \
+        in chain, chain
+    assert not (bundle_copy / "tensorboard").exists() and not (bundle_copy / ".vmunetv2.lock").exists()
+    for name in ("train", "multi_gpu_train"):  # before the lock, the loaders and the savers
+        init = json.loads((CONFIGS / f"{name}.json").read_text())["initialize"]
+        assert CHECK in init and init.index(CHECK) < min(i for i, e in enumerate(init) if "attach" in e), name
+    assert init.index(CHECK) == init.index("$@check_train_options") + 1
+
+
+def test_own_folders_pass_and_the_explicit_opt_in_warns(bundle_copy, tmp_path, caplog):
+    for folder in (bundle_copy / "runs" / "x" / "models", tmp_path / "elsewhere" / "models", bundle_copy):
+        assert check_training_folder(folder, False), folder
+    with caplog.at_level(logging.WARNING, logger="vmunetv2_monai.bundle_weights"):
+        assert check_training_folder(bundle_copy / "models", True)
+    assert f"training into the bundle's shipped model folder {bundle_copy / 'models'}" in caplog.text
+    with pytest.raises(TypeError, match="bad value 'true' for 'overwrite_shipped_model': expected True or False"):
+        check_training_folder(bundle_copy / "models", "true")
+
+
+def _stock_workflow(bundle: Path, load_path: Path, tmp_path: Path):
+    """train.json with what MONAI Label 0.8.5's stock BundleTrainTask overrides for /train (bundle_root, the data,
+    the epochs, the device and a network CheckpointLoader of models/<model_filename> in front of train#handlers)."""
+    from monai.bundle import ConfigWorkflow
+
+    handlers = json.loads((bundle / "configs" / "train.json").read_text())["train"]["handlers"]
+    loader = {"_target_": "CheckpointLoader", "load_path": str(load_path), "load_dict": {"model": "$@network"},
+              "strict": True}
+    pairs = [{"image": str(p), "label": str(SAMPLE / "masks" / p.name)} for p in sorted((SAMPLE / "images").iterdir())]
+    return ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), workflow_type="train",
+                          meta_file=str(bundle / "configs" / "metadata.json"), logging_file=False, bundle_root=str(bundle),
+                          epochs=1,
+                          device="$torch.device('cpu')", num_workers=0, progress_bar=False, batch_size=2,
+                          **{"train#handlers": [loader, *handlers], "train#dataset#data": pairs[:6],
+                             "validate#dataset#data": pairs[6:]})
+
+
+def test_monai_label_stock_train_fine_tunes_its_model_in_place(bundle_copy, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="vmunetv2_monai.bundle_weights"):
+        _stock_workflow(bundle_copy, bundle_copy / "models" / "model.pt", tmp_path).initialize()
+    assert f"fine-tuning {bundle_copy / 'models' / 'model.pt'} in place" in caplog.text
+    # a loader of a file outside the shipped folder is no fine-tuning in place: refused
+    other = tmp_path / "other.pt"
+    shutil.copy2(bundle_copy / "models" / "model.pt", other)
+    chain = error_chain(_stock_workflow(bundle_copy, other, tmp_path).initialize)
+    assert f"shipped model folder {bundle_copy / 'models'}" in chain, chain
+
+
+def test_this_packages_monai_label_app_asks_explicitly(bundle_copy):
+    parser = load_parser(BundleFiles.from_dir(bundle_copy), "train")
+    assert parser["overwrite_shipped_model"] is True
+    assert load_parser(BundleFiles.from_dir(bundle_copy), "inference").get("overwrite_shipped_model") is None
