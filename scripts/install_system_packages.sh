@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # System packages for the DICOM tests: Orthanc with its DICOMweb plugin (tests/dicom starts its own instance on
-# free 127.0.0.1 ports), dicom3tools (dciodvfy checks the DICOM SEG objects) and dcmtk (echoscu / storescu try the
-# listener). Debian/Ubuntu, via apt.
+# free 127.0.0.1 ports), dicom3tools (dciodvfy checks the DICOM SEG and SR objects), dcmtk (echoscu / storescu try the
+# listener) and Node.js with npm (tests/dicom/js: dcmjs, what OHIF's SEG loading builds on, decodes every SEG).
+# Debian/Ubuntu, via apt. Node.js and npm come from Debian unless a node and an npm are already on PATH (e.g.
+# NodeSource's nodejs, which bundles npm and conflicts with Debian's npm package).
 # Usage: bash scripts/install_system_packages.sh          (as root)
 #        bash scripts/install_system_packages.sh --sudo   (as another user, through sudo)
 set -euo pipefail
 PKGS=(orthanc orthanc-dicomweb dicom3tools dcmtk)
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  PKGS+=(nodejs npm)
+fi
 if dpkg -s "${PKGS[@]}" >/dev/null 2>&1; then
   echo "system packages already installed: ${PKGS[*]}"
   exit 0

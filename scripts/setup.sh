@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # One-step setup on a fresh machine: a virtual environment in .venv with everything the package, the bundle
 # and the tests need (CPU build of torch; mamba-ssm installed as pure Python, its CUDA kernel is a GPU extra).
-# Run as root with apt, it also installs the system packages of the DICOM tests (Orthanc, dicom3tools, dcmtk); otherwise
-# it says how to install them.
+# Run as root with apt, it also installs the system packages of the DICOM tests (Orthanc, dicom3tools, dcmtk, Node.js
+# and npm); otherwise it says how to install them. With npm, it installs tests/dicom/js (dcmjs, pinned by its
+# package-lock.json) with `npm ci`.
 # Usage: bash scripts/setup.sh            (VENV=path to choose another location)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
   bash scripts/install_system_packages.sh
-elif ! dpkg -s orthanc orthanc-dicomweb dicom3tools dcmtk >/dev/null 2>&1; then
-  echo "NOTE: Orthanc, its DICOMweb plugin, dicom3tools and dcmtk are not installed and this setup cannot install them" \
-       "(it needs root and apt). The tests in tests/dicom that use them fail until you run:" \
+elif ! dpkg -s orthanc orthanc-dicomweb dicom3tools dcmtk >/dev/null 2>&1 || ! command -v node >/dev/null \
+     || ! command -v npm >/dev/null; then
+  echo "NOTE: Orthanc, its DICOMweb plugin, dicom3tools, dcmtk, Node.js and npm are not all installed and this setup" \
+       "cannot install them (it needs root and apt). The tests in tests/dicom that use them fail until you run:" \
        "sudo bash scripts/install_system_packages.sh" >&2
+fi
+# dcmjs for the web-viewer check of the SEGs (tests/dicom/js; exact versions from its package-lock.json)
+if command -v npm >/dev/null; then
+  npm ci --prefix tests/dicom/js --ignore-scripts --no-audit --no-fund
 fi
 VENV="${VENV:-.venv}"
 PY="${PYTHON:-python3}"
