@@ -440,3 +440,31 @@ def test_late_slice_after_the_retention_gets_a_seg_of_its_own(tmp_path: Path, ke
             assert not list(listener.spool.glob("*.dcm"))
         finally:
             listener.shutdown()
+
+
+def test_another_geometry_of_a_kept_series_is_not_merged(tmp_path: Path, destination: tuple[RemoteAE, list[Dataset]],
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A slice of the same series with another orientation (a localizer) arriving after the series' SEG, while the
+    series is kept: its own one-frame SEG; the kept slices are not put into it and no SEG is said to supersede."""
+    dest, received = destination
+    slices, files = _ct_files(tmp_path, 4)
+    localizer = slices[3]
+    localizer.ImageOrientationPatient = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]
+    files[3] = write_atomic(localizer, files[3])
+    with StateDB(tmp_path / "state.sqlite") as state:
+        listener = Listener(Segmenter(BrightPredictor()), state, tmp_path / "spool", dest, port=free_port(),
+                            settle_s=SETTLE_S, limits=ListenerLimits(keep_series_s=3600.0), poll_interval=1.0)
+        listener.start()
+        try:
+            _storescu(listener, *files[:3])
+            assert _settled_poll(listener) == 3
+            seen = len(received)
+            _storescu(listener, files[3])
+            with caplog.at_level(logging.INFO, logger="vmunetv2_monai.dicom.listener"):
+                assert _settled_poll(listener) == 1
+            (seg,) = _new_segs(received, seen)
+            _check_seg(seg, [localizer], tmp_path)
+            assert "supersedes" not in caplog.text
+            assert len(list((listener.spool / "kept" / str(localizer.SeriesInstanceUID)).iterdir())) == 4
+        finally:
+            listener.shutdown()

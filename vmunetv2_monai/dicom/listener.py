@@ -437,14 +437,14 @@ class Listener:
         self.state.mark_done_many(result.source_uids, study, series, seg_uid)
         self._sent_in_poll.add(seg_uid)
         self._keep(unit, [p for p, _ in fresh])
-        if kept:
+        if any(is_kept):
             logger.warning("series %s: %d late instance(s) after SEG %s of %d; sent SEG %s of the whole series (%d "
                            "instances), which supersedes it (same SEG series; the earlier SEG stays in the archive)",
                            series, len(fresh), ", ".join(sorted(earlier)) or "?", sum(is_kept), seg_uid, len(unit))
-        elif earlier:
-            logger.warning("series %s: %d late instance(s) after SEG %s, whose slices are no longer kept "
-                           "(--keep-series %.0f s): sent SEG %s of the late instance(s) only", series, len(fresh),
-                           ", ".join(sorted(earlier)), self.limits.keep_series_s, seg_uid)
+        elif earlier:  # also a second geometry group of the series (e.g. a localizer) segmented in a later poll
+            logger.warning("series %s: %d late instance(s) after SEG %s; the series' earlier slices are no longer "
+                           "kept (--keep-series %.0f s): sent SEG %s of the late instance(s) only", series,
+                           len(fresh), ", ".join(sorted(earlier)), self.limits.keep_series_s, seg_uid)
         logger.info("sent SEG %s of %d instance(s) to %s", seg_uid, len(unit), self.destination)
         return len(fresh)
 
