@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ class InputImages:
         input_dir: folder of images.
         transform: the inference preprocessing (called on ``{"image": path, "name": stem}``).
         output_dir: where predictions go; checked, not created.
+        extra_keys: keys to add to an image's item, by image file name (e.g. the interactive model's clicks, see
+            :func:`~vmunetv2_monai.interactive.read_clicks_file`); a name matching no image is a bad line.
     """
 
     def __init__(
@@ -46,9 +48,16 @@ class InputImages:
         input_dir: str | os.PathLike,
         transform: Callable[[dict], Any],
         output_dir: str | os.PathLike | None = None,
+        extra_keys: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.bad: list[str] = []
         items = list_images(input_dir, broken=self.bad)
+        extra = dict(extra_keys or {})
+        for item in items:
+            item.update(extra.pop(Path(item["image"]).name, {}))
+        for name in extra:
+            self.bad.append(f"{name}: named in extra_keys, but {input_dir} has no such image")
+            logger.error("%s: named in extra_keys, but %s has no such image", name, input_dir)
         folder = Path(items[0]["image"]).parent
         if output_dir is not None and Path(output_dir).resolve() == folder.resolve():
             raise DataListError(f"the output folder 'pred_dir' ({output_dir}) is the input folder {folder}: the "

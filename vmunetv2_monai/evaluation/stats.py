@@ -10,7 +10,7 @@ import numpy as np
 
 from .metrics import pooled_metrics
 
-__all__ = ["PER_IMAGE_METRICS", "bootstrap_summary"]
+__all__ = ["PER_IMAGE_METRICS", "bootstrap_summary", "mean_interval"]
 
 PER_IMAGE_METRICS = ("dice", "iou", "hd95")
 
@@ -42,6 +42,18 @@ def bootstrap_summary(
     for name, value in pooled_metrics(rows).items():
         out[name] = _interval(value, np.array([b[name] for b in pooled_boot]), alpha)
     return out
+
+
+def mean_interval(
+    values: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
+    """``{"value", "low", "high"}``: the mean of ``values`` (one per image) and its percentile bootstrap interval
+    at ``level`` over ``n_boot`` seeded resamples of the images."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        raise ValueError("mean_interval needs at least one value")
+    idx = np.random.default_rng(seed).integers(0, data.size, size=(n_boot, data.size))
+    return _interval(float(data.mean()), data[idx].mean(axis=1), (1 - level) / 2)
 
 
 def _as_rows(counts: np.ndarray) -> list[dict[str, float]]:
