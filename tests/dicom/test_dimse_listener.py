@@ -36,8 +36,7 @@ from vmunetv2_monai.dicom.state import DONE, StateDB
 from vmunetv2_monai.dicom.units import Segmenter, UnitResult
 from vmunetv2_monai.inference import Predictor
 
-from .conftest import (REPO, Orthanc, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb,
-                       wrap_vl_endoscopic)
+from .conftest import REPO, Orthanc, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb, wrap_vl_endoscopic
 
 WAIT_S = 600.0  # generous: a loaded 2-core machine; a passing run takes far less
 

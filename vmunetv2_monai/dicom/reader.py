@@ -231,7 +231,7 @@ def decode_problem(ds: Dataset) -> str | None:
         return f"transfer syntax {tsyntax.name} needs a missing decoder: {decoder.missing_dependencies}"
     try:
         ds.pixel_array  # noqa: B018 - decoded for the check, kept by pydicom
-    except Exception as exc:  # any decoder failure is a reason, reported by the caller
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a reason, reported by the caller
         return f"pixel data cannot be decoded ({type(exc).__name__}: {str(exc).strip()[:300]})"
     return None
 
