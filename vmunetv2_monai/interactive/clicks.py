@@ -164,8 +164,8 @@ def read_clicks(
 
 def _looks_like_points(value: Any, ndim: int) -> bool:
     """True for a non-empty list of coordinate lists of length ``ndim`` (how clicks arrive)."""
-    if isinstance(value, np.ndarray | torch.Tensor):
-        value = value.tolist()
+    if isinstance(value, np.ndarray | torch.Tensor):  # images and labels are arrays too: judge by shape only
+        return value.ndim == 2 and 0 < value.shape[0] and value.shape[1] == ndim
     if not isinstance(value, list | tuple) or not value:
         return False
     return all(isinstance(p, list | tuple) and len(p) == ndim and all(isinstance(c, int | float) for c in p)
