@@ -1,6 +1,6 @@
 """Small settings that used to pass without a word or fail without a hint: bf16/fp16 AMP on a CPU, an empty
-``VMUNETV2_SCAN_BACKEND``, a byte order mark in a names file, relative data list paths (issue 26, groups J
-and K)."""
+``VMUNETV2_SCAN_BACKEND``, a byte order mark in a names file, relative data list paths, 12-bit data in a 16-bit
+PNG (issue 26, groups J and K)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
+from PIL import Image
 
 from vmunetv2_monai.data import check_size, load_splits, read_names
 from vmunetv2_monai.ops import amp
@@ -82,3 +86,30 @@ def test_bad_image_size_on_the_command_line_exits_1_naming_it(dataset, tmp_path,
 
 def test_image_size_as_one_number_or_a_pair_passes():
     assert check_size("image_size", [64, 96]) and check_size("image_size", (64, 64)) and check_size("roi_size", 64)
+
+
+def _image(path, intensity: str) -> np.ndarray:
+    """``path`` through train.json's ``load_transforms`` (image only) with ``intensity``: (3, W, H) in [0, 1]."""
+    parser = ConfigParser()
+    parser.read_config(cfg("train"))
+    parser.update({"keys": ["image"], "intensity": intensity})
+    return np.asarray(Compose(parser.get_parsed_content("load_transforms"))({"image": str(path)})["image"])
+
+
+def test_12_bit_data_in_a_16_bit_png_is_named_in_a_warning_and_minmax_reads_it(tmp_path, caplog):
+    ramp = np.linspace(0, 4095, 64, dtype=np.uint16).reshape(8, 8)
+    path = tmp_path / "twelve_bit.png"
+    Image.fromarray(ramp).save(path)
+    with caplog.at_level(logging.WARNING, logger="vmunetv2_monai.data.transforms"):
+        fixed = _image(path, "fixed")
+        _image(path, "fixed")
+    warnings = [r.getMessage() for r in caplog.records if "12-bit data?" in r.getMessage()]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "--intensity minmax" in warnings[0], warnings
+    assert fixed.max() < 0.07  # the documented rule: 0-16 of 255 with intensity fixed
+    assert _image(path, "minmax").max() == pytest.approx(1.0)
+    full = tmp_path / "sixteen_bit.png"
+    Image.fromarray(np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)).save(full)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vmunetv2_monai.data.transforms"):
+        assert _image(full, "fixed").max() == pytest.approx(1.0)
+    assert not [r for r in caplog.records if "12-bit" in r.getMessage()]

@@ -4,6 +4,7 @@ binarisation."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Hashable, Mapping
 from typing import Any
@@ -20,8 +21,29 @@ __all__ = [
     "pil_standard_mode",
 ]
 
+logger = logging.getLogger(__name__)
+
 #: Largest value of an unsigned 16-bit image; such images are scaled from [0, this] to [0, 255].
 _UINT16_MAX = 65535.0
+
+#: Largest value of 12-bit data: a 16-bit image that stays within it reads dark after the 16-bit scaling.
+_UINT12_MAX = 4095
+
+#: Files already warned about as 12-bit data in a 16-bit file (one WARNING per file and process).
+_WARNED_12BIT: set[str] = set()
+
+
+def _warn_12bit(img: torch.Tensor, source: str) -> None:
+    """Log a WARNING, once per file, when an integer image's values lie in (255, 4095]: 12-bit data stored in 16
+    bit, which the 16-bit scaling maps to 0-16 of 255 (nearly black with the bundle's ``intensity fixed``)."""
+    if img.is_floating_point() or not img.numel() or source in _WARNED_12BIT:
+        return
+    high = int(img.max())
+    if 255 < high <= _UINT12_MAX and int(img.min()) >= 0:
+        _WARNED_12BIT.add(source)
+        logger.warning("%s: a 16-bit image whose largest value is %d (12-bit data?) is scaled from 0-65535 and reads "
+                       "as 0-%.1f of 255, nearly black with intensity 'fixed': use --intensity minmax for such data",
+                       source, high, high * 255.0 / _UINT16_MAX)
 
 
 def _source(data: Mapping, key: Hashable) -> str:
@@ -82,6 +104,8 @@ class LoadImaged(monai.transforms.LoadImaged):
     NIfTI, NRRD) is refused with a ``ValueError`` naming it and the count: no replacement value is right for every
     image, and one NaN would spread through the intensity scaling and the network to the whole mask. A multi-page or
     float RGB TIFF is refused by :func:`check_tiff`. EXIF orientation is not applied: pixels are read as stored.
+    An integer image whose values lie in (255, 4095] (12-bit data in a 16-bit file) is scaled like any 16-bit image
+    and read nearly black with ``intensity fixed``: a WARNING names the file once and advises ``intensity minmax``.
 
     Args:
         keys: keys to load.
@@ -102,6 +126,8 @@ class LoadImaged(monai.transforms.LoadImaged):
                 check_tiff(data[key])
         d = super().__call__(data, reader)
         for key in self.key_iterator(d):
+            if key == self.image_key:
+                _warn_12bit(d[key], _source(d, key))
             d[key] = _scale_16bit(d[key]) if key == self.image_key else d[key].float()
             bad = int((~torch.isfinite(d[key])).sum())
             if bad:
