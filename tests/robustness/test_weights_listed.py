@@ -1,4 +1,5 @@
-"""``check_bundle_weights``: a bundle's listed large file compared with the hash in its ``large_files.yml``."""
+"""``check_bundle_weights`` (issue 26, group E): a bundle's listed large file compared with the hash in its
+``large_files.yml``; the runs that read the bundle's model are in test_weights_hash.py."""
 
 from __future__ import annotations
 
