@@ -244,3 +244,17 @@ def test_listener_sends_the_sr_once_before_the_seg(tmp_path: Path, predictor: Pr
         assert got["Area"] == pytest.approx(got["Segmented pixel count"] * 0.25)
     else:
         assert "does not accept Comprehensive 3D SR Storage" in caplog.text
+
+
+def test_an_old_style_study_date_is_left_empty_in_seg_and_sr(tmp_path: Path, predictor: Predictor) -> None:
+    """pydicom's ExplVR_BigEnd.dcm has StudyDate ``1997.04.24`` (the old ACR-NEMA form, which pydicom parses but
+    DICOM's DA does not allow): its SEG, and the SR that copies the SEG's study attributes, had a dciodvfy error.
+    Now the date is left empty (type 2) and both pass."""
+    source = pydicom.dcmread(get_testdata_file("ExplVR_BigEnd.dcm"))
+    assert source.StudyDate == "1997.04.24"  # the premise
+    summary = segment_files([get_testdata_file("ExplVR_BigEnd.dcm")], tmp_path / "out", Segmenter(predictor))
+    assert not summary.failed
+    written = sorted((tmp_path / "out").iterdir())
+    assert sorted(pydicom.dcmread(p).Modality for p in written) == ["SEG", "SR"]
+    assert all(pydicom.dcmread(p).StudyDate == "" for p in written)
+    assert_valid_dicom(written)

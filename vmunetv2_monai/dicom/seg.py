@@ -8,6 +8,7 @@ second store of it is not a second object).
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from copy import copy as shallow_copy
@@ -102,7 +103,13 @@ def copy_listed_attributes(target: Dataset, source: Dataset, copy_attributes: Se
             target[keyword] = deepcopy(source[keyword])
 
 
+#: DICOM DA and TM values (PS3.5 6.2): pydicom also parses older forms such as ``1997.04.24``, which dciodvfy refuses.
+_DA_TM_FORMAT = {"DA": re.compile(r"[0-9]{8}"), "TM": re.compile(r"[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?")}
+
+
 def _valid_da_tm(value: object, vr: str) -> bool:
+    if _DA_TM_FORMAT[vr].fullmatch(str(value).strip()) is None:
+        return False
     try:
         (DA if vr == "DA" else TM)(value)
     except ValueError:
