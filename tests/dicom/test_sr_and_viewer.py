@@ -247,14 +247,16 @@ def test_listener_sends_the_sr_once_before_the_seg(tmp_path: Path, predictor: Pr
 
 
 def test_an_old_style_study_date_is_left_empty_in_seg_and_sr(tmp_path: Path, predictor: Predictor) -> None:
-    """pydicom's ExplVR_BigEnd.dcm has StudyDate ``1997.04.24`` (the old ACR-NEMA form, which pydicom parses but
-    DICOM's DA does not allow): its SEG, and the SR that copies the SEG's study attributes, had a dciodvfy error.
-    Now the date is left empty (type 2) and both pass."""
+    """pydicom's ExplVR_BigEnd.dcm has StudyDate ``1997.04.24`` and StudyTime ``14:04:38`` (old ACR-NEMA forms,
+    which pydicom parses but DICOM's DA / TM do not allow): its SEG, and the SR that copies the SEG's study
+    attributes, had dciodvfy errors, and with --overlay highdicom refused the overlay's time, so the image got no
+    SEG. Now both are left empty (type 2) and SEG, overlay and SR pass."""
     source = pydicom.dcmread(get_testdata_file("ExplVR_BigEnd.dcm"))
     assert source.StudyDate == "1997.04.24"  # the premise
-    summary = segment_files([get_testdata_file("ExplVR_BigEnd.dcm")], tmp_path / "out", Segmenter(predictor))
+    summary = segment_files([get_testdata_file("ExplVR_BigEnd.dcm")], tmp_path / "out",
+                            Segmenter(predictor, overlay=True))  # the overlay refused its StudyTime 14:04:38
     assert not summary.failed
     written = sorted((tmp_path / "out").iterdir())
-    assert sorted(pydicom.dcmread(p).Modality for p in written) == ["SEG", "SR"]
+    assert sorted(pydicom.dcmread(p).Modality for p in written) == ["OT", "SEG", "SR"]
     assert all(pydicom.dcmread(p).StudyDate == "" for p in written)
     assert_valid_dicom(written)

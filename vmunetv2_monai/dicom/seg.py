@@ -117,6 +117,12 @@ def _valid_da_tm(value: object, vr: str) -> bool:
     return True
 
 
+def _valid_date_time(source: Dataset, keyword: str, vr: str) -> str | None:
+    """The source's ``keyword`` value when it is a DICOM ``vr`` (DA / TM) value, else None (written empty)."""
+    value = source.get(keyword)
+    return str(value) if value and _valid_da_tm(value, vr) else None
+
+
 #: Specific Character Set terms highdicom accepts (its enum; 'ISO 2022 IR 149', Korean, is missing from it).
 _HD_CHARSETS = frozenset(v.value for v in hd.SpecificCharacterSetValues)
 UTF8 = "ISO_IR 192"
@@ -311,12 +317,12 @@ def build_overlay(source: Dataset, rgb: np.ndarray, mask: np.ndarray, algorithm:
         manufacturer=MANUFACTURER,
         patient_id=source.get("PatientID"),
         patient_name=source.get("PatientName"),
-        patient_birth_date=source.get("PatientBirthDate"),
+        patient_birth_date=_valid_date_time(source, "PatientBirthDate", "DA"),
         patient_sex=source.get("PatientSex") or None,
         accession_number=source.get("AccessionNumber"),
         study_id=source.get("StudyID"),
-        study_date=source.get("StudyDate") or None,
-        study_time=source.get("StudyTime") or None,
+        study_date=_valid_date_time(source, "StudyDate", "DA"),
+        study_time=_valid_date_time(source, "StudyTime", "TM"),
         referring_physician_name=source.get("ReferringPhysicianName"),
         pixel_spacing=spacing,
         laterality=source.get("Laterality") or None,
