@@ -98,15 +98,12 @@ def test_kvasir_full_holds_the_paper_network() -> None:
 
 
 @pytest.mark.parametrize("workflow_type, name", [("infer", "inference"), ("train", "train")])
-def test_check_properties(workflow_type: str, name: str, tmp_path: Path) -> None:
-    """As the model-zoo's check_workflow: initialize (MONAI 1.6 parses only then), then check the properties. The
-    training gets its own output_dir, as a model-zoo unit test of this bundle must give it: train.json refuses the
-    bundle's shipped models/ as a target (tests/robustness/test_shipped_model_folder.py)."""
+def test_check_properties(workflow_type: str, name: str) -> None:
+    """As the model-zoo's check_workflow: initialize (MONAI 1.6 parses only then), then check the properties."""
     wf = ConfigWorkflow(config_file=str(CONFIGS / f"{name}.json"), workflow_type=workflow_type,
                         meta_file=str(CONFIGS / "metadata.json"), logging_file=str(CONFIGS / "logging.conf"),
                         bundle_root=str(BUNDLE), dataset_dir=str(REPO / "tests" / "data" / "kvasir_sample"),
-                        batch_size=2, num_workers=0, **{k: v for k, v in TINY.items() if k != "image_size"},
-                        **({"output_dir": str(tmp_path / "out")} if name == "train" else {}))
+                        batch_size=2, num_workers=0, **{k: v for k, v in TINY.items() if k != "image_size"})
     wf.initialize()
     assert wf.check_properties() == []
 

@@ -3,7 +3,8 @@
 The default ``output_dir`` of train.json is the bundle root, so a model-zoo default run (``python -m monai.bundle
 run --config_file configs/train.json`` from the bundle) would train into the folder of ``models/model.pt``, the
 file that ``large_files.yml`` lists and every default inference, DICOM, MONAI Label and Deploy run uses. It is
-refused at initialize, before anything is written, naming the folder and the two ways on; the explicit
+refused by the first step of ``run``, before any training, naming the folder and the two ways on (``initialize``
+still passes, so ``monai.bundle.load(workflow_type="train")`` gets the network); the explicit
 ``--overwrite_shipped_model True``, this package's MONAI Label app (its overrides file sets it) and MONAI Label's
 stock ``/train`` (a network ``CheckpointLoader`` of the model in ``train#handlers``) still train into it.
 """
@@ -52,23 +53,27 @@ def test_default_training_in_the_bundle_is_refused_and_writes_nothing(bundle_cop
                            f"shipped model folder {bundle_copy / 'models'} (model.pt listed in "
                            f"{bundle_copy / 'large_files.yml'})"), last
     assert "--output_dir runs/<name>" in last and "--overwrite_shipped_model True" in last, last
-    assert _snapshot(bundle_copy) == before  # no model, latest.pt, lock, tensorboard or eval folder
+    after = _snapshot(bundle_copy)
+    # no model, latest.pt, candidate or lock; only the event files of the TensorBoard writer MONAI's handler opens
+    # when initialize builds the trainer
+    assert {k: v for k, v in after.items() if not k.startswith("tensorboard/")} == before, sorted(after)
 
 
-def test_refused_in_process_too_and_multi_gpu_checks_the_same(bundle_copy):
+def test_refused_in_process_before_training_and_multi_gpu_checks_the_same(bundle_copy):
     from monai.bundle import ConfigWorkflow
 
     wf = ConfigWorkflow(config_file=str(bundle_copy / "configs" / "train.json"), workflow_type="train",
-                        meta_file=str(bundle_copy / "configs" / "metadata.json"), bundle_root=str(bundle_copy),
-                        num_workers=0, batch_size=2, **TINY)
-    chain = error_chain(wf.initialize)
+                        meta_file=str(bundle_copy / "configs" / "metadata.json"), logging_file=False,
+                        bundle_root=str(bundle_copy), num_workers=0, batch_size=2, **TINY)
+    wf.initialize()  # what monai.bundle.load(workflow_type="train") does: allowed
+    model = (bundle_copy / "models" / "model.pt").read_bytes()
+    chain = error_chain(wf.run)
     assert f"ShippedModelError: training would write into the bundle's shipped model folder {bundle_copy / 'models'}" \
         in chain, chain
-    assert not (bundle_copy / "tensorboard").exists() and not (bundle_copy / ".vmunetv2.lock").exists()
-    for name in ("train", "multi_gpu_train"):  # before the lock, the loaders and the savers
-        init = json.loads((CONFIGS / f"{name}.json").read_text())["initialize"]
-        assert CHECK in init and init.index(CHECK) < min(i for i, e in enumerate(init) if "attach" in e), name
-    assert init.index(CHECK) == init.index("$@check_train_options") + 1
+    assert sorted(p.name for p in (bundle_copy / "models").iterdir()) == ["model.pt"]
+    assert (bundle_copy / "models" / "model.pt").read_bytes() == model
+    for name in ("train", "multi_gpu_train"):  # the first step of run, before the trainer runs
+        assert json.loads((CONFIGS / f"{name}.json").read_text())["run"] == [CHECK, "$@train#trainer.run()"], name
 
 
 def test_own_folders_pass_and_the_explicit_opt_in_warns(bundle_copy, tmp_path, caplog):
@@ -98,14 +103,20 @@ def _stock_workflow(bundle: Path, load_path: Path, tmp_path: Path):
                              "validate#dataset#data": pairs[6:]})
 
 
+def _first_run_step(wf) -> None:
+    """initialize, then the check that ``run`` evaluates first (the trainer itself is not run)."""
+    wf.initialize()
+    wf.parser.get_parsed_content("run#0")
+
+
 def test_monai_label_stock_train_fine_tunes_its_model_in_place(bundle_copy, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="vmunetv2_monai.bundle_weights"):
-        _stock_workflow(bundle_copy, bundle_copy / "models" / "model.pt", tmp_path).initialize()
+        _first_run_step(_stock_workflow(bundle_copy, bundle_copy / "models" / "model.pt", tmp_path))
     assert f"fine-tuning {bundle_copy / 'models' / 'model.pt'} in place" in caplog.text
     # a loader of a file outside the shipped folder is no fine-tuning in place: refused
     other = tmp_path / "other.pt"
     shutil.copy2(bundle_copy / "models" / "model.pt", other)
-    chain = error_chain(_stock_workflow(bundle_copy, other, tmp_path).initialize)
+    chain = error_chain(lambda: _first_run_step(_stock_workflow(bundle_copy, other, tmp_path)))
     assert f"shipped model folder {bundle_copy / 'models'}" in chain, chain
 
 
