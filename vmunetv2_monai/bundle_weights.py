@@ -6,9 +6,10 @@ was damaged. Results then differ from the model card, so the mismatch is logged 
 both hashes. Each file is hashed once per process (again only when its size or modification time changes).
 
 Training does not write into the folder of a listed file (the bundle's shipped ``models/``) unless asked to:
-:func:`check_training_folder`, in train.json's ``initialize``, refuses such a ``ckpt_dir`` before anything is
-written, except with ``overwrite_shipped_model`` true or when the run fine-tunes a model of that folder in place
-through a network ``CheckpointLoader`` in ``train#handlers`` (what MONAI Label's stock ``/train`` adds).
+:func:`check_training_folder`, the first step of train.json's ``run``, refuses such a ``ckpt_dir`` before any
+training (``initialize`` passes, so ``monai.bundle.load(workflow_type="train")`` still gives the network), except
+with ``overwrite_shipped_model`` true or when the run fine-tunes a model of that folder in place through a network
+``CheckpointLoader`` in ``train#handlers`` (what MONAI Label's stock ``/train`` adds).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def _network_loader_paths(handlers_id: str) -> list[Path]:
 def check_training_folder(ckpt_dir: str | os.PathLike, overwrite_shipped_model: bool,
                           handlers_id: str = "train#handlers") -> bool:
     """Refuse a training run whose ``ckpt_dir`` is the folder of a file the bundle's ``large_files.yml`` lists
-    (``models/``, where the shipped ``model.pt`` lies), before anything is written: raise a
+    (``models/``, where the shipped ``model.pt`` lies), before the trainer runs: raise a
     :class:`ShippedModelError` naming the folder, the listed files and the two ways to go on.
 
     Allowed with ``overwrite_shipped_model`` True (logged at WARNING), or when a network ``CheckpointLoader`` in
