@@ -59,9 +59,9 @@ class CountingSegmenter(Segmenter):
 
     calls = 0
 
-    def segment(self, unit: list[Dataset], source: str) -> UnitResult:
+    def segment(self, unit: list[Dataset], source: str, instance_number: int | None = None) -> UnitResult:
         self.calls += 1
-        return super().segment(unit, source)
+        return super().segment(unit, source, instance_number)
 
 
 def test_failed_c_store_is_resent_without_segmenting_again(tmp_path: Path, predictor: Predictor) -> None:
@@ -363,7 +363,8 @@ def test_late_slice_gets_a_new_seg_of_the_whole_series(tmp_path: Path, destinati
                                                        caplog: pytest.LogCaptureFixture) -> None:
     """Issue 25, point 4: a CT slice sent by storescu after its series' SEG was made used to get a SEG of itself
     only. Now the series' slices are kept (--keep-series), and the late slice gets a new SEG of all four slices, in
-    the same SEG series, that supersedes the first (the log says so); a slice sent again gets nothing new."""
+    the same SEG series, that supersedes the first (the log says so) and has a higher Instance Number (2 after 1);
+    a slice sent again gets nothing new."""
     dest, received = destination
     slices, files = _ct_files(tmp_path, 4)
     segmenter = Segmenter(BrightPredictor())
@@ -389,6 +390,13 @@ def test_late_slice_gets_a_new_seg_of_the_whole_series(tmp_path: Path, destinati
             uids = [str(ds.SOPInstanceUID) for ds in slices]
             assert seg.SOPInstanceUID == segmenter.seg_uid(uids) != first.SOPInstanceUID
             assert second.SeriesInstanceUID == first.SeriesInstanceUID
+            # viewers sort the SEGs of one series by Instance Number: the superseding one comes after the first
+            assert (int(first.InstanceNumber), int(second.InstanceNumber)) == (1, 2)
+            series_uid = str(slices[0].SeriesInstanceUID)
+            assert state.seg_instance_numbers(series_uid) == {str(first.SOPInstanceUID): 1, seg.SOPInstanceUID: 2}
+            again = Listener(segmenter, state, tmp_path / "spool2", dest)  # made again (e.g. after a restart)
+            assert again._seg_instance_number(slices, {str(first.SOPInstanceUID)}) == 2
+            assert again._seg_instance_number(slices[:2], set()) == 3  # a next one of the series: one higher
             warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
             assert any(str(slices[0].SeriesInstanceUID) in m and str(first.SOPInstanceUID) in m and "supersedes" in m
                        for m in warning), caplog.text
@@ -433,6 +441,7 @@ def test_late_slice_after_the_retention_gets_a_seg_of_its_own(tmp_path: Path, ke
             (late,) = _new_segs(received, seen)
             _check_seg(late, slices[3:], tmp_path)
             assert late.SeriesInstanceUID == first.SeriesInstanceUID
+            assert (int(first.InstanceNumber), int(late.InstanceNumber)) == (1, 2)  # sorted after the first
             warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
             assert any(str(slices[0].SeriesInstanceUID) in m and str(first.SOPInstanceUID) in m
                        and "late instance(s) only" in m for m in warning), caplog.text

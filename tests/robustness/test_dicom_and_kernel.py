@@ -388,3 +388,42 @@ def test_temporary_files_are_cleaned_up(tmp_path: Path, monkeypatch: pytest.Monk
             message = SimpleNamespace(_data_set_file=partial)
             listener._on_closed(SimpleNamespace(assoc=SimpleNamespace(dimse=SimpleNamespace(message=message))))
     assert list(temp.iterdir()) == []
+
+
+#: pydicom / pydicom-data test files that ended with an unnamed AttributeError / ValueError (issue 25, points 1-2)
+#: -> what the refusal says (None: the file gets its SEG); one file per SOP instance UID
+TESTDATA_CASES = {
+    "SC_jpeg_no_color_transform.dcm": None, "GDCMJ2K_TextGBR.dcm": None,  # no Modality: segmented as OT
+    "rtdose_1frame.dcm": "has a multi-frame IOD, and this image has no Shared Functional Groups Sequence",
+    "693_UNCR.dcm": "missing FrameOfReferenceUID, which the IOD of its SOP class (CT Image Storage) requires",
+    "badVR.dcm": "NumberOfFrames '1A' is not a number",
+    "MR2_UNCR.dcm": "share an Image Position (Patient)", "MR2_J2KR.dcm": "share an Image Position (Patient)",
+}
+
+
+def test_testdata_files_get_a_seg_or_a_named_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """``vmunetv2-dicom --files ... --overlay`` over them: exit status 1, each refusal logged naming its file and
+    reason, every other file's SEG, SR and overlay written, and what the output folder held before is intact."""
+    from pydicom.data import get_testdata_file
+
+    paths = {name: Path(get_testdata_file(name)) for name in TESTDATA_CASES}
+    out = tmp_path / "out"
+    earlier = write_atomic(_still(), out / "earlier.dcm")
+    before = earlier.read_bytes()
+    with caplog.at_level("WARNING"):
+        rc = _main_with_threshold_model(monkeypatch, ["--files", *map(str, paths.values()), "--output-dir", str(out),
+                                                      "--overlay"])
+    assert rc == 1
+    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused ")]
+    for name, reason in TESTDATA_CASES.items():
+        if reason is None:
+            assert not any(name in m for m in refusals), name
+        else:  # named: by its path, or (slices of one series) by its file name inside the reason
+            assert any(name in m and reason in m for m in refusals), (name, refusals)
+    written = sorted(p for p in out.iterdir() if p != earlier)
+    segmented = [n for n, r in TESTDATA_CASES.items() if r is None]
+    assert len(written) == 3 * len(segmented)  # SEG, SR, overlay each
+    assert sorted(str(pydicom.dcmread(p).Modality) for p in written).count("SEG") == len(segmented)
+    assert_valid_dicom(written)
+    assert earlier.read_bytes() == before

@@ -412,7 +412,8 @@ class Listener:
             result = self._unsent.pop(key, None)
             if result is None:
                 datasets = [read_dataset(path) if old else ds for path, ds, old in zip(paths, unit, is_kept)]
-                result = self.segmenter.segment(datasets, f"{self.ae_title} series {series}")
+                result = self.segmenter.segment(datasets, f"{self.ae_title} series {series}",
+                                                self._seg_instance_number(unit, earlier))
         except UnsupportedDicomError as exc:
             self._fail([p for p, _ in fresh], exc.reason, [ds for _, ds in fresh])
             return 0
@@ -434,19 +435,38 @@ class Listener:
             logger.info("%s reachable again after %d failed send(s)", self.destination, self._send_failures)
             self._send_failures = 0
         seg_uid = str(result.seg.SOPInstanceUID)
-        self.state.mark_done_many(result.source_uids, study, series, seg_uid)
+        series_seg = len(unit) > 1 or is_volumetric(first)
+        self.state.mark_done_many(result.source_uids, study, series, seg_uid,
+                                  seg_instance_number=int(result.seg.InstanceNumber) if series_seg else None)
         self._sent_in_poll.add(seg_uid)
         self._keep(unit, [p for p, _ in fresh])
         if any(is_kept):
             logger.warning("series %s: %d late instance(s) after SEG %s of %d; sent SEG %s of the whole series (%d "
-                           "instances), which supersedes it (same SEG series; the earlier SEG stays in the archive)",
-                           series, len(fresh), ", ".join(sorted(earlier)) or "?", sum(is_kept), seg_uid, len(unit))
+                           "instances, Instance Number %s), which supersedes it (same SEG series; the earlier SEG "
+                           "stays in the archive)", series, len(fresh), ", ".join(sorted(earlier)) or "?",
+                           sum(is_kept), seg_uid, len(unit), result.seg.InstanceNumber)
         elif earlier:  # also a second geometry group of the series (e.g. a localizer) segmented in a later poll
             logger.warning("series %s: %d late instance(s) after SEG %s; the series' earlier slices are no longer "
                            "kept (--keep-series %.0f s): sent SEG %s of the late instance(s) only", series,
                            len(fresh), ", ".join(sorted(earlier)), self.limits.keep_series_s, seg_uid)
         logger.info("sent SEG %s of %d instance(s) to %s", seg_uid, len(unit), self.destination)
         return len(fresh)
+
+    def _seg_instance_number(self, unit: list[Dataset], earlier: Collection[str]) -> int | None:
+        """Instance Number of the SEG of a volumetric unit when its series already has SEGs: one more than the
+        highest recorded for the series (at least 2: a SEG sent before these numbers were recorded had 1), so a
+        superseding whole-series SEG (or a late-only one) sorts after the SEGs it follows; the number recorded for
+        this very SEG when it is made again (e.g. after a restart). None (the default numbering) for the first SEG
+        of a series and for independent images."""
+        if not (len(unit) > 1 or is_volumetric(unit[0])):
+            return None
+        numbers = self.state.seg_instance_numbers(str(unit[0].SeriesInstanceUID))
+        seg_uid = self.segmenter.seg_uid([str(ds.SOPInstanceUID) for ds in unit])
+        if seg_uid in numbers:
+            return numbers[seg_uid]
+        if not numbers and not earlier:
+            return None
+        return max([*numbers.values(), 1]) + 1
 
     def _earlier_seg(self, unit: list[Dataset]) -> set[str]:
         """UIDs of the SEGs already sent for slices of this volumetric unit's series in an earlier poll (empty for a

@@ -171,7 +171,12 @@ def check_metadata(ds: Dataset, source: str = "", pixel_data_in_header: bool = T
             raise refuse(f"unsupported pixel data element {other[0]}")
         if pixel_data_in_header:
             raise refuse("missing pixel data")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as exc:  # an IS that is not a number, e.g. pydicom's badVR.dcm '1A'
+        raw = ds.get_item("NumberOfFrames").value  # as stored (bytes when not yet converted)
+        shown = (raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)).strip()[:40]
+        raise refuse(f"NumberOfFrames {shown!r} is not a number") from exc
     if frames != 1:
         raise refuse(f"multi-frame image ({frames} frames); only single-frame images are supported")
     for key in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "PhotometricInterpretation"):

@@ -16,7 +16,14 @@ from copy import deepcopy
 
 import highdicom as hd
 import numpy as np
-from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
+from highdicom._standard_utils import (
+    ModuleUsageValues,
+    get_iod_module_map,
+    get_module_attribute_map,
+    get_module_usage,
+    get_sop_class_iod_map,
+    is_multiframe_image,
+)
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
@@ -161,7 +168,9 @@ def known_pixel_spacing(source: Dataset) -> tuple[float, float] | None:
 def _prepared_source(source: Dataset) -> Dataset:
     """Shallow copy of ``source`` that highdicom accepts; the source itself is not modified.
 
-    Missing type-2 patient/study attributes become empty and non-conformant dates/times become empty. A Pixel
+    Missing type-2 patient/study attributes become empty and non-conformant dates/times become empty. A source
+    without Modality (type 1, yet some secondary captures lack it) is given :data:`MISSING_MODALITY` here: highdicom
+    reads it only for the SEG's Content Label (``OT_SEG``), and the SEG carries no other trace of it. A Pixel
     Spacing that is not :func:`known_pixel_spacing` is left out. A source with Pixel Spacing but no Slice
     Thickness (a 2D image: secondary capture, CR, NM) gets a nominal one, the smaller pixel spacing (cubic
     voxels): highdicom 0.28 writes a Pixel Measures item without it (valid DICOM) but refuses to read one back.
@@ -181,6 +190,10 @@ def _prepared_source(source: Dataset) -> Dataset:
             changed.append(key)
     if changed:
         logger.debug("source %s: %s left empty in the SEG", source.get("SOPInstanceUID"), changed)
+    if not str(copy.get("Modality", "") or ""):
+        copy.Modality = MISSING_MODALITY
+        logger.info("source %s: no Modality (type 1); segmented as %s (Other): the SEG's Content Label is %s_SEG",
+                    source.get("SOPInstanceUID"), MISSING_MODALITY, MISSING_MODALITY)
     spacing = known_pixel_spacing(copy)
     if spacing is None and "PixelSpacing" in copy:
         logger.warning("source %s: PixelSpacing %s is not two positive numbers; the SEG has no pixel spacing",
@@ -191,6 +204,35 @@ def _prepared_source(source: Dataset) -> Dataset:
         logger.debug("source %s: no SliceThickness; the SEG's Pixel Measures get a nominal %s mm",
                      source.get("SOPInstanceUID"), copy.SliceThickness)
     return copy
+
+
+#: Modality assumed for a source without one (OT, Other: the Secondary Capture default), see :func:`_prepared_source`.
+MISSING_MODALITY = "OT"
+
+
+def source_problem(source: Dataset) -> str | None:
+    """Why highdicom cannot make a SEG of ``source`` although it is a readable image, or None (also for a SOP class
+    unknown to highdicom, refused by :func:`build_segmentation` itself):
+
+    - no Frame of Reference UID where the source's IOD makes the Frame of Reference module mandatory (e.g. a CT
+      slice without one, pydicom's ``693_UNCR.dcm``): a SEG of it must carry the source's frame of reference;
+    - an IOD that allows several frames (RT Dose, XA, NM, US Multi-frame, ...) without a Shared Functional Groups
+      Sequence (a classic, not enhanced, multi-frame object, even with one frame, e.g. pydicom's
+      ``rtdose_1frame.dcm``): highdicom takes such a source's pixel measures from those functional groups only.
+    """
+    sop_class = str(source.get("SOPClassUID", ""))
+    if sop_class not in get_sop_class_iod_map():
+        return None
+    name = UID(sop_class).name
+    if (not str(source.get("FrameOfReferenceUID", "") or "")
+            and get_module_usage("frame-of-reference", sop_class) == ModuleUsageValues.MANDATORY):
+        return (f"missing FrameOfReferenceUID, which the IOD of its SOP class ({name}) requires (type 1 in its "
+                "mandatory Frame of Reference module); a SEG of it would need it")
+    if is_multiframe_image(source) and "SharedFunctionalGroupsSequence" not in source:
+        return (f"SOP class {name} has a multi-frame IOD, and this image has no Shared Functional Groups Sequence "
+                "(a classic multi-frame object, here of one frame): highdicom takes the SEG's pixel measures from "
+                "those functional groups only")
+    return None
 
 
 def _series_description(source: Dataset, algorithm: AlgorithmInfo, kind: str) -> str:
@@ -206,6 +248,7 @@ def build_segmentation(
     algorithm: AlgorithmInfo,
     parameters: Mapping[str, str] | None = None,
     copy_attributes: Sequence[str] = (),
+    instance_number: int | None = None,
 ) -> hd.seg.Segmentation:
     """BINARY SEG referencing ``sources``: one image and an ``(H, W)`` mask, or the slices of one series (same
     frame of reference and geometry) and ``(N, H, W)`` masks in the same order; one frame per source, empty
@@ -214,6 +257,10 @@ def build_segmentation(
     Masks are in (Rows, Columns) order, never transposed. ``parameters`` (e.g. the greyscale window) go into
     the segment's Algorithm Parameters. Patient and study attributes: :data:`SEG_PATIENT_STUDY_KEPT`, plus the
     source attributes named in ``copy_attributes``.
+
+    Instance Number: ``instance_number`` when given (the DIMSE listener numbers a whole-series SEG that supersedes
+    an earlier one of the same series one higher, so viewers sort them), else the source's for one image and 1
+    for a series.
     """
     sources = [sources] if isinstance(sources, Dataset) else list(sources)
     masks = np.asarray(masks)
@@ -236,6 +283,9 @@ def build_segmentation(
     )
     first = sources[0]
     uids = [str(s.SOPInstanceUID) for s in sources]
+    problem = source_problem(first)
+    if problem is not None:
+        raise UnsupportedDicomError(problem, sop_instance_uid=uids[0])
     try:
         seg = hd.seg.Segmentation(
             source_images=[_prepared_source(s) for s in sources],
@@ -245,7 +295,8 @@ def build_segmentation(
             series_instance_uid=derived_uid(str(first.SeriesInstanceUID), algorithm, "seg-series"),
             series_number=SEG_SERIES_NUMBER,
             sop_instance_uid=seg_uid_for(uids, algorithm),
-            instance_number=int(first.get("InstanceNumber") or 1) if len(sources) == 1 else 1,
+            instance_number=(instance_number if instance_number is not None
+                             else int(first.get("InstanceNumber") or 1) if len(sources) == 1 else 1),
             manufacturer=MANUFACTURER,
             manufacturer_model_name=algorithm.name,
             software_versions=f"{algorithm.name} {algorithm.version}; vmunetv2_monai {__version__}",

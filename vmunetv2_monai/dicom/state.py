@@ -40,7 +40,13 @@ CREATE TABLE IF NOT EXISTS failed_studies (
     reason TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 1,
     updated TEXT NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS series_segs (
+    seg_sop_instance_uid TEXT PRIMARY KEY,
+    series_instance_uid TEXT NOT NULL,
+    instance_number INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS series_segs_by_series ON series_segs (series_instance_uid)
 """
 
 _UPSERT = """INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, 1, ?)
@@ -111,9 +117,17 @@ class StateDB:
         """Record that the SEG ``seg_uid`` of ``sop`` is in the PACS."""
         self._put(DONE, sop, study, series, note, seg_uid)
 
-    def mark_done_many(self, sops: list[str], study: str, series: str, seg_uid: str, note: str | None = None) -> None:
-        """Record, in one transaction, that the series SEG ``seg_uid`` covering ``sops`` is in the PACS."""
-        self._put_many(DONE, sops, study, series, note, seg_uid)
+    def mark_done_many(self, sops: list[str], study: str, series: str, seg_uid: str, note: str | None = None,
+                       seg_instance_number: int | None = None) -> None:
+        """Record, in one transaction, that the series SEG ``seg_uid`` covering ``sops`` is in the PACS (and, when
+        given, its Instance Number among the SEGs of ``series``: :meth:`seg_instance_numbers`)."""
+        self._put_many(DONE, sops, study, series, note, seg_uid, seg_instance_number)
+
+    def seg_instance_numbers(self, series: str) -> dict[str, int]:
+        """SOPInstanceUID -> Instance Number of the whole-series SEGs recorded for source series ``series``."""
+        rows = self._conn.execute("SELECT seg_sop_instance_uid, instance_number FROM series_segs "
+                                  "WHERE series_instance_uid = ?", (series,)).fetchall()
+        return {str(uid): int(number) for uid, number in rows}
 
     def mark_failed_many(self, sops: list[str], study: str, series: str, reason: str) -> None:
         """Record, in one transaction, that the SEG covering ``sops`` could not be made."""
@@ -163,11 +177,14 @@ class StateDB:
         return now - float(row[1]) >= settle_s
 
     def _put_many(self, status: str, sops: list[str], study: str, series: str, reason: str | None,
-                  seg: str | None) -> None:
+                  seg: str | None, seg_instance_number: int | None = None) -> None:
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(_UPSERT, [(sop, study, series, status, reason, seg, now) for sop in sops])
+            if seg is not None and seg_instance_number is not None:
+                self._conn.execute("INSERT OR IGNORE INTO series_segs VALUES (?, ?, ?)",
+                                   (seg, series, int(seg_instance_number)))
 
     def mark_failed(self, sop: str, study: str, series: str, reason: str) -> None:
         """Record a failure and its reason (retried only on request)."""

@@ -5,9 +5,11 @@ ultrasound, secondary captures) give one SEG each."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -15,7 +17,7 @@ from pydicom.dataset import Dataset
 from ..inference import Predictor
 from .algorithm import MANUFACTURER, AlgorithmInfo
 from .reader import NON_IMAGE_SOP_CLASSES, GreyWindow, UnsupportedDicomError, grey_window, is_greyscale, load_image
-from .seg import build_overlay, build_segmentation, read_back, seg_uid_for
+from .seg import build_overlay, build_segmentation, read_back, seg_uid_for, source_problem
 from .sr import build_report, read_report_back
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,32 @@ def group_units(datasets: Iterable[Dataset]) -> list[list[Dataset]]:
         if key[0] != "image":
             unit.sort(key=_position_along_normal)
     return list(units.values())
+
+
+def _named(ds: Dataset) -> str:
+    """A source as a refusal names it: its file name when it was read from a file, and its SOPInstanceUID."""
+    filename = getattr(ds, "filename", None)
+    uid = f"SOPInstanceUID {ds.get('SOPInstanceUID', '?')}"
+    return f"{Path(filename).name} ({uid})" if isinstance(filename, (str, os.PathLike)) else uid
+
+
+def duplicate_positions(unit: Sequence[Dataset]) -> str | None:
+    """Why the slices of a volumetric unit are not one volume, or None: two or more of them at the same Image
+    Position (Patient) (copies with new UIDs, e.g. pydicom's ``MR2_UNCR.dcm`` / ``MR2_J2KR.dcm`` / ``MR2_J2KI.dcm``,
+    or repeated acquisitions / echoes in one series). highdicom refuses such a SEG; the reason names the slices."""
+    if len(unit) < 2 or not is_volumetric(unit[0]):
+        return None
+    at: dict[tuple[float, ...], list[Dataset]] = {}
+    for ds in unit:
+        at.setdefault(tuple(float(v) for v in ds.ImagePositionPatient), []).append(ds)
+    shared = {pos: slices for pos, slices in at.items() if len(slices) > 1}
+    if not shared:
+        return None
+    listed = "; ".join(", ".join(_named(ds) for ds in slices) + " at " + "\\".join(f"{v:g}" for v in pos)
+                       for pos, slices in shared.items())
+    return (f"{sum(len(s) for s in shared.values())} slices of series {unit[0].SeriesInstanceUID} share an Image "
+            f"Position (Patient): {listed}; a SEG of a series has one frame per position (copies with new UIDs, "
+            "repeated acquisitions or echoes in one series are not one volume)")
 
 
 def duplicate_uids(datasets: Iterable[tuple[str, Dataset]]) -> dict[str, str]:
@@ -130,8 +158,14 @@ class Segmenter:
                            first.get("SOPInstanceUID"), window.origin)
         return window
 
-    def segment(self, unit: Sequence[Dataset], source: str) -> UnitResult:
-        """Predict every image of ``unit`` (one greyscale window for all its slices), build and check the SEG."""
+    def segment(self, unit: Sequence[Dataset], source: str, instance_number: int | None = None) -> UnitResult:
+        """Predict every image of ``unit`` (one greyscale window for all its slices), build and check the SEG
+        (``instance_number``: see :func:`~.seg.build_segmentation`). Slices sharing a position
+        (:func:`duplicate_positions`) and sources highdicom cannot reference (:func:`~.seg.source_problem`) are
+        refused first, before any prediction."""
+        problem = duplicate_positions(unit) or source_problem(unit[0])  # before any prediction
+        if problem is not None:
+            raise UnsupportedDicomError(problem, source, str(unit[0].get("SOPInstanceUID", "")) or None)
         start = time.perf_counter()
         window = self._window(unit[0])
         images = [load_image(ds, source=f"{source} instance {ds.get('SOPInstanceUID', '?')}", window=window)
@@ -141,7 +175,8 @@ class Segmenter:
                        else {"colour": "stored / (2**BitsStored - 1) * 255"})
         parameters = {**source_rule, "bundle_intensity": self.predictor.intensity_rule}
         try:
-            seg = build_segmentation(list(unit), masks, self.algorithm, parameters, self.copy_attributes)
+            seg = build_segmentation(list(unit), masks, self.algorithm, parameters, self.copy_attributes,
+                                     instance_number)
         except UnsupportedDicomError as exc:
             if exc.source:
                 raise
