@@ -45,8 +45,7 @@ def test_read_clicks_label_name_and_unknown_label():
     assert fg == [[2, 2], [1, 1]] and bg == [[3, 3]]
     with pytest.raises(ValueError, match="'tumour'"):
         read_clicks({"tumour": [[1, 1]]}, LABELS, (8, 8), "x.png")
-    with pytest.raises(ValueError, match="'tumour'"):
-        read_clicks({"label": "tumour"}, LABELS, (8, 8), "x.png")
+    assert read_clicks({"label": "/data/labels/x.png", "background": [[1, 1]]}, LABELS, (8, 8)) == ([], [[1, 1]])
 
 
 def test_render_clicks_peak_and_width_follow_the_grid():

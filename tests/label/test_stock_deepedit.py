@@ -207,9 +207,15 @@ def test_info_lists_deepedit_and_automatic_models(server: str, bundle: Path) -> 
     assert info["datastore"]["label_tags"] == {"final": len(LABELLED)}
 
 
-def test_automatic_model_is_the_deepedit_model_without_clicks(server: str, auto_masks: dict[str, np.ndarray]) -> None:
+def test_automatic_model_is_the_deepedit_model_without_clicks(server: str, auto_masks: dict[str, np.ndarray],
+                                                              foreground_case: tuple[str, list[int], np.ndarray]
+                                                              ) -> None:
     name = IMAGES[0]
     np.testing.assert_array_equal(_infer(server, name, model=f"{MODEL}_seg"), auto_masks[name])
+    # the app sets use_click false for _seg: a click sent there is ignored, not applied
+    clicked, point, _ = foreground_case
+    np.testing.assert_array_equal(_infer(server, clicked, {"foreground": [point]}, model=f"{MODEL}_seg"),
+                                  auto_masks[clicked])
     assert any(0 < m.sum() < m.size for m in auto_masks.values()), "all-0 or all-1 masks: nothing to correct"
 
 

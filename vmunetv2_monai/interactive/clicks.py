@@ -21,10 +21,35 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["MAX_CLICKS", "check_clicks", "next_click", "read_clicks", "read_clicks_file", "render_clicks"]
+try:  # MONAI Label's server (FastAPI on starlette) answers a starlette HTTPException with its status and message
+    from starlette.exceptions import HTTPException as _HTTPError
+except ImportError:  # pragma: no cover - an environment without starlette
+    class _HTTPError(Exception):  # type: ignore[no-redef]
+        """Stand-in base where starlette is absent."""
+
+__all__ = ["MAX_CLICKS", "ClickError", "check_clicks", "next_click", "read_clicks", "read_clicks_file",
+           "render_clicks"]
 
 MAX_CLICKS = 64
 """Clicks of one kind accepted in one request: more is refused as a client error, not silently cut."""
+
+
+class ClickError(ValueError, _HTTPError):
+    """A bad click: a ``ValueError`` whose message names the image and the click.
+
+    It is also a starlette ``HTTPException`` (status 400) where starlette is installed: MONAI Label's stock server
+    runs the bundle's preprocessing inside its ``/infer`` endpoint, and FastAPI answers such an exception with
+    ``400 {"detail": message}`` instead of an anonymous ``500 Internal Server Error``.
+    """
+
+    def __init__(self, message: str) -> None:
+        ValueError.__init__(self, message)
+        self.status_code = 400
+        self.detail = message
+        self.headers = None
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 def check_clicks(clicks: Any, spatial_shape: Sequence[int], kind: str, source: str = "request") -> list[list[int]]:
@@ -38,29 +63,29 @@ def check_clicks(clicks: Any, spatial_shape: Sequence[int], kind: str, source: s
         source: what the clicks came from (an image name), named in errors.
 
     Raises:
-        ValueError: naming ``source``, ``kind`` and the offending value: a point that is not a pair of integers, a
-            negative or out-of-image coordinate, or more than :data:`MAX_CLICKS` points.
+        ClickError: (a ``ValueError``) naming ``source``, ``kind`` and the offending value: a point that is not a
+            pair of integers, a negative or out-of-image coordinate, or more than :data:`MAX_CLICKS` points.
     """
     if clicks is None:
         return []
     if isinstance(clicks, np.ndarray | torch.Tensor):
         clicks = clicks.tolist()
     if isinstance(clicks, str | bytes) or not isinstance(clicks, Sequence):
-        raise ValueError(f"{source}: {kind} clicks must be a list of [i, j] points, got {clicks!r}")
+        raise ClickError(f"{source}: {kind} clicks must be a list of [i, j] points, got {clicks!r}")
     if len(clicks) > MAX_CLICKS:
-        raise ValueError(f"{source}: {len(clicks)} {kind} clicks, more than the {MAX_CLICKS} accepted")
+        raise ClickError(f"{source}: {len(clicks)} {kind} clicks, more than the {MAX_CLICKS} accepted")
     points = []
     for point in clicks:
         if isinstance(point, str | bytes) or not isinstance(point, Sequence) or len(point) != len(spatial_shape):
-            raise ValueError(f"{source}: {kind} click {point!r} is not a point of {len(spatial_shape)} coordinates")
+            raise ClickError(f"{source}: {kind} click {point!r} is not a point of {len(spatial_shape)} coordinates")
         coords = []
         for value, size in zip(point, spatial_shape):
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
                     or value != int(value):
-                raise ValueError(f"{source}: {kind} click {list(point)!r} has a coordinate that is not a whole "
+                raise ClickError(f"{source}: {kind} click {list(point)!r} has a coordinate that is not a whole "
                                  f"number of pixels")
             if not 0 <= value < size:
-                raise ValueError(f"{source}: {kind} click {list(point)!r} lies outside the image "
+                raise ClickError(f"{source}: {kind} click {list(point)!r} lies outside the image "
                                  f"(shape {list(spatial_shape)})")
             coords.append(int(value))
         points.append(coords)
@@ -142,23 +167,20 @@ def read_clicks(
     by :func:`check_clicks`.
 
     Raises:
-        ValueError: a click fails :func:`check_clicks`, ``data["label"]`` names a label the model lacks, or another
-            key holds points (a list of coordinate pairs) for a label the model does not have.
+        ClickError: (a ``ValueError``) a click fails :func:`check_clicks`, or another key holds points (a list of
+            coordinate pairs) for a label the model does not have. (``data["label"]`` is not read: MONAI Label puts
+            an uploaded label file's path there, and training items their mask.)
     """
     names = [n for n, v in label_names.items() if n.lower() != "background" and v != 0]
     known = {"foreground", "background", *label_names}
-    current = data.get("label")
-    if isinstance(current, str) and current not in known:
-        raise ValueError(f"{source}: clicks for label {current!r}, which this model does not have "
-                         f"(labels: {', '.join(names)})")
     for key, value in data.items():
         if key not in known and _looks_like_points(value, len(spatial_shape)):
-            raise ValueError(f"{source}: clicks under {key!r}, a label this model does not have "
+            raise ClickError(f"{source}: clicks under {key!r}, a label this model does not have "
                              f"(foreground clicks go under 'foreground' or {', '.join(repr(n) for n in names)}; "
                              f"background clicks under 'background')")
     foreground = [p for key in ("foreground", *names) for p in check_clicks(data.get(key), spatial_shape, key, source)]
     if len(foreground) > MAX_CLICKS:
-        raise ValueError(f"{source}: {len(foreground)} foreground clicks, more than the {MAX_CLICKS} accepted")
+        raise ClickError(f"{source}: {len(foreground)} foreground clicks, more than the {MAX_CLICKS} accepted")
     return foreground, check_clicks(data.get("background"), spatial_shape, "background", source)
 
 

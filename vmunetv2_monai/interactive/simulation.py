@@ -59,6 +59,7 @@ class ClickSimulation:
         self.sigma = float(sigma)
         self.train = train
         self.rng = np.random.default_rng(seed)
+        self._logged = False
 
     def _count(self) -> int:
         if not self.train:
@@ -66,6 +67,15 @@ class ClickSimulation:
         if self.rounds == 0 or self.rng.random() < self.auto_probability:
             return 0
         return int(self.rng.integers(1, self.rounds + 1))
+
+    def _log(self, clicks: list[dict[str, list[list[int]]]]) -> None:
+        """INFO for the first batch that got clicks (the log shows the simulation runs), DEBUG for the others."""
+        fg = sum(len(c["foreground"]) for c in clicks)
+        bg = sum(len(c["background"]) for c in clicks)
+        level = logging.DEBUG if self._logged else logging.INFO
+        self._logged = True
+        logger.log(level, "simulated clicks (%s): %d foreground and %d background clicks on a batch of %d",
+                   "training" if self.train else "validation", fg, bg, len(clicks))
 
     def __call__(self, engine: SupervisedTrainer | SupervisedEvaluator, batchdata: dict[str, Any]) -> dict:
         image, label = batchdata["image"], batchdata["label"]
@@ -94,5 +104,6 @@ class ClickSimulation:
                         image[b, channel] = render_clicks(clicks[b][kind], spatial, self.image_size, self.sigma)
             finally:
                 network.train(was_training)
+            self._log(clicks)
         engine.state.batch = batchdata
         return engine._iteration(engine, batchdata)

@@ -31,17 +31,20 @@ class AddClickGuidanced(MapTransform):
         label_names: the model's labels, name -> value (MONAI Label's ``label_names``).
         image_size: the network's input grid; ``sigma`` is in its pixels.
         sigma: the click bump's standard deviation in grid pixels.
+        use_clicks: False: both channels stay zero whatever the data holds (the automatic mask; MONAI Label's stock
+            app sets the config id ``use_click`` False for the ``<name>_seg`` model and True for the DeepEdit one).
         allow_missing_keys: MONAI's ``MapTransform`` option.
     """
 
     def __init__(
         self, keys: KeysCollection, label_names: Mapping[str, int], image_size: Sequence[int], sigma: float = 3.0,
-        allow_missing_keys: bool = False,
+        use_clicks: bool = True, allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_names = dict(label_names)
         self.image_size = tuple(int(s) for s in image_size)
         self.sigma = float(sigma)
+        self.use_clicks = bool(use_clicks)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -50,7 +53,7 @@ class AddClickGuidanced(MapTransform):
             spatial = tuple(image.shape[1:])
             meta = image.meta if isinstance(image, MetaTensor) else {}
             source = str(meta.get("filename_or_obj") or d.get("image_path") or key)
-            foreground, background = read_clicks(d, self.label_names, spatial, source)
+            foreground, background = read_clicks(d, self.label_names, spatial, source) if self.use_clicks else ([], [])
             guidance = torch.stack([render_clicks(c, spatial, self.image_size, self.sigma)
                                     for c in (foreground, background)])
             plain = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
