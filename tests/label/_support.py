@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -89,3 +90,42 @@ def local_datastore(root: Path, images: Sequence[Path], masks: Sequence[Path]) -
     for mask in masks:
         binary_png(mask, root / "labels" / "final" / f"{mask.stem}.png")
     return root
+
+
+#: what the repository ships in a bundle folder (left out: outputs of local runs such as tensorboard/ or predictions/)
+BUNDLE_ITEMS = ("LICENSE", "configs", "docs", "large_files.yml", "models", "sample_data")
+#: both environments compute the same thing (the compiled CPU scan may be built in one and not in the other)
+SERVER_ENV = {"VMUNETV2_SCAN_BACKEND": "torch", "PYTHONUNBUFFERED": "1"}
+
+
+def stock_app(workspace: Path, bundle: Path, model: str, marker: str) -> Path:
+    """The stock ``monaibundle`` sample app, copied out of the installed monailabel by its own CLI, with ``bundle``
+    copied file for file into its ``model/<model>`` folder. ``marker`` is a line its ``main.py`` must hold (proof
+    that it is the stock app)."""
+    cmd = [sys.executable, "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle"]
+    cmd += ["--output", str(workspace / "apps")]
+    res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, cwd=workspace)
+    assert res.returncode == 0, res.stdout + res.stderr
+    app = workspace / "apps" / "monaibundle"
+    main = (app / "main.py").read_text()
+    assert marker in main and "BundleTrainTask(b, self.conf)" in main, "not the stock app"
+    for item in BUNDLE_ITEMS:
+        src, dest = bundle / item, app / "model" / model / item
+        if src.is_dir():
+            shutil.copytree(src, dest)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
+    return app
+
+
+@contextmanager
+def stock_server(workspace: Path, app: Path, studies: Path, model: str, timeout: float) -> Iterator[str]:
+    """``monailabel start_server`` with the stock app and ``--conf models <model>`` on 127.0.0.1; zoo_source
+    github: a local bundle is then used as it is, without listing the model zoo (which needs the network)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies)]
+    cmd += ["--conf", "models", model, "--conf", "zoo_source", "github", "--host", "127.0.0.1", "--port", str(port)]
+    with running_server(cmd, f"http://127.0.0.1:{port}", workspace / "server.log", workspace,
+                        dict(os.environ, **SERVER_ENV), timeout) as base:
+        yield base

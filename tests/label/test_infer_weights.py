@@ -13,8 +13,8 @@ from ._support import require_monailabel
 
 require_monailabel()
 # imported after the check above: the task module imports monailabel
-from vmunetv2_monai.label.bundle_config import BundleFiles  # noqa: E402
-from vmunetv2_monai.label.infer import VMUNetV2InferTask  # noqa: E402
+from vmunetv2_monai.label.bundle_config import BundleFiles
+from vmunetv2_monai.label.infer import VMUNetV2InferTask
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 

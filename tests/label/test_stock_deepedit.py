@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,14 +31,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests._servers import free_port
-
 from ._support import (
     MAIN_PYTHON_ENV,
+    SERVER_ENV,
     local_datastore,
     require_monailabel,
-    running_server,
     skip_or_fail,
+    stock_app,
+    stock_server,
 )
 
 require_monailabel()
@@ -57,11 +56,8 @@ REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundle_deepedit"
 SAMPLE = BUNDLE / "sample_data"
 MODEL = "vmunetv2_deepedit"
-# what the repository ships in bundle_deepedit/ (left out: outputs of local runs)
-BUNDLE_ITEMS = ("LICENSE", "configs", "docs", "large_files.yml", "models", "sample_data")
 SERVER_START_TIMEOUT = 180.0
 REQUEST_TIMEOUT = 300.0
-ENV = {"VMUNETV2_SCAN_BACKEND": "torch", "PYTHONUNBUFFERED": "1"}
 IMAGES = sorted(p.stem for p in (BUNDLE.parent / "bundle" / "sample_data" / "images").glob("*.jpg"))
 LABELLED = IMAGES[:4]  # final labels: /train uses 3, validation 1 (val_split 0.25)
 MIN_REGION = 100  # pixels: an error region smaller than this is no fair test of a click
@@ -79,23 +75,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def app_dir(workspace: Path) -> Path:
-    """The stock sample app, copied out of the installed monailabel by its own CLI, with the bundle in model/."""
-    cmd = [sys.executable, "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle"]
-    cmd += ["--output", str(workspace / "apps")]
-    res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, cwd=workspace)
-    assert res.returncode == 0, res.stdout + res.stderr
-    app = workspace / "apps" / "monaibundle"
-    main = (app / "main.py").read_text()
-    assert 'BundleInferTask(b, self.conf, type="deepedit")' in main and "BundleTrainTask(b, self.conf)" in main, \
-        "not the stock app"
-    for item in BUNDLE_ITEMS:
-        src, dest = BUNDLE / item, app / "model" / MODEL / item
-        if src.is_dir():
-            shutil.copytree(src, dest)
-        else:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest)
-    return app
+    return stock_app(workspace, BUNDLE, MODEL, 'BundleInferTask(b, self.conf, type="deepedit")')
 
 
 @pytest.fixture(scope="module")
@@ -112,14 +92,7 @@ def studies(workspace: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(workspace: Path, app_dir: Path, studies: Path):
-    """``monailabel start_server`` with the stock app and ``--conf models vmunetv2_deepedit``; zoo_source github: a
-    local bundle is then used as it is, without listing the model zoo (which needs the network)."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app_dir), "--studies", str(studies)]
-    cmd += ["--conf", "models", MODEL, "--conf", "zoo_source", "github", "--host", "127.0.0.1", "--port", str(port)]
-    env = dict(os.environ, **ENV)
-    with running_server(cmd, f"http://127.0.0.1:{port}", workspace / "server.log", workspace, env,
-                        SERVER_START_TIMEOUT) as base:
+    with stock_server(workspace, app_dir, studies, MODEL, SERVER_START_TIMEOUT) as base:
         yield base
 
 
@@ -266,7 +239,7 @@ def _bundle_run_masks(workspace: Path, bundle: Path, clicks: dict[str, dict], na
     cmd += ["--dataset_dir", str(data), "--pred_dir", str(out), "--overlay", "False", "--num_workers", "0"]
     cmd += ["--clicks_file", str(root / "clicks.json")]
     res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=bundle,
-                         env=dict(os.environ, **ENV))
+                         env=dict(os.environ, **SERVER_ENV))
     assert res.returncode == 0, f"monai.bundle run failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     masks = {}
     for name in names:
