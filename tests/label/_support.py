@@ -129,3 +129,29 @@ def stock_server(workspace: Path, app: Path, studies: Path, model: str, timeout:
     with running_server(cmd, f"http://127.0.0.1:{port}", workspace / "server.log", workspace,
                         dict(os.environ, **SERVER_ENV), timeout) as base:
         yield base
+
+
+def bundle_run_masks(
+    bundle: Path, images: Sequence[Path], root: Path, extra: Sequence[str] = ()
+) -> dict[str, np.ndarray]:
+    """The model-zoo command from the bundle root, ``python -m monai.bundle run --config_file
+    configs/inference.json`` with the main environment's python (``VMUNETV2_MAIN_PYTHON``) and ``extra`` arguments,
+    on copies of ``images`` in ``root/data``, with the bundle's models/model.pt -> {stem: 0/1 uint8 mask (H, W)}."""
+    main_python = os.environ.get(MAIN_PYTHON_ENV, "")
+    if not main_python or not Path(main_python).is_file():
+        skip_or_fail(f"{MAIN_PYTHON_ENV} does not name the main environment's python (got {main_python!r})")
+    data, out = root / "data", root / "out"
+    data.mkdir(parents=True)
+    for image in images:
+        shutil.copy(image, data / image.name)
+    cmd = [main_python, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    cmd += ["--dataset_dir", str(data), "--pred_dir", str(out), "--overlay", "False", *extra]
+    res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=bundle,
+                         env=dict(os.environ, **SERVER_ENV))
+    assert res.returncode == 0, f"monai.bundle run failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    masks = {}
+    for image in images:
+        mask = np.asarray(Image.open(out / f"{image.stem}_mask.png"))
+        assert set(np.unique(mask)) <= {0, 255}
+        masks[image.stem] = (mask > 0).astype(np.uint8)
+    return masks

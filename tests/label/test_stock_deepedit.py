@@ -20,10 +20,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
-import shutil
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,8 +29,7 @@ import numpy as np
 import pytest
 
 from ._support import (
-    MAIN_PYTHON_ENV,
-    SERVER_ENV,
+    bundle_run_masks,
     local_datastore,
     require_monailabel,
     skip_or_fail,
@@ -224,29 +220,14 @@ def test_background_click_removes_a_false_positive(server: str, auto_masks: dict
 
 def _bundle_run_masks(workspace: Path, bundle: Path, clicks: dict[str, dict], names: list[str],
                       tag: str) -> dict[str, np.ndarray]:
-    """``python -m monai.bundle run --config_file configs/inference.json --clicks_file clicks.json`` (main
-    environment, from the bundle root, its models/model.pt) on ``names`` -> 0/1 masks in array order (W, H)."""
-    main_python = os.environ.get(MAIN_PYTHON_ENV, "")
-    if not main_python or not Path(main_python).is_file():
-        skip_or_fail(f"{MAIN_PYTHON_ENV} does not name the main environment's python (got {main_python!r})")
+    """``monai.bundle run`` of the bundle's inference.json with ``--clicks_file`` on ``names`` -> 0/1 masks in
+    array order (W, H), as clicks are given."""
     root = workspace / f"bundle_run_{tag}"
-    data, out = root / "data", root / "out"
-    data.mkdir(parents=True)
-    for name in names:
-        shutil.copy(SAMPLE / "images" / f"{name}.jpg", data / f"{name}.jpg")
+    root.mkdir(parents=True)
     (root / "clicks.json").write_text(json.dumps(clicks, indent=4))
-    cmd = [main_python, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
-    cmd += ["--dataset_dir", str(data), "--pred_dir", str(out), "--overlay", "False", "--num_workers", "0"]
-    cmd += ["--clicks_file", str(root / "clicks.json")]
-    res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=bundle,
-                         env=dict(os.environ, **SERVER_ENV))
-    assert res.returncode == 0, f"monai.bundle run failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    masks = {}
-    for name in names:
-        mask = np.asarray(Image.open(out / f"{name}_mask.png"))
-        assert set(np.unique(mask)) <= {0, 255}
-        masks[name] = (mask > 0).T
-    return masks
+    masks = bundle_run_masks(bundle, [SAMPLE / "images" / f"{n}.jpg" for n in names], root,
+                             ["--num_workers", "0", "--clicks_file", str(root / "clicks.json")])
+    return {name: mask.T.astype(bool) for name, mask in masks.items()}
 
 
 def test_masks_equal_monai_bundle_run_with_the_same_clicks(

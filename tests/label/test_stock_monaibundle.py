@@ -14,20 +14,15 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ._support import (
-    MAIN_PYTHON_ENV,
-    SERVER_ENV,
+    bundle_run_masks,
     local_datastore,
     require_monailabel,
-    skip_or_fail,
     stock_app,
     stock_server,
 )
@@ -90,22 +85,8 @@ def _infer(server: str, image: str) -> np.ndarray:
 
 
 def _bundle_run_mask(workspace: Path, bundle: Path, image: str, tag: str) -> np.ndarray:
-    """The model-zoo command from the bundle root, ``python -m monai.bundle run --config_file
-    configs/inference.json`` (main environment), on one image with the bundle's models/model.pt -> 0/1 mask."""
-    main_python = os.environ.get(MAIN_PYTHON_ENV, "")
-    if not main_python or not Path(main_python).is_file():
-        skip_or_fail(f"{MAIN_PYTHON_ENV} does not name the main environment's python (got {main_python!r})")
-    data, out = workspace / f"bundle_run_{tag}" / "data", workspace / f"bundle_run_{tag}" / "out"
-    data.mkdir(parents=True)
-    shutil.copy(SAMPLE / "images" / f"{image}.jpg", data / f"{image}.jpg")
-    cmd = [main_python, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
-    cmd += ["--dataset_dir", str(data), "--pred_dir", str(out), "--overlay", "False"]
-    res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, cwd=bundle,
-                         env=dict(os.environ, **SERVER_ENV))
-    assert res.returncode == 0, f"monai.bundle run failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    mask = np.asarray(Image.open(out / f"{image}_mask.png"))
-    assert set(np.unique(mask)) <= {0, 255}
-    return (mask > 0).astype(np.uint8)
+    """``monai.bundle run`` of the bundle's inference.json on one sample image -> its 0/1 mask (H, W)."""
+    return bundle_run_masks(bundle, [SAMPLE / "images" / f"{image}.jpg"], workspace / f"bundle_run_{tag}")[image]
 
 
 def test_info_lists_the_bundle_with_lesion_1(server: str, bundle: Path) -> None:
