@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_net_in_out
 from PIL import Image
 
 from tests.bundle.test_model_zoo import BUNDLE as AUTOMATIC_BUNDLE
-from tests.bundle.test_model_zoo import SCHEMA, TINY
+from tests.bundle.test_model_zoo import TINY, check_metadata, check_pretty_json
 from vmunetv2_monai.interactive import MAX_CLICKS, next_click
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,23 +112,11 @@ def test_required_files_and_large_files_list() -> None:
             "models/model.pt does not match large_files.yml: install it with scripts/make_deepedit_bundle.py --model"
 
 
-def test_version_is_in_changelog() -> None:
-    meta = _config("metadata")
-    assert meta["version"] in meta["changelog"]
-    assert next(iter(meta["changelog"])) == meta["version"]  # newest first
-
-
 def test_verify_metadata_against_schema(tmp_path: Path) -> None:
-    schema = tmp_path / "schema.json"  # verify_metadata only downloads when the file is missing
-    shutil.copy(SCHEMA, schema)
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(schema))
-    meta = _config("metadata")
-    assert meta["supported_apps"] == {"monai-label": "0.8.5", "monai-deploy-app-sdk": "4.0.0"}
+    meta = check_metadata(CONFIGS, tmp_path)
     image = meta["network_data_format"]["inputs"]["image"]
     assert image["num_channels"] == 5 == len(image["channel_def"])
     assert [image["channel_def"][str(i)] for i in (3, 4)] == ["foreground clicks", "background clicks"]
-    channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
-    assert {v: int(k) for k, v in channel_def.items() if v != "background"} == {"lesion": 1}
     # the pins are the automatic bundle's: both run in the same environments
     automatic = json.loads((AUTOMATIC_BUNDLE / "configs" / "metadata.json").read_text())
     for key in ("monai_version", "pytorch_version", "numpy_version", "required_packages_version"):
@@ -136,12 +124,7 @@ def test_verify_metadata_against_schema(tmp_path: Path) -> None:
 
 
 def test_json_is_pretty_formatted() -> None:
-    """pre-commit's pretty-format-json --no-sort-keys --indent=4 would change nothing."""
-    paths = sorted(BUNDLE.rglob("*.json"))
-    assert CONFIGS / "inference.json" in paths
-    for path in paths:
-        text = path.read_text()
-        assert text == json.dumps(json.loads(text), indent=4) + "\n", f"{path} is not pretty-formatted"
+    check_pretty_json(BUNDLE)
 
 
 @pytest.mark.parametrize("workflow_type, name", [("infer", "inference"), ("train", "train")])

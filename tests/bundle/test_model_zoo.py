@@ -43,29 +43,38 @@ def test_required_files_and_large_files_list() -> None:
         assert hashlib.sha256(model.read_bytes()).hexdigest() == entries["models/model.pt"]["hash_val"]
 
 
-def test_version_is_in_changelog() -> None:
-    meta = _config("metadata")
+def check_metadata(configs: Path, tmp_path: Path) -> dict:
+    """What every bundle of this repository holds to in ``configs/metadata.json``: the model-zoo schema, the version
+    first in the changelog, the supported apps that are tested, label 1 = lesion. Returns the metadata."""
+    schema = tmp_path / "schema.json"  # verify_metadata only downloads when the file is missing
+    shutil.copy(SCHEMA, schema)
+    verify_metadata(meta_file=str(configs / "metadata.json"), filepath=str(schema))
+    meta = json.loads((configs / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]
     assert next(iter(meta["changelog"])) == meta["version"]  # newest first
+    # only what is tested: tests/label (stock monaibundle app) and tests/deploy (bundle operator)
+    assert meta["supported_apps"] == {"monai-label": "0.8.5", "monai-deploy-app-sdk": "4.0.0"}
+    channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    assert {v: int(k) for k, v in channel_def.items() if v != "background"} == {"lesion": 1}
+    return meta
+
+
+def check_pretty_json(bundle: Path) -> None:
+    """pre-commit's pretty-format-json --no-sort-keys --indent=4 would change nothing in ``bundle``."""
+    paths = sorted(bundle.rglob("*.json"))
+    assert bundle / "configs" / "inference.json" in paths
+    for path in paths:
+        text = path.read_text()
+        assert text == json.dumps(json.loads(text), indent=4) + "\n", f"{path} is not pretty-formatted"
 
 
 def test_verify_metadata_against_schema(tmp_path: Path) -> None:
-    schema = tmp_path / "schema.json"  # verify_metadata only downloads when the file is missing
-    shutil.copy(SCHEMA, schema)
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(schema))
-    meta = _config("metadata")
-    # only what is tested: tests/label (stock monaibundle app) and tests/deploy (bundle operator)
-    assert meta["supported_apps"] == {"monai-label": "0.8.5", "monai-deploy-app-sdk": "4.0.0"}
+    meta = check_metadata(CONFIGS, tmp_path)
     assert set(meta["eval_metrics"]) >= {"mean_dice", "pooled_dsc"}
-    channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
-    assert {v: int(k) for k, v in channel_def.items() if v != "background"} == {"lesion": 1}
 
 
 def test_json_is_pretty_formatted() -> None:
-    """pre-commit's pretty-format-json --no-sort-keys --indent=4 would change nothing."""
-    for path in sorted(BUNDLE.rglob("*.json")):
-        text = path.read_text()
-        assert text == json.dumps(json.loads(text), indent=4) + "\n", f"{path} is not pretty-formatted"
+    check_pretty_json(BUNDLE)
 
 
 def test_standalone_configs_define_shared_ids_once() -> None:
