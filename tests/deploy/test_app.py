@@ -23,15 +23,12 @@ import pytest
 import yaml
 from PIL import Image as PILImage
 
-REQUIRE_ENV = "VMUNETV2_REQUIRE_DEPLOY"
+from ._support import skip_or_fail_without_sdk
+
 try:
     import monai.deploy.operators.monai_bundle_inference_operator  # noqa: F401
 except ImportError as e:
-    reason = (f"monai-deploy-app-sdk is not importable here ({e}); create its environment with "
-              "`bash scripts/setup_deploy.sh` and run `.venv-deploy/bin/python -m pytest -q tests/deploy`")
-    if os.environ.get(REQUIRE_ENV, "") == "1":
-        pytest.fail(f"{reason} ({REQUIRE_ENV}=1 forbids skipping)", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
+    skip_or_fail_without_sdk(e)
 
 import torch
 
