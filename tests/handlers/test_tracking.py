@@ -10,27 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from ignite.engine import Engine
-from mlflow.tracking import MlflowClient
 
+from tests import _mlflow_store as mlflow_store
 from vmunetv2_monai.handlers import AtomicCheckpointSaver, MLflowTracker, read_lineage
 from vmunetv2_monai.handlers.checkpoint import keep_previous
 from vmunetv2_monai.handlers.lineage import sidecar_path, write_lineage
-
-
-def _store(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'mlruns.db'}"
-
-
-def _runs(uri: str) -> list:
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("t")
-    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
-
-
-def _engine(step) -> Engine:
-    engine = Engine(step)
-    engine.data_loader = list(range(4))  # MLflowTracker's dataset_param reads engine.data_loader.dataset
-    return engine
 
 
 def _tracker(uri: str, job: str, **kwargs) -> MLflowTracker:
@@ -43,30 +27,31 @@ def test_exception_ends_the_run(tmp_path: Path, error: BaseException, status: st
         if engine.state.iteration == 2:
             raise error
 
-    engine = _engine(step)
-    _tracker(_store(tmp_path), str(tmp_path)).attach(engine)
+    engine = mlflow_store.engine(step)
+    _tracker(mlflow_store.store(tmp_path), str(tmp_path)).attach(engine)
     with pytest.raises(type(error)):
         engine.run(range(4), max_epochs=1)
-    (run,) = _runs(_store(tmp_path))
+    (run,) = mlflow_store.runs(mlflow_store.store(tmp_path))
     assert run.info.status == status
     assert run.data.tags["vmunetv2.error"].startswith(type(error).__name__)
 
 
 def test_saver_records_the_trackers_run_beside_the_checkpoint(tmp_path: Path) -> None:
     net = torch.nn.Linear(2, 1)
-    engine = _engine(lambda e, b: None)
-    tracker = _tracker(_store(tmp_path), str(tmp_path))
+    engine = mlflow_store.engine(lambda e, b: None)
+    tracker = _tracker(mlflow_store.store(tmp_path), str(tmp_path))
     tracker.attach(engine)
     saver = AtomicCheckpointSaver(tmp_path / "models", {"model": net}, filename="model.pt")
     saver.attach(engine)
     engine.run(range(2), max_epochs=1)
 
-    (run,) = _runs(_store(tmp_path))
+    (run,) = mlflow_store.runs(mlflow_store.store(tmp_path))
     path = tmp_path / "models" / "model.pt"
     assert set(torch.load(path, weights_only=True)) == {"weight", "bias"}  # still a raw state dict
     record = read_lineage(path)
     assert record is not None and record["mlflow_run_id"] == run.info.run_id
-    assert record["mlflow_run_name"] == run.info.run_name and record["mlflow_tracking_uri"] == _store(tmp_path)
+    assert record["mlflow_run_name"] == run.info.run_name
+    assert record["mlflow_tracking_uri"] == mlflow_store.store(tmp_path)
     assert record["epoch"] == 1
 
     torch.save(torch.nn.Linear(2, 1).state_dict(), path)  # replaced without its sidecar: not trusted

@@ -12,27 +12,10 @@ import textwrap
 from pathlib import Path
 
 import torch
-from ignite.engine import Engine
-from mlflow.tracking import MlflowClient
 
+from tests import _mlflow_store as mlflow_store
 from vmunetv2_monai.handlers import MLflowTracker
 from vmunetv2_monai.handlers.lineage import write_lineage
-
-
-def _store(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'mlruns.db'}"
-
-
-def _runs(uri: str) -> list:
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("t")
-    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
-
-
-def _engine(step) -> Engine:
-    engine = Engine(step)
-    engine.data_loader = list(range(4))  # MLflowTracker's dataset_param reads engine.data_loader.dataset
-    return engine
 
 
 def _tracker(uri: str, job: str, workflow: str = "train", **kwargs) -> MLflowTracker:
@@ -52,7 +35,7 @@ def test_sigterm_ends_the_run_killed(tmp_path: Path) -> None:
                 os.kill(os.getpid(), signal.SIGTERM)
 
         engine = Engine(step)
-        MLflowTracker("train", {str(tmp_path)!r}, tracking_uri={_store(tmp_path)!r}, experiment_name="t",
+        MLflowTracker("train", {str(tmp_path)!r}, tracking_uri={mlflow_store.store(tmp_path)!r}, experiment_name="t",
                       iteration_log=False).attach(engine)
         try:
             engine.run(range(10), max_epochs=1)
@@ -65,7 +48,7 @@ def test_sigterm_ends_the_run_killed(tmp_path: Path) -> None:
                           timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
     assert "iterations 3" in proc.stdout
-    (run,) = _runs(_store(tmp_path))
+    (run,) = mlflow_store.runs(mlflow_store.store(tmp_path))
     assert run.info.status == "KILLED"
     assert run.data.tags["vmunetv2.error"] == "terminated (SIGTERM)"
 
@@ -76,10 +59,10 @@ def test_run_names_are_distinct_and_readable(tmp_path: Path, monkeypatch) -> Non
     monkeypatch.setattr("vmunetv2_monai.handlers.tracking._timestamp", lambda: "20260101-000000")
     job = tmp_path / "it's a job"
     for _ in range(2):
-        engine = _engine(lambda e, b: None)
-        _tracker(_store(tmp_path), str(job)).attach(engine)
+        engine = mlflow_store.engine(lambda e, b: None)
+        _tracker(mlflow_store.store(tmp_path), str(job)).attach(engine)
         engine.run(range(2), max_epochs=1)
-    names = [run.info.run_name for run in _runs(_store(tmp_path))]
+    names = [run.info.run_name for run in mlflow_store.runs(mlflow_store.store(tmp_path))]
     assert names == ["it's a job-train-20260101-000000", "it's a job-train-20260101-000000-2"]
 
 
@@ -87,19 +70,19 @@ def test_an_evaluation_of_a_model_in_a_folder_with_an_apostrophe_is_linked_to_it
     """Train, then evaluate that job's model.pt (its lineage sidecar names the training run), in a folder named
     with an apostrophe: both runs end FINISHED in one store, the evaluation a child of the training run."""
     job = tmp_path / "b's job"
-    uri = _store(tmp_path)
-    engine = _engine(lambda e, b: None)
+    uri = mlflow_store.store(tmp_path)
+    engine = mlflow_store.engine(lambda e, b: None)
     _tracker(uri, str(job)).attach(engine)
     engine.run(range(2), max_epochs=1)
-    (train,) = _runs(uri)
+    (train,) = mlflow_store.runs(uri)
     model = job / "models" / "model.pt"
     model.parent.mkdir(parents=True)
     torch.save({"w": torch.zeros(1)}, model)
     write_lineage(model, {"mlflow_run_id": train.info.run_id, "mlflow_tracking_uri": uri, "config_hash": None})
-    engine = _engine(lambda e, b: None)
+    engine = mlflow_store.engine(lambda e, b: None)
     _tracker(uri, str(job), "evaluate", checkpoint=model).attach(engine)
     engine.run(range(2), max_epochs=1)
-    runs = _runs(uri)
+    runs = mlflow_store.runs(uri)
     assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
     evaluate = runs[1]
     assert evaluate.data.tags["vmunetv2.job"] == str(job) and evaluate.data.tags["vmunetv2.checkpoint"] == str(model)
