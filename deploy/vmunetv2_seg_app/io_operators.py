@@ -12,7 +12,7 @@ from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
 from PIL import Image as PILImage
 
 from vmunetv2_monai.data import LoadImaged, list_images
-from vmunetv2_monai.data.datalist import IMAGE_SUFFIXES
+from vmunetv2_monai.data.datalist import image_stem
 from vmunetv2_monai.handlers.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -24,8 +24,7 @@ def input_files(input_path: str | Path) -> list[dict[str, str]]:
     ``dataset_dir``."""
     path = Path(input_path)
     if path.is_file():
-        suffix = next((s for s in sorted(IMAGE_SUFFIXES, key=len, reverse=True) if path.name.lower().endswith(s)), "")
-        return [{"image": str(path), "name": path.name[: len(path.name) - len(suffix)] if suffix else path.stem}]
+        return [{"image": str(path), "name": image_stem(path)}]
     items = list_images(path)
     if not items:
         raise FileNotFoundError(f"no image files in input folder {path}")

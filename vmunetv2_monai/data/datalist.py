@@ -33,6 +33,7 @@ __all__ = [
     "exif_orientation",
     "find_pairs",
     "image_size",
+    "image_stem",
     "list_images",
     "load_splits",
     "read_names",
@@ -52,7 +53,8 @@ class DataListError(ValueError):
     """A dataset folder or data list that cannot be used; the message names the file or folder."""
 
 
-def _stem(path: Path) -> str:
+def image_stem(path: Path) -> str:
+    """``path``'s file name without its image suffix (``.nii.gz`` as a whole; another suffix as ``Path.stem``)."""
     name = path.name
     for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
         if name.lower().endswith(suffix):
@@ -84,7 +86,7 @@ def _by_stem(folder: Path, broken: list[str] | None = None) -> dict[str, Path]:
             if not path.name.startswith(".") and not path.is_dir():
                 skipped.append(path.name)
             continue
-        stem = _stem(path)
+        stem = image_stem(path)
         if stem in files:
             raise DataListError(f"two files with the name '{stem}' in {folder}: {files[stem].name} and {path.name}")
         files[stem] = path
@@ -211,7 +213,7 @@ def read_names(path: str | os.PathLike) -> list[str]:
     if not path.is_file():
         raise DataListError(f"split file not found: {path}")
     lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
-    names = [_stem(Path(ln)) for ln in lines if ln and not ln.startswith("#")]
+    names = [image_stem(Path(ln)) for ln in lines if ln and not ln.startswith("#")]
     if not names:
         raise DataListError(f"split file {path} lists no names")
     return names
@@ -351,7 +353,7 @@ def load_splits(
                 if key not in item:
                     raise DataListError(f"{split} entry {item.get('name', item)} in {path}: no {key} file given")
                 item[key] = _list_file(item[key], path, f"{split} entry {item.get('name', item)}", key)
-            item.setdefault("name", _stem(Path(item["image"])))
+            item.setdefault("name", image_stem(Path(item["image"])))
     return out
 
 
