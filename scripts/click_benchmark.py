@@ -27,13 +27,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 from monai.metrics import compute_dice
 
 from vmunetv2_monai.data.datalist import build_datalist
 from vmunetv2_monai.evaluation.stats import mean_interval
 from vmunetv2_monai.handlers.atomic import atomic_write
-from vmunetv2_monai.inference import load_state_dict
+from vmunetv2_monai.inference import inference_config, load_state_dict
 from vmunetv2_monai.interactive import next_click
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,9 +45,7 @@ class BundleModel:
     """A bundle's inference config (``keys`` image and label) with its weights loaded, on the CPU."""
 
     def __init__(self, bundle_dir: Path, weights: Path | None = None) -> None:
-        self.parser = ConfigParser()
-        self.parser.read_config(bundle_dir / "configs" / "inference.json")
-        self.parser.update({"bundle_root": str(bundle_dir), "keys": ["image", "label"], "device": "cpu"})
+        self.parser = inference_config(bundle_dir, {"keys": ["image", "label"]})
         self.network = self.parser.get_parsed_content("network")
         self.network.load_state_dict(load_state_dict(weights or bundle_dir / "models" / "model.pt"))
         self.network.eval()
@@ -120,11 +117,12 @@ def markdown(summary: Mapping[str, Any]) -> str:
     def cell(s: Mapping[str, float], digits: int = 3) -> str:
         return f"{s['value']:.{digits}f} [{s['low']:.{digits}f}, {s['high']:.{digits}f}]"
 
-    lines = [f"Simulated annotator on {summary['images']} Kvasir-SEG test images (PraNet ids, original resolution); "
-             "95 % bootstrap intervals over images.", "", "| clicks | mean Dice |", "|---|---|",
+    title = (f"Simulated annotator on {summary['images']} Kvasir-SEG test images (PraNet ids, original resolution); "
+             "95 % bootstrap intervals over images.")
+    lines = [title, "", "| clicks | mean Dice |", "|---|---|",
              f"| automatic model (bundle/) | {cell(summary['automatic_baseline_dice'])} |"]
     lines += [f"| {k} | {cell(v)} |" for k, v in summary["dice_after"].items()]
-    lines += ["", "| NoC (cap %d) | clicks |" % summary["max_clicks"], "|---|---|"]
+    lines += ["", f"| NoC (cap {summary['max_clicks']}) | clicks |", "|---|---|"]
     lines += [f"| {k} | {cell(summary[k], 2)} |" for k in summary if k.startswith("noc@")]
     return "\n".join(lines) + "\n"
 
