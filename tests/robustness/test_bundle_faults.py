@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vmunetv2_monai.data import DataListError, InputImages, check_cli
+from vmunetv2_monai.bundle.checks import check_cli
+from vmunetv2_monai.data import DataListError, InputImages
 
 from .conftest import BUNDLE, SAMPLE, TINY_ARGS, cfg, disc_pair, error_chain, load_transforms, run_bundle, tail, workflow
 
@@ -33,7 +34,7 @@ def test_bad_training_values_name_the_config_id(dataset, tmp_path, key, value, e
 
 
 def test_batch_size_refused_only_when_nothing_would_train():
-    from vmunetv2_monai.data.checks import check_batch_size
+    from vmunetv2_monai.bundle.checks import check_batch_size
 
     assert check_batch_size(8, 5) and check_batch_size(4, 5) and check_batch_size(1, 1)  # a partial batch trains
     with pytest.raises(ValueError, match="'batch_size' 8 with 1 training image"):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from vmunetv2_monai.checkpoint_files import expansion_limit
-from vmunetv2_monai.data.checks import _summarise_errors
+from vmunetv2_monai.bundle.checks import _summarise_errors
 from vmunetv2_monai.errors import summary_error
 from vmunetv2_monai.inference import read_checkpoint
 

@@ -16,7 +16,8 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 from PIL import Image
 
-from vmunetv2_monai.data import check_size, load_splits, read_names
+from vmunetv2_monai.bundle.checks import check_size
+from vmunetv2_monai.data import load_splits, read_names
 from vmunetv2_monai.ops import amp
 
 from .conftest import BUNDLE, CONFIGS, REPO, TINY_ARGS, cfg, run_bundle, tail

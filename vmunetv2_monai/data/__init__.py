@@ -1,6 +1,5 @@
-"""Data lists, transforms and config checks for the VM-UNetV2 bundle."""
+"""Data lists and transforms for the VM-UNetV2 bundle."""
 
-from .checks import check_batch_size, check_choice, check_cli, check_range, check_size, check_workflow_ids
 from .datalist import (
     DataListError,
     build_datalist,
@@ -23,12 +22,6 @@ __all__ = [
     "LoadImaged",
     "binarize_mask",
     "build_datalist",
-    "check_batch_size",
-    "check_choice",
-    "check_cli",
-    "check_range",
-    "check_size",
-    "check_workflow_ids",
     "find_pairs",
     "list_images",
     "load_splits",
