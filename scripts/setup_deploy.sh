@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-step setup of the MONAI Deploy environment (separate from .venv; see README "MONAI Deploy"):
+# One-step setup of the MONAI Deploy environment (separate from .venv; see docs/deploy.md):
 # creates .venv-deploy with monai-deploy-app-sdk 4.0.0 and the pins in requirements-deploy.txt, then this package
 # (no deps). Usage: bash scripts/setup_deploy.sh        (DEPLOY_VENV=path to choose another location, PYTHON=python3.x)
 set -euo pipefail

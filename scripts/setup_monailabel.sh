@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-step setup of the MONAI Label environment (separate from .venv; see README "MONAI Label"):
+# One-step setup of the MONAI Label environment (separate from .venv; see docs/label.md):
 # creates .venv-label with monailabel 0.8.5 and the pins in requirements-label.txt, then this package (no deps).
 # Usage: bash scripts/setup_monailabel.sh        (LABEL_VENV=path to choose another location, PYTHON=python3.x)
 set -euo pipefail

@@ -1,7 +1,7 @@
 """MONAI Label app for the VM-UNetV2 bundle (2D RGB segmentation).
 
 Only :mod:`vmunetv2_monai.label.bundle_config` imports without MONAI Label; the app, the tasks and the strategies
-need ``monailabel`` (a separate environment: ``bash scripts/setup_monailabel.sh``, see the README "MONAI Label").
+need ``monailabel`` (a separate environment: ``bash scripts/setup_monailabel.sh``, see docs/label.md).
 Start the server with ``monailabel start_server --app <this folder> ...``: the folder holds the app's ``main.py``.
 """
 

@@ -23,7 +23,7 @@ MAMBA_INSTALL_HINT = (
     "Build mamba-ssm's CUDA kernel on a machine with nvcc and a CUDA build of torch: in a checkout of this "
     "repository `bash scripts/install_gpu.sh`; elsewhere `pip install packaging ninja wheel setuptools einops "
     "transformers && MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation --no-deps --no-cache-dir "
-    "--force-reinstall mamba-ssm==2.3.2.post1` (README, 'GPU install')."
+    "--force-reinstall mamba-ssm==2.3.2.post1` (docs/gpu.md)."
 )
 
 _PROBE_TOL = 1e-3  # fp32 kernel against the fp32 sequential reference on a 64-step scan
