@@ -1,5 +1,5 @@
-"""Networks: VM-UNetV2 and its building blocks."""
+"""Networks: VM-UNetV2 (:mod:`.nets`), its encoder (:mod:`.encoders`) and building blocks (:mod:`.blocks`)."""
 
-from .nets.vmunetv2 import VMUNetV2
+from .nets import VMUNetV2
 
 __all__ = ["VMUNetV2"]

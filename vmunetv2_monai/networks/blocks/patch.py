@@ -9,7 +9,13 @@ __all__ = ["PatchEmbed2D", "PatchMerging2D"]
 
 
 class PatchEmbed2D(nn.Module):
-    """Non-overlapping ``patch_size`` convolution then LayerNorm: ``(B, C_in, H, W)`` -> ``(B, H/p, W/p, C)``."""
+    """Non-overlapping ``patch_size`` convolution then LayerNorm: ``(B, C_in, H, W)`` -> ``(B, H/p, W/p, C)``.
+
+    Args:
+        in_channels: input channels ``C_in``.
+        embed_dim: output channels ``C``.
+        patch_size: patch edge ``p`` (kernel and stride of the convolution). Defaults to 4.
+    """
 
     def __init__(self, in_channels: int, embed_dim: int, patch_size: int = 4) -> None:
         super().__init__()
@@ -17,6 +23,14 @@ class PatchEmbed2D(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: ``(B, in_channels, H, W)``; H and W should be multiples of ``patch_size`` (the convolution drops a
+                remainder).
+
+        Returns:
+            Channels-last ``(B, H // patch_size, W // patch_size, embed_dim)``.
+        """
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
@@ -25,6 +39,9 @@ class PatchMerging2D(nn.Module):
 
     The 2x2 neighbours are concatenated in the order (0,0), (1,0), (0,1), (1,1) of (row, column) offsets,
     normalised with LayerNorm(4C) and projected by a bias-free Linear(4C, 2C).
+
+    Args:
+        dim: input channels C.
     """
 
     def __init__(self, dim: int) -> None:
@@ -33,6 +50,16 @@ class PatchMerging2D(nn.Module):
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: channels-last ``(B, H, W, dim)`` with even H and W.
+
+        Returns:
+            ``(B, H / 2, W / 2, 2 * dim)``.
+
+        Raises:
+            ValueError: when H or W is odd.
+        """
         if x.shape[1] % 2 or x.shape[2] % 2:
             raise ValueError(f"PatchMerging2D needs even H and W, got {list(x.shape[1:3])}.")
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)

@@ -17,7 +17,14 @@ __all__ = ["ChannelAttention", "LevelProjection", "SDI", "SpatialAttention"]
 
 
 class ChannelAttention(nn.Module):
-    """CBAM channel attention: ``sigmoid(MLP(avgpool(x)) + MLP(maxpool(x)))``, hidden width ``C // 16``."""
+    """CBAM channel attention: ``sigmoid(MLP(avgpool(x)) + MLP(maxpool(x)))``, one weight per channel.
+
+    The shared MLP is two bias-free 1x1 convolutions with a ReLU between them.
+
+    Args:
+        channels: channels C of the input.
+        reduction: the MLP's hidden width is ``max(1, C // reduction)``. Defaults to 16.
+    """
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
@@ -26,25 +33,49 @@ class ChannelAttention(nn.Module):
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: ``(B, channels, H, W)``.
+
+        Returns:
+            Channel weights in (0, 1), ``(B, channels, 1, 1)``.
+        """
         avg = self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1))))
         mx = self.fc2(F.relu(self.fc1(F.adaptive_max_pool2d(x, 1))))
         return torch.sigmoid(avg + mx)
 
 
 class SpatialAttention(nn.Module):
-    """CBAM spatial attention: ``sigmoid(conv7x7([mean_c(x), max_c(x)]))``, one output map."""
+    """CBAM spatial attention: ``sigmoid(conv([mean_c(x), max_c(x)]))``, one weight per pixel.
+
+    Args:
+        kernel_size: kernel of the bias-free convolution over the two channel statistics (odd, "same" padding).
+            Defaults to 7.
+    """
 
     def __init__(self, kernel_size: int = 7) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: ``(B, C, H, W)``.
+
+        Returns:
+            Pixel weights in (0, 1), ``(B, 1, H, W)``.
+        """
         stats = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
         return torch.sigmoid(self.conv1(stats))
 
 
 class LevelProjection(nn.Module):
-    """``x * CA(x)``, then ``* SA``, then 1x1 conv (no bias) + BatchNorm to ``out_channels`` (no ReLU)."""
+    """One SDI level's input: ``x * CA(x)``, then ``* SA``, then 1x1 conv (no bias) + BatchNorm (no ReLU).
+
+    Args:
+        in_channels: channels of the encoder feature.
+        out_channels: channels after the projection (the SDI width).
+    """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -54,19 +85,45 @@ class LevelProjection(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: ``(B, in_channels, H, W)``.
+
+        Returns:
+            ``(B, out_channels, H, W)``.
+        """
         x = self.ca(x) * x
         x = self.sa(x) * x
         return self.bn(self.conv(x))
 
 
 class SDI(nn.Module):
-    """Fuse ``num_levels`` maps of ``channels`` channels at the anchor's resolution by a smoothed product."""
+    """Fuse ``num_levels`` maps of ``channels`` channels at the anchor's resolution by a smoothed product.
+
+    Each map is brought to the anchor's (H, W), by average pooling when it is larger and bilinear interpolation
+    (``align_corners=True``) when it is smaller, smoothed by its own 3x3 convolution, and the results are
+    multiplied elementwise.
+
+    Args:
+        channels: channels of every map.
+        num_levels: number of maps fused. Defaults to 4.
+    """
 
     def __init__(self, channels: int, num_levels: int = 4) -> None:
         super().__init__()
         self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(num_levels))
 
     def forward(self, xs: list[torch.Tensor], anchor: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            xs: ``num_levels`` maps ``(B, channels, H_i, W_i)`` whose sizes differ from the anchor's by powers of
+                two.
+            anchor: the level whose size ``(H, W)`` the output takes, ``(B, channels, H, W)`` (only its shape,
+                dtype and device are used).
+
+        Returns:
+            ``(B, channels, H, W)``.
+        """
         size = anchor.shape[-2:]
         ans = torch.ones_like(anchor)
         for i, conv in enumerate(self.convs):

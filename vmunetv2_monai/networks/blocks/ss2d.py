@@ -28,12 +28,20 @@ class SS2D(nn.Module):
 
     Args:
         d_model: channels C of the block.
-        d_state: SSM state size N (16 in VM-UNetV2).
-        ssm_ratio: expansion; the scan runs on ``d_inner = ssm_ratio * C`` channels.
-        dt_rank: rank of the step-size projection; ``"auto"`` is ``ceil(C / 16)``.
-        d_conv: kernel of the depthwise convolution before the scan.
-        dt_min, dt_max, dt_init_floor: range of the initial step sizes (S4D / Mamba initialisation).
-        scan_backend: selective-scan backend, see :func:`vmunetv2_monai.ops.selective_scan.selective_scan`.
+        d_state: SSM state size N (16 in VM-UNetV2). Defaults to 16.
+        ssm_ratio: expansion; the scan runs on ``d_inner = int(ssm_ratio * C)`` channels. Defaults to 2.0.
+        dt_rank: rank of the step-size projection; ``"auto"`` is ``ceil(C / 16)``. Defaults to ``"auto"``.
+        d_conv: kernel of the depthwise convolution before the scan. Defaults to 3.
+        dt_min: smallest initial step size (S4D / Mamba initialisation: log-uniform in [dt_min, dt_max]).
+            Defaults to 0.001.
+        dt_max: largest initial step size. Defaults to 0.1.
+        dt_init_floor: lower clamp of the initial step sizes. Defaults to 1e-4.
+        scan_backend: selective-scan backend, one of
+            :data:`~vmunetv2_monai.ops.selective_scan.SCAN_BACKENDS`; see
+            :func:`vmunetv2_monai.ops.selective_scan.selective_scan`. Defaults to ``"auto"``.
+
+    Raises:
+        ValueError: when ``scan_backend`` is not a known backend name.
     """
 
     def __init__(
@@ -75,6 +83,13 @@ class SS2D(nn.Module):
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: channels-last ``(B, H, W, d_model)``.
+
+        Returns:
+            ``(B, H, W, d_model)`` (the scan itself runs in float32, also under autocast).
+        """
         b, h, w, _ = x.shape
         length = h * w
         x, z = self.in_proj(x).chunk(2, dim=-1)

@@ -16,7 +16,15 @@ __all__ = ["VSSBlock", "VSSLayer"]
 
 
 class VSSBlock(nn.Module):
-    """``x + DropPath(SS2D(LayerNorm(x)))`` on ``(B, H, W, C)``; no MLP (VMamba v0, MLP ratio 0)."""
+    """``x + DropPath(SS2D(LayerNorm(x)))`` on ``(B, H, W, C)``; no MLP (VMamba v0, MLP ratio 0).
+
+    Args:
+        dim: channels C.
+        drop_path: stochastic-depth rate of the residual branch. Defaults to 0.0.
+        d_state: SSM state size N of the :class:`~vmunetv2_monai.networks.blocks.ss2d.SS2D` mixer. Defaults to 16.
+        ssm_ratio: SS2D channel expansion. Defaults to 2.0.
+        scan_backend: SS2D's selective-scan backend. Defaults to ``"auto"``.
+    """
 
     def __init__(
         self, dim: int, drop_path: float = 0.0, d_state: int = 16, ssm_ratio: float = 2.0, scan_backend: str = "auto"
@@ -27,11 +35,28 @@ class VSSBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: channels-last ``(B, H, W, dim)``.
+
+        Returns:
+            ``(B, H, W, dim)``.
+        """
         return x + self.drop_path(self.self_attention(self.ln_1(x)))
 
 
 class VSSLayer(nn.Module):
-    """``len(drop_path)`` VSS blocks at ``dim`` channels, then an optional 2x2 patch merge to ``2 * dim``."""
+    """``len(drop_path)`` VSS blocks at ``dim`` channels, then an optional 2x2 patch merge to ``2 * dim``.
+
+    Args:
+        dim: channels of the blocks.
+        drop_path: one stochastic-depth rate per block; its length is the number of blocks.
+        downsample: end with a :class:`~vmunetv2_monai.networks.blocks.patch.PatchMerging2D`.
+        d_state: SSM state size N of every block. Defaults to 16.
+        ssm_ratio: SS2D channel expansion of every block. Defaults to 2.0.
+        scan_backend: selective-scan backend of every block. Defaults to ``"auto"``.
+        use_checkpoint: gradient checkpointing of each block in eager training. Defaults to False.
+    """
 
     def __init__(
         self,
@@ -52,6 +77,13 @@ class VSSLayer(nn.Module):
         self.downsample = PatchMerging2D(dim) if downsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: channels-last ``(B, H, W, dim)``; H and W even when ``downsample``.
+
+        Returns:
+            ``(B, H / 2, W / 2, 2 * dim)`` with ``downsample``, else ``(B, H, W, dim)``.
+        """
         for blk in self.blocks:
             if self.use_checkpoint and self.training and not torch.jit.is_scripting():
                 x = self._checkpointed(blk, x)

@@ -8,7 +8,8 @@ head are the *inputs* of the four stages, i.e.
 
 Stage 4 (``depths[3]`` blocks at ``dims[3]``) therefore never influences the output. The official code still
 runs it; here it is never run, and its parameters exist only when ``keep_unused_stage=True`` so that the
-parameter count (22.77 M for the default config) and the checkpoint layout match the official model.
+checkpoint layout matches the official model (and the network's parameter count is 22.73 M for the default config;
+the official 22.77 M also counts the decoder's never-used ``deconv5``, which is not built here).
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ class VSSMEncoder(nn.Module):
         in_channels: input channels.
         dims: channels of the four stages (``dims[i+1] == 2 * dims[i]``).
         depths: VSS blocks per stage.
-        d_state, ssm_ratio, scan_backend: passed to every SS2D.
-        drop_path_rate: stochastic depth, ``linspace(0, rate, sum(depths))`` over the blocks in order.
-        keep_unused_stage: build stage 4's parameters (never run; see the module docstring).
-        use_checkpoint: gradient checkpointing of each VSS block in training.
+        d_state: SSM state size N of every SS2D. Defaults to 16.
+        ssm_ratio: channel expansion of every SS2D. Defaults to 2.0.
+        drop_path_rate: stochastic depth, ``linspace(0, rate, sum(depths))`` over the blocks in order. Defaults to
+            0.2.
+        scan_backend: selective-scan backend of every SS2D. Defaults to ``"auto"``.
+        keep_unused_stage: build stage 4's parameters (never run; see the module docstring). Defaults to True.
+        use_checkpoint: gradient checkpointing of each VSS block in training. Defaults to False.
 
     Attributes:
         out_channels: channels of the four taps, ``dims``.
@@ -76,6 +80,13 @@ class VSSMEncoder(nn.Module):
         self.apply(_init_weights)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """
+        Args:
+            x: ``(B, in_channels, H, W)`` with H and W multiples of 32.
+
+        Returns:
+            The four taps ``(B, dims[i], H / r_i, W / r_i)`` for ``r_i`` in :attr:`reductions`, finest first.
+        """
         x = self.patch_embed(x)  # (B, H/4, W/4, dims[0])
         taps = [x]
         for i, layer in enumerate(self.layers):  # stage 4 (if kept) is never run: the taps are stage inputs

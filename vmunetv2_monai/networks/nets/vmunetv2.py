@@ -26,8 +26,9 @@ class VMUNetV2(nn.Module):
 
     Encoder-tap quirk (as in the official code): the SDI head sees the *inputs* of the four encoder stages,
     so the finest skip is the patch embedding (no Mamba processing) and stage 4 never affects the output.
-    ``keep_unused_stage=True`` keeps stage 4's parameters (never run) so the parameter count is the
-    official 22.77 M for the default config; ``False`` drops them (13.86 M, identical outputs).
+    ``keep_unused_stage=True`` keeps stage 4's parameters (never run), as the official checkpoint layout does:
+    22.73 M parameters for the default config (the official 22.77 M also counts the decoder's never-used
+    ``deconv5``, 36,864 parameters, which is not built here); ``False`` drops them (13.82 M, identical outputs).
 
     Input size: any H and W. Inputs are zero-padded (centred) to multiples of 32 and the logits are cropped
     back, so the output always has the input's H and W (the official code needs multiples of 32).
@@ -39,21 +40,27 @@ class VMUNetV2(nn.Module):
     H, H/2, H/4 and H/8 (finest first; DeepSupervisionLoss resizes the target to each).
 
     Args:
-        spatial_dims: only 2 is supported.
-        in_channels: input channels (1 for grey, 3 for RGB, any other count works).
-        out_channels: output channels (1 for binary with sigmoid, C for softmax over C classes).
-        depths: VSS blocks in the four encoder stages.
-        dims: stage channels; an int ``d`` means ``(d, 2d, 4d, 8d)``.
-        d_state: SSM state size N.
-        ssm_ratio: SS2D channel expansion.
-        mid_channels: channels of the SDI head and decoder.
-        drop_path_rate: stochastic depth rate over the encoder blocks.
+        spatial_dims: only 2 is supported. Defaults to 2.
+        in_channels: input channels (1 for grey, 3 for RGB, any other count works). Defaults to 3.
+        out_channels: output channels (1 for binary with sigmoid, C for softmax over C classes). Defaults to 1.
+        depths: VSS blocks in the four encoder stages. Defaults to ``(2, 2, 9, 2)``.
+        dims: stage channels, doubling at each stage; an int ``d`` means ``(d, 2d, 4d, 8d)``. Defaults to 96.
+        d_state: SSM state size N. Defaults to 16.
+        ssm_ratio: SS2D channel expansion. Defaults to 2.0.
+        mid_channels: channels of the SDI head and decoder. Defaults to 48.
+        drop_path_rate: stochastic depth rate over the encoder blocks, in [0, 1). Defaults to 0.2.
         deep_supervision: use the fused two-head output (official default) and return the side outputs in
-            training; if False the output is the finest head alone.
-        scan_backend: ``"auto"``, ``"mamba"``, ``"torch"`` or ``"reference"``; see
-            :func:`vmunetv2_monai.ops.selective_scan.selective_scan`.
-        keep_unused_stage: keep the parameters of encoder stage 4 (see above).
-        use_checkpoint: gradient checkpointing of the VSS blocks in training (less memory, more time).
+            training; if False the output is the finest head alone. Defaults to True.
+        scan_backend: ``"auto"``, ``"mamba"``, ``"cpu"``, ``"torch"`` or ``"reference"``; see
+            :func:`vmunetv2_monai.ops.selective_scan.selective_scan`. Defaults to ``"auto"``.
+        keep_unused_stage: keep the parameters of encoder stage 4 (see above). Defaults to True.
+        use_checkpoint: gradient checkpointing of the VSS blocks in training (less memory, more time). Defaults to
+            False.
+
+    Raises:
+        ValueError: when ``spatial_dims`` is not 2, a channel count, ``depths``, ``dims``, ``d_state`` or
+            ``mid_channels`` is not a positive int (``dims`` must double at each stage), ``ssm_ratio <= 0``,
+            ``drop_path_rate`` is outside [0, 1), or ``scan_backend`` is unknown.
 
     Examples::
 
@@ -121,7 +128,17 @@ class VMUNetV2(nn.Module):
         self.decoder = VMUNetV2Decoder(mid_channels, out_channels, num_levels=4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """``(B, in_channels, H, W)`` -> logits ``(B, out_channels, H, W)`` (a list in DS training, see class doc)."""
+        """
+        Args:
+            x: ``(B, in_channels, H, W)``, any H and W (zero-padded to multiples of 32 inside, cropped back).
+
+        Returns:
+            Logits ``(B, out_channels, H, W)``; in training mode with ``deep_supervision=True`` the list
+            ``[fused, head_1, head_2, head_3, head_4]`` with ``head_i`` at H, H/2, H/4 and H/8 (rounded up).
+
+        Raises:
+            ValueError: when ``x`` is not 4-D or its channel count is not ``in_channels``.
+        """
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"VMUNetV2 expects input (B, {self.in_channels}, H, W), got {list(x.shape)}; "
