@@ -35,12 +35,12 @@ from vmunetv2_monai.evaluation.recipe import (
     evaluate_models,
     overlay_cases,
     parse_set,
-    read_case_rows,
     read_training,
     run_bundle,
 )
 from vmunetv2_monai.evaluation.split import write_split
-from vmunetv2_monai.handlers.atomic import atomic_write
+from vmunetv2_monai.files import atomic_write
+from vmunetv2_monai.metrics import read_case_rows
 
 logger = logging.getLogger("kvasir_recipe")
 

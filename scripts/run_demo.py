@@ -26,9 +26,9 @@ from monai.bundle import run
 from vmunetv2_monai.data.datalist import find_pairs
 from vmunetv2_monai.errors import check_config_files
 from vmunetv2_monai.evaluation.figures import plot_overlay_grid
-from vmunetv2_monai.evaluation.folders import score_predictions, write_metrics_csv
-from vmunetv2_monai.evaluation.metrics import pooled_metrics
-from vmunetv2_monai.handlers.atomic import atomic_write
+from vmunetv2_monai.evaluation.folders import score_predictions
+from vmunetv2_monai.files import atomic_write
+from vmunetv2_monai.metrics import pooled_metrics, write_case_rows
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
@@ -64,7 +64,7 @@ def shipped_model_job(output_dir: Path, dataset_dir: Path) -> dict:
     logger.info("mean Dice %.3f over %d images (pooled DSC %.3f)", summary["mean_dice"], len(rows),
                 summary["pooled_dsc"])
     eval_dir = output_dir / "eval"
-    write_metrics_csv(rows, eval_dir / "per_case.csv")
+    write_case_rows(rows, eval_dir / "per_case.csv")
     atomic_write(eval_dir / "summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
     cases = {f"{r['name'][:12]} Dice {r['dice']:.2f}": next(it for it in items if it["name"] == r["name"])
              for r in sorted(rows, key=lambda r: r["dice"])}

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from vmunetv2_monai.evaluation import bootstrap_summary, case_metrics, pooled_metrics
+from vmunetv2_monai.evaluation import bootstrap_summary
+from vmunetv2_monai.metrics import case_metrics, pooled_metrics
 
 
 def _square(size: int, top: int, left: int, side: int) -> np.ndarray:
@@ -83,3 +85,31 @@ def test_bootstrap_rejects_bad_arguments() -> None:
         bootstrap_summary([])
     with pytest.raises(ValueError, match="n_boot"):
         bootstrap_summary([case_metrics(np.ones((2, 2), bool), np.ones((2, 2), bool))], n_boot=0)
+
+
+def test_bundle_metrics_are_the_same_definition() -> None:
+    """train.json's validation metrics (what evaluate.json writes to per_case.csv and summary.json) give
+    case_metrics' and pooled_metrics' values, the empty-mask rule included."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from vmunetv2_monai.metrics import POOLED_METRICS
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / "train.json"))
+    rng = np.random.default_rng(0)
+    pairs = [(np.zeros((6, 7), bool), np.zeros((6, 7), bool)), (_square(7, 1, 1, 3)[:6], np.zeros((6, 7), bool)),
+             (np.zeros((6, 7), bool), _square(7, 2, 2, 2)[:6])]
+    pairs += [(rng.random((6, 7)) > 0.5, rng.random((6, 7)) > 0.4) for _ in range(3)]
+    rows = [case_metrics(p, g) for p, g in pairs]
+    preds = [torch.as_tensor(p, dtype=torch.float32)[None] for p, _ in pairs]
+    labels = [torch.as_tensor(g, dtype=torch.float32)[None] for _, g in pairs]
+    for metric_id, key in (("key_metric#val_mean_dice", "dice"), ("additional_metrics#val_mean_iou", "iou")):
+        handler = parser.get_parsed_content(f"validate#{metric_id}")
+        got = handler.metric_fn(y_pred=preds, y=labels).flatten().tolist()
+        assert got == pytest.approx([r[key] for r in rows]), key
+    pooled = pooled_metrics(rows)
+    for key in POOLED_METRICS:
+        metric = parser.get_parsed_content(f"validate#additional_metrics#val_{key}").metric_fn
+        metric(y_pred=preds, y=labels)
+        assert float(metric.aggregate()[0]) == pytest.approx(pooled[key]), key

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from vmunetv2_monai.evaluation.folders import score_predictions
-from vmunetv2_monai.evaluation.recipe import evaluate_models, read_case_rows
+from vmunetv2_monai.evaluation.recipe import evaluate_models
 from vmunetv2_monai.evaluation.split import SplitOverlapError, write_split
+from vmunetv2_monai.metrics import read_case_rows
 
 
 def _item(root: Path, name: str, mask: np.ndarray) -> dict[str, str]:

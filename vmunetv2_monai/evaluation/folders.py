@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,17 +11,24 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..data.transforms import binarize_mask, pil_standard_mode
-from ..handlers.atomic import atomic_write
-from .metrics import case_metrics
+from ..metrics import case_metrics
 
-__all__ = ["CSV_COLUMNS", "read_mask", "score_predictions", "write_metrics_csv"]
-
-CSV_COLUMNS = ("name", "tp", "fp", "fn", "tn", "dice", "iou", "hd95")
+__all__ = ["read_mask", "score_predictions"]
 
 
 def read_mask(path: str | os.PathLike, threshold: float = 127.0) -> np.ndarray:
-    """``(H, W)`` boolean mask of a PNG/JPG file, read with the bundle's mask rule
-    (:func:`~vmunetv2_monai.data.transforms.binarize_mask`, ``threshold`` on the 8-bit scale)."""
+    """Read a mask file with the bundle's mask rule (:func:`~vmunetv2_monai.data.transforms.binarize_mask`).
+
+    Args:
+        path: a PNG/JPG mask.
+        threshold: foreground above this value on the 8-bit scale.
+
+    Returns:
+        The ``(H, W)`` boolean mask.
+
+    Raises:
+        ValueError: naming the file when it cannot be read.
+    """
     try:
         with Image.open(path) as img:
             arr = np.asarray(pil_standard_mode(img))
@@ -35,10 +41,21 @@ def read_mask(path: str | os.PathLike, threshold: float = 127.0) -> np.ndarray:
 def score_predictions(
     items: Sequence[Mapping[str, str]], pred_dir: str | os.PathLike, suffix: str = "_mask.png"
 ) -> list[dict[str, float | str]]:
-    """One metrics row per data-list item (``name``, ``label``), reading ``<pred_dir>/<name><suffix>``.
+    """Score every data-list item's prediction ``<pred_dir>/<name><suffix>`` with
+    :func:`~vmunetv2_monai.metrics.case_metrics`.
 
-    Raises ``FileNotFoundError`` naming a missing prediction and ``ValueError`` when a prediction's size differs
-    from its ground truth (predictions must be at the original resolution).
+    Args:
+        items: data-list items with ``name`` and ``label`` (the ground-truth file).
+        pred_dir: folder of the predicted masks.
+        suffix: file name of a prediction after the item's name.
+
+    Returns:
+        One row per item: ``name`` and the metrics, as :func:`~vmunetv2_monai.metrics.write_case_rows` writes them.
+
+    Raises:
+        FileNotFoundError: naming a missing prediction.
+        ValueError: when a prediction's size differs from its ground truth (predictions must be at the original
+            resolution).
     """
     rows: list[dict[str, float | str]] = []
     for item in items:
@@ -54,15 +71,3 @@ def score_predictions(
         rows.append({"name": item["name"], **case_metrics(pred, gt)})
     return rows
 
-
-def write_metrics_csv(rows: Sequence[Mapping[str, float | str]], path: str | os.PathLike) -> Path:
-    """Write rows with :data:`CSV_COLUMNS` (plus a ``model`` column when present) atomically."""
-    columns = (["model"] if rows and "model" in rows[0] else []) + list(CSV_COLUMNS)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-
-    return atomic_write(path, write)

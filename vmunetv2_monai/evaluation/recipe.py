@@ -1,6 +1,5 @@
 """Results recipe pieces, all through the bundle: the ``monai.bundle run`` command of a workflow with overrides,
-training and evaluation runs, what a finished training left (``latest.pt``), the per-case rows of
-``evaluate.json`` and the report folder.
+training and evaluation runs, what a finished training left (``latest.pt``) and the report folder.
 
 Training is ``train.json`` + a recipe config with the overrides; scoring is ``evaluate.json`` merged over the same
 files (MONAI metrics on the test images at their original resolution, per-case CSV with confusion counts);
@@ -10,7 +9,6 @@ overlay figures use ``inference.json``. Nothing here trains, infers or scores by
 from __future__ import annotations
 
 import ast
-import csv
 import logging
 import math
 import os
@@ -22,8 +20,8 @@ from typing import Any
 
 from ..errors import check_config_files
 from ..inference import read_checkpoint
+from ..metrics import write_case_rows
 from .figures import pick_cases, plot_learning_curves, plot_overlay_grid
-from .folders import write_metrics_csv
 from .report import format_report
 from .stats import bootstrap_summary
 
@@ -34,7 +32,6 @@ __all__ = [
     "evaluate_models",
     "overlay_cases",
     "parse_set",
-    "read_case_rows",
     "read_training",
     "run_bundle",
 ]
@@ -71,11 +68,6 @@ def parse_set(items: list[str], model: str) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             out[key] = raw
     return out
-
-
-#: per_case.csv columns of evaluate.json -> the names the statistics use
-_CASE_COLUMNS = {"val_mean_dice": "dice", "val_mean_iou": "iou", "val_hd95": "hd95",
-                 "tp": "tp", "fp": "fp", "tn": "tn", "fn": "fn"}
 
 
 def _cli_value(value: Any) -> str:
@@ -141,24 +133,6 @@ def read_training(latest_path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def read_case_rows(per_case_csv: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of ``evaluate.json``'s ``per_case.csv`` with the statistics' names (dice, iou, hd95 and the confusion
-    counts tp, fp, tn, fn); a non-finite HD95 (an empty mask) becomes NaN, left out of its mean."""
-    rows = []
-    with open(per_case_csv, newline="") as f:
-        for raw in csv.DictReader(f):
-            row: dict[str, Any] = {"name": raw["name"]}
-            for column, name in _CASE_COLUMNS.items():
-                if column not in raw:
-                    raise KeyError(f"{per_case_csv} has no column {column!r} (made by an older evaluate.json?)")
-                value = float(raw[column])
-                row[name] = value if math.isfinite(value) else float("nan")
-            rows.append(row)
-    if not rows:
-        raise ValueError(f"{per_case_csv} has no cases")
-    return rows
-
-
 def evaluate_models(
     test_items: Sequence[Mapping[str, str]],
     case_rows: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -176,7 +150,7 @@ def evaluate_models(
     ``report_dir``; returns the summaries per model."""
     report_dir = Path(report_dir)
     summaries = {model: bootstrap_summary(rows, n_boot=n_boot) for model, rows in case_rows.items()}
-    write_metrics_csv([{"model": m, **r} for m, rows in case_rows.items() for r in rows], report_dir / "metrics.csv")
+    write_case_rows([{"model": m, **r} for m, rows in case_rows.items() for r in rows], report_dir / "metrics.csv")
     if any(curves.values()):
         plot_learning_curves(curves, report_dir / "learning_curves.png", xlabel=xlabel)
     by_name = {it["name"]: it for it in test_items}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import warnings
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .metrics import pooled_metrics
+from ..metrics import pooled_metrics
 
 __all__ = ["PER_IMAGE_METRICS", "bootstrap_summary", "mean_interval"]
 
@@ -57,7 +56,7 @@ def mean_interval(
 
 
 def _as_rows(counts: np.ndarray) -> list[dict[str, float]]:
-    return [dict(zip(("tp", "fp", "fn", "tn"), c)) for c in counts]
+    return [dict(zip(("tp", "fp", "fn", "tn"), c, strict=True)) for c in counts]
 
 
 def _interval(value: float, boots: np.ndarray, alpha: float) -> dict[str, float]:
