@@ -31,7 +31,7 @@ from monai.metrics import compute_dice
 
 from vmunetv2_monai.data.datalist import build_datalist
 from vmunetv2_monai.evaluation.stats import mean_interval
-from vmunetv2_monai.handlers.atomic import atomic_write
+from vmunetv2_monai.files import atomic_write
 from vmunetv2_monai.inference import inference_config, load_state_dict
 from vmunetv2_monai.interactive import next_click
 

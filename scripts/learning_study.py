@@ -32,7 +32,7 @@ from vmunetv2_monai.evaluation.recipe import (
     run_bundle,
 )
 from vmunetv2_monai.evaluation.split import write_split
-from vmunetv2_monai.handlers.atomic import atomic_write
+from vmunetv2_monai.files import atomic_write
 
 logger = logging.getLogger("learning_study")
 
@@ -52,7 +52,7 @@ SHARED: list[tuple[str, dict[str, Any]]] = [
     ("batch 16", {"batch_size": 16}),
     ("input 160", {"image_size": [160, 160]}),
     ("input 192", {"image_size": [192, 192]}),
-    ("aug: flips only", {"train#augmentation#4#prob": 0.0}),
+    ("aug: flips only", {"train#augmentation#2#prob": 0.0}),
     ("aug: + zoom 0.25 + intensity 0.2", {"train#augmentation": _AUGMENTATION + _ZOOM_INTENSITY}),
     ("input: ImageNet mean/std", {"normalization": "imagenet"}),
 ]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
-from vmunetv2_monai.handlers.atomic import atomic_write
+from vmunetv2_monai.files import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "bundle"

@@ -13,7 +13,7 @@ from PIL import Image as PILImage
 
 from vmunetv2_monai.data import LoadImaged, list_images
 from vmunetv2_monai.data.datalist import image_stem
-from vmunetv2_monai.handlers.atomic import atomic_write
+from vmunetv2_monai.files import atomic_write
 
 logger = logging.getLogger(__name__)
 

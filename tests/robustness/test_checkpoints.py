@@ -1,14 +1,10 @@
-"""Checkpoints: broken files are refused by name, NaN is never loaded or saved, an earlier run's model is kept,
-a resumed schedule follows the config, and a kill during a write leaves nothing behind for long."""
+"""Checkpoints: broken files are refused by name, NaN is never loaded or saved, an earlier run's model is kept
+and a resumed schedule follows the config (the atomic writes under them: tests/test_files.py)."""
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,14 +12,11 @@ import torch
 from ignite.engine import Engine, Events
 
 from vmunetv2_monai import VMUNetV2
-from vmunetv2_monai.handlers import AtomicCheckpointSaver, CheckpointLoader, StopOnNonFiniteLoss, atomic_write
-from vmunetv2_monai.handlers.atomic import remove_stale_temps
+from vmunetv2_monai.handlers import AtomicCheckpointSaver, CheckpointLoader, StopOnNonFiniteLoss
 from vmunetv2_monai.inference import load_state_dict, read_checkpoint
 from vmunetv2_monai.pretrained.vmamba import load_pretrained_encoder
 
-from .conftest import REPO, TINY
-
-ATOMIC = REPO / "vmunetv2_monai" / "handlers" / "atomic.py"
+from .conftest import TINY
 
 
 def _net() -> VMUNetV2:
@@ -139,66 +132,6 @@ def test_resume_with_more_epochs_keeps_the_learning_rate_falling(tmp_path):
         lrs.append(opt.param_groups[0]["lr"])
     assert sched.T_max == 10 and all(b <= a for a, b in zip(lrs, lrs[1:])), lrs
     assert lrs[-1] == pytest.approx(1e-5)
-
-
-def test_orphan_temp_file_of_a_killed_writer_is_removed(tmp_path):
-    target = tmp_path / "latest.pt"
-    target.write_bytes(b"old")
-    # the writer loads atomic.py alone (standard library only), so it starts fast
-    code = ("import importlib.util, time\n"
-            f"spec = importlib.util.spec_from_file_location('atomic', {str(ATOMIC)!r})\n"
-            "atomic = importlib.util.module_from_spec(spec); spec.loader.exec_module(atomic)\n"
-            "def w(p):\n open(p, 'wb').write(b'partial'); print('writing', flush=True); time.sleep(60)\n"
-            f"atomic.atomic_write({str(target)!r}, w)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "writing"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    orphan = tmp_path / f".tmp{proc.pid}-latest.pt"
-    assert orphan.exists() and target.read_bytes() == b"old"
-    atomic_write(target, lambda p: Path(p).write_bytes(b"new"))
-    assert not orphan.exists() and target.read_bytes() == b"new"
-
-
-def test_temp_file_of_a_live_writer_is_left_alone(tmp_path):
-    live = tmp_path / f".tmp{os.getppid()}-x.pt"
-    live.write_bytes(b"in progress")
-    assert remove_stale_temps(tmp_path / "x.pt") == [] and live.exists()
-
-
-@pytest.mark.parametrize("failure", ["enospc", "torch_stream"])
-def test_full_disk_is_named_and_the_old_file_survives(tmp_path, monkeypatch, failure):
-    target = tmp_path / "model.pt"
-    target.write_bytes(b"old")
-
-    def write(tmp: str) -> None:
-        Path(tmp).write_bytes(b"half")
-        if failure == "enospc":
-            raise OSError(errno.ENOSPC, "No space left on device")
-        raise RuntimeError("basic_ios::clear: iostream error")  # what torch.save says on a full disk
-
-    if failure == "torch_stream":
-        import shutil
-
-        monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1, 1, 0))
-    with pytest.raises(OSError, match="cannot write .*model.pt: no space left on device") as err:
-        atomic_write(target, write)
-    assert err.value.errno == errno.ENOSPC
-    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
-
-
-def test_full_disk_on_a_real_small_tmpfs(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (not root or no CAP_SYS_ADMIN); the simulated ENOSPC tests cover it")
-    try:
-        (mnt / "model.pt").write_bytes(b"old")
-        with pytest.raises(OSError, match="no space left on device"):
-            atomic_write(mnt / "model.pt", lambda p: torch.save(torch.zeros(100_000), p))
-        assert (mnt / "model.pt").read_bytes() == b"old"
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def test_pretrained_nan_is_refused_and_partial_match_warns(tmp_path, caplog):

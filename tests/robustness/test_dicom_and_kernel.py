@@ -378,7 +378,7 @@ def test_temporary_files_are_cleaned_up(tmp_path: Path, monkeypatch: pytest.Monk
 
     spool = tmp_path / "spool"
     spool.mkdir()
-    stale = spool / ".1.2.3.dcm.abc123.tmp"
+    stale = spool / ".tmp4000000-1.2.3.dcm"  # a copy_atomic of a process that is gone
     stale.write_bytes(b"partial")
     with StateDB(tmp_path / "state.sqlite") as state:
         listener = Listener(Segmenter(ThresholdPredictor()), state, spool, RemoteAE("DEST", "127.0.0.1", 1))

@@ -14,7 +14,7 @@ import tifffile
 from PIL import Image
 
 from vmunetv2_monai.data import DataListError, InputImages, find_pairs
-from vmunetv2_monai.handlers.atomic import NAME_MAX, atomic_write, remove_stale_temps, temp_name
+from vmunetv2_monai.files import NAME_MAX
 
 from .conftest import BUNDLE, TINY_ARGS, cfg, disc_pair, load_transforms, run_bundle, tail, tiny_state
 
@@ -89,18 +89,6 @@ def test_a_long_name_whose_temporary_name_would_not_fit_is_segmented(tmp_path):
     code, log, _ = _infer(tmp_path, inputs, tiny_state(tmp_path / "model.pt"))
     assert code == 0, tail(log)
     assert all(_predicted(tmp_path, name) for name in (*GOOD, stem)), tail(log)
-
-
-def test_temporary_names_fit_and_stale_ones_are_found(tmp_path):
-    target = tmp_path / ("z" * (NAME_MAX - 7) + ".nii.gz")
-    name = temp_name(target, pid=4_000_000)
-    assert len(name.encode()) <= NAME_MAX and name.endswith(".nii.gz") and name.startswith(".tmp4000000-")
-    assert temp_name(tmp_path / "model.pt", pid=12) == ".tmp12-model.pt"
-    atomic_write(target, lambda tmp: Path(tmp).write_bytes(b"ok"))
-    assert target.read_bytes() == b"ok" and [p.name for p in tmp_path.iterdir()] == [target.name]
-    orphan = tmp_path / name  # left by a process that is gone
-    orphan.write_bytes(b"half")
-    assert remove_stale_temps(target) == [orphan] and not orphan.exists()
 
 
 @pytest.mark.parametrize("kind, reason", [

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..handlers.atomic import atomic_write
+from ..files import atomic_write
 from .transforms import TIFF_SUFFIXES, check_tiff
 
 __all__ = [

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..handlers.atomic import NAME_MAX
+from ..files import NAME_MAX
 from ..handlers.predictions import prediction_names
 from .datalist import DataListError, list_images, warn_exif_orientation
 

@@ -43,7 +43,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from .files import copy_atomic
+from ..files import copy_atomic, remove_stale_temps_in
 from .reader import UnsupportedDicomError, check_metadata, failure_reason, read_dataset
 from .state import DONE, FAILED, StateDB
 from .units import Segmenter, UnitResult, group_units, is_volumetric, skip_reason
@@ -149,9 +149,7 @@ class Listener:
         self.segmenter, self.state, self.destination = segmenter, state, destination
         self.spool = Path(spool)
         self.spool.mkdir(parents=True, exist_ok=True)
-        for stale in self.spool.glob(".*.dcm.*.tmp"):  # a copy_atomic cut short by a kill: the image was not acked
-            stale.unlink()
-            logger.info("removed %s, left by an interrupted spool write", stale)
+        remove_stale_temps_in(self.spool)  # a copy_atomic cut short by a kill: the image was not acked
         self.ae_title, self.host, self.port, self.settle_s = ae_title, host, port, settle_s
         self.limits = limits or ListenerLimits()
         self.poll_interval = poll_interval
@@ -291,7 +289,7 @@ class Listener:
         self._sent_in_poll = set()
         self._expire_kept(now)
         candidates: dict[str, tuple[Path, Dataset]] = {}
-        for path in sorted(self.spool.glob("*.dcm")):
+        for path in sorted(self.spool.glob("[!.]*.dcm")):  # not the temporary file of a copy_atomic
             ds = None
             try:
                 ds = read_dataset(path)

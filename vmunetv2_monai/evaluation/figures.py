@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ..handlers.atomic import atomic_write  # noqa: E402
+from ..files import atomic_write  # noqa: E402
 from ..handlers.predictions import overlay_contour  # noqa: E402
 from .folders import read_mask  # noqa: E402
 

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..handlers.atomic import atomic_write
+from ..files import atomic_write
 
 __all__ = ["TABLE_METRICS", "format_report"]
 

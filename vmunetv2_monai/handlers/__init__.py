@@ -2,7 +2,6 @@
 loading and a never-worse model gate, a stop on a non-finite loss, the run settings a resume checks,
 evaluation reports, prediction writer, complete MLflow runs and checkpoint lineage."""
 
-from .atomic import atomic_write
 from .budget import TrainingBudget, WarmupCosineLR
 from .checkpoint import AtomicCheckpointSaver, CheckpointLoader, StopOnNonFiniteLoss, loads_network
 from .incumbent import KeepBetterModel
@@ -24,7 +23,6 @@ __all__ = [
     "StopOnNonFiniteLoss",
     "TrainingBudget",
     "WarmupCosineLR",
-    "atomic_write",
     "loads_network",
     "overlay_contour",
     "package_versions",

@@ -17,8 +17,8 @@ from ignite.handlers import Checkpoint
 from monai.utils import is_scalar
 from torch.optim.lr_scheduler import LRScheduler
 
+from ..files import atomic_write
 from ..inference import find_non_finite, read_checkpoint
-from .atomic import atomic_write
 from .lineage import STATE_ATTR, sidecar_path, write_lineage
 
 __all__ = ["AtomicCheckpointSaver", "CheckpointLoader", "StopOnNonFiniteLoss", "keep_previous", "loads_network"]

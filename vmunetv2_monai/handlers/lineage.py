@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write
+from ..files import atomic_write
 
 __all__ = ["LINEAGE_FIELDS", "STATE_ATTR", "config_hash", "file_sha256", "read_lineage", "sidecar_path",
            "write_lineage"]

@@ -12,7 +12,7 @@ from PIL import Image
 from skimage.morphology import dilation, disk
 from skimage.segmentation import find_boundaries
 
-from .atomic import atomic_write
+from ..files import atomic_write
 
 __all__ = ["PredictionWriter", "overlay_contour", "prediction_names"]
 
