@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.bundle.test_shipped_model import DICE_FLOOR
 
 REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # runs scripts/run_demo.py (monai.bundle inference and evaluation) in a subprocess
 
 
 def test_main_job_scores_the_shipped_model_and_logs_to_mlflow(tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # runs python -m monai.bundle (training, evaluation, inference) in subprocesses
+
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundle"
 CONFIGS = BUNDLE / "configs"

@@ -13,6 +13,8 @@ import torch
 
 from vmunetv2_monai import VMUNetV2
 
+pytestmark = pytest.mark.slow  # trains a network and runs python -m monai.bundle export in subprocesses
+
 BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 TINY = {"depths": [1, 1, 1, 1], "dims": 16, "d_state": 4, "mid_channels": 8}
 

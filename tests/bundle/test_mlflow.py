@@ -20,6 +20,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from monai.utils import path_to_sqlite_uri
 
+pytestmark = pytest.mark.slow  # runs python -m monai.bundle with MLflow stores in subprocesses
+
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "tests" / "data" / "kvasir_sample"
 TINY = ["--depths", "[1,1,1,1]", "--dims", "16", "--d_state", "8", "--mid_channels", "8", "--image_size", "[32,32]"]

@@ -15,6 +15,8 @@ from vmunetv2_monai.data.datalist import find_pairs
 from vmunetv2_monai.evaluation.folders import score_predictions
 from vmunetv2_monai.evaluation.recipe import bundle_command, run_bundle
 
+pytestmark = pytest.mark.slow  # runs python -m monai.bundle inference on the sample in subprocesses
+
 BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 MODEL = BUNDLE / "models" / "model.pt"
 SAMPLE = BUNDLE / "sample_data"

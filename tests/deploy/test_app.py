@@ -41,6 +41,8 @@ TIMEOUT = 600
 sys.path.insert(0, str(APP))
 from model_path import ModelPathError, resolve_model
 
+pytestmark = pytest.mark.slow  # runs the Deploy app and python -m monai.bundle in subprocesses
+
 
 def _copy_bundle(dest: Path) -> Path:
     for item in BUNDLE_ITEMS:

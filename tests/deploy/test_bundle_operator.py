@@ -33,6 +33,8 @@ from PIL import Image as PILImage
 
 from ._support import skip_or_fail_without_sdk
 
+pytestmark = pytest.mark.slow  # runs the Deploy SDK's bundle operator on the bundle's network
+
 try:
     from monai.deploy.core import AppContext, Fragment, Image, IOType
     from monai.deploy.operators.monai_bundle_inference_operator import (

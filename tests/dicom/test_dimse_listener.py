@@ -38,6 +38,8 @@ from vmunetv2_monai.inference import Predictor
 
 from .conftest import REPO, Orthanc, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb, wrap_vl_endoscopic
 
+pytestmark = pytest.mark.slow  # starts DIMSE listeners, Orthanc and dcmtk in subprocesses
+
 WAIT_S = 600.0  # generous: a loaded 2-core machine; a passing run takes far less
 
 

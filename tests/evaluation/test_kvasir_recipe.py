@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from .conftest import REPO
+
+pytestmark = pytest.mark.slow  # runs scripts/kvasir_recipe.py (training through the bundle) in subprocesses
 
 
 def test_recipe_runs_end_to_end(tmp_path: Path, script_args) -> None:

@@ -7,6 +7,10 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs scripts/learning_study.py (training through the bundle) in a subprocess
+
 
 def test_study_runs_end_to_end(tmp_path: Path, script_args) -> None:
     make_cmd, test_names = script_args

@@ -16,6 +16,8 @@ from vmunetv2_monai.handlers import AtomicCheckpointSaver, MLflowTracker, read_l
 from vmunetv2_monai.handlers.checkpoint import keep_previous
 from vmunetv2_monai.handlers.lineage import sidecar_path, write_lineage
 
+pytestmark = pytest.mark.slow  # each test creates an MLflow SQLite store (about 10 s of migrations)
+
 
 def _tracker(uri: str, job: str, **kwargs) -> MLflowTracker:
     return MLflowTracker("train", job, tracking_uri=uri, experiment_name="t", iteration_log=False, **kwargs)

@@ -41,6 +41,8 @@ from PIL import Image
 from vmunetv2_monai.label import APP_DIR
 from vmunetv2_monai.label.bundle_config import BundleFiles, load_parser
 
+pytestmark = pytest.mark.slow  # starts a MONAI Label server
+
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]

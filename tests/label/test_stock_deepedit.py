@@ -46,6 +46,8 @@ from scipy import ndimage
 
 from vmunetv2_monai.interactive import MAX_CLICKS, next_click
 
+pytestmark = pytest.mark.slow  # starts MONAI Label's stock app server and trains
+
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]

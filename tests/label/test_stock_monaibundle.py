@@ -34,6 +34,8 @@ import requests
 import torch
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # starts MONAI Label's stock app server and trains
+
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
