@@ -1,6 +1,6 @@
 """MLflowTracker on an ignite engine and a local sqlite store: run status on success, exception and Ctrl-C; the
 lineage sidecar that checkpoint savers write from the tracker's run. (SIGTERM and apostrophes in the job folder,
-issue 26 group H: tests/robustness/test_mlflow_runs.py.)"""
+issue 26 group H: test_mlflow_runs.py.)"""
 
 from __future__ import annotations
 

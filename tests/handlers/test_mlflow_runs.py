@@ -11,11 +11,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests import _mlflow_store as mlflow_store
 from vmunetv2_monai.handlers import MLflowTracker
 from vmunetv2_monai.handlers.lineage import write_lineage
+
+pytestmark = pytest.mark.slow  # MLflow SQLite stores (about 10 s of migrations each) and a subprocess
 
 
 def _tracker(uri: str, job: str, workflow: str = "train", **kwargs) -> MLflowTracker:
