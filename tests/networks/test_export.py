@@ -22,6 +22,7 @@ def net() -> VMUNetV2:
     return VMUNetV2(**TINY).eval()
 
 
+@pytest.mark.slow  # exports, then runs the export at several image sizes (the slowest network tests)
 def test_onnx_export_with_dynamic_height_and_width(net: VMUNetV2, tmp_path: Path) -> None:
     path = tmp_path / "net.onnx"
     axes = {0: "batch", 2: "height", 3: "width"}
@@ -39,6 +40,7 @@ def test_onnx_export_with_dynamic_height_and_width(net: VMUNetV2, tmp_path: Path
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # exports, then runs the export at several image sizes (the slowest network tests)
 def test_traced_torchscript_keeps_any_size(net: VMUNetV2, tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
