@@ -20,6 +20,7 @@ __all__ = ["AMP_CHOICES", "autocast_dtype"]
 logger = logging.getLogger(__name__)
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+"""The string values of the bundle's ``amp`` setting."""
 _warned: set[str] = set()
 
 
@@ -32,9 +33,20 @@ def _log_once(level: int, message: str) -> None:
 def autocast_dtype(amp: bool | str, device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype that ``amp`` means on ``device``, or None for no AMP.
 
-    Raises ``ValueError`` for an unknown setting and ``RuntimeError`` when ``"bf16"`` is asked of a CUDA device
-    without bf16 support. ``"fp16"`` logs a WARNING (once) about gradient underflow; ``"bf16"`` or ``"fp16"`` on
-    another device a WARNING (once) that it runs in fp32.
+    ``"fp16"`` logs a WARNING (once) about gradient underflow; ``"bf16"`` or ``"fp16"`` on a device other than CUDA
+    a WARNING (once) that it runs in fp32.
+
+    Args:
+        amp: one of :data:`AMP_CHOICES` or a bool (``True`` is ``"auto"``, ``False`` is ``"off"``).
+        device: the device the engine runs on.
+
+    Returns:
+        ``torch.bfloat16``, ``torch.float16``, or None (fp32: ``"off"``, a device other than CUDA, or ``"auto"``
+        on a CUDA device without bf16).
+
+    Raises:
+        ValueError: for an unknown ``amp`` setting.
+        RuntimeError: when ``"bf16"`` is asked of a CUDA device without bf16 support.
     """
     choice = ("auto" if amp else "off") if isinstance(amp, bool) else amp
     if choice not in AMP_CHOICES:

@@ -19,7 +19,14 @@ __all__ = ["cross_merge", "cross_scan"]
 
 
 def cross_scan(x: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H, W)`` -> ``(B, 4, C, H*W)`` sequences in the four scan orders."""
+    """Flatten a map into the four scan orders (see the module docstring).
+
+    Args:
+        x: ``(B, C, H, W)``.
+
+    Returns:
+        ``(B, 4, C, H * W)``: directions k = 0..3.
+    """
     b, c, h, w = x.shape
     row = x.flatten(2)
     col = x.transpose(2, 3).flatten(2)
@@ -28,7 +35,19 @@ def cross_scan(x: torch.Tensor) -> torch.Tensor:
 
 
 def cross_merge(ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """``(B, 4, C, H*W)`` outputs in scan order -> ``(B, C, H*W)`` sum in row-major order."""
+    """Map the four directions' outputs back to row-major order and sum them (the adjoint of :func:`cross_scan`).
+
+    Args:
+        ys: ``(B, 4, C, H * W)`` outputs, each in its direction's scan order.
+        h: height H of the map.
+        w: width W of the map.
+
+    Returns:
+        ``(B, C, H * W)`` in row-major order.
+
+    Raises:
+        ValueError: when ``ys`` does not have 4 directions of length ``h * w``.
+    """
     b, k, c, length = ys.shape
     if k != 4 or length != h * w:
         raise ValueError(f"expected (B, 4, C, {h}*{w}) scan outputs, got {list(ys.shape)}.")

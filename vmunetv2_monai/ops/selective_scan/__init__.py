@@ -37,14 +37,18 @@ __all__ = ["SCAN_BACKENDS", "available_backends", "resolve_backend", "selective_
 logger = logging.getLogger(__name__)
 
 SCAN_BACKENDS = ("auto", "mamba", "cpu", "torch", "reference")
+"""Every name the ``backend`` / ``scan_backend`` arguments accept."""
 _ENV_BACKEND = os.environ.get("VMUNETV2_SCAN_BACKEND") or "auto"  # set but empty: auto
 _logged: set[tuple[str, str]] = set()
 
 
 def available_backends() -> dict[str, tuple[bool, str]]:
-    """Map each concrete backend name to ``(usable_here, reason)``; builds the ``cpu`` kernel on first call.
+    """Which concrete backends can run here, and why (or why not); builds the ``cpu`` kernel on first call.
 
     ``mamba`` is probed with a forward and backward on the current CUDA device.
+
+    Returns:
+        ``{name: (usable_here, reason)}`` for ``"mamba"``, ``"cpu"``, ``"torch"`` and ``"reference"``.
     """
     return {
         "mamba": mamba_status(),
@@ -61,10 +65,18 @@ def _log_once(backend: str, reason: str, level: int = logging.INFO) -> None:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend that ``backend`` means for tensors on ``device``.
+    """The concrete backend that ``backend`` means for tensors on ``device`` (logged once per choice and reason).
 
-    Raises ``ValueError`` for an unknown name and ``RuntimeError`` (with the reason) when ``"mamba"`` or
-    ``"cpu"`` is forced where it cannot run.
+    Args:
+        backend: one of :data:`SCAN_BACKENDS`; ``"auto"`` is replaced by ``VMUNETV2_SCAN_BACKEND`` when that is set.
+        device: the device of the scan's tensors.
+
+    Returns:
+        ``"mamba"``, ``"cpu"``, ``"torch"`` or ``"reference"``.
+
+    Raises:
+        ValueError: for an unknown name (argument or environment variable).
+        RuntimeError: with the reason when ``"mamba"`` or ``"cpu"`` is forced where it cannot run.
     """
     if backend not in SCAN_BACKENDS:
         raise ValueError(f"scan_backend must be one of {SCAN_BACKENDS}, got {backend!r}.")
@@ -120,20 +132,28 @@ def selective_scan(
 ) -> torch.Tensor:
     """Selective scan ``y = S6(u; delta, A, B, C, D)`` with an optional SiLU gate z.
 
-    ============== ============================ ======================================
-    argument       shape                        meaning
-    ============== ============================ ======================================
-    u              (batch, dim, L)              input sequence
-    delta          (batch, dim, L)              step size before bias / softplus
-    A              (dim, N)                     real state matrix (negative for decay)
-    B, C           (batch, N, L) or (batch, G, N, L)  input / output projections; group g
-                                                serves channels [g*dim/G, (g+1)*dim/G)
-    D              (dim,)                       skip connection, optional
-    z              (batch, dim, L)              gate, output multiplied by silu(z), optional
-    delta_bias     (dim,)                       added to delta before softplus, optional
-    ============== ============================ ======================================
+    While a model is traced for export, the scan is the TorchScript loop of
+    :func:`~vmunetv2_monai.ops.selective_scan.scripted.selective_scan_scripted` whatever ``backend`` says.
 
-    Returns ``(batch, dim, L)`` in u's dtype (computed in float32, or float64 for float64 input).
+    Args:
+        u: input sequence ``(batch, dim, L)``.
+        delta: step size before bias / softplus, ``(batch, dim, L)``.
+        A: real state matrix ``(dim, N)`` (negative for decay).
+        B: input projection ``(batch, N, L)``, or grouped ``(batch, G, N, L)``: group g serves channels
+            ``[g * dim / G, (g + 1) * dim / G)``.
+        C: output projection, ``(batch, N, L)`` or grouped ``(batch, G, N, L)`` as ``B``.
+        D: skip connection ``(dim,)``, optional.
+        z: gate ``(batch, dim, L)``: the output is multiplied by ``silu(z)``; optional.
+        delta_bias: ``(dim,)``, added to delta before the softplus; optional.
+        delta_softplus: apply softplus to ``delta + delta_bias``. Defaults to False.
+        backend: one of :data:`SCAN_BACKENDS`, resolved by :func:`resolve_backend`. Defaults to ``"auto"``.
+
+    Returns:
+        ``(batch, dim, L)`` in u's dtype (computed in float32, or float64 for float64 input).
+
+    Raises:
+        ValueError: for an unknown backend, or (on our backends) arguments of the wrong shape.
+        RuntimeError: when a forced ``"mamba"`` or ``"cpu"`` backend cannot run.
     """
     if torch.jit.is_tracing():
         # Compiled kernels cannot be traced and the blocked loop would freeze L (the image size) into the trace.

@@ -116,8 +116,16 @@ def selective_scan_blocked(
 ) -> torch.Tensor:
     """Selective scan with mamba-ssm's ``selective_scan_fn`` contract, blocked over time (any device).
 
-    Shapes: u, delta, z ``(batch, dim, L)``; A ``(dim, N)``; B, C ``(batch, N, L)`` or ``(batch, G, N, L)``;
-    D, delta_bias ``(dim,)``. Returns ``(batch, dim, L)`` in u's dtype. ``block`` overrides the steps per block.
+    Args:
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus: as for
+            :func:`vmunetv2_monai.ops.selective_scan.selective_scan`, where the shapes are listed.
+        block: steps per time block; None picks a size that keeps one block's temporaries near 4 MB.
+
+    Returns:
+        ``(batch, dim, L)`` in u's dtype (computed in float32, or float64 for float64 input).
+
+    Raises:
+        ValueError: for arguments of the wrong shape, or ``block < 1``.
     """
     s = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     ctype = compute_dtype(u)

@@ -71,13 +71,25 @@ def _load() -> tuple[ModuleType | None, str]:
 
 
 def cpu_status() -> tuple[bool, str]:
-    """Whether the compiled CPU kernel can run here, and why (or why not). Builds it on first call."""
+    """Whether the compiled CPU kernel can run here, and why (or why not). Builds it on first call.
+
+    Returns:
+        ``(usable, reason)``.
+    """
     module, reason = _load()
     return module is not None, reason
 
 
 def cpu_unsupported_reason(u: torch.Tensor, A: torch.Tensor) -> str | None:
-    """Why the kernel cannot take these inputs (float64, CUDA, unsupported N), or None when it can."""
+    """Why the kernel cannot take these inputs (not on the CPU, float64, unsupported N), or None when it can.
+
+    Args:
+        u: the scan input ``(batch, dim, L)`` (its device and dtype are checked).
+        A: the state matrix ``(dim, N)`` (its N is checked).
+
+    Returns:
+        A short reason, or None.
+    """
     if u.device.type != "cpu":
         return f"tensors on {u.device}"
     if u.dtype == torch.float64:
@@ -136,9 +148,17 @@ def selective_scan_cpu(
 ) -> torch.Tensor:
     """Selective scan with mamba-ssm's ``selective_scan_fn`` contract on the compiled CPU kernel.
 
-    Shapes: u, delta, z ``(batch, dim, L)``; A ``(dim, N)``; B, C ``(batch, N, L)`` or ``(batch, G, N, L)``;
-    D, delta_bias ``(dim,)``. Returns ``(batch, dim, L)`` in u's dtype. The caller checks
-    :func:`cpu_status` and :func:`cpu_unsupported_reason` first (the dispatcher does).
+    The caller checks :func:`cpu_status` and :func:`cpu_unsupported_reason` first (the dispatcher does).
+
+    Args:
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus: as for
+            :func:`vmunetv2_monai.ops.selective_scan.selective_scan`, where the shapes are listed.
+
+    Returns:
+        ``(batch, dim, L)`` in u's dtype (computed in float32; the ``z`` gate is applied after the kernel).
+
+    Raises:
+        ValueError: for arguments of the wrong shape.
     """
     s = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     batch, dim, length = u.shape

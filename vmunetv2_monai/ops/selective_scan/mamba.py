@@ -25,6 +25,7 @@ MAMBA_INSTALL_HINT = (
     "transformers && MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation --no-deps --no-cache-dir "
     "--force-reinstall mamba-ssm==2.3.2.post1` (docs/gpu.md)."
 )
+"""How to build mamba-ssm's CUDA kernel; part of every error and warning about it."""
 
 _PROBE_TOL = 1e-3  # fp32 kernel against the fp32 sequential reference on a 64-step scan
 
@@ -45,9 +46,16 @@ def verify_kernel(scan_fn: Callable, device: torch.device) -> tuple[bool, str]:
     """One forward and backward of ``scan_fn`` on ``device``, as SS2D calls it, against the reference.
 
     The call has the network's layout: u, delta ``(1, 8, 64)`` float32, A ``(8, 16)``, grouped B and C
-    ``(1, 4, 16, 64)``, D and delta_bias ``(8,)``, softplus on. Returns ``(ok, reason)``; a kernel built for
-    another architecture, a failing backward or a wrong result all give ``ok=False`` with the reason. Runs with
-    gradients on and autocast off, whatever the caller's mode (the first scan may come under ``no_grad``).
+    ``(1, 4, 16, 64)``, D and delta_bias ``(8,)``, softplus on. Runs with gradients on and autocast off, whatever
+    the caller's mode (the first scan may come under ``no_grad``).
+
+    Args:
+        scan_fn: a function with mamba-ssm's ``selective_scan_fn`` signature.
+        device: the device to test it on.
+
+    Returns:
+        ``(ok, reason)``: a kernel built for another architecture, a failing backward or a wrong result (relative
+        error of the output or a gradient 1e-3 or more) all give ``ok=False`` with the reason.
     """
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
         return _verify(scan_fn, device)
@@ -110,14 +118,30 @@ def _probe(device: torch.device) -> tuple[Callable | None, str]:
 
 
 def mamba_status(device: torch.device | None = None) -> tuple[bool, str]:
-    """Whether mamba-ssm's CUDA kernel runs (forward and backward) on ``device`` (default: current CUDA device)."""
+    """Whether mamba-ssm's CUDA kernel runs (forward and backward) on ``device``; probed once per device.
+
+    Args:
+        device: the device of the tensors; None or ``"cuda"`` without an index means the current CUDA device.
+
+    Returns:
+        ``(usable, reason)``.
+    """
     fn, reason = _probe(_normalise(device))
     return fn is not None, reason
 
 
 def mamba_scan_fn(device: torch.device | None = None) -> Callable:
-    """mamba-ssm's ``selective_scan_fn`` for tensors on ``device``; raises ``RuntimeError`` with the reason and
-    the install command where it cannot run."""
+    """mamba-ssm's ``selective_scan_fn`` for tensors on ``device``.
+
+    Args:
+        device: the device of the tensors; None or ``"cuda"`` without an index means the current CUDA device.
+
+    Returns:
+        ``selective_scan_fn``, probed on ``device``.
+
+    Raises:
+        RuntimeError: with the reason and the install command (:data:`MAMBA_INSTALL_HINT`) where it cannot run.
+    """
     fn, reason = _probe(_normalise(device))
     if fn is None:
         raise RuntimeError(f"scan backend 'mamba' is unavailable: {reason}. {MAMBA_INSTALL_HINT}")

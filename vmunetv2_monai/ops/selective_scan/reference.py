@@ -32,9 +32,15 @@ def selective_scan_reference(
 ) -> torch.Tensor:
     """Sequential selective scan with mamba-ssm's ``selective_scan_fn`` contract (real-valued A only).
 
-    Shapes (see :func:`vmunetv2_monai.ops.selective_scan.selective_scan`): u, delta, z ``(batch, dim, L)``;
-    A ``(dim, N)``; B, C ``(batch, N, L)`` or grouped ``(batch, G, N, L)``; D, delta_bias ``(dim,)``.
-    Computes in float32 (float64 stays float64) and returns ``(batch, dim, L)`` in u's dtype.
+    Args:
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus: as for
+            :func:`vmunetv2_monai.ops.selective_scan.selective_scan`, where the shapes are listed.
+
+    Returns:
+        ``(batch, dim, L)`` in u's dtype (computed in float32, or float64 for float64 input).
+
+    Raises:
+        ValueError: for arguments of the wrong shape, or a complex ``A``.
     """
     s: ScanInputs = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     ctype = compute_dtype(u)

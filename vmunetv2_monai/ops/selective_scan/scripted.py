@@ -47,8 +47,15 @@ def selective_scan_scripted(
 ) -> torch.Tensor:
     """Selective scan with mamba-ssm's ``selective_scan_fn`` contract, traceable with a dynamic length.
 
-    Shapes: u, delta, z ``(batch, dim, L)``; A ``(dim, N)``; B, C ``(batch, N, L)`` or ``(batch, G, N, L)``;
-    D, delta_bias ``(dim,)``. Returns ``(batch, dim, L)`` in u's dtype (float32 compute).
+    Args:
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus: as for
+            :func:`vmunetv2_monai.ops.selective_scan.selective_scan`, where the shapes are listed.
+
+    Returns:
+        ``(batch, dim, L)`` in u's dtype (computed in float32 by the scripted per-step loop).
+
+    Raises:
+        ValueError: for arguments of the wrong shape.
     """
     s = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     batch, dim, _ = u.shape

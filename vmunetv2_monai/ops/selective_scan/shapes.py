@@ -12,7 +12,13 @@ __all__ = ["ScanInputs", "check_scan_inputs", "compute_dtype", "skip_and_gate", 
 
 @dataclass(frozen=True)
 class ScanInputs:
-    """B and C normalised to the grouped layout ``(batch, G, N, L)``, and the group count G."""
+    """B and C normalised to the grouped layout ``(batch, G, N, L)``, and the group count G.
+
+    Attributes:
+        B: input projection ``(batch, G, N, L)``.
+        C: output projection ``(batch, G, N, L)``.
+        groups: the group count G (1 for ungrouped ``(batch, N, L)`` input).
+    """
 
     B: torch.Tensor
     C: torch.Tensor
@@ -39,7 +45,17 @@ def check_scan_inputs(
     z: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
 ) -> ScanInputs:
-    """Validate shapes and return B/C in grouped form; raises ``ValueError`` naming the bad argument."""
+    """Validate the scan's arguments and return B and C in grouped form.
+
+    Args:
+        u, delta, A, B, C, D, z, delta_bias: as for :func:`vmunetv2_monai.ops.selective_scan.selective_scan`.
+
+    Returns:
+        :class:`ScanInputs` with B and C as ``(batch, G, N, L)``.
+
+    Raises:
+        ValueError: naming the argument whose shape does not fit, or for a complex ``A``.
+    """
     if u.dim() != 3:
         raise ValueError(f"u must have shape (batch, dim, L), got {tuple(u.shape)}.")
     batch, dim, length = u.shape
@@ -66,14 +82,31 @@ def check_scan_inputs(
 
 
 def compute_dtype(u: torch.Tensor) -> torch.dtype:
-    """float64 stays float64; every other dtype is computed in float32."""
+    """The dtype our backends compute in: float64 stays float64, every other dtype is computed in float32.
+
+    Args:
+        u: the scan input.
+
+    Returns:
+        ``torch.float64`` or ``torch.float32``.
+    """
     return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
 def step_sizes(
     delta: torch.Tensor, delta_bias: torch.Tensor | None, softplus: bool, dtype: torch.dtype
 ) -> torch.Tensor:
-    """The scan's step size ``softplus(delta + delta_bias)`` (or without softplus), ``(batch, dim, L)``."""
+    """The scan's step size ``softplus(delta + delta_bias)`` (or without softplus).
+
+    Args:
+        delta: ``(batch, dim, L)``.
+        delta_bias: ``(dim,)`` or None.
+        softplus: apply the softplus.
+        dtype: the dtype to compute and return in.
+
+    Returns:
+        ``(batch, dim, L)`` in ``dtype``.
+    """
     dl = delta.to(dtype)
     if delta_bias is not None:
         dl = dl + delta_bias.to(dtype)[None, :, None]
@@ -81,7 +114,17 @@ def step_sizes(
 
 
 def skip_and_gate(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor:
-    """``(y + D u) * silu(z)`` with the optional terms left out; returns u's dtype."""
+    """``(y + D u) * silu(z)`` with the optional terms left out.
+
+    Args:
+        y: scan output ``(batch, dim, L)`` in the compute dtype.
+        u: scan input ``(batch, dim, L)``.
+        D: skip weights ``(dim,)`` or None.
+        z: gate ``(batch, dim, L)`` or None.
+
+    Returns:
+        ``(batch, dim, L)`` in u's dtype.
+    """
     if D is not None:
         y = y + u.to(y.dtype) * D.to(y.dtype)[None, :, None]
     if z is not None:
