@@ -31,7 +31,7 @@ def test_network_sees_spatial_size_and_logits_come_back_at_input_size() -> None:
 
 
 def test_same_resize_as_the_training_transforms() -> None:
-    """The network input equals MONAI's Resize (the bundle's resize_transforms) of each image."""
+    """The network input equals MONAI's Resize (the bundle's spatial_transforms#resize) of each image."""
     net = Recorder()
     x = torch.rand(1, 3, 45, 60)
     captured = {}

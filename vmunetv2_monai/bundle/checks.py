@@ -1,13 +1,20 @@
-"""Checks of bundle config values that name the config id, and of the ``monai.bundle run`` command line.
+"""Checks of a bundle config's option values and of the ``monai.bundle run`` command line.
 
-Referenced from the bundle configs (``check_options``, ``check_train_options``) so a bad value stops the run
-before anything is built, with a message that names the id and what it must be.
+The option ids (names, types, choices and ranges) are described once, as data, by the JSON schema
+``options.schema.json`` beside this module. The configs' ``check_options`` runs :func:`check_config` as the first
+step of ``initialize``: it refuses command-line and ``ConfigWorkflow`` ids that no config defines, makes a failed
+``python -m monai.bundle run`` end with one line naming its cause, and checks every option id the config defines
+against the schema, so that a bad value stops the run before anything is built, with a message naming the id and
+what it must be.
 """
 
 from __future__ import annotations
 
 import ast
 import difflib
+import functools
+import json
+import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -16,9 +23,12 @@ from typing import Any
 from ..errors import install_summary_hook, summarising_excepthook
 
 __all__ = [
-    "check_batch_size", "check_choice", "check_cli", "check_range", "check_size", "check_workflow_ids", "config_ids",
-    "unknown_overrides",
+    "SCHEMA_PATH", "check_batch_size", "check_cli", "check_config", "check_options", "check_workflow_ids", "config_ids",
+    "option_schema", "running_parser", "unknown_overrides",
 ]
+
+#: The JSON schema of the bundle's option ids.
+SCHEMA_PATH = Path(__file__).resolve().with_name("options.schema.json")
 
 #: ``monai.bundle run`` arguments that are not config ids.
 _RUN_ARGS = frozenset({
@@ -27,46 +37,89 @@ _RUN_ARGS = frozenset({
 })
 
 
-def check_choice(name: str, value: object, choices: Sequence[object]) -> bool:
-    """Raise a ``ValueError`` naming the config id and its allowed values when ``value`` is not one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"unknown value {value!r} for '{name}': choose one of {', '.join(map(repr, choices))}")
-    return True
+@functools.lru_cache(maxsize=1)
+def option_schema() -> dict[str, Any]:
+    """The JSON schema of the bundle's option ids (:data:`SCHEMA_PATH`), read once.
+
+    Returns:
+        the schema as a dict; its ``properties`` are the option ids in the order they are checked.
+    """
+    return json.loads(SCHEMA_PATH.read_text())
 
 
-def check_range(
-    name: str, value: object, low: float, high: float | None = None, integer: bool = False, open_low: bool = False
-) -> bool:
-    """Raise a ``ValueError`` naming the config id when ``value`` is not a number in ``[low, high]`` (``(low, high]``
-    with ``open_low``; a whole number with ``integer``)."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-    ok = number and (value > low if open_low else value >= low) and (high is None or value <= high)
-    if ok and integer and not isinstance(value, int):
-        ok = False
-    if not ok:
-        kind = "a whole number" if integer else "a number"
-        bound = f"{'(' if open_low else '['}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
-        raise ValueError(f"bad value {value!r} for '{name}': expected {kind} in {bound}")
-    return True
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
-def check_size(name: str, value: object, dims: int = 2) -> bool:
-    """Raise a ``ValueError`` naming the config id when ``value`` is not a list of ``dims`` whole numbers >= 1 (an
-    image size such as ``[128,128]``) or one such number for every axis (``--image_size abc`` otherwise fails deep
-    inside a transform)."""
-    values = value if isinstance(value, (list, tuple)) and len(value) == dims else [value]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
-        example = ",".join(["128"] * dims)
-        raise ValueError(f"bad value {value!r} for '{name}': expected {dims} whole numbers >= 1 (on the command line "
-                         f"--{name} \"[{example}]\") or one for every axis")
+@functools.lru_cache(maxsize=1)
+def _validator_class() -> Any:
+    """Draft 2020-12 with stricter types: ``integer`` is an ``int`` (not ``1.0``), ``number`` excludes NaN and no
+    number is a bool; an ``array`` may be a tuple (``image_size`` given in Python)."""
+    from jsonschema import Draft202012Validator, validators
+
+    checker = Draft202012Validator.TYPE_CHECKER.redefine_many({
+        "integer": lambda _, v: isinstance(v, int) and not isinstance(v, bool),
+        "number": lambda _, v: _is_number(v),
+        "array": lambda _, v: isinstance(v, (list, tuple)),
+    })
+    return validators.extend(Draft202012Validator, type_checker=checker)
+
+
+def _message(name: str, value: object, rule: Mapping[str, Any]) -> str:
+    """The error for a ``value`` of option ``name`` that breaks its schema ``rule``, naming the id and the rule."""
+    if "enum" in rule:
+        return f"unknown value {value!r} for '{name}': choose one of {', '.join(map(repr, rule['enum']))}"
+    if rule.get("$ref") == "#/$defs/size":
+        return (f"bad value {value!r} for '{name}': expected 2 whole numbers >= 1 (on the command line --{name} "
+                f'"[128,128]") or one for every axis')
+    kind = "a whole number" if rule.get("type") == "integer" else "a number"
+    open_low = "exclusiveMinimum" in rule
+    low = rule.get("exclusiveMinimum", rule.get("minimum"))
+    high = rule.get("maximum")
+    bound = f"{'(' if open_low else '['}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
+    return f"bad value {value!r} for '{name}': expected {kind} in {bound}"
+
+
+def check_options(values: Mapping[str, Any]) -> bool:
+    """Check option values against the bundle's schema (:func:`option_schema`); ids the schema does not describe
+    pass.
+
+    Args:
+        values: option id -> parsed value (e.g. ``{"image_size": [128, 128], "intensity": "fixed"}``).
+
+    Returns:
+        True when every value fits.
+
+    Raises:
+        ValueError: for the first id (in the schema's order) whose value does not fit, naming the id, the value and
+            what it must be (``unknown value 'resise' for 'spatial_mode': choose one of 'resize', 'patch'``).
+    """
+    schema = option_schema()
+    bad = {error.absolute_path[0] for error in _validator_class()(schema).iter_errors(dict(values))
+           if error.absolute_path}
+    for name, rule in schema["properties"].items():
+        if name in bad:
+            raise ValueError(_message(name, values[name], rule))
     return True
 
 
 def check_batch_size(batch_size: int, n_training: int) -> bool:
-    """The training loader keeps a last partial batch unless it would hold one image (batch norms cannot train on
-    it), so training runs zero iterations only when every batch would be such a single image: raise a
-    ``ValueError`` naming ``batch_size`` then instead of training nothing."""
-    check_range("batch_size", batch_size, 1, integer=True)
+    """Check that a training run has a batch to train on.
+
+    The training loader keeps a last partial batch unless it would hold one image (batch norms cannot train on it),
+    so training runs zero iterations only when every batch would be such a single image.
+
+    Args:
+        batch_size: the config's ``batch_size``.
+        n_training: the number of training images.
+
+    Returns:
+        True when training gets at least one batch.
+
+    Raises:
+        ValueError: naming ``batch_size`` when it is not a whole number >= 1 or leaves no batch to train on.
+    """
+    check_options({"batch_size": batch_size})
     full, rest = divmod(n_training, batch_size)
     if full + (rest > 1) == 0:
         raise ValueError(f"'batch_size' {batch_size} with {n_training} training image(s) leaves no batch to train on "
@@ -75,7 +128,15 @@ def check_batch_size(batch_size: int, n_training: int) -> bool:
 
 
 def config_ids(config: Any, prefix: str = "") -> set[str]:
-    """Every id of a config (``a``, ``a#b``, ``a#0#c``), as ``monai.bundle`` overrides address them."""
+    """Every id of a config (``a``, ``a#b``, ``a#0#c``), as ``monai.bundle`` overrides address them.
+
+    Args:
+        config: a config's content (dicts, lists and values).
+        prefix: the id of ``config`` itself ("" for a whole config).
+
+    Returns:
+        the ids of every entry below ``config``.
+    """
     ids: set[str] = set()
     if isinstance(config, Mapping):
         children = config.items()
@@ -127,10 +188,18 @@ def _known_ids(files: Iterable[Path]) -> set[str]:
 
 
 def unknown_overrides(args: Sequence[str]) -> dict[str, list[str]]:
-    """Override ids of a ``monai.bundle run`` command line (``args`` after ``run``) that its configs do not define,
-    each with close matches. Ids of every config beside the given ones count as known (one argument list may serve
-    train, evaluate and inference). A nested id (``a#b``) is known when its parent (``a``) is, so new arguments
-    can be added to an existing component."""
+    """Override ids of a ``monai.bundle run`` command line that its configs do not define.
+
+    Ids of every config beside the given ones count as known (one argument list may serve train, evaluate and
+    inference). A nested id (``a#b``) is known when its parent (``a``) is, so new arguments can be added to an
+    existing component.
+
+    Args:
+        args: the command line after ``run`` (``--config_file ... --epochs 1``).
+
+    Returns:
+        each unknown id with up to three close matches among the known top-level ids.
+    """
     from monai.bundle import ConfigParser
     from monai.utils import ensure_tuple
 
@@ -162,9 +231,20 @@ _summarise_errors = summarising_excepthook
 
 
 def check_cli(argv: Sequence[str] | None = None) -> bool:
-    """When the process is ``python -m monai.bundle run ...``: raise a ``ValueError`` for override ids the configs
-    do not define (``--epoch 1`` for ``--epochs``), and make a failure end with one line that names its cause
-    (MONAI's wrapper line otherwise ends the output, with the real message far above it). A no-op otherwise."""
+    """Check the command line of a ``python -m monai.bundle run ...`` process (a no-op in any other process).
+
+    Makes a failure of the process end with one line that names its cause (MONAI's wrapper line otherwise ends the
+    output, with the real message far above it; :func:`~vmunetv2_monai.errors.install_summary_hook`).
+
+    Args:
+        argv: the process's arguments (default ``sys.argv``).
+
+    Returns:
+        True.
+
+    Raises:
+        ValueError: for override ids the configs do not define (``--epoch 1`` for ``--epochs``).
+    """
     argv = list(sys.argv if argv is None else argv)
     if not install_summary_hook(argv):
         return True
@@ -195,8 +275,14 @@ def _running_workflow() -> Any:
 
 
 def running_parser() -> Any:
-    """The ``ConfigParser`` evaluating the calling config expression (the nearest one on the stack), or None: how
-    a check reads a raw, unparsed config entry without instantiating it."""
+    """The ``ConfigParser`` evaluating the calling config expression (the nearest one on the stack), or None.
+
+    A config expression cannot see its parser; this is how a check reads config entries (raw, or parsed one by one)
+    without instantiating the rest.
+
+    Returns:
+        the parser, or None outside a config expression.
+    """
     from monai.bundle import ConfigParser
 
     frame = sys._getframe(1)
@@ -209,11 +295,19 @@ def running_parser() -> Any:
 
 
 def check_workflow_ids() -> bool:
-    """Raise a ``ValueError`` for top-level ids of the running ``ConfigWorkflow`` that no config in its config
-    folder defines: an override passed to ``monai.bundle.run(..., epoch=1)`` or ``ConfigWorkflow(..., epoch=1)``
-    (scripts, MONAI Label) is refused as ``--epoch 1`` is on the command line (see :func:`check_cli`), instead of
-    being added to the config and ignored. Ids starting with ``_`` (``_meta_``) pass. A no-op for an expression
-    that is not evaluated by a ``ConfigWorkflow`` (a plain ``ConfigParser``, whose files are not known)."""
+    """Refuse top-level ids of the running ``ConfigWorkflow`` that no config in its config folder defines.
+
+    An override passed to ``monai.bundle.run(..., epoch=1)`` or ``ConfigWorkflow(..., epoch=1)`` (scripts, MONAI
+    Label) is refused as ``--epoch 1`` is on the command line (see :func:`check_cli`), instead of being added to
+    the config and ignored. Ids starting with ``_`` (``_meta_``) pass. A no-op for an expression that is not
+    evaluated by a ``ConfigWorkflow`` (a plain ``ConfigParser``, whose files are not known).
+
+    Returns:
+        True.
+
+    Raises:
+        ValueError: naming the unknown ids and their close matches.
+    """
     workflow = _running_workflow()
     if workflow is None:
         return True
@@ -228,3 +322,30 @@ def check_workflow_ids() -> bool:
             lines.append(repr(key) + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""))
         raise ValueError(f"unknown config id(s), not defined in the config files in {folder}: {'; '.join(lines)}")
     return True
+
+
+def check_config(parser: Any = None) -> bool:
+    """The bundle configs' ``check_options``: every check of a config, once, as the first step of ``initialize``.
+
+    :func:`check_cli` (unknown command-line ids; the last-line error summary of a ``monai.bundle run`` process),
+    :func:`check_workflow_ids` (unknown ``ConfigWorkflow`` ids), then :func:`check_options` on the parsed value of
+    every option id of the schema that the config defines.
+
+    Args:
+        parser: the config's ``ConfigParser``; default: the one evaluating the calling config expression
+            (``"check_options": "$vmunetv2_monai.bundle.checks.check_config()"``).
+
+    Returns:
+        True when every check passes.
+
+    Raises:
+        RuntimeError: without ``parser`` outside a config expression.
+        ValueError: naming the first unknown id or bad option value.
+    """
+    parser = parser if parser is not None else running_parser()
+    if parser is None:
+        raise RuntimeError("check_config() without a parser must be called from a config expression")
+    check_cli()
+    check_workflow_ids()
+    return check_options({name: parser.get_parsed_content(name) for name in option_schema()["properties"]
+                          if name in parser})
