@@ -40,6 +40,9 @@ class ClickError(ValueError, _HTTPError):
     It is also a starlette ``HTTPException`` (status 400) where starlette is installed: MONAI Label's stock server
     runs the bundle's preprocessing inside its ``/infer`` endpoint, and FastAPI answers such an exception with
     ``400 {"detail": message}`` instead of an anonymous ``500 Internal Server Error``.
+
+    Args:
+        message: what is wrong, naming the image and the click (also the HTTP answer's ``detail``).
     """
 
     def __init__(self, message: str) -> None:
@@ -61,6 +64,9 @@ def check_clicks(clicks: Any, spatial_shape: Sequence[int], kind: str, source: s
         spatial_shape: the image's spatial shape, e.g. (W, H).
         kind: the click kind ("foreground", "background" or a label name), named in errors.
         source: what the clicks came from (an image name), named in errors.
+
+    Returns:
+        The points as lists of ints (empty without clicks).
 
     Raises:
         ClickError: (a ``ValueError``) naming ``source``, ``kind`` and the offending value: a point that is not a
@@ -166,10 +172,20 @@ def read_clicks(
     label name (3D Slicer and OHIF send the label's name); background clicks from ``"background"``. Each is checked
     by :func:`check_clicks`.
 
+    Args:
+        data: the request or data-list item.
+        label_names: the model's labels, name -> value (a ``"background"`` name or value 0 is not a foreground key).
+        spatial_shape: the image's spatial shape, e.g. (W, H).
+        source: what the clicks came from (an image name), named in errors.
+
+    Returns:
+        ``(foreground, background)``, each a list of ``[i, j]`` points.
+
     Raises:
-        ClickError: (a ``ValueError``) a click fails :func:`check_clicks`, or another key holds points (a list of
-            coordinate pairs) for a label the model does not have. (``data["label"]`` is not read: MONAI Label puts
-            an uploaded label file's path there, and training items their mask.)
+        ClickError: (a ``ValueError``) a click fails :func:`check_clicks`, there are more than :data:`MAX_CLICKS`
+            foreground clicks in all, or another key holds points (a list of coordinate pairs) for a label the
+            model does not have. (``data["label"]`` is not read: MONAI Label puts an uploaded label file's path
+            there, and training items their mask.)
     """
     names = [n for n, v in label_names.items() if n.lower() != "background" and v != 0]
     known = {"foreground", "background", *label_names}
@@ -198,8 +214,14 @@ def read_clicks_file(path: str | os.PathLike | None) -> dict[str, dict[str, Any]
     """Clicks for ``monai.bundle run``: a JSON object mapping image file names to
     ``{"foreground": [[i, j], ...], "background": [[i, j], ...]}`` (either may be absent).
 
-    The points themselves are checked against each image when it is read (:class:`~vmunetv2_monai.interactive.AddClickGuidanced`); this checks
-    the file's shape. None or an empty path gives no clicks.
+    The points themselves are checked against each image when it is read
+    (:class:`~vmunetv2_monai.interactive.AddClickGuidanced`); this checks the file's shape.
+
+    Args:
+        path: the JSON file (UTF-8, a byte order mark is allowed); None or an empty path gives no clicks.
+
+    Returns:
+        ``{image file name: {"foreground": ..., "background": ...}}`` as read.
 
     Raises:
         ValueError: naming ``path``: not JSON, not an object of objects, or a key other than foreground/background.

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..inference import find_non_finite, read_checkpoint
+from ..checkpoints import find_non_finite, read_checkpoint
 
 __all__ = ["LoadReport", "load_pretrained_encoder", "map_vmamba_v0_state_dict"]
 
@@ -30,7 +30,14 @@ _DROPPED = ("head.", "norm.")  # ImageNet classifier and the final norm, not par
 
 @dataclass
 class LoadReport:
-    """Outcome of a pretrained load; key names are the model's (``encoder.*``) except for ``unexpected``."""
+    """Outcome of a pretrained load; key names are the model's (``encoder.*``) except for ``unexpected``.
+
+    Attributes:
+        loaded: model keys loaded from the checkpoint.
+        missing: encoder keys of the model that the checkpoint does not fill (left at their initialisation).
+        unexpected: checkpoint keys with no place in the model (the classifier, the final norm, surplus blocks).
+        mismatched: ``"key: checkpoint shape -> model shape"`` for keys whose shapes differ (not loaded).
+    """
 
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -38,6 +45,7 @@ class LoadReport:
     mismatched: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        """The four counts in one line, e.g. ``"loaded 140, missing 0, unexpected 4, shape-mismatched 0"``."""
         return (
             f"loaded {len(self.loaded)}, missing {len(self.missing)}, unexpected {len(self.unexpected)}, "
             f"shape-mismatched {len(self.mismatched)}"
@@ -58,7 +66,17 @@ def map_vmamba_v0_state_dict(
 ) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """Pure key mapping from a VMamba v0 state dict to ``model``'s state dict keys.
 
-    Returns ``(mapped, report)`` where ``mapped`` only holds keys of ``model`` with matching shapes.
+    Every key gets the prefix ``encoder.``; the classifier (``head.*``), the final ``norm.*``, non-tensor entries and
+    keys the model lacks are reported as unexpected, and the first convolution is adapted to the model's input
+    channels (summed for 1 channel, cycled and rescaled otherwise).
+
+    Args:
+        state_dict: the checkpoint's ``"model"`` state dict (keys such as ``layers.0.blocks.0.self_attention.A_logs``).
+        model: the network to load into (its state dict gives the target keys and shapes), e.g. :class:`VMUNetV2`.
+
+    Returns:
+        ``(mapped, report)``: ``mapped`` holds only keys of ``model`` with matching shapes; ``report`` is the
+        :class:`LoadReport`.
     """
     target = model.state_dict()
     encoder_keys = [k for k in target if k.startswith(_PREFIX) and not k.endswith("num_batches_tracked")]
@@ -86,10 +104,20 @@ def map_vmamba_v0_state_dict(
 def load_pretrained_encoder(model: nn.Module, path: str | os.PathLike, min_loaded_fraction: float = 0.5) -> LoadReport:
     """Load a VMamba v0 checkpoint into ``model.encoder`` (``torch.load(..., weights_only=True)``).
 
-    Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for an unreadable file, for NaN or Inf in the
-    matched tensors, or when fewer than ``min_loaded_fraction`` of the encoder's tensors match (a newer VMamba
-    format, a wrong file); logs (at WARNING when encoder tensors are missing or shape-mismatched) and returns the
-    :class:`LoadReport` otherwise.
+    The result is logged (at WARNING when encoder tensors are missing or shape-mismatched).
+
+    Args:
+        model: the network, e.g. :class:`~vmunetv2_monai.VMUNetV2`; only its ``encoder.*`` tensors are loaded.
+        path: the checkpoint file (``vmamba_small_e238_ema.pth``, ``vssmtiny_dp01_ckpt_epoch_292.pth``).
+        min_loaded_fraction: the smallest share of the encoder's tensors that must match. Defaults to 0.5.
+
+    Returns:
+        The :class:`LoadReport`.
+
+    Raises:
+        FileNotFoundError: for a missing file.
+        ValueError: for an unreadable file, NaN or Inf in the matched tensors, or when fewer than
+            ``min_loaded_fraction`` of the encoder's tensors match (a newer VMamba format, a wrong file).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
