@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice
 
+from vmunetv2_monai.bundle import Bundle
+from vmunetv2_monai.checkpoints import load_state_dict
 from vmunetv2_monai.data.datalist import build_datalist
 from vmunetv2_monai.evaluation.stats import mean_interval
 from vmunetv2_monai.files import atomic_write
-from vmunetv2_monai.inference import inference_config, load_state_dict
 from vmunetv2_monai.interactive import next_click
+from vmunetv2_monai.metrics import dice_score
 
 REPO = Path(__file__).resolve().parents[1]
 CLICK_COUNTS = (0, 1, 2, 3, 5, 10)
@@ -45,9 +46,10 @@ class BundleModel:
     """A bundle's inference config (``keys`` image and label) with its weights loaded, on the CPU."""
 
     def __init__(self, bundle_dir: Path, weights: Path | None = None) -> None:
-        self.parser = inference_config(bundle_dir, {"keys": ["image", "label"]})
+        bundle = Bundle(bundle_dir)
+        self.parser = bundle.config("inference", {"keys": ["image", "label"]})
         self.network = self.parser.get_parsed_content("network")
-        self.network.load_state_dict(load_state_dict(weights or bundle_dir / "models" / "model.pt"))
+        self.network.load_state_dict(load_state_dict(weights or bundle.model_path))
         self.network.eval()
         self.load = self.parser.get_parsed_content("load_transforms")
         self.click_guidance = self.parser.get_parsed_content("click_guidance") if "click_guidance" in \
@@ -73,19 +75,12 @@ class BundleModel:
         return np.asarray(self.postprocessing({"pred": logits})["pred"]).astype(bool)
 
 
-def dice(pred: np.ndarray, label: np.ndarray) -> float:
-    """MONAI's Dice of two boolean (W, H) masks (1.0 when both are empty)."""
-    value = compute_dice(torch.as_tensor(pred)[None, None].float(), torch.as_tensor(label)[None, None].float(),
-                         ignore_empty=False)
-    return float(value.item())
-
-
 def click_curve(model: BundleModel, item: Mapping[str, Any], max_clicks: int) -> list[float]:
     """Dice after 0..max_clicks simulated clicks (the last value repeats once the mask is perfect)."""
     label = np.asarray(item["label"][0]) > 0
     clicks: dict[str, list] = {"foreground": [], "background": []}
     pred = model.mask(item, clicks)
-    scores = [dice(pred, label)]
+    scores = [dice_score(pred, label)]
     for _ in range(max_clicks):
         click = next_click(pred, label)
         if click is None:
@@ -93,7 +88,7 @@ def click_curve(model: BundleModel, item: Mapping[str, Any], max_clicks: int) ->
             continue
         clicks[click[0]].append(click[1])
         pred = model.mask(item, clicks)
-        scores.append(dice(pred, label))
+        scores.append(dice_score(pred, label))
     return scores
 
 
@@ -174,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         item = interactive.read(pairs[name]["image"], pairs[name]["label"])
         curves[name] = click_curve(interactive, item, args.max_clicks)
         base = automatic.read(pairs[name]["image"], pairs[name]["label"])
-        baseline[name] = dice(automatic.mask(base), np.asarray(base["label"][0]) > 0)
+        baseline[name] = dice_score(automatic.mask(base), np.asarray(base["label"][0]) > 0)
         logger.info("%d/%d %s: Dice %.3f -> %.3f (3 clicks) -> %.3f (5 clicks); automatic %.3f", i, len(names), name,
                     curves[name][0], curves[name][min(3, args.max_clicks)], curves[name][min(5, args.max_clicks)],
                     baseline[name])

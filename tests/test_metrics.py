@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vmunetv2_monai.evaluation import bootstrap_summary
-from vmunetv2_monai.metrics import case_metrics, pooled_metrics
+from vmunetv2_monai.metrics import case_metrics, dice_score, pooled_metrics
 
 
 def _square(size: int, top: int, left: int, side: int) -> np.ndarray:
@@ -34,6 +34,8 @@ def test_empty_cases() -> None:
     assert both["dice"] == 1.0 and both["iou"] == 1.0 and math.isnan(both["hd95"])
     missed = case_metrics(empty, _square(8, 2, 2, 2))
     assert missed["dice"] == 0.0 and missed["fn"] == 4 and math.isnan(missed["hd95"])
+    assert dice_score(empty, empty) == 1.0 and dice_score(empty, _square(8, 2, 2, 2)) == 0.0
+    assert dice_score(_square(20, 6, 5, 4), _square(20, 5, 5, 4)) == pytest.approx(24 / 32)
 
 
 def test_shape_mismatch_raises() -> None:

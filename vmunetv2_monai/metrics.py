@@ -41,7 +41,7 @@ from monai.metrics import (
 from .files import atomic_write
 
 __all__ = [
-    "CASE_COLUMNS", "EMPTY_RULE", "POOLED_METRICS", "case_metrics", "pooled_metrics", "read_case_rows",
+    "CASE_COLUMNS", "EMPTY_RULE", "POOLED_METRICS", "case_metrics", "dice_score", "pooled_metrics", "read_case_rows",
     "write_case_rows",
 ]
 
@@ -72,6 +72,30 @@ CASE_COLUMNS: dict[str, str] = {
 _COUNTS = ("tp", "fp", "tn", "fn")  # MONAI's confusion-matrix order
 
 
+def _as_tensors(pred: np.ndarray, gt: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1, 1, *spatial)`` float64 tensors of two masks of one shape (float64: counts stay exact beyond 2**24)."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} does not match ground truth shape {gt.shape}")
+    p = torch.as_tensor(np.asarray(pred, dtype=bool), dtype=torch.float64)[None, None]
+    return p, torch.as_tensor(np.asarray(gt, dtype=bool), dtype=torch.float64)[None, None]
+
+
+def dice_score(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of one binary prediction against its ground truth, with :data:`EMPTY_RULE` (both empty: 1).
+
+    Args:
+        pred: predicted mask, nonzero = foreground.
+        gt: ground-truth mask of the same shape.
+
+    Returns:
+        The Dice coefficient.
+
+    Raises:
+        ValueError: when the shapes differ.
+    """
+    return float(compute_dice(*_as_tensors(pred, gt), **EMPTY_RULE))
+
+
 def case_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """Metrics of one binary prediction against its ground truth (see the module docstring for the rules).
 
@@ -85,11 +109,7 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     Raises:
         ValueError: when the shapes differ.
     """
-    if pred.shape != gt.shape:
-        raise ValueError(f"prediction shape {pred.shape} does not match ground truth shape {gt.shape}")
-    # float64: counts stay exact beyond float32's 2**24 pixels
-    p = torch.as_tensor(np.asarray(pred, dtype=bool), dtype=torch.float64)[None, None]
-    g = torch.as_tensor(np.asarray(gt, dtype=bool), dtype=torch.float64)[None, None]
+    p, g = _as_tensors(pred, gt)
     tp, fp, tn, fn = (int(v) for v in get_confusion_matrix(p, g, include_background=True)[0, 0])
     dice = float(compute_dice(p, g, **EMPTY_RULE))
     iou = float(compute_iou(p, g, **EMPTY_RULE))
