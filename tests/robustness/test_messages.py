@@ -16,7 +16,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 from PIL import Image
 
-from vmunetv2_monai.bundle.checks import check_size
+from vmunetv2_monai.bundle.checks import check_options
 from vmunetv2_monai.data import load_splits, read_names
 from vmunetv2_monai.ops import amp
 
@@ -86,7 +86,7 @@ def test_bad_image_size_on_the_command_line_exits_1_naming_it(dataset, tmp_path,
 
 
 def test_image_size_as_one_number_or_a_pair_passes():
-    assert check_size("image_size", [64, 96]) and check_size("image_size", (64, 64)) and check_size("roi_size", 64)
+    assert check_options({"image_size": [64, 96]}) and check_options({"image_size": (64, 64), "roi_size": 64})
 
 
 def _image(path, intensity: str) -> np.ndarray:
