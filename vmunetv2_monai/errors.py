@@ -31,8 +31,14 @@ _PACKAGE = Path(__file__).resolve().parent
 
 
 def error_chain(err: BaseException) -> list[BaseException]:
-    """``err`` and the exceptions it was raised from or during (``__cause__``, else ``__context__``), outermost
-    first."""
+    """``err`` and the exceptions it was raised from or during (``__cause__``, else ``__context__``).
+
+    Args:
+        err: the exception a run ended with.
+
+    Returns:
+        The chain, outermost first (a suppressed context ends it; a cycle is cut).
+    """
     chain = [err]
     while True:
         last = chain[-1]
@@ -53,14 +59,30 @@ def _raised_here(err: BaseException) -> bool:
 
 
 def summary_error(err: BaseException) -> BaseException:
-    """The exception a run's last line shows: the outermost one of ``err``'s chain raised in this package (our
-    named message, not MONAI's wrapper around it nor the library error beneath it), else the innermost one."""
+    """The exception a run's last line shows.
+
+    Args:
+        err: the exception a run ended with.
+
+    Returns:
+        The outermost exception of ``err``'s chain raised in this package (our named message, not MONAI's wrapper
+        around it nor the library error beneath it), else the innermost one.
+    """
     chain = error_chain(err)
     return next((e for e in chain if _raised_here(e)), chain[-1])
 
 
 def summary_line(err: BaseException, max_lines: int = 25) -> str:
-    """``<kind>: <message>`` of :func:`summary_error`, at most ``max_lines`` lines."""
+    """``<kind>: <message>`` of :func:`summary_error`.
+
+    Args:
+        err: the exception a run ended with.
+        max_lines: the most message lines kept; more are replaced by a line saying how many were left out.
+            Defaults to 25.
+
+    Returns:
+        The summary text.
+    """
     root = summary_error(err)
     lines = str(root).strip().splitlines()
     if len(lines) > max_lines:
@@ -69,8 +91,15 @@ def summary_line(err: BaseException, max_lines: int = 25) -> str:
 
 
 def summarising_excepthook(hook: Callable[..., Any]) -> Callable[..., Any]:
-    """An ``excepthook`` that runs ``hook`` (the traceback, the whole chain), then prints :func:`summary_line`
-    (our message naming the file, id or value) as the last line."""
+    """An ``excepthook`` that runs ``hook`` (the traceback, the whole chain), then writes :func:`summary_line`
+    (our message naming the file, id or value) to stderr as the last line.
+
+    Args:
+        hook: the excepthook to run first, usually ``sys.excepthook``.
+
+    Returns:
+        The new excepthook (marked, so that :func:`install_summary_hook` installs it once).
+    """
 
     def excepthook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
         hook(kind, err, tb)
@@ -81,14 +110,28 @@ def summarising_excepthook(hook: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def is_bundle_run(argv: Sequence[str] | None = None) -> bool:
-    """Whether the process is ``python -m monai.bundle run ...``."""
+    """Whether the process is ``python -m monai.bundle run ...``.
+
+    Args:
+        argv: the command line to judge; None means ``sys.argv``.
+
+    Returns:
+        True for a ``monai.bundle run`` process.
+    """
     argv = list(sys.argv if argv is None else argv)
     return bool(argv) and Path(argv[0]).parts[-3:] == ("monai", "bundle", "__main__.py") and "run" in argv[1:2]
 
 
 def install_summary_hook(argv: Sequence[str] | None = None) -> bool:
     """In a ``python -m monai.bundle run`` process, make an uncaught error end with :func:`summary_line` (once);
-    any other process (a server, a test, a script) is left alone. Returns whether the hook is installed."""
+    any other process (a server, a test, a script) is left alone.
+
+    Args:
+        argv: the command line to judge; None means ``sys.argv``.
+
+    Returns:
+        Whether the hook is installed.
+    """
     if not is_bundle_run(argv):
         return False
     if not getattr(sys.excepthook, "vmunetv2_summary", False):
@@ -101,10 +144,20 @@ class BundleFileError(ValueError):
 
 
 def check_config_files(*paths: str | os.PathLike) -> bool:
-    """Read each config or metadata file (JSON, or YAML by its suffix) as MONAI will, and raise a
-    :class:`BundleFileError` naming the first one that is missing or not valid (MONAI's own error, a bare
-    ``JSONDecodeError``, names only a line and column). For the package's entry points that start a bundle
-    workflow (scripts, the MONAI Label app), before MONAI reads the files."""
+    """Read each config or metadata file (JSON, or YAML by its suffix) as MONAI will, before MONAI reads them.
+
+    For the package's entry points that start a bundle workflow (scripts, the MONAI Label app): MONAI's own error,
+    a bare ``JSONDecodeError``, names only a line and column.
+
+    Args:
+        paths: the files to read.
+
+    Returns:
+        True (for config expressions).
+
+    Raises:
+        BundleFileError: naming the first file that is missing or not valid, and why (line and column for JSON).
+    """
     import yaml
     from monai.bundle import ConfigParser
 

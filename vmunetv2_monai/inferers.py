@@ -20,6 +20,16 @@ class ResizeInferer(Inferer):
     The sliding-window inferer suits models trained on native-resolution patches; this one suits models
     trained on whole images resized to ``spatial_size`` (``spatial_mode resize``), which then see the same field
     of view at inference.
+
+    Args:
+        spatial_size: the network's input size ``(H, W)`` (the training ``image_size``).
+        mode: ``torch.nn.functional.interpolate`` mode of both resizes. Defaults to ``"bilinear"``.
+
+    Raises:
+        ValueError: when ``spatial_size`` is not two positive ints (here), or a batch is not ``(B, C, H, W)``
+            (when called).
+        TypeError: when called with a network that does not return one tensor (e.g. a deep-supervision network in
+            training mode).
     """
 
     def __init__(self, spatial_size: Sequence[int], mode: str = "bilinear") -> None:
@@ -30,6 +40,16 @@ class ResizeInferer(Inferer):
         self.mode = mode
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """
+        Args:
+            inputs: batch ``(B, C, H, W)``.
+            network: callable returning logits ``(B, out_channels, *spatial_size)`` for a resized batch.
+            args: further positional arguments of ``network``.
+            kwargs: further keyword arguments of ``network``.
+
+        Returns:
+            Logits ``(B, out_channels, H, W)``.
+        """
         if inputs.ndim != 4:
             raise ValueError(f"expected a (B, C, H, W) batch, got shape {tuple(inputs.shape)}")
         size = tuple(inputs.shape[2:])

@@ -76,9 +76,20 @@ def _open_locked(path: Path, folder: Path) -> int:
 
 
 def lock_folder(folder: str | os.PathLike) -> bool:
-    """Lock ``folder`` (created if missing) for this process until it exits; returns True (for config
-    expressions). Raises :class:`FolderInUseError` naming the holder's process id when another live process holds
-    it; logs a WARNING naming the earlier run when its lock was left by a process that was killed."""
+    """Lock ``folder`` (created if missing) for this process until it exits.
+
+    Taking a lock this process holds is a no-op; a lock left by a process that was killed is taken over with a
+    WARNING naming the earlier run.
+
+    Args:
+        folder: the output folder a run writes.
+
+    Returns:
+        True (for config expressions).
+
+    Raises:
+        FolderInUseError: naming the holder's process id when another live process holds the lock.
+    """
     folder = Path(folder).resolve()
     if folder in _held:
         return True
