@@ -14,18 +14,19 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.encaps import encapsulate
-from pydicom.pixels import convert_color_space
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
 from PIL import Image
 from pydicom.uid import UID, generate_uid
 
+from vmunetv2_monai.bundle.predictor import Predictor
 from vmunetv2_monai.dicom.algorithm import MANUFACTURER, AlgorithmInfo
 from vmunetv2_monai.dicom.files import write_atomic
-from vmunetv2_monai.dicom.pipeline import segment_files
+from vmunetv2_monai.dicom.local import segment_files
 from vmunetv2_monai.dicom.reader import UnsupportedDicomError, grey_window, load_image, to_model_input
 from vmunetv2_monai.dicom.seg import (SEG_SOP_CLASS_UID, build_overlay, build_segmentation, seg_mask_for_source,
                                       seg_uid_for)
 from vmunetv2_monai.dicom.units import Segmenter
-from vmunetv2_monai.inference import Predictor
 
 from .conftest import (REPO, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb, rgb_input,
                        ultrasound_files, wrap_vl_endoscopic)
@@ -88,6 +89,48 @@ def test_greyscale_fixed_window_and_monochrome1() -> None:
 
     full = grey_window(_greyscale(values, "MONOCHROME2", slope=-1.0))  # no window: the full 12-bit range
     assert full.origin == "full 12-bit stored range" and (full.center, full.width) == (-2047.0, 4096.0)
+
+
+def test_sigmoid_window_is_pydicoms() -> None:
+    """Issue 22: a SIGMOID VOI LUT Function was applied as a LINEAR window. Now the input is pydicom's
+    apply_voi_lut, scaled from its output range (the modality output range) to [0, 255]."""
+    values = np.random.default_rng(1).integers(0, 4096, size=(20, 30))
+    ds = _greyscale(values, "MONOCHROME2", slope=2.0, intercept=-1024.0)
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = 40.0, 400.0, "SIGMOID"
+    window = grey_window(ds)
+    assert (window.center, window.width, window.function) == (40.0, 400.0, "SIGMOID")
+    assert window.describe() == "center 40 width 400 SIGMOID (image WindowCenter/WindowWidth)"
+    image = to_model_input(ds)
+    y_min, y_max = -1024.0, 4095 * 2.0 - 1024.0  # unsigned 12-bit stored values through the rescale
+    expected = (apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds) - y_min) / (y_max - y_min)
+    np.testing.assert_allclose(image[0], 255 * expected, atol=1e-3)
+    linear = 255 * np.clip((values * 2.0 - 1024.0 - 39.5) / 399 + 0.5, 0, 1)
+    assert np.abs(image[0] - linear).max() > 10  # not the LINEAR window of the same center and width
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    np.testing.assert_allclose(to_model_input(ds)[0], 255 * (1 - expected), atol=1e-3)
+
+
+def test_voi_lut_sequence_is_pydicoms(tmp_path: Path) -> None:
+    """Issue 22: a VOI LUT Sequence was ignored (the window beside it, or the full range, was used). Now its first
+    item is applied by pydicom's apply_voi_lut (preferred to a window, as pydicom does), output / (2**bits - 1);
+    also after a write and read (LUT Data as stored in a file)."""
+    values = np.random.default_rng(2).integers(0, 4096, size=(20, 30))
+    ds = _greyscale(values, "MONOCHROME2")
+    item = Dataset()
+    item.LUTDescriptor = [2048, 1000, 12]  # 2048 entries for stored values 1000..3047, 12 bits per entry
+    lut = np.round(4095 * np.sqrt(np.linspace(0.0, 1.0, 2048))).astype("<u2")
+    item.add_new("LUTData", "OW", lut.tobytes())  # as files store it (the byte order is the file's)
+    item.LUTExplanation = "SQRT"
+    ds.VOILUTSequence = [item]
+    ds.WindowCenter, ds.WindowWidth = 40.0, 400.0
+    window = grey_window(ds)
+    assert window.origin == "image VOI LUT Sequence" and window.center is None
+    assert window.describe() == "VOI LUT 2048 entries from 1000, 12 bits, 'SQRT' (image VOI LUT Sequence)"
+    expected = 255 * (apply_voi_lut(ds.pixel_array, ds) / (2**12 - 1))  # uint16 out
+    assert expected.min() == 0 and expected.max() == 255
+    np.testing.assert_allclose(to_model_input(ds)[0], expected, atol=1e-3)
+    read = load_image(write_atomic(ds, tmp_path / "lut.dcm"))
+    np.testing.assert_allclose(read.image[0], expected, atol=1e-3)
 
 
 def test_compressed_inputs_decode_like_the_uncompressed_file() -> None:
@@ -259,7 +302,7 @@ def test_local_files_mode_series_and_images(tmp_path: Path, kvasir_rgb: np.ndarr
                                             network_json: str, predictor: Predictor) -> None:
     """--files: a 6-slice CT series -> one 6-frame SEG; two endoscopy stills -> one SEG each; a truncated file
     and a duplicate SOPInstanceUID are refused and reported; outputs are 0644 and pass dciodvfy."""
-    from vmunetv2_monai.dicom.pipeline import main
+    from vmunetv2_monai.dicom.cli import main
 
     inputs = tmp_path / "in"
     stills = [write_atomic(wrap_vl_endoscopic(kvasir_rgb), inputs / f"still{i}.dcm") for i in range(2)]
@@ -327,7 +370,7 @@ def test_test_wrapper_and_single_segs_are_valid(tmp_path: Path, kvasir_rgb: np.n
 
 def test_cli_bundle_overrides_set_network_and_inference_mode(tmp_path: Path, tiny_checkpoint: Path) -> None:
     """--bundle-overrides (a recipe's overrides.json) reaches the predictor; a bad file is named."""
-    from vmunetv2_monai.dicom.pipeline import _predictor, build_parser
+    from vmunetv2_monai.dicom.cli import _predictor, build_parser
     from vmunetv2_monai.inferers import ResizeInferer
 
     from .conftest import TINY_NET
@@ -359,7 +402,7 @@ def test_pixel_spacing_without_slice_thickness_gets_a_valid_seg(tmp_path: Path, 
     source's pixel spacing; the source dataset is not modified on the way."""
     from pydicom.data import get_testdata_file
 
-    from vmunetv2_monai.dicom.pipeline import main
+    from vmunetv2_monai.dicom.cli import main
 
     paths = {name: get_testdata_file(name) for name in SPACING_WITHOUT_THICKNESS}
     sources = {str(pydicom.dcmread(p).SOPInstanceUID): pydicom.dcmread(p) for p in paths.values()}

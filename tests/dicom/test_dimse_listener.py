@@ -26,15 +26,16 @@ import requests
 from pydicom.dataset import Dataset
 
 from tests._servers import free_port
+from vmunetv2_monai.bundle.predictor import Predictor
 from vmunetv2_monai.dicom import listener as listener_module
 from vmunetv2_monai.dicom.dicomweb import PacsClient
 from vmunetv2_monai.dicom.files import write_atomic
-from vmunetv2_monai.dicom.listener import Listener, ListenerLimits, RemoteAE, spool_path
+from vmunetv2_monai.dicom.listener import Listener, ListenerLimits, RemoteAE
 from vmunetv2_monai.dicom.reader import grey_window, load_image
 from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID, seg_mask_for_source
+from vmunetv2_monai.dicom.spool import seg_instance_number, spool_path
 from vmunetv2_monai.dicom.state import DONE, StateDB
 from vmunetv2_monai.dicom.units import Segmenter, UnitResult
-from vmunetv2_monai.inference import Predictor
 
 from .conftest import REPO, Orthanc, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb, wrap_vl_endoscopic
 
@@ -136,7 +137,7 @@ def test_orthanc_sends_study_and_gets_segs_back_with_kill_and_restart(
         for ds in stills + series:
             client.store(ds)
         state, spool, log = tmp_path / "state.sqlite", tmp_path / "spool", tmp_path / "listener.log"
-        cmd = [sys.executable, "-m", "vmunetv2_monai.dicom.pipeline", "--listen", "--listen-port", str(listen_port),
+        cmd = [sys.executable, "-m", "vmunetv2_monai.dicom.cli", "--listen", "--listen-port", str(listen_port),
                "--destination", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", "--spool", str(spool),
                "--state", str(state), "--checkpoint", str(tiny_checkpoint), "--network-json", network_json,
                "--settle", "2", "--log-level", "INFO"]
@@ -385,7 +386,7 @@ def test_late_slice_gets_a_new_seg_of_the_whole_series(tmp_path: Path, destinati
             seen = len(received)
             _storescu(listener, files[3])
             assert listener.poll_once() == 0  # within --settle of its arrival: waits
-            with caplog.at_level(logging.INFO, logger="vmunetv2_monai.dicom.listener"):
+            with caplog.at_level(logging.INFO, logger="vmunetv2_monai.dicom"):
                 assert _settled_poll(listener) == 1
             (second,) = _new_segs(received, seen)
             seg = _check_seg(second, slices, tmp_path)
@@ -396,9 +397,9 @@ def test_late_slice_gets_a_new_seg_of_the_whole_series(tmp_path: Path, destinati
             assert (int(first.InstanceNumber), int(second.InstanceNumber)) == (1, 2)
             series_uid = str(slices[0].SeriesInstanceUID)
             assert state.seg_instance_numbers(series_uid) == {str(first.SOPInstanceUID): 1, seg.SOPInstanceUID: 2}
-            again = Listener(segmenter, state, tmp_path / "spool2", dest)  # made again (e.g. after a restart)
-            assert again._seg_instance_number(slices, {str(first.SOPInstanceUID)}) == 2
-            assert again._seg_instance_number(slices[:2], set()) == 3  # a next one of the series: one higher
+            # from the state file alone, as after a restart
+            assert seg_instance_number(state, segmenter, slices, {str(first.SOPInstanceUID)}) == 2
+            assert seg_instance_number(state, segmenter, slices[:2], set()) == 3  # a next one: one higher
             warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
             assert any(str(slices[0].SeriesInstanceUID) in m and str(first.SOPInstanceUID) in m and "supersedes" in m
                        for m in warning), caplog.text
@@ -432,7 +433,7 @@ def test_late_slice_after_the_retention_gets_a_seg_of_its_own(tmp_path: Path, ke
             (first,) = _new_segs(received, 0)
             kept = listener.spool / "kept" / str(slices[0].SeriesInstanceUID)
             assert kept.is_dir() == (keep_s > 0)
-            with caplog.at_level(logging.INFO, logger="vmunetv2_monai.dicom.listener"):
+            with caplog.at_level(logging.INFO, logger="vmunetv2_monai.dicom"):
                 if keep_s > 0:
                     time.sleep(keep_s + 0.1)
                     assert listener.poll_once() == 0
@@ -470,7 +471,7 @@ def test_another_geometry_of_a_kept_series_is_not_merged(tmp_path: Path, destina
             assert _settled_poll(listener) == 3
             seen = len(received)
             _storescu(listener, files[3])
-            with caplog.at_level(logging.INFO, logger="vmunetv2_monai.dicom.listener"):
+            with caplog.at_level(logging.INFO, logger="vmunetv2_monai.dicom"):
                 assert _settled_poll(listener) == 1
             (seg,) = _new_segs(received, seen)
             _check_seg(seg, [localizer], tmp_path)

@@ -15,16 +15,16 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from vmunetv2_monai.bundle.predictor import Predictor
 from vmunetv2_monai.dicom.algorithm import AlgorithmInfo
 from vmunetv2_monai.dicom.dicomweb import PacsClient, is_transient
-from vmunetv2_monai.dicom.pipeline import main
+from vmunetv2_monai.dicom.cli import main
 from vmunetv2_monai.dicom.files import write_atomic
 from vmunetv2_monai.dicom.reader import grey_window, load_image
 from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID, seg_mask_for_source, seg_uid_for
 from vmunetv2_monai.dicom.sr import SR_SOP_CLASS_UID, read_report_back, sr_uid_for
 from vmunetv2_monai.dicom.state import DONE, FAILED, StateDB
 from tests._servers import free_port
-from vmunetv2_monai.inference import Predictor
 
 from .conftest import (REPO, Orthanc, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb, ultrasound_files,
                        wrap_vl_endoscopic)
@@ -306,7 +306,7 @@ def test_kill_mid_run_and_restart(orthanc: Orthanc, tmp_path: Path, tiny_checkpo
         client.store(ds)
     state = tmp_path / "state.sqlite"
     args = _pipeline_args(orthanc, state, tiny_checkpoint, network_json)
-    cmd = [sys.executable, "-m", "vmunetv2_monai.dicom.pipeline", *args]
+    cmd = [sys.executable, "-m", "vmunetv2_monai.dicom.cli", *args]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     log = tmp_path / "service.log"
     with open(log, "wb") as fh:
@@ -352,7 +352,7 @@ def test_watch_survives_pacs_outage(orthanc: Orthanc, tmp_path: Path, tiny_check
     first, second = _good_sources(2, ultrasound=False)
     client.store(first)
     args = _pipeline_args(orthanc, tmp_path / "state.sqlite", tiny_checkpoint, network_json)
-    cmd = [sys.executable, "-m", "vmunetv2_monai.dicom.pipeline", *args, "--watch", "--interval", "0.5",
+    cmd = [sys.executable, "-m", "vmunetv2_monai.dicom.cli", *args, "--watch", "--interval", "0.5",
            "--max-backoff", "2"]
     cmd[cmd.index("WARNING")] = "INFO"
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}

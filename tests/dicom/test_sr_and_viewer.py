@@ -13,13 +13,13 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from vmunetv2_monai.bundle.predictor import Predictor
 from vmunetv2_monai.dicom.algorithm import AlgorithmInfo
 from vmunetv2_monai.dicom.files import write_atomic
-from vmunetv2_monai.dicom.pipeline import segment_files
+from vmunetv2_monai.dicom.local import segment_files
 from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID, seg_mask_for_source, seg_uid_for
 from vmunetv2_monai.dicom.sr import CODING_SCHEME, SR_SOP_CLASS_UID, read_report_back, slice_spacing, sr_uid_for
 from vmunetv2_monai.dicom.units import Segmenter
-from vmunetv2_monai.inference import Predictor
 
 from .conftest import assert_valid_dicom, ct_series, dcmjs_decode, kvasir_image_paths, load_rgb, wrap_vl_endoscopic
 
@@ -158,7 +158,7 @@ def test_a_rerun_writes_the_same_objects_once(written: dict, predictor: Predicto
 
 
 def test_no_sr_option(tmp_path: Path, predictor: Predictor) -> None:
-    from vmunetv2_monai.dicom.pipeline import build_parser
+    from vmunetv2_monai.dicom.cli import build_parser
 
     assert build_parser().parse_args(["--no-sr"]).no_sr and not build_parser().parse_args([]).no_sr
     still = write_atomic(_sc_copy([1.0, 1.0]), tmp_path / "in" / "sc.dcm")
@@ -208,7 +208,8 @@ def test_listener_sends_the_sr_once_before_the_seg(tmp_path: Path, predictor: Pr
     from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
 
     from tests._servers import free_port
-    from vmunetv2_monai.dicom.listener import Listener, RemoteAE, spool_path
+    from vmunetv2_monai.dicom.listener import Listener, RemoteAE
+    from vmunetv2_monai.dicom.spool import spool_path
     from vmunetv2_monai.dicom.state import DONE, StateDB
 
     received: list[pydicom.Dataset] = []

@@ -9,9 +9,10 @@ import highdicom as hd
 import pydicom
 import pytest
 
-from vmunetv2_monai.dicom.pipeline import main, segment_files
+from vmunetv2_monai.bundle.predictor import Predictor
+from vmunetv2_monai.dicom.cli import main
+from vmunetv2_monai.dicom.local import segment_files
 from vmunetv2_monai.dicom.units import Segmenter
-from vmunetv2_monai.inference import Predictor
 
 from .conftest import assert_valid_dicom
 

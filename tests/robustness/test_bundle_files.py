@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from vmunetv2_monai.bundle import Bundle
 from vmunetv2_monai.errors import BundleFileError, check_config_files
 from vmunetv2_monai.evaluation.recipe import bundle_command
-from vmunetv2_monai.inference import inference_config
-from vmunetv2_monai.label.bundle_config import BundleError, BundleFiles, load_metadata, load_parser
 
 from .conftest import BUNDLE, run_bundle, tail
 
@@ -45,23 +44,19 @@ def test_check_names_the_file_line_and_column(broken_bundle):
     assert check_config_files(*sorted((BUNDLE / "configs").glob("*.json")))
 
 
-def test_scripts_monai_label_app_and_inference_api_name_the_file(broken_bundle):
+def test_scripts_and_inference_api_name_the_file(broken_bundle):
     meta = broken_bundle / "configs" / "metadata.json"
     with pytest.raises(BundleFileError) as err:  # kvasir_recipe.py, learning_study.py
         bundle_command(broken_bundle, ["train", "evaluate"], {"epochs": 1})
     assert _named(str(err.value), meta)
-    for call in (lambda: BundleFiles.from_dir(broken_bundle), lambda: load_metadata(BundleFiles(broken_bundle)),
-                 lambda: load_parser(BundleFiles(broken_bundle), "train")):  # this package's MONAI Label app
-        with pytest.raises(BundleError) as err:
-            call()
-        assert _named(str(err.value), meta), err.value
-    with pytest.raises(BundleFileError) as err:  # Predictor.from_bundle: the DICOM service, scripts
-        inference_config(broken_bundle)
+    # this package's MONAI Label app: tests/label/test_app_files.py (label environment)
+    with pytest.raises(BundleFileError) as err:  # Bundle.config: Predictor.from_bundle (the DICOM service), scripts
+        Bundle(broken_bundle).config("inference")
     assert _named(str(err.value), meta)
     (broken_bundle / "configs" / "metadata.json").write_text((BUNDLE / "configs" / "metadata.json").read_text())
     (broken_bundle / "configs" / "inference.json").write_text('{"imports": [}')
     with pytest.raises(BundleFileError) as err:
-        inference_config(broken_bundle)
+        Bundle(broken_bundle).config("inference")
     assert f"cannot read {broken_bundle / 'configs' / 'inference.json'}: not valid JSON" in str(err.value)
 
 
@@ -69,7 +64,7 @@ def test_dicom_service_exits_1_naming_the_metadata_file(broken_bundle, tmp_path)
     dcm = tmp_path / "in.dcm"
     dcm.write_bytes(b"")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-c", "from vmunetv2_monai.dicom.pipeline import main; raise SystemExit(main())",
+    cmd = [sys.executable, "-c", "from vmunetv2_monai.dicom.cli import main; raise SystemExit(main())",
            "--files", str(dcm), "--bundle-dir", str(broken_bundle), "--output-dir", str(tmp_path / "out")]
     proc = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     last = tail(proc.stdout + proc.stderr, 1)

@@ -19,13 +19,16 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
 from vmunetv2_monai import VMUNetV2
-from vmunetv2_monai.dicom import pipeline as pipeline_module
+from vmunetv2_monai.dicom import cli as cli_module
 from vmunetv2_monai.dicom.dicomweb import InstanceRef, PacsClient
 from vmunetv2_monai.dicom.files import write_atomic
-from vmunetv2_monai.dicom.listener import Listener, RemoteAE, spool_path
-from vmunetv2_monai.dicom.pipeline import Pipeline, _predictor, build_parser, dicom_files, main, segment_files
+from vmunetv2_monai.dicom.cli import _predictor, build_parser, main
+from vmunetv2_monai.dicom.listener import Listener, RemoteAE
+from vmunetv2_monai.dicom.local import dicom_files, segment_files
+from vmunetv2_monai.dicom.pipeline import Pipeline
 from vmunetv2_monai.dicom.reader import UnsupportedDicomError, load_image
 from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID
+from vmunetv2_monai.dicom.spool import spool_path
 from vmunetv2_monai.dicom.sr import SR_SOP_CLASS_UID
 from vmunetv2_monai.dicom.state import DONE, FAILED, StateDB
 from vmunetv2_monai.dicom.units import Segmenter
@@ -233,7 +236,7 @@ def test_refusal_of_a_sop_class_highdicom_cannot_reference_names_the_file(tmp_pa
 def _main_with_threshold_model(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> int:
     """``vmunetv2-dicom`` ARGV with :class:`ThresholdPredictor` in place of the network (these tests are about
     the command's rules, not the model)."""
-    monkeypatch.setattr(pipeline_module, "make_segmenter", lambda args: Segmenter(
+    monkeypatch.setattr(cli_module, "make_segmenter", lambda args: Segmenter(
         ThresholdPredictor(), window=tuple(args.window) if args.window else None, overlay=args.overlay,
         copy_attributes=tuple(args.copy_attribute)))
     return main(argv)
@@ -338,7 +341,7 @@ def test_files_mode_scans_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     second = write_atomic(_still(), tmp_path / "in" / "deeper" / "IM0001")  # no suffix, as on many exports
     (tmp_path / "in" / "notes.txt").write_text("not DICOM")
     out = tmp_path / "out"
-    caplog.set_level("INFO", logger="vmunetv2_monai.dicom.pipeline")
+    caplog.set_level("INFO", logger="vmunetv2_monai.dicom.local")
     assert _main_with_threshold_model(monkeypatch, ["--files", str(tmp_path / "in"), "--output-dir", str(out)]) == 0
     assert len(list(out.glob("*.dcm"))) == 4  # a SEG and an SR each
     assert f"skipped {tmp_path / 'in' / 'notes.txt'}: not a DICOM file" in caplog.text

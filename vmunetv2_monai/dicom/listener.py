@@ -1,5 +1,6 @@
-"""DIMSE listener: a Storage SCP (pynetdicom) that receives images by C-STORE, segments them with the same units
-and state file as the DICOMweb pipeline, and C-STOREs each SEG (and overlays) to a destination AE.
+"""DIMSE listener: a Storage SCP (pynetdicom) that receives images by C-STORE into a spool, segments them through
+the shared :class:`~.driver.Driver` with the same units and state file as the DICOMweb pipeline, and C-STOREs each
+SEG (and SR, overlays) to a destination AE.
 
 Nothing lost: an image is acknowledged only once it is on disk in the spool directory (atomic write, named by
 its validated SOPInstanceUID), and it leaves the spool only after its SEG was accepted by the destination and
@@ -10,13 +11,7 @@ What an administrator sets (:class:`ListenerLimits`): the calling AE titles allo
 other than ours, are rejected at association); the largest object accepted (a bigger one is aborted while it
 arrives: datasets are streamed to a file, never held whole in memory); a spool size above which new associations
 are rejected (transient, "temporary congestion"). C-ECHO (Verification) is answered. A destination that is down
-is retried with a bounded exponential back-off.
-
-Series completeness: the slices of a volumetric series whose SEG was sent are kept in ``<spool>/kept/<series>``
-for ``keep_series_s`` (counted from the series' latest SEG). A slice of that series arriving later (after
-``--settle``) gets a new SEG of the whole series, kept slices and late ones, which supersedes the earlier one
-(same SEG series, new SOP instance; the earlier SEG stays in the archive). After the retention, or with
-``keep_series_s`` 0, a late slice gets a SEG of the late slices only, with a WARNING naming the series.
+is retried with a bounded exponential back-off. Late slices of a series: :mod:`~.spool`.
 """
 
 from __future__ import annotations
@@ -24,10 +19,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,22 +38,19 @@ from pynetdicom.sop_class import (
 )
 
 from ..files import copy_atomic, remove_stale_temps_in
-from .reader import UnsupportedDicomError, check_metadata, failure_reason, read_dataset
-from .state import DONE, FAILED, StateDB
-from .units import Segmenter, UnitResult, group_units, is_volumetric, skip_reason
+from .driver import Driver, RunSummary, Sink, backoff_delay
+from .spool import SpoolSource, expire_kept, spool_path
+from .state import StateDB
+from .units import Segmenter, UnitResult
+
+__all__ = ["MB", "Listener", "ListenerLimits", "RemoteAE"]
 
 logger = logging.getLogger(__name__)
 
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 STATUS_SUCCESS, STATUS_OUT_OF_RESOURCES, STATUS_CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 #: A-ASSOCIATE-RJ (result, source, diagnostic): transient, service provider (presentation), temporary congestion.
 REJECT_CONGESTION = (0x02, 0x03, 0x01)
 MB = 1024 * 1024
-
-
-def backoff_delay(failures: int, interval: float, max_backoff: float) -> float:
-    """Seconds to wait after ``failures`` consecutive failures: doubling from ``interval`` (at least 1 s), capped."""
-    return min(max(interval, 1.0) * 2.0 ** (failures - 1), max_backoff)
 
 
 @dataclass(frozen=True)
@@ -112,26 +103,22 @@ class RemoteAE:
         return cls(match.group(1), match.group(2), int(match.group(3)))
 
 
-def _checked_uid(ds: Dataset, key: str) -> str:
-    uid = str(ds.get(key, ""))
-    if len(uid) > 64 or _UID.fullmatch(uid) is None:
-        raise ValueError(f"not a valid {key}: {uid[:80]!r}")
-    return uid
-
-
-def spool_path(spool: Path, ds: Dataset) -> Path:
-    """Where a received instance is kept: ``<spool>/<SOPInstanceUID>.dcm``; the UID is never trusted as a path."""
-    return spool / f"{_checked_uid(ds, 'SOPInstanceUID')}.dcm"
-
-
-def kept_dir(spool: Path, ds: Dataset) -> Path:
-    """Where the slices of a segmented series wait for late ones: ``<spool>/kept/<SeriesInstanceUID>`` (checked)."""
-    return spool / "kept" / _checked_uid(ds, "SeriesInstanceUID")
-
-
-class Listener:
+class Listener(Sink):
     """Storage SCP on ``host:port`` (127.0.0.1 by default) + a worker that empties the spool every
-    ``poll_interval`` seconds."""
+    ``poll_interval`` seconds; it is also the driver's sink (C-STORE to ``destination``, with back-off).
+
+    Args:
+        segmenter: the model and SEG rules.
+        state: the state file.
+        spool: where received images wait.
+        destination: the AE that receives the results.
+        ae_title: our AE title.
+        host: address of the SCP.
+        port: port of the SCP.
+        settle_s: a series is segmented once its newest image is this old.
+        limits: what the SCP accepts, back-off and retention.
+        poll_interval: seconds between spool polls.
+    """
 
     def __init__(
         self,
@@ -154,6 +141,7 @@ class Listener:
         self.limits = limits or ListenerLimits()
         self.poll_interval = poll_interval
         self.stop_event = threading.Event()
+        self.driver = Driver(segmenter, self, state, self.stop_event)
         self._server = None
         #: SEGs whose C-STORE failed, by their source UIDs: re-sent on the next poll without segmenting again.
         self._unsent: dict[tuple[str, ...], UnitResult] = {}
@@ -161,8 +149,6 @@ class Listener:
         self._transfers: dict[int, _Transfer] = {}
         #: consecutive failed sends to the destination, and when (time.monotonic) the next one may be tried
         self._send_failures, self._send_retry_at = 0, 0.0
-        #: SEGs sent in the current poll (another geometry group of the same series is not a late slice)
-        self._sent_in_poll: set[str] = set()
 
     def spool_bytes(self) -> int:
         """Bytes held in the spool (waiting, failed and kept images)."""
@@ -278,103 +264,55 @@ class Listener:
         finally:
             assoc.release()
 
+    def available(self) -> bool:
+        """False while a destination that was down waits for its back-off."""
+        return time.monotonic() >= self._send_retry_at
+
+    def unsent(self, source_uids: Sequence[str]) -> UnitResult | None:
+        """The result made for exactly these sources whose C-STORE failed; results of units that changed since
+        (sharing a source) are dropped: they are made again."""
+        key = tuple(source_uids)
+        result = self._unsent.pop(key, None)
+        self._unsent = {k: v for k, v in self._unsent.items() if not set(k) & set(key)}
+        return result
+
+    def store(self, result: UnitResult) -> bool:
+        """C-STORE the SR and overlays, then the SEG; a destination that is down is retried after a back-off and the
+        result kept (False)."""
+        try:
+            self.send(result.extras() + [result.seg])
+        except (ConnectionError, OSError, RuntimeError) as exc:  # destination down: keep the spool, retry later
+            self._send_failures += 1
+            delay = backoff_delay(self._send_failures, self.poll_interval, self.limits.max_backoff_s)
+            self._send_retry_at = time.monotonic() + delay
+            logger.warning("cannot send SEG %s to %s (failure %d in a row: %s); next try in %.0f s",
+                           result.seg.SOPInstanceUID, self.destination, self._send_failures, exc, delay)
+            self._unsent[tuple(result.source_uids)] = result
+            return False
+        if self._send_failures:
+            logger.info("%s reachable again after %d failed send(s)", self.destination, self._send_failures)
+            self._send_failures = 0
+        logger.info("sent SEG %s of %d instance(s) to %s", result.seg.SOPInstanceUID, len(result.source_uids),
+                    self.destination)
+        return True
+
     def poll_once(self) -> int:
-        """Segment every settled unit in the spool; returns the number of source instances finished.
+        """Segment every settled unit in the spool.
 
         An image that cannot be processed is recorded as failed with its reason and moved to ``<spool>/failed``
         (:meth:`requeue_failed` brings it back); the others go on.
+
+        Returns:
+            The number of new source instances finished.
         """
-        finished = 0
         now = time.time()
-        self._sent_in_poll = set()
-        self._expire_kept(now)
-        candidates: dict[str, tuple[Path, Dataset]] = {}
-        for path in sorted(self.spool.glob("[!.]*.dcm")):  # not the temporary file of a copy_atomic
-            ds = None
-            try:
-                ds = read_dataset(path)
-                uid = str(ds.SOPInstanceUID)
-                record = self.state.get(uid)
-                if record is not None and record.status != FAILED:  # resent after it was done
-                    path.unlink()
-                    continue
-                reason = skip_reason(str(ds.get("SOPClassUID", "")), str(ds.get("Manufacturer", "")))
-                if reason is not None:
-                    self.state.mark_skipped(uid, str(ds.get("StudyInstanceUID", "")),
-                                            str(ds.get("SeriesInstanceUID", "")), reason)
-                    path.unlink()
-                    continue
-                check_metadata(ds, str(path))
-            except Exception as exc:  # one bad image must not stop the listener; it is kept and recorded
-                if not isinstance(exc, UnsupportedDicomError):
-                    logger.exception("cannot process %s", path.name)
-                self._fail([path], failure_reason(exc), [ds])
-                continue
-            candidates[uid] = (path, ds)
-        kept = self._kept_headers([ds for _, ds in candidates.values()], set(candidates))
-        units = group_units([ds for _, ds in candidates.values()] + [ds for _, ds in kept.values()])
-        path_of = {uid: path for uid, (path, _) in (*kept.items(), *candidates.items())}
-        current = {tuple(str(ds.SOPInstanceUID) for ds in unit) for unit in units}
-        self._unsent = {k: v for k, v in self._unsent.items() if k in current}  # a unit that changed is redone
-        for unit in units:
-            fresh = [candidates[str(ds.SOPInstanceUID)][0] for ds in unit if str(ds.SOPInstanceUID) in candidates]
-            if not fresh:
-                continue  # kept slices alone: their SEG was sent
-            newest = max(p.stat().st_mtime for p in fresh)
-            if (len(unit) > 1 or is_volumetric(unit[0])) and now - newest < self.settle_s:
-                continue  # stable-series rule: no new slice for settle_s seconds (file times survive a restart)
-            if self.stop_event.is_set() or time.monotonic() < self._send_retry_at:
-                break  # stopping, or the destination is down: the units wait in the spool
-            finished += self._process(unit, [path_of[str(ds.SOPInstanceUID)] for ds in unit], set(kept))
-        return finished
-
-    def _kept_headers(self, arrived: list[Dataset], exclude: set[str]) -> dict[str, tuple[Path, Dataset]]:
-        """SOPInstanceUID -> (path, header without pixels) of the kept slices of every volumetric series that has a
-        slice waiting in the spool (read only then: late slices are rare)."""
-        kept: dict[str, tuple[Path, Dataset]] = {}
-        folders = {kept_dir(self.spool, ds) for ds in arrived if is_volumetric(ds)}
-        for folder in sorted(f for f in folders if f.is_dir()):
-            for path in sorted(folder.glob("*.dcm")):
-                if path.stem in exclude:
-                    continue
-                try:
-                    ds = pydicom.dcmread(path, stop_before_pixels=True)
-                except (InvalidDicomError, EOFError, ValueError, KeyError, OSError):
-                    logger.exception("kept slice %s cannot be read; removed (the series' SEG is redone without it)",
-                                     path)
-                    path.unlink(missing_ok=True)
-                    continue
-                kept[str(ds.SOPInstanceUID)] = (path, ds)
-        return kept
-
-    def _expire_kept(self, now: float) -> None:
-        """Remove each kept series whose latest SEG is more than ``keep_series_s`` old (a whole series at a time)."""
-        root = self.spool / "kept"
-        if not root.is_dir():
-            return
-        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-            files = list(folder.glob("*.dcm"))
-            newest = max((p.stat().st_mtime for p in files), default=0.0)
-            if files and now - newest < self.limits.keep_series_s:
-                continue
-            shutil.rmtree(folder)
-            logger.info("series %s: %d kept slice(s) removed after %.0f s (--keep-series); a later slice of it gets "
-                        "a SEG of the late slices only", folder.name, len(files), self.limits.keep_series_s)
-
-    def _keep(self, unit: list[Dataset], fresh: list[Path]) -> None:
-        """After the SEG of a volumetric unit was sent: move its new slices into ``<spool>/kept/<series>`` and restart
-        the series' retention clock; other units' files (and everything with ``keep_series_s`` 0) are deleted."""
-        if self.limits.keep_series_s <= 0 or not (len(unit) > 1 or is_volumetric(unit[0])):
-            for path in fresh:
-                path.unlink()
-            return
-        folder = kept_dir(self.spool, unit[0])
-        folder.mkdir(parents=True, exist_ok=True)
-        for path in fresh:
-            os.replace(path, folder / path.name)
-        now = time.time()
-        for path in folder.glob("*.dcm"):
-            os.utime(path, (now, now))
+        expire_kept(self.spool, self.limits.keep_series_s, now)
+        source = SpoolSource(self.spool, self.state, self.segmenter, self.ae_title, self.settle_s,
+                             self.limits.keep_series_s, now)
+        summary = RunSummary()
+        paths = sorted(self.spool.glob("[!.]*.dcm"))  # not the temporary file of a copy_atomic
+        self.driver.process(source, paths, summary, retry_failed=True)  # a failed image here was requeued
+        return len(summary.stored)
 
     def requeue_failed(self) -> int:
         """Move the images kept in ``<spool>/failed`` back into the spool (``--retry-failed``); returns how many."""
@@ -384,95 +322,6 @@ class Listener:
             os.replace(path, self.spool / path.name)
         logger.info("%d failed image(s) moved back into %s for a retry", len(paths), self.spool)
         return len(paths)
-
-    def _fail(self, paths: list[Path], reason: str, datasets: list[Dataset | None]) -> None:
-        """Record a refusal and move the files to ``<spool>/failed`` (kept for inspection)."""
-        failed_dir = self.spool / "failed"
-        failed_dir.mkdir(exist_ok=True)
-        for path, ds in zip(paths, datasets):
-            ds = ds if ds is not None else Dataset()
-            self.state.mark_failed(str(ds.get("SOPInstanceUID", path.stem)), str(ds.get("StudyInstanceUID", "")),
-                                   str(ds.get("SeriesInstanceUID", "")), reason)
-            os.replace(path, failed_dir / path.name)
-        logger.warning("refused %s: %s", [p.name for p in paths], reason)
-
-    def _process(self, unit: list[Dataset], paths: list[Path], kept: Collection[str] = ()) -> int:
-        """Segment one unit (``kept``: UIDs of slices kept from the series' earlier SEG, read again here with their
-        pixels), send the SEG, record it; returns the number of new instances finished. A failure concerns the
-        new instances only: kept slices stay done with their earlier SEG."""
-        first = unit[0]
-        study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
-        key = tuple(str(ds.SOPInstanceUID) for ds in unit)
-        is_kept = [uid in kept for uid in key]
-        fresh = [(path, ds) for path, ds, old in zip(paths, unit, is_kept) if not old]
-        earlier = self._earlier_seg(unit)
-        try:
-            result = self._unsent.pop(key, None)
-            if result is None:
-                datasets = [read_dataset(path) if old else ds for path, ds, old in zip(paths, unit, is_kept)]
-                result = self.segmenter.segment(datasets, f"{self.ae_title} series {series}",
-                                                self._seg_instance_number(unit, earlier))
-        except UnsupportedDicomError as exc:
-            self._fail([p for p, _ in fresh], exc.reason, [ds for _, ds in fresh])
-            return 0
-        except Exception as exc:  # one bad unit must not stop the listener; it is kept and recorded
-            logger.exception("failed %s", [p.name for p in paths])
-            self._fail([p for p, _ in fresh], failure_reason(exc), [ds for _, ds in fresh])
-            return 0
-        try:
-            self.send(result.extras() + [result.seg])
-        except (ConnectionError, OSError, RuntimeError) as exc:  # destination down: keep the spool, retry later
-            self._send_failures += 1
-            delay = backoff_delay(self._send_failures, self.poll_interval, self.limits.max_backoff_s)
-            self._send_retry_at = time.monotonic() + delay
-            logger.warning("cannot send SEG %s to %s (failure %d in a row: %s); next try in %.0f s",
-                           result.seg.SOPInstanceUID, self.destination, self._send_failures, exc, delay)
-            self._unsent[key] = result
-            return 0
-        if self._send_failures:
-            logger.info("%s reachable again after %d failed send(s)", self.destination, self._send_failures)
-            self._send_failures = 0
-        seg_uid = str(result.seg.SOPInstanceUID)
-        series_seg = len(unit) > 1 or is_volumetric(first)
-        self.state.mark_done_many(result.source_uids, study, series, seg_uid,
-                                  seg_instance_number=int(result.seg.InstanceNumber) if series_seg else None)
-        self._sent_in_poll.add(seg_uid)
-        self._keep(unit, [p for p, _ in fresh])
-        if any(is_kept):
-            logger.warning("series %s: %d late instance(s) after SEG %s of %d; sent SEG %s of the whole series (%d "
-                           "instances, Instance Number %s), which supersedes it (same SEG series; the earlier SEG "
-                           "stays in the archive)", series, len(fresh), ", ".join(sorted(earlier)) or "?",
-                           sum(is_kept), seg_uid, len(unit), result.seg.InstanceNumber)
-        elif earlier:  # also a second geometry group of the series (e.g. a localizer) segmented in a later poll
-            logger.warning("series %s: %d late instance(s) after SEG %s; the series' earlier slices are no longer "
-                           "kept (--keep-series %.0f s): sent SEG %s of the late instance(s) only", series,
-                           len(fresh), ", ".join(sorted(earlier)), self.limits.keep_series_s, seg_uid)
-        logger.info("sent SEG %s of %d instance(s) to %s", seg_uid, len(unit), self.destination)
-        return len(fresh)
-
-    def _seg_instance_number(self, unit: list[Dataset], earlier: Collection[str]) -> int | None:
-        """Instance Number of the SEG of a volumetric unit when its series already has SEGs: one more than the
-        highest recorded for the series (at least 2: a SEG sent before these numbers were recorded had 1), so a
-        superseding whole-series SEG (or a late-only one) sorts after the SEGs it follows; the number recorded for
-        this very SEG when it is made again (e.g. after a restart). None (the default numbering) for the first SEG
-        of a series and for independent images."""
-        if not (len(unit) > 1 or is_volumetric(unit[0])):
-            return None
-        numbers = self.state.seg_instance_numbers(str(unit[0].SeriesInstanceUID))
-        seg_uid = self.segmenter.seg_uid([str(ds.SOPInstanceUID) for ds in unit])
-        if seg_uid in numbers:
-            return numbers[seg_uid]
-        if not numbers and not earlier:
-            return None
-        return max([*numbers.values(), 1]) + 1
-
-    def _earlier_seg(self, unit: list[Dataset]) -> set[str]:
-        """UIDs of the SEGs already sent for slices of this volumetric unit's series in an earlier poll (empty for a
-        series seen the first time, and for independent images)."""
-        if not (len(unit) > 1 or is_volumetric(unit[0])):
-            return set()
-        records = self.state.series_records(str(unit[0].SeriesInstanceUID), DONE)
-        return {r.seg_sop_instance_uid for r in records if r.seg_sop_instance_uid} - self._sent_in_poll
 
     def serve(self) -> None:
         """Run the SCP and empty the spool every :attr:`poll_interval` seconds until :attr:`stop_event` is set."""

@@ -103,8 +103,9 @@ def seg_frame_order(seg: Dataset, sources: Sequence[Dataset]) -> list[int]:
 
 def segment_measurements(masks: np.ndarray, sources: Sequence[Dataset]) -> dict[str, float | int | None]:
     """What the report says about one segment's ``(N, H, W)`` bool masks over ``sources`` (N slices in the SEG's
-    frame order, so that the bounding box's frames are SEG frame numbers): ``count`` (pixels / voxels), ``area_mm2`` (one slice) or ``volume_mm3`` (several), None when a
-    spacing is unknown, and the 1-based bounding box keys ``row_first`` ... (absent for an empty mask)."""
+    frame order, so that the bounding box's frames are SEG frame numbers): ``count`` (pixels / voxels), ``area_mm2``
+    (one slice) or ``volume_mm3`` (several), None when a spacing is unknown, and the 1-based bounding box keys
+    ``row_first`` ... (absent for an empty mask)."""
     masks = np.asarray(masks, dtype=bool)
     spacing = known_pixel_spacing(sources[0])
     out: dict[str, float | int | None] = {"count": int(masks.sum())}
@@ -115,7 +116,7 @@ def segment_measurements(masks: np.ndarray, sources: Sequence[Dataset]) -> dict[
         out["volume_mm3"] = (None if spacing is None or step is None
                              else out["count"] * spacing[0] * spacing[1] * step)
     keys = ("row_first", "row_last", "column_first", "column_last", "frame_first", "frame_last")
-    out.update({key: value for key, (_, value) in zip(keys, _bounding_box(masks, len(sources) > 1))})
+    out.update({key: value for key, (_, value) in zip(keys, _bounding_box(masks, len(sources) > 1), strict=False)})
     return out
 
 

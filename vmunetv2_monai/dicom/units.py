@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from ..inference import Predictor
+from ..bundle.predictor import Predictor
 from .algorithm import MANUFACTURER, AlgorithmInfo
 from .reader import NON_IMAGE_SOP_CLASSES, GreyWindow, UnsupportedDicomError, grey_window, is_greyscale, load_image
 from .seg import build_overlay, build_segmentation, read_back, seg_uid_for, source_problem
@@ -29,6 +29,12 @@ VOLUME_ATTRIBUTES = ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrient
 def is_volumetric(ds: Dataset) -> bool:
     """Whether ``ds`` is a slice of a volume (all of :data:`VOLUME_ATTRIBUTES` present with values)."""
     return all(ds.get(key) not in (None, "") for key in VOLUME_ATTRIBUTES)
+
+
+def is_series_unit(unit: Sequence[Dataset]) -> bool:
+    """Whether a unit is (part of) a volumetric series, which waits for its series to settle and gets one SEG of
+    all its slices, rather than an independent image."""
+    return len(unit) > 1 or is_volumetric(unit[0])
 
 
 def skip_reason(sop_class_uid: str, manufacturer: str) -> str | None:
@@ -186,7 +192,7 @@ class Segmenter:
         for report in reports:
             read_report_back(report)
         overlays = ([build_overlay(image.dataset, image.display_rgb(), mask, self.algorithm, self.copy_attributes)
-                     for image, mask in zip(images, masks)] if self.overlay else [])
+                     for image, mask in zip(images, masks, strict=True)] if self.overlay else [])
         seconds = time.perf_counter() - start
         logger.info("%s: SEG of %d image(s) %dx%d, %d foreground pixels, %.2f s (%.2f s per image)", source,
                     len(unit), masks.shape[1], masks.shape[2], int(masks.sum()), seconds, seconds / len(unit))
