@@ -53,16 +53,18 @@ def _is_number(value: object) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _validator_class() -> Any:
-    """Draft 2020-12 with stricter types: ``integer`` is an ``int`` (not ``1.0``), ``number`` excludes NaN and no
-    number is a bool; an ``array`` may be a tuple (``image_size`` given in Python)."""
-    from jsonschema import Draft202012Validator, validators
+    """Draft 7 with stricter types: ``integer`` is an ``int`` (not ``1.0``), ``number`` excludes NaN and no number is
+    a bool; an ``array`` may be a tuple (``image_size`` given in Python). Draft 7, not 2020-12: MONAI Label's
+    environment has jsonschema 3.2 (pydicom-seg 0.4.1 pins < 4), and the schema uses nothing newer (its
+    ``#/$defs/...`` references are plain JSON pointers)."""
+    from jsonschema import Draft7Validator, validators
 
-    checker = Draft202012Validator.TYPE_CHECKER.redefine_many({
+    checker = Draft7Validator.TYPE_CHECKER.redefine_many({
         "integer": lambda _, v: isinstance(v, int) and not isinstance(v, bool),
         "number": lambda _, v: _is_number(v),
         "array": lambda _, v: isinstance(v, (list, tuple)),
     })
-    return validators.extend(Draft202012Validator, type_checker=checker)
+    return validators.extend(Draft7Validator, type_checker=checker)
 
 
 def _message(name: str, value: object, rule: Mapping[str, Any]) -> str:
