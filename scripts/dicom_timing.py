@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.dicom.conftest import ct_series, kvasir_image_paths, load_rgb, wrap_vl_endoscopic  # noqa: E402
+from vmunetv2_monai.bundle.predictor import Predictor  # noqa: E402
 from vmunetv2_monai.dicom.algorithm import AlgorithmInfo  # noqa: E402
 from vmunetv2_monai.dicom.units import Segmenter  # noqa: E402
-from vmunetv2_monai.inference import Predictor  # noqa: E402
 
 logger = logging.getLogger("dicom_timing")
 

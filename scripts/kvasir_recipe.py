@@ -27,6 +27,7 @@ import logging
 import os
 from pathlib import Path
 
+from vmunetv2_monai.bundle import DEFAULT_BUNDLE
 from vmunetv2_monai.data.datalist import build_datalist, load_splits
 from vmunetv2_monai.evaluation.recipe import (
     MODEL_OVERRIDES,
@@ -44,7 +45,7 @@ from vmunetv2_monai.metrics import read_case_rows
 
 logger = logging.getLogger("kvasir_recipe")
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+BUNDLE = DEFAULT_BUNDLE
 def _write_json(path: Path, obj: object) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2)))
 

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vmunetv2_monai.bundle import Bundle
 from vmunetv2_monai.data.datalist import build_datalist
 from vmunetv2_monai.evaluation.figures import plot_learning_curves
 from vmunetv2_monai.evaluation.recipe import (
@@ -42,8 +43,8 @@ _ZOOM_INTENSITY = [
      "mode": ["bilinear", "nearest"], "padding_mode": "constant", "keep_size": True},
     {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.2, "prob": 1.0},
 ]
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
-_AUGMENTATION = json.loads((BUNDLE / "configs" / "train.json").read_text())["train"]["augmentation"]
+BUNDLE = Bundle()  # bundle/ of this checkout
+_AUGMENTATION = BUNDLE.config("train")["train#augmentation"]
 # Variants tried on both models (name, bundle overrides).
 SHARED: list[tuple[str, dict[str, Any]]] = [
     ("lr 2e-3, warm-up 10 %", {"learning_rate": 2e-3, "lr_warmup_fraction": 0.1}),
@@ -168,7 +169,7 @@ def main() -> None:
             run_dir = record.with_suffix("")
             if run_dir.exists():
                 raise SystemExit(f"{run_dir} exists without a finished record: remove it to run the trial again")
-            cmd = bundle_command(BUNDLE, ["train", "kvasir_cpu"], trial_overrides(m, changes, args, run_dir))
+            cmd = bundle_command(BUNDLE.root, ["train", "kvasir_cpu"], trial_overrides(m, changes, args, run_dir))
             running.append((m, name, changes, record, run_dir, run_bundle(cmd, run_dir / "train.log", 1, False)))
         for m, name, changes, record, run_dir, proc in running:
             check_finished(proc, run_dir / "train.log")

@@ -21,38 +21,38 @@ import os
 import time
 from pathlib import Path
 
-from monai.bundle import run
-
+from vmunetv2_monai.bundle import Bundle
 from vmunetv2_monai.data.datalist import find_pairs
-from vmunetv2_monai.errors import check_config_files
 from vmunetv2_monai.evaluation.figures import plot_overlay_grid
 from vmunetv2_monai.evaluation.folders import score_predictions
 from vmunetv2_monai.files import atomic_write
 from vmunetv2_monai.metrics import pooled_metrics, write_case_rows
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundle"
-CONFIGS = BUNDLE / "configs"
+BUNDLE = Bundle()  # bundle/ of this checkout
 TINY = {"depths": [1, 1, 1, 1], "dims": 16, "d_state": 4, "mid_channels": 8, "image_size": [64, 64]}
 EXPERIMENT = "vmunetv2_demo"
 logger = logging.getLogger("run_demo")
 
 
-def _configs(*names: str) -> list[str]:
-    return [str(CONFIGS / f"{n}.json") for n in names]
+def _run(files: list[str], **override: object) -> None:
+    """Run the bundle workflow of the config ``files`` (merged in order) with ``override``, as ``monai.bundle run``."""
+    workflow = BUNDLE.workflow("train" if "train" in files else "inference", files, **override)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
 
 
 def shipped_model_job(output_dir: Path, dataset_dir: Path) -> dict:
     """Infer with the shipped model through the bundle, score at original resolution, log to MLflow."""
-    ckpt = BUNDLE / "models" / "model.pt"
+    ckpt = BUNDLE.model_path
     if not ckpt.is_file():
         raise SystemExit(f"{ckpt} is missing: the shipped model is part of the bundle (git lfs or a full clone)")
     items = find_pairs(dataset_dir / "images", dataset_dir / "masks")
     pred_dir = output_dir / "predictions"
-    check_config_files(*_configs("inference"), CONFIGS / "metadata.json")  # MONAI's own error names no file
-    run(config_file=_configs("inference"), bundle_root=str(BUNDLE), dataset_dir=str(dataset_dir / "images"),
-        output_dir=str(output_dir), pred_dir=str(pred_dir), ckpt_path=str(ckpt), num_workers=0, tracking="mlflow",
-        experiment_name=EXPERIMENT, run_name="infer_shipped_model")
+    _run(["inference"], dataset_dir=str(dataset_dir / "images"), output_dir=str(output_dir), pred_dir=str(pred_dir),
+         ckpt_path=str(ckpt), num_workers=0, tracking="mlflow", experiment_name=EXPERIMENT,
+         run_name="infer_shipped_model")
     rows = score_predictions(items, pred_dir)
     width = max(len(str(r["name"])) for r in rows)
     for r in rows:
@@ -95,13 +95,11 @@ def _log_evaluation(output_dir: Path, summary: dict, rows: list[dict]) -> None:
 
 def train_demo(output_dir: Path, dataset_dir: Path, epochs: int, full: bool) -> None:
     """Tiny train / evaluate / infer of the bundle on a handful of pairs (a smoke test of the training path)."""
-    check_config_files(*_configs("train", "evaluate", "inference"), CONFIGS / "metadata.json")
-    common = {"bundle_root": str(BUNDLE), "dataset_dir": str(dataset_dir), "output_dir": str(output_dir),
-              "test_fraction": 0.15, "num_workers": 0, "experiment_name": EXPERIMENT, **({} if full else TINY)}
-    run(config_file=_configs("train"), tracking="mlflow", epochs=epochs, batch_size=2, progress_bar=False,
-        run_name="train", **common)
-    run(config_file=_configs("train", "evaluate"), tracking="mlflow", run_name="evaluate", **common)
-    run(config_file=_configs("inference"), **common)
+    common = {"dataset_dir": str(dataset_dir), "output_dir": str(output_dir), "test_fraction": 0.15, "num_workers": 0,
+              "experiment_name": EXPERIMENT, **({} if full else TINY)}
+    _run(["train"], tracking="mlflow", epochs=epochs, batch_size=2, progress_bar=False, run_name="train", **common)
+    _run(["train", "evaluate"], tracking="mlflow", run_name="evaluate", **common)
+    _run(["inference"], **common)
 
 
 def main() -> None:
@@ -121,7 +119,7 @@ def main() -> None:
         train_demo(output_dir, Path(args.dataset_dir or REPO / "tests" / "data" / "kvasir_sample").resolve(),
                    args.epochs, args.full)
     else:
-        shipped_model_job(output_dir, Path(args.dataset_dir or BUNDLE / "sample_data").resolve())
+        shipped_model_job(output_dir, Path(args.dataset_dir or BUNDLE.root / "sample_data").resolve())
         logger.info("overlays: %s", output_dir / "overlays.png")
     logger.info("done: %s (MLflow: mlflow ui --backend-store-uri sqlite:///%s)", output_dir, output_dir / "mlruns.db")
 

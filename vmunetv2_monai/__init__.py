@@ -1,7 +1,7 @@
 """vmunetv2_monai: VM-UNetV2 (Vision Mamba UNet v2) for MONAI."""
 
-from .bundle_weights import check_training_folder
-from .checkpoint_files import check_checkpoint_path
+from .bundle.weights import check_training_folder
+from .checkpoints import check_checkpoint_path
 from .locks import lock_folder
 from .networks import VMUNetV2
 from .ops.selective_scan import available_backends, selective_scan

@@ -1,7 +1,9 @@
-"""What a file given as a checkpoint is, found before ``torch.load`` reads it.
+"""Checkpoint reading: ``torch.load(weights_only=True)`` with errors that name the file and what is wrong with it.
 
-:func:`check_checkpoint_path` refuses a missing or empty file, and :func:`check_checkpoint_file` refuses, naming the
-file and what it is:
+:func:`read_checkpoint` reads any checkpoint (a state dict, a training state), :func:`load_state_dict` a network's
+weights, and :func:`find_non_finite` names the tensors of a checkpoint that hold NaN or Inf. Before ``torch.load``
+reads a file, :func:`check_checkpoint_path` refuses a missing or empty file, and :func:`check_checkpoint_file`
+refuses, naming the file and what it is:
 
 - a git-LFS pointer (a clone without ``git lfs pull``: a small text file in place of the weights);
 - a TorchScript archive (``torch.jit.save``): it holds code, not a state dict;
@@ -15,12 +17,24 @@ file and what it is:
 
 from __future__ import annotations
 
+import logging
+import pickle
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["EXPANSION_FACTOR", "EXPANSION_SLACK_BYTES", "check_checkpoint_file", "check_checkpoint_path",
-           "expansion_limit", "unpickling_reason"]
+import torch
+
+from .bundle.weights import check_bundle_weights
+
+__all__ = [
+    "EXPANSION_FACTOR", "EXPANSION_SLACK_BYTES", "check_checkpoint_file", "check_checkpoint_path", "expansion_limit",
+    "find_non_finite", "load_state_dict", "read_checkpoint", "unpickling_reason",
+]
+
+logger = logging.getLogger(__name__)
 
 #: A checkpoint's zip members may add up to this many times the file's size ...
 EXPANSION_FACTOR = 4
@@ -82,3 +96,94 @@ def unpickling_reason(message: str) -> str:
         return (f"it holds pickled Python objects besides tensors ({detail}), which could run code when loaded: "
                 "save the state dict alone (torch.save(model.state_dict(), ...))")
     return f"unreadable pickle data ({detail})"
+
+
+def find_non_finite(obj: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a (nested) checkpoint that hold NaN or Inf.
+
+    Args:
+        obj: a tensor, or mappings, lists and tuples holding tensors (a state dict, a training state).
+        prefix: the name of ``obj`` itself; nested names join keys with ``.``.
+
+    Returns:
+        The dotted names (``"model.encoder.patch_embed.proj.weight"``), ``"<tensor>"`` for a bare tensor.
+    """
+    if isinstance(obj, torch.Tensor):
+        bad = obj.is_floating_point() and not bool(torch.isfinite(obj).all())
+        return [prefix or "<tensor>"] if bad else []
+    if isinstance(obj, Mapping):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return []
+    return [name for key, value in items for name in find_non_finite(value, f"{prefix}.{key}" if prefix else str(key))]
+
+
+def read_checkpoint(
+    path: str | Path, map_location: str | torch.device | None = "cpu", check_finite: bool = True,
+    what: str = "checkpoint",
+) -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file and say what is wrong with it.
+
+    A bundle's own weights (``models/model.pt``) are compared with its ``large_files.yml`` first
+    (:func:`~vmunetv2_monai.bundle.weights.check_bundle_weights`: a WARNING on a mismatch).
+
+    Args:
+        path: the checkpoint file.
+        map_location: ``torch.load``'s ``map_location``.
+        check_finite: refuse a checkpoint with a floating-point tensor holding NaN or Inf.
+        what: the file's role in the messages (``"checkpoint"``, ``"training state"``).
+
+    Returns:
+        What ``torch.load`` gives: tensors in (nested) dicts, lists and tuples.
+
+    Raises:
+        FileNotFoundError: a missing file.
+        ValueError: an empty or unreadable file (not a PyTorch checkpoint, one holding pickled objects, a git-LFS
+            pointer, a TorchScript archive or a zip archive that would expand past a bound, see
+            :func:`check_checkpoint_file`) and, with ``check_finite``, tensors holding NaN or Inf.
+    """
+    path = Path(path)
+    check_checkpoint_path(path, what)
+    check_bundle_weights(path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message advises weights_only=False, which would run code from the file: kept at DEBUG only
+        logger.debug("torch.load(%s, weights_only=True) refused the file", path, exc_info=err)
+        raise ValueError(f"cannot read {what} {path}: not a PyTorch weights file: "
+                         f"{unpickling_reason(str(err))}") from None
+    except Exception as err:  # torch.load raises many types for foreign files (IndexError, EOFError, ...)
+        raise ValueError(f"cannot read {what} {path}: not a PyTorch weights file ({type(err).__name__}: "
+                         f"{str(err)[:300]})") from err
+    bad = find_non_finite(obj) if check_finite else []
+    if bad:
+        shown = ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise ValueError(f"{what} {path}: {len(bad)} tensor(s) hold NaN or Inf ({shown}); it comes from a "
+                         "diverged training run and cannot be used")
+    return obj
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A network's weights read with :func:`read_checkpoint`.
+
+    Args:
+        path: a raw state dict or ``{"state_dict"|"model": state dict, ...}`` saved with ``torch.save``.
+
+    Returns:
+        Parameter and buffer name -> tensor (on the CPU).
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`read_checkpoint`; ``ValueError`` also when the file holds no
+            state dict.
+    """
+    obj = read_checkpoint(path)
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    return dict(obj)

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from monai.deploy.core.models import Model, TorchScriptModel
-from monai.deploy.operators.monai_bundle_inference_operator import get_bundle_config
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +72,14 @@ def _torchscript_with_configs(path: Path) -> bool:
 
 def _checkpoint_model(path: Path) -> ResolvedModel:
     """A state dict inside ``<bundle>/models/``: the bundle's network with this file's weights."""
-    from vmunetv2_monai.inference import load_state_dict  # torch.load(weights_only=True), errors naming the file
+    from vmunetv2_monai.bundle import Bundle
+    from vmunetv2_monai.checkpoints import load_state_dict  # torch.load(weights_only=True), errors naming the file
 
     bundle = path.parent.parent
     if path.parent.name != "models" or not is_bundle(bundle):
         raise ModelPathError(f"model path {path}: a checkpoint must sit in a bundle's models/ folder (the bundle's "
                              f"configs give the network and the transforms); expected {ACCEPTED}")
-    parser = get_bundle_config(str(bundle), [CONFIG_NAME])
+    parser = Bundle(bundle).config(CONFIG_NAME)
     network = parser.get_parsed_content("network")
     network.load_state_dict(load_state_dict(path), strict=True)
     model = Model(str(bundle), name=path.stem)

@@ -11,10 +11,10 @@ import torch
 from monai.inferers import SlidingWindowInferer
 
 from vmunetv2_monai import VMUNetV2
-from vmunetv2_monai.inference import Predictor
+from vmunetv2_monai.bundle.predictor import Predictor
 from vmunetv2_monai.inferers import ResizeInferer
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 TINY = {"depths": [1, 1, 1, 1], "dims": 16, "d_state": 4, "mid_channels": 8}
 
 

@@ -1,8 +1,11 @@
-"""MONAI Label over REST: a real server on 127.0.0.1 serving a tiny copy of the bundle on real Kvasir images.
+"""This package's MONAI Label app (the stock bundle tasks plus what the stock app lacks) over REST: a real server on
+127.0.0.1 with ``--uvicorn_app vmunetv2_monai.label.server:app`` serving a tiny copy of the bundle on real Kvasir
+images.
 
 One server per module (started and stopped by the ``server`` fixture, readiness bounded by SERVER_START_TIMEOUT);
-the tests run in file order and share it: info, inference parity with ``monai.bundle run`` (main environment),
-bad requests, saving a final label, training, and inference with the new weights.
+the tests run in file order and share it: info (with the ``uncertainty`` strategy), inference parity with
+``monai.bundle run`` (main environment) also for an uploaded image, the 4xx answers, 409 without weights, active
+learning, saving a final label, training with the report of the images used, and inference with the new weights.
 """
 
 from __future__ import annotations
@@ -34,12 +37,12 @@ from ._support import (
 require_monailabel()
 
 # imported after the check above: requests comes with monailabel, and the app modules import monailabel
-import requests
-import torch
-from PIL import Image
+import requests  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from vmunetv2_monai.label import APP_DIR
-from vmunetv2_monai.label.bundle_config import BundleFiles, load_parser
+from vmunetv2_monai.bundle import Bundle  # noqa: E402
+from vmunetv2_monai.label import APP_DIR  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starts a MONAI Label server
 
@@ -85,17 +88,16 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bundle(workspace: Path) -> BundleFiles:
+def bundle(workspace: Path) -> Path:
     """A copy of the repository's bundle configs with the tiny settings and a seeded, untrained checkpoint."""
     root = workspace / "bundle"
     shutil.copytree(REPO / "bundle" / "configs", root / "configs")
     (root / "models").mkdir()
-    files = BundleFiles.from_dir(root)
-    _write_tiny(files, TINY)
+    _write_tiny(root, TINY)
     torch.manual_seed(20240601)
-    parser = load_parser(files, "inference")
+    parser = Bundle(root).config("inference")
     network = parser.get_parsed_content("network_def", instantiate=True).eval()
-    torch.save({"model": network.state_dict()}, files.model_path)
+    torch.save({"model": network.state_dict()}, root / "models" / "model.pt")
     # An untrained network's probabilities sit in a narrow band, all on one side of 0.5: put the threshold in the
     # widest gap between the query image's probabilities (20th-80th percentile), so that the mask is not empty and
     # no pixel lies close to the threshold.
@@ -105,19 +107,20 @@ def bundle(workspace: Path) -> BundleFiles:
     probs = probs.double().sort().values
     lo, hi = int(0.2 * probs.numel()), int(0.8 * probs.numel())
     i = int(torch.argmax(probs[lo + 1 : hi] - probs[lo : hi - 1]))
-    _write_tiny(files, {**TINY, "threshold": float(probs[lo + i] + probs[lo + i + 1]) / 2})
-    return files
+    _write_tiny(root, {**TINY, "threshold": float(probs[lo + i] + probs[lo + i + 1]) / 2})
+    return root
 
 
 def _image(name: str) -> Path:
     return KVASIR / "images" / f"{name}.jpg"
 
 
-def _write_tiny(files: BundleFiles, settings: dict) -> None:
-    """``tiny.json`` (for ``monai.bundle run``) and the same settings in the served bundle's MONAI Label overrides."""
-    files.config("tiny.json").write_text(json.dumps(settings, indent=2))
-    overrides = json.loads((REPO / "bundle" / "configs" / "monailabel_overrides.json").read_text())
-    files.config("monailabel_overrides.json").write_text(json.dumps({**overrides, **settings}, indent=2))
+def _write_tiny(root: Path, settings: dict) -> None:
+    """The settings over the repository's ``inference.json`` and ``train.json`` in the copy ``root`` (the stock tasks
+    read each alone)."""
+    for name in ("inference.json", "train.json"):
+        config = json.loads((REPO / "bundle" / "configs" / name).read_text())
+        (root / "configs" / name).write_text(json.dumps({**config, **settings}, indent=2))
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +131,7 @@ def studies(workspace: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(workspace: Path, bundle: BundleFiles, studies: Path):
+def server(workspace: Path, bundle: Path, studies: Path):
     """``monailabel start_server`` on a free loopback port; yields the base URL, stops the server afterwards."""
     app_dir = workspace / "app"  # a copy of the app entry point, so that the server's logs/ stay in the tmp dir
     app_dir.mkdir()
@@ -136,7 +139,7 @@ def server(workspace: Path, bundle: BundleFiles, studies: Path):
     port = free_port()
     # what the `monailabel` CLI script runs, with this interpreter rather than the first `python` on PATH
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app_dir), "--studies", str(studies)]
-    cmd += ["--conf", "bundle", str(bundle.root)]
+    cmd += ["--conf", "bundle", str(bundle)]
     cmd += ["--uvicorn_app", "vmunetv2_monai.label.server:app", "--host", "127.0.0.1", "--port", str(port)]
     env = dict(os.environ, MONAI_LABEL_DATASTORE_AUTO_RELOAD="true", PYTHONUNBUFFERED="1")
     with running_server(cmd, f"http://127.0.0.1:{port}", workspace / "server.log", workspace, env,
@@ -144,7 +147,7 @@ def server(workspace: Path, bundle: BundleFiles, studies: Path):
         yield base
 
 
-def _bundle_run_mask(workspace: Path, bundle: BundleFiles, image: str, tag: str) -> np.ndarray:
+def _bundle_run_mask(workspace: Path, bundle: Path, image: str, tag: str) -> np.ndarray:
     """``python -m monai.bundle run`` (main environment) on one image with the bundle's checkpoint -> 0/1 mask."""
     main_python = os.environ.get(MAIN_PYTHON_ENV, "")
     if not main_python or not Path(main_python).is_file():
@@ -153,10 +156,11 @@ def _bundle_run_mask(workspace: Path, bundle: BundleFiles, image: str, tag: str)
     out = workspace / f"bundle_run_{tag}" / "out"
     data.mkdir(parents=True)
     shutil.copy(KVASIR / "images" / f"{image}.jpg", data / f"{image}.jpg")
-    configs = [str(bundle.config(n)) for n in ("inference.json", "tiny.json")]
-    cmd = [main_python, "-m", "monai.bundle", "run", "--config_file", repr(configs)]
-    cmd += ["--meta_file", str(bundle.metadata), "--logging_file", str(bundle.config("logging.conf"))]
-    cmd += ["--bundle_root", str(bundle.root), "--dataset_dir", str(data), "--ckpt_path", str(bundle.model_path)]
+    configs = bundle / "configs"
+    cmd = [main_python, "-m", "monai.bundle", "run", "--config_file", str(configs / "inference.json")]
+    cmd += ["--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf")]
+    cmd += ["--bundle_root", str(bundle), "--dataset_dir", str(data)]
+    cmd += ["--ckpt_path", str(bundle / "models" / "model.pt")]
     cmd += ["--output_dir", str(out), "--overlay", "False"]
     res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, cwd=workspace)
     assert res.returncode == 0, f"monai.bundle run failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
@@ -194,13 +198,12 @@ def test_info_lists_model_2d_with_labels(server: str) -> None:
     assert model["dimension"] == 2
     assert model["labels"] == {"lesion": 1}
     assert model["type"] == "segmentation"
-    assert model["trained"] is True
     assert MODEL in info["trainers"]
     assert {"random", "first", "uncertainty"} <= set(info["strategies"])
     assert info["labels"] == ["lesion"]
 
 
-def test_infer_matches_monai_bundle_run(server: str, workspace: Path, bundle: BundleFiles) -> None:
+def test_infer_matches_monai_bundle_run(server: str, workspace: Path, bundle: Path) -> None:
     res = _infer(server, QUERY)
     assert res.status_code == 200, res.text
     rest = _png_array(res.content)
@@ -257,7 +260,28 @@ def test_infer_matches_monai_bundle_run(server: str, workspace: Path, bundle: Bu
             400,
             "model_filename",
         ),
+        (
+            "post",
+            f"/infer/{MODEL}",
+            {"params": {"image": QUERY}, "data": {"params": json.dumps({"result_extension": ".jpg"})}},
+            400,
+            "result_extension",
+        ),
+        (
+            "post",
+            f"/infer/{MODEL}",
+            {"params": {"image": QUERY}, "data": {"params": json.dumps({"device": "nonsense"})}},
+            400,
+            "unknown device",
+        ),
         ("post", f"/train/{MODEL}", {"params": {"run_sync": "true"}, "json": {"max_epochs": 0}}, 400, "max_epochs"),
+        (
+            "post",
+            f"/train/{MODEL}",
+            {"params": {"run_sync": "true"}, "json": {"model_filename": "../x.pt"}},
+            400,
+            "model_filename",
+        ),
         ("post", f"/train/{MODEL}", {"params": {"run_sync": "true"}, "json": {"val_split": 2}}, 400, "val_split"),
         ("post", "/train/no_such_model", {"params": {"run_sync": "true"}, "json": {}}, 404, "unknown model"),
         (
@@ -272,7 +296,7 @@ def test_infer_matches_monai_bundle_run(server: str, workspace: Path, bundle: Bu
             "/datastore/label",
             {"params": {"image": "no_such_image", "tag": "final"}, "files": {"label": ("x.png", b"x", "image/png")}},
             404,
-            "not in the datastore",
+            "not found",
         ),
     ],
 )
@@ -285,16 +309,17 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(
     assert requests.get(f"{server}/info/", timeout=30).status_code == 200
 
 
-def test_infer_without_weights_is_409(server: str, bundle: BundleFiles, workspace: Path) -> None:
+def test_infer_without_weights_is_409(server: str, bundle: Path, workspace: Path) -> None:
+    """The stock task would serve the untrained network once model.pt is gone."""
     parked = workspace / "parked_model.pt"
-    os.replace(bundle.model_path, parked)
+    model = bundle / "models" / "model.pt"
+    os.replace(model, parked)
     try:
-        assert requests.get(f"{server}/info/", timeout=30).json()["models"][MODEL]["trained"] is False
         res = _infer(server, QUERY)
         assert res.status_code == 409, res.text
         assert "train it first" in res.json()["detail"]
     finally:
-        os.replace(parked, bundle.model_path)
+        os.replace(parked, model)
     assert _infer(server, QUERY).status_code == 200
 
 
@@ -311,7 +336,7 @@ def test_active_learning_strategies(server: str) -> None:
 
 
 def test_saved_label_lands_in_final_and_training_uses_it(
-    server: str, workspace: Path, bundle: BundleFiles, studies: Path
+    server: str, workspace: Path, bundle: Path, studies: Path
 ) -> None:
     label_png = workspace / f"{TO_LABEL}.png"
     binary_png(KVASIR / "masks" / f"{TO_LABEL}.jpg", label_png)
@@ -328,8 +353,9 @@ def test_saved_label_lands_in_final_and_training_uses_it(
     assert saved.is_file()
     np.testing.assert_array_equal(np.asarray(Image.open(saved)), np.asarray(Image.open(label_png)))
 
-    before = bundle.model_path.read_bytes()
-    before_mtime = bundle.model_path.stat().st_mtime_ns
+    model_path = bundle / "models" / "model.pt"
+    before = model_path.read_bytes()
+    before_mtime = model_path.stat().st_mtime_ns
     old_mask = _png_array(_infer(server, QUERY).content)
     assert _weights_used(server) == hashlib.sha256(before).hexdigest()
     res = requests.post(
@@ -343,15 +369,15 @@ def test_saved_label_lands_in_final_and_training_uses_it(
     assert sorted(summary["train_images"]) == sorted([*LABELLED, TO_LABEL])
     # the trained weights replace model.pt only when they score at least as well on the validation images (here
     # the training images: val_split 0); otherwise they are kept beside it as model.candidate.pt
-    replaced = bundle.model_path.read_bytes() != before
-    trained = bundle.model_path if replaced else bundle.model_path.with_name("model.candidate.pt")
-    assert replaced or bundle.model_path.stat().st_mtime_ns == before_mtime
+    replaced = model_path.read_bytes() != before
+    trained = model_path if replaced else model_path.with_name("model.candidate.pt")
+    assert replaced or model_path.stat().st_mtime_ns == before_mtime
     after = _state_dict(torch.load(trained, map_location="cpu", weights_only=True))
     initial = _state_dict(torch.load(io.BytesIO(before), map_location="cpu", weights_only=True))
     assert after.keys() == initial.keys()
     assert any(not torch.equal(after[k], v) for k, v in initial.items())
 
-    assert _weights_used(server) == hashlib.sha256(bundle.model_path.read_bytes()).hexdigest()
+    assert _weights_used(server) == hashlib.sha256(model_path.read_bytes()).hexdigest()
     res = _infer(server, QUERY)
     assert res.status_code == 200, res.text
     new_mask = _png_array(res.content)

@@ -12,8 +12,8 @@ import torch
 from ignite.engine import Engine, Events
 
 from vmunetv2_monai import VMUNetV2
+from vmunetv2_monai.checkpoints import load_state_dict, read_checkpoint
 from vmunetv2_monai.handlers import AtomicCheckpointSaver, CheckpointLoader, StopOnNonFiniteLoss
-from vmunetv2_monai.inference import load_state_dict, read_checkpoint
 from vmunetv2_monai.pretrained.vmamba import load_pretrained_encoder
 
 from .conftest import TINY

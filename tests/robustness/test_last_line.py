@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vmunetv2_monai.checkpoint_files import expansion_limit
 from vmunetv2_monai.bundle.checks import _summarise_errors
+from vmunetv2_monai.checkpoints import expansion_limit, read_checkpoint
 from vmunetv2_monai.errors import summary_error
-from vmunetv2_monai.inference import read_checkpoint
 
 from .conftest import BUNDLE, SAMPLE, TINY_ARGS, cfg, disc_pair, run_bundle, tail, tiny_state
 
@@ -69,7 +68,7 @@ def test_zip_bomb_bound_is_above_real_checkpoints(tmp_path):
 def test_pickled_objects_are_refused_without_unsafe_advice(tmp_path, caplog):
     path = tmp_path / "pickled.pt"
     torch.save({"model": io.BytesIO(b"x")}, path)
-    with caplog.at_level("DEBUG", logger="vmunetv2_monai.inference"), \
+    with caplog.at_level("DEBUG", logger="vmunetv2_monai.checkpoints"), \
             pytest.raises(ValueError, match="holds pickled Python objects besides tensors") as err:
         read_checkpoint(path)
     assert str(path) in str(err.value) and "weights_only" not in str(err.value)

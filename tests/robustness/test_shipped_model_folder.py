@@ -5,8 +5,8 @@ run --config_file configs/train.json`` from the bundle) would train into the fol
 file that ``large_files.yml`` lists and every default inference, DICOM, MONAI Label and Deploy run uses. It is
 refused by the first step of ``run``, before any training, naming the folder and the two ways on (``initialize``
 still passes, so ``monai.bundle.load(workflow_type="train")`` gets the network); the explicit
-``--overwrite_shipped_model True``, this package's MONAI Label app (its overrides file sets it) and MONAI Label's
-stock ``/train`` (a network ``CheckpointLoader`` of the model in ``train#handlers``) still train into it.
+``--overwrite_shipped_model True`` and MONAI Label's stock ``/train`` (a network ``CheckpointLoader`` of the model in
+``train#handlers``; this package's MONAI Label app trains with the same stock task) still train into it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from vmunetv2_monai import check_training_folder
-from vmunetv2_monai.label.bundle_config import BundleFiles, load_parser
 
 from .conftest import BUNDLE, CONFIGS, SAMPLE, TINY, error_chain, run_bundle, tail
 
@@ -79,7 +78,7 @@ def test_refused_in_process_before_training_and_multi_gpu_checks_the_same(bundle
 def test_own_folders_pass_and_the_explicit_opt_in_warns(bundle_copy, tmp_path, caplog):
     for folder in (bundle_copy / "runs" / "x" / "models", tmp_path / "elsewhere" / "models", bundle_copy):
         assert check_training_folder(folder, False), folder
-    with caplog.at_level(logging.WARNING, logger="vmunetv2_monai.bundle_weights"):
+    with caplog.at_level(logging.WARNING, logger="vmunetv2_monai.bundle.weights"):
         assert check_training_folder(bundle_copy / "models", True)
     assert f"training into the bundle's shipped model folder {bundle_copy / 'models'}" in caplog.text
     with pytest.raises(TypeError, match="bad value 'true' for 'overwrite_shipped_model': expected True or False"):
@@ -110,7 +109,7 @@ def _first_run_step(wf) -> None:
 
 
 def test_monai_label_stock_train_fine_tunes_its_model_in_place(bundle_copy, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="vmunetv2_monai.bundle_weights"):
+    with caplog.at_level(logging.INFO, logger="vmunetv2_monai.bundle.weights"):
         _first_run_step(_stock_workflow(bundle_copy, bundle_copy / "models" / "model.pt", tmp_path))
     assert f"fine-tuning {bundle_copy / 'models' / 'model.pt'} in place" in caplog.text
     # a loader of a file outside the shipped folder is no fine-tuning in place: refused
@@ -118,9 +117,3 @@ def test_monai_label_stock_train_fine_tunes_its_model_in_place(bundle_copy, tmp_
     shutil.copy2(bundle_copy / "models" / "model.pt", other)
     chain = error_chain(lambda: _first_run_step(_stock_workflow(bundle_copy, other, tmp_path)))
     assert f"shipped model folder {bundle_copy / 'models'}" in chain, chain
-
-
-def test_this_packages_monai_label_app_asks_explicitly(bundle_copy):
-    parser = load_parser(BundleFiles.from_dir(bundle_copy), "train")
-    assert parser["overwrite_shipped_model"] is True
-    assert load_parser(BundleFiles.from_dir(bundle_copy), "inference").get("overwrite_shipped_model") is None

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vmunetv2_monai import VMUNetV2
-from vmunetv2_monai.bundle_weights import check_bundle_weights
+from vmunetv2_monai.bundle.weights import check_bundle_weights
 
 from .conftest import BUNDLE, TINY, disc_pair, workflow
 
@@ -50,7 +50,7 @@ def test_runs_with_the_bundle_model_warn_on_a_hash_mismatch(tmp_path, capsys, co
     wf = workflow(configs, output_dir=str(root), **kwargs)
     wf.initialize()  # the bundle's logging.conf logs to stdout
     wf.run()
-    warnings = [ln for ln in capsys.readouterr().out.splitlines() if "vmunetv2_monai.bundle_weights - WARNING" in ln]
+    warnings = [ln for ln in capsys.readouterr().out.splitlines() if "vmunetv2_monai.bundle.weights - WARNING" in ln]
     model = str((root / "models" / "model.pt").resolve())
     if tampered:
         assert len(warnings) == 1 and model in warnings[0] and actual in warnings[0] and listed in warnings[0], warnings

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from vmunetv2_monai import bundle_weights
-from vmunetv2_monai.bundle_weights import check_bundle_weights, listed_hash
+from vmunetv2_monai.bundle import weights
+from vmunetv2_monai.bundle.weights import check_bundle_weights, listed_hash
 
 
 def _bundle(root: Path, content: bytes, listed: bytes | None = None, hash_type: str = "sha256") -> Path:
@@ -54,7 +54,7 @@ def test_a_changed_file_is_hashed_again(tmp_path, monkeypatch):
     os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 10**9))
     assert check_bundle_weights(model) is False
     hashed = []
-    monkeypatch.setattr(bundle_weights, "listed_hash", lambda p: hashed.append(p))
+    monkeypatch.setattr(weights, "listed_hash", lambda p: hashed.append(p))
     assert check_bundle_weights(model) is False and not hashed  # same version: the cached answer
 
 

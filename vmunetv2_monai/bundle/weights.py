@@ -77,7 +77,7 @@ def _network_loader_paths(handlers_id: str) -> list[Path]:
     """Files that the network ``CheckpointLoader`` entries of the raw (unparsed) ``handlers_id`` list of the config
     being evaluated load (MONAI Label's stock ``/train`` inserts one for ``models/<model_filename>``); read without
     instantiating the handlers, which would already create their output folders."""
-    from .bundle.checks import running_parser
+    from .checks import running_parser
 
     parser = running_parser()
     if parser is None:

@@ -28,8 +28,10 @@ from .transforms import TIFF_SUFFIXES, check_tiff
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "SPLITS",
     "DataListError",
     "build_datalist",
+    "detect_layout",
     "exif_orientation",
     "find_pairs",
     "image_size",
@@ -46,7 +48,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+"""File name suffixes read as images (matched case-insensitively)."""
 SPLITS = ("training", "validation", "test")
+"""The lists of a data list, as :func:`build_datalist` returns and :func:`save_datalist` writes them."""
 
 
 class DataListError(ValueError):
@@ -54,7 +58,14 @@ class DataListError(ValueError):
 
 
 def image_stem(path: Path) -> str:
-    """``path``'s file name without its image suffix (``.nii.gz`` as a whole; another suffix as ``Path.stem``)."""
+    """``path``'s file name without its image suffix (``.nii.gz`` as a whole; another suffix as ``Path.stem``).
+
+    Args:
+        path: an image file path.
+
+    Returns:
+        The stem that pairs images with masks.
+    """
     name = path.name
     for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
         if name.lower().endswith(suffix):
@@ -104,8 +115,15 @@ _EXIF_ORIENTATION = 0x0112
 
 
 def exif_orientation(path: str | os.PathLike) -> int:
-    """The EXIF Orientation of a PNG or JPEG file (1 when it has none, and for other formats). The bundle reads
-    pixels as stored and does not apply it, as MONAI's and ITK's readers do not."""
+    """The EXIF Orientation of a PNG or JPEG file. The bundle reads pixels as stored and does not apply it, as
+    MONAI's and ITK's readers do not.
+
+    Args:
+        path: an image file.
+
+    Returns:
+        The orientation, 1 to 8 (1 when the file has none, and for formats other than PNG and JPEG).
+    """
     if not os.fspath(path).lower().endswith((".png", ".jpg", ".jpeg")):
         return 1
     from PIL import Image
@@ -115,7 +133,14 @@ def exif_orientation(path: str | os.PathLike) -> int:
 
 
 def warn_exif_orientation(path: str | os.PathLike) -> int:
-    """Log a WARNING naming ``path`` when it has an EXIF Orientation other than 1 (ignored); returns the value."""
+    """Log a WARNING naming ``path`` when it has an EXIF Orientation other than 1 (which is not applied).
+
+    Args:
+        path: an image file.
+
+    Returns:
+        The orientation (see :func:`exif_orientation`).
+    """
     value = exif_orientation(path)
     if value != 1:
         logger.warning("%s has EXIF Orientation %d: it is read as stored, without the rotation or mirroring a photo "
@@ -125,8 +150,18 @@ def warn_exif_orientation(path: str | os.PathLike) -> int:
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, ...]:
-    """Spatial size of an image file; PNG/JPEG/BMP are decoded in full. Raises :class:`DataListError` naming a file
-    that cannot be read (missing, truncated, corrupt)."""
+    """Spatial size of an image file; PNG/JPEG/BMP are decoded in full, TIFFs checked by
+    :func:`~vmunetv2_monai.data.transforms.check_tiff`.
+
+    Args:
+        path: an image file.
+
+    Returns:
+        The first two dimensions (``(W, H)`` for PIL formats, as PIL's ``size``).
+
+    Raises:
+        DataListError: naming a file that cannot be read (missing, truncated, corrupt, a multi-page TIFF).
+    """
     path = Path(path)
     name = path.name.lower()
     if name.endswith(TIFF_SUFFIXES):
@@ -156,14 +191,24 @@ def image_size(path: str | os.PathLike) -> tuple[int, ...]:
         raise DataListError(f"cannot read image file {path}: {type(err).__name__}: {err}") from err
 
 
-def find_pairs(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, set_name: str = "", check: bool = True) -> list[dict]:
-    """Pair ``image_dir`` and ``mask_dir`` files by stem; every unmatched, unreadable or size-mismatched file is an error.
+def find_pairs(
+    image_dir: str | os.PathLike, mask_dir: str | os.PathLike, set_name: str = "", check: bool = True
+) -> list[dict]:
+    """Pair ``image_dir`` and ``mask_dir`` files by stem; every unmatched, unreadable or size-mismatched file is an
+    error.
 
     Args:
         image_dir: folder of images.
         mask_dir: folder of masks with the same stems (any supported suffix).
-        set_name: value stored under ``"set"`` in every item.
-        check: read every header to check the file opens and image and mask sizes agree.
+        set_name: value stored under ``"set"`` in every item. Defaults to ``""``.
+        check: read every file to check it opens and that image and mask sizes agree. Defaults to True.
+
+    Returns:
+        Items ``{"image", "label", "name", "set"}``, sorted by stem.
+
+    Raises:
+        DataListError: listing every problem (at most 20 shown): a missing folder or one without images, an
+            unmatched, unreadable or size-mismatched file, two files with one stem, a broken link.
     """
     images, masks = _by_stem(Path(image_dir)), _by_stem(Path(mask_dir))
     problems = [f"image without mask: {images[s]}" for s in sorted(set(images) - set(masks))]
@@ -193,7 +238,17 @@ def find_pairs(image_dir: str | os.PathLike, mask_dir: str | os.PathLike, set_na
 
 
 def detect_layout(root: Path) -> str:
-    """Return ``"pranet"``, ``"split"`` or ``"flat"`` for a dataset folder, or raise naming what was expected."""
+    """The layout of a dataset folder (see the module docstring).
+
+    Args:
+        root: the dataset folder.
+
+    Returns:
+        ``"pranet"``, ``"split"`` or ``"flat"``.
+
+    Raises:
+        DataListError: naming ``root`` and the folders expected when none is found.
+    """
     if (root / "TrainDataset").is_dir():
         return "pranet"
     if (root / "train" / "images").is_dir():
@@ -208,7 +263,17 @@ def detect_layout(root: Path) -> str:
 
 def read_names(path: str | os.PathLike) -> list[str]:
     """Read one file stem per line (blank lines and ``#`` comments ignored; suffixes are stripped; a UTF-8 byte
-    order mark, as Windows editors write, is dropped)."""
+    order mark, as Windows editors write, is dropped).
+
+    Args:
+        path: the split file (e.g. the PraNet Kvasir test ids).
+
+    Returns:
+        The stems, in file order.
+
+    Raises:
+        DataListError: when the file does not exist or lists no names.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataListError(f"split file not found: {path}")
@@ -220,7 +285,8 @@ def read_names(path: str | os.PathLike) -> list[str]:
 
 
 def _split_off(items: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Seeded split: returns (rest, held_out) with ``round(fraction * n)`` items held out (at least 1 if fraction > 0)."""
+    """Seeded split: returns (rest, held_out) with ``round(fraction * n)`` items held out (at least 1 if
+    fraction > 0)."""
     if not 0.0 <= fraction < 1.0:
         raise DataListError(f"a split fraction must be in [0, 1), got {fraction}")
     if fraction == 0.0:
@@ -256,7 +322,15 @@ def build_datalist(
         test_names_file: file of stems that form the test set (e.g. the PraNet Kvasir test ids); all pairs of every
             folder of the layout are pooled first, listed names become ``test``, the rest is training (+ validation).
         val_is_test: the paper's protocol: validation *is* the test set. Off by default.
-        check: read every header (unreadable files and size mismatches are errors).
+        check: read every file (unreadable files and size mismatches are errors).
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...]}`` of items as :func:`find_pairs` makes them.
+
+    Raises:
+        DataListError: for a missing folder, an unknown layout, a problem of :func:`find_pairs`, names of
+            ``test_names_file`` not in the folder, ``val_is_test`` without a test set, a bad fraction, or no
+            training pairs left.
     """
     root = Path(dataset_dir)
     if not root.is_dir():
@@ -318,7 +392,12 @@ def build_datalist(
 
 
 def save_datalist(datalist: dict[str, list[dict]], path: str | os.PathLike) -> None:
-    """Write a data list as JSON atomically (:func:`~vmunetv2_monai.handlers.atomic.atomic_write`)."""
+    """Write a data list as JSON atomically (:func:`~vmunetv2_monai.files.atomic_write`).
+
+    Args:
+        datalist: the lists, as :func:`build_datalist` returns them.
+        path: the JSON file to write.
+    """
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(datalist, indent=2)))
 
 
@@ -326,7 +405,22 @@ def load_splits(
     dataset_dir: str | os.PathLike | None = None, datalist_file: str | os.PathLike | None = None, **kwargs
 ) -> dict[str, list[dict]]:
     """Data lists for a bundle: read ``datalist_file`` (JSON from :func:`save_datalist`) when given, otherwise
-    :func:`build_datalist` on ``dataset_dir`` with ``kwargs``. Files of a JSON list are checked to exist."""
+    :func:`build_datalist` on ``dataset_dir`` with ``kwargs``.
+
+    Args:
+        dataset_dir: the dataset folder (used without ``datalist_file``).
+        datalist_file: a JSON data list; its image and label paths are absolute, relative to the working folder,
+            or relative to the file's folder (made absolute), and must exist.
+        kwargs: :func:`build_datalist` arguments.
+
+    Returns:
+        ``{"training", "validation", "test"}`` lists; items from a file get a ``"name"`` (the image's stem) when
+        they have none.
+
+    Raises:
+        DataListError: naming the file or entry: neither argument given, a missing or invalid JSON file, a list
+            that is not a list of objects, an entry without an image or label, or a file that does not exist.
+    """
     if datalist_file is None:
         if dataset_dir is None:
             raise DataListError("give dataset_dir or datalist_file")
@@ -371,8 +465,20 @@ def _list_file(entry: str, list_path: Path, what: str, key: str) -> str:
 
 
 def list_images(input_dir: str | os.PathLike, broken: list[str] | None = None) -> list[dict]:
-    """Images to segment: the image files in ``input_dir`` (or in ``input_dir/images`` when that exists). A broken
-    link is an error, or with ``broken`` is added to it (``"path: reason"``) and left out."""
+    """Images to segment: the image files in ``input_dir`` (or in ``input_dir/images`` when that exists).
+
+    Args:
+        input_dir: the folder of images.
+        broken: None: a broken link is an error; a list: broken links are added to it (``"path: reason"``) and
+            left out.
+
+    Returns:
+        Items ``{"image": path, "name": stem}``, sorted by stem.
+
+    Raises:
+        DataListError: for a missing folder, a folder without images, two images with one stem, or a broken link
+            (without ``broken``).
+    """
     root = Path(input_dir)
     if not root.is_dir():
         raise DataListError(f"input folder not found: {root}")
@@ -382,7 +488,18 @@ def list_images(input_dir: str | os.PathLike, broken: list[str] | None = None) -
 
 
 def require_items(items: Sequence[dict], split: str) -> list[dict]:
-    """Return ``items`` or raise a clear error when a split the workflow needs is empty."""
+    """Check that a split the workflow needs is not empty.
+
+    Args:
+        items: the split's items.
+        split: the split's name, for the message.
+
+    Returns:
+        ``items`` as a list.
+
+    Raises:
+        DataListError: naming the split and how to fill it, when ``items`` is empty.
+    """
     if not items:
         raise DataListError(
             f"the '{split}' split is empty: give test_names_file or test_fraction for a test set, "
@@ -394,10 +511,22 @@ def require_items(items: Sequence[dict], split: str) -> list[dict]:
 def require_lesion(
     items: Sequence[dict], transform: Callable[[dict], Any], data: str | os.PathLike, key: str = "label"
 ) -> bool:
-    """Raise a :class:`DataListError` naming ``data`` (the data list file or dataset folder) when no mask of
-    ``items`` has a lesion pixel once read by ``transform`` (the bundle's ``read_transforms``, so the mask rule of
-    :class:`~vmunetv2_monai.data.BinarizeMaskd`): training on them would learn to predict nothing. Stops at the
-    first mask with a lesion, so usual data costs one read; a mask the rule refuses stops it with that file's name.
+    """Check that at least one mask of ``items`` has a lesion pixel: training on empty masks would learn to predict
+    nothing. Stops at the first mask with a lesion, so usual data costs one read; a mask the rule refuses stops it
+    with that file's name.
+
+    Args:
+        items: the training items.
+        transform: reads an item (the bundle's ``read_transforms``, so the mask rule of
+            :class:`~vmunetv2_monai.data.BinarizeMaskd`).
+        data: the data list file or dataset folder, named in the error.
+        key: the mask key. Defaults to ``"label"``.
+
+    Returns:
+        True (for config expressions).
+
+    Raises:
+        DataListError: naming ``data`` when no mask has a lesion pixel.
     """
     for item in items:
         if bool(torch.as_tensor(transform(dict(item))[key]).any()):

@@ -27,7 +27,7 @@ class InputImages:
     """Images of ``input_dir`` (or ``input_dir/images``) split into ``good`` items and ``bad`` ``"path: reason"``
     lines by running ``transform`` on each one (a file that fails it would fail the run). Broken links and images
     whose prediction file names (:func:`~vmunetv2_monai.handlers.predictions.prediction_names`) would be longer
-    than :data:`~vmunetv2_monai.handlers.atomic.NAME_MAX` bytes are bad too; an image with an EXIF orientation
+    than :data:`~vmunetv2_monai.files.NAME_MAX` bytes are bad too; an image with an EXIF orientation
     gets a WARNING (it is read as stored).
 
     Attach it to the inference engine: when the engine completes it raises :class:`BadInputsError` naming the
@@ -41,6 +41,11 @@ class InputImages:
         output_dir: where predictions go; checked, not created.
         extra_keys: keys to add to an image's item, by image file name (e.g. the interactive model's clicks, see
             :func:`~vmunetv2_monai.interactive.read_clicks_file`); a name matching no image is a bad line.
+
+    Raises:
+        DataListError: for a missing input folder, one without images, or ``output_dir`` equal to the images'
+            folder.
+        BadInputsError: when no image is good (here), or when the engine completes with bad images (attached).
     """
 
     def __init__(
@@ -84,6 +89,11 @@ class InputImages:
                                  + "\n  ".join(self.bad))
 
     def attach(self, engine: Any) -> None:
+        """Raise :class:`BadInputsError` naming the bad images when ``engine`` completes, if there are any.
+
+        Args:
+            engine: the inference engine (an ignite ``Engine``).
+        """
         from ignite.engine import Events
 
         engine.add_event_handler(Events.COMPLETED, self._report)

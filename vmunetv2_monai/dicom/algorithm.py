@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
+from ..bundle.opener import Bundle
 
 logger = logging.getLogger(__name__)
 
@@ -31,20 +31,12 @@ class AlgorithmInfo:
 
         Defaults: name "VM-UNetV2", the package version, label "polyp".
         """
-        if bundle_dir is None:
+        if bundle_dir is None or not Path(bundle_dir).is_dir():
             return cls()
-        path = Path(bundle_dir) / "configs" / "metadata.json"
-        if not path.is_file():
-            logger.info("no %s; using package name/version for the SEG", path)
+        bundle = Bundle(bundle_dir)
+        if not bundle.metadata_path.is_file():
+            logger.info("no %s; using package name/version for the SEG", bundle.metadata_path)
             return cls()
-        meta = json.loads(path.read_text())
-        label = DEFAULT_LABEL
-        outputs = meta.get("network_data_format", {}).get("outputs", {})
-        for out in outputs.values():
-            channels = out.get("channel_def", {}) if isinstance(out, dict) else {}
-            names = [str(v) for k, v in sorted(channels.items()) if str(v).lower() != "background"]
-            if names:
-                label = names[0]
-                break
+        meta, labels = bundle.metadata, list(bundle.labels)
         return cls(name=str(meta.get("name", DEFAULT_NAME)), version=str(meta.get("version", __version__)),
-                   segment_label=label)
+                   segment_label=labels[0] if labels else DEFAULT_LABEL)

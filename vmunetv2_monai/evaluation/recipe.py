@@ -18,8 +18,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..bundle.opener import Bundle
+from ..checkpoints import read_checkpoint
 from ..errors import check_config_files
-from ..inference import read_checkpoint
 from ..metrics import write_case_rows
 from .figures import pick_cases, plot_learning_curves, plot_overlay_grid
 from .report import format_report
@@ -78,12 +79,12 @@ def _cli_value(value: Any) -> str:
 def bundle_command(bundle_dir: str | os.PathLike, configs: Sequence[str], overrides: Mapping[str, Any]) -> list[str]:
     """``python -m monai.bundle run`` of ``configs`` (names in ``<bundle_dir>/configs``, merged in order) with
     ``overrides`` as ``--id value`` pairs (Python literals, as MONAI's command line reads them; None as ``$None``)."""
-    bundle = Path(bundle_dir).resolve()
-    files = [str(bundle / "configs" / (c if c.endswith((".json", ".yaml")) else f"{c}.json")) for c in configs]
-    check_config_files(*files, bundle / "configs" / "metadata.json")  # MONAI would name no file
+    bundle = Bundle(bundle_dir)
+    files = [str(path) for path in bundle.config_files(configs)]
+    check_config_files(*files, bundle.metadata_path)  # MONAI would name no file
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr(files),
-           "--meta_file", str(bundle / "configs" / "metadata.json"),
-           "--logging_file", str(bundle / "configs" / "logging.conf"), "--bundle_root", str(bundle)]
+           "--meta_file", str(bundle.metadata_path),
+           "--logging_file", str(bundle.configs_dir / "logging.conf"), "--bundle_root", str(bundle.root)]
     for key, value in overrides.items():
         cmd += [f"--{key}", _cli_value(value)]
     return cmd

@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
+from monai.handlers import CheckpointLoader as MonaiCheckpointLoader
 from monai.utils import is_scalar
 from torch.optim.lr_scheduler import LRScheduler
 
+from ..checkpoints import find_non_finite, read_checkpoint
 from ..files import atomic_write
-from ..inference import find_non_finite, read_checkpoint
 from .lineage import STATE_ATTR, sidecar_path, write_lineage
 
 __all__ = ["AtomicCheckpointSaver", "CheckpointLoader", "StopOnNonFiniteLoss", "keep_previous", "loads_network"]
@@ -189,20 +190,23 @@ class AtomicCheckpointSaver:
                     "kept as %s", self.key_metric_name, value, self.baseline, self.path, self.candidate_path)
 
 
-class CheckpointLoader:
-    """Load a checkpoint into ``load_dict``'s objects when the engine starts (MONAI's ``CheckpointLoader``, with
-    errors that name the file and the reason, see :func:`~vmunetv2_monai.inference.read_checkpoint`).
+class CheckpointLoader(MonaiCheckpointLoader):
+    """MONAI's ``CheckpointLoader`` with this package's rules.
 
-    Learning-rate schedulers keep the settings of the current config (``T_max``, ``eta_min``, ...) and take only
-    their progress (epoch, current rates) from the checkpoint, so resuming with more epochs continues the config's
-    schedule instead of running past the old one (where a cosine climbs back up). The engine keeps its
-    ``max_epochs``.
+    - The file is read by :func:`~vmunetv2_monai.checkpoints.read_checkpoint` (``weights_only``, with errors that
+      name the file and the reason), and a checkpoint that does not fit ``load_dict`` is an error naming the file.
+    - ``load_path`` None loads nothing (an optional starting point, e.g. fine-tuning from ``init_weights``).
+    - An entry the checkpoint lacks is an error, unless its object has ``optional_state = True`` (then it is skipped
+      with a warning, e.g. :class:`~vmunetv2_monai.handlers.RunSettings` of an earlier version).
+    - Learning-rate schedulers keep the settings of the current config (``T_max``, ``eta_min``, ...) and take only
+      their progress (epoch, current rates) from the checkpoint, so resuming with more epochs continues the config's
+      schedule instead of running past the old one (where a cosine climbs back up). The engine keeps its
+      ``max_epochs``, as with MONAI's loader.
 
     Args:
-        load_path: checkpoint file; None: the loader loads nothing (an optional starting point, e.g. fine-tuning).
-        load_dict: name -> object with ``load_state_dict``; a raw state dict fills a one-entry ``load_dict``. An
-            entry the checkpoint lacks is an error, unless its object has ``optional_state = True`` (then it is
-            skipped with a warning, e.g. :class:`~vmunetv2_monai.handlers.RunSettings` of an earlier version).
+        load_path: checkpoint file; None: the loader loads nothing.
+        load_dict: name -> object with ``load_state_dict``; a raw state dict fills a one-entry ``load_dict``.
+        name: MONAI's logger name (default: the engine's logger).
         map_location: ``torch.load``'s ``map_location``.
         strict: strict state-dict loading.
     """
@@ -211,21 +215,36 @@ class CheckpointLoader:
         self,
         load_path: str | os.PathLike | None,
         load_dict: Mapping[str, Any],
+        name: str | None = None,
         map_location: str | torch.device | None = None,
         strict: bool = True,
     ) -> None:
         if not load_dict:
             raise ValueError("load_dict must name at least one object to load")
+        # MONAI's loader needs a path; None (nothing to load) is kept as None after its checks
+        super().__init__(load_path=os.fspath(load_path or ""), load_dict=dict(load_dict), name=name,
+                         map_location=map_location, strict=strict)
         self.load_path = None if load_path is None else Path(load_path)
-        self.load_dict = dict(load_dict)
-        self.map_location = map_location
-        self.strict = strict
 
     def attach(self, engine: Engine) -> None:
+        """Load when ``engine`` starts (nothing is attached without a ``load_path``).
+
+        Args:
+            engine: a trainer or evaluator.
+        """
         if self.load_path is not None:
-            engine.add_event_handler(Events.STARTED, self)
+            super().attach(engine)
 
     def __call__(self, engine: Engine) -> None:
+        """Load the checkpoint into ``load_dict``'s objects.
+
+        Args:
+            engine: the engine that started.
+
+        Raises:
+            ValueError: naming the file when it lacks an entry, does not fit ``load_dict``, or has more epochs done
+                than the engine's ``max_epochs``.
+        """
         if self.load_path is None:
             return
         checkpoint = read_checkpoint(self.load_path, self.map_location)

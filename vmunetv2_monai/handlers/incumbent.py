@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import torch
 from ignite.engine import Engine, Events
 
-from ..inference import read_checkpoint
+from ..checkpoints import read_checkpoint
 from .checkpoint import AtomicCheckpointSaver
 from .lineage import sidecar_path
 

@@ -8,7 +8,7 @@ import os
 import torch
 from torch import nn
 
-from ..inference import load_state_dict
+from ..checkpoints import load_state_dict
 
 __all__ = ["init_network"]
 

@@ -1,8 +1,14 @@
-"""The MONAI Label app: one VM-UNetV2 bundle served for 2D images, with training and active learning.
+"""The MONAI Label app: MONAI Label's stock bundle tasks on one VM-UNetV2 bundle, plus what the stock app lacks.
+
+The stock ``monaibundle`` app serves the bundle unchanged (``docs/label.md``). This app serves it with the same
+stock tasks and adds: the ``uncertainty`` active-learning strategy, 4xx answers with a reason for requests the
+stock app answers with 500 or serves anyway (unknown image or model 404, unreadable image or bad parameter 400,
+missing weights or no labels 409), weights read by the package's checkpoint reader, and the training report
+(:mod:`.infer`, :mod:`.train`, :mod:`.strategies`; the HTTP-level answers are :mod:`.server`).
 
 App options (``--conf KEY VALUE`` of ``monailabel start_server``):
 
-- ``bundle``: the bundle folder (default: ``bundle/`` of a source checkout of this package, when there is one).
+- ``bundle``: the bundle folder (default: ``bundle/`` of this source checkout).
 - ``model_name``: the model's name in the REST API (default ``vmunetv2``).
 - ``preload``: load the network at start-up (default false).
 - ``skip_trainers``: serve inference only (default false).
@@ -13,17 +19,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
 from monai.transforms import LoadImage
-from monailabel.config import settings
-from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
-from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
@@ -31,37 +33,17 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.generic import strtobool
 
-from .bundle_config import BundleError, BundleFiles
+from ..bundle.opener import Bundle
+from ..errors import check_config_files
 from .infer import InferRequestError, NoWeightsError, VMUNetV2InferTask
 from .strategies import SigmoidEntropy
 from .train import TrainRequestError, VMUNetV2TrainTask
 
-__all__ = ["VMUNetV2LabelApp", "default_bundle_dir"]
+__all__ = ["VMUNetV2LabelApp"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "vmunetv2"
-
-
-def default_bundle_dir() -> Path | None:
-    """``bundle/`` beside the package in a source checkout (editable install), or None."""
-    candidate = Path(__file__).resolve().parents[2] / "bundle"
-    return candidate if (candidate / "configs" / "metadata.json").is_file() else None
-
-
-_TAG = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-class CheckedLocalDatastore(LocalDatastore):
-    """MONAI Label's local datastore, refusing label tags that are not plain names (a tag becomes a folder name)."""
-
-    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
-        """Save a label; HTTP 400 for a tag such as ``../x``, 404 for an image that is not in the datastore."""
-        if not isinstance(label_tag, str) or not _TAG.match(label_tag):
-            raise HTTPException(status_code=400, detail=f"label tag must be letters, digits, '_' or '-': {label_tag!r}")
-        if image_id not in self.list_images():
-            raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
-        return super().save_label(image_id, label_filename, label_tag, label_info)
 
 
 def _is_upload(path: str) -> bool:
@@ -71,72 +53,98 @@ def _is_upload(path: str) -> bool:
 
 
 class VMUNetV2LabelApp(MONAILabelApp):
-    """MONAI Label app for the VM-UNetV2 bundle (2D RGB endoscopy / dermoscopy images, binary masks)."""
+    """MONAI Label app for the VM-UNetV2 bundle (2D RGB endoscopy / dermoscopy images, binary masks).
+
+    Args:
+        app_dir: the app folder (MONAI Label writes ``logs/``, ``model/``, ``lib/`` and ``bin/`` there).
+        studies: the datastore (a local folder of images, or a remote one as MONAI Label sets it up).
+        conf: the ``--conf`` options listed in the module docstring.
+
+    Raises:
+        BundleFileError: the bundle's ``configs/metadata.json`` or ``configs/inference.json`` is missing or not
+            valid JSON (named).
+    """
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         conf = dict(conf or {})
-        bundle_dir = conf.get("bundle") or default_bundle_dir()
-        if not bundle_dir:
-            raise BundleError("no bundle folder: pass --conf bundle <path to the VM-UNetV2 bundle>")
-        self.bundle = BundleFiles.from_dir(bundle_dir)
+        bundle = Bundle(conf.get("bundle") or None)  # None: bundle/ of this checkout
+        self.bundle_root = bundle.root
+        check_config_files(bundle.metadata_path, bundle.configs_dir / "inference.json")
+        version = str(bundle.metadata.get("version", ""))
         self.model_name = conf.get("model_name", DEFAULT_MODEL_NAME)
-        logger.info("VM-UNetV2 MONAI Label app: model %r from bundle %s", self.model_name, self.bundle.root)
+        logger.info("VM-UNetV2 MONAI Label app: model %r from bundle %s", self.model_name, self.bundle_root)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
             conf=conf,
             name="VM-UNetV2",
             description="VM-UNetV2 segmentation of 2D RGB images (endoscopy, dermoscopy)",
-            version=self._bundle_version(),
+            version=version,
         )
 
-    def _bundle_version(self) -> str:
-        from .bundle_config import load_metadata
-
-        return str(load_metadata(self.bundle).get("version", ""))
-
-    def init_datastore(self) -> Datastore:
-        """Local studies folder (with checked label tags); remote datastores as MONAI Label sets them up."""
-        if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
-        return CheckedLocalDatastore(
-            self.studies,
-            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
-            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
-            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
-        )
-
-    # --------------------------------------------------------------------------------------------------- tasks
     def init_infers(self) -> dict[str, InferTask]:
-        preload = bool(strtobool(self.conf.get("preload", "false")))
-        return {self.model_name: VMUNetV2InferTask(self.bundle, self.conf, preload=preload)}
+        """The bundle's inference task; none (logged) while ``models/model.pt`` is missing, as in the stock app.
+
+        Returns:
+            model name -> task.
+        """
+        task = VMUNetV2InferTask(self.bundle_root, self.conf)
+        if not task.is_valid():
+            logger.warning("%s: no %s yet, so no inference model: train it, then restart the server",
+                           self.model_name, self.bundle_root / "models" / "model.pt")
+            return {}
+        return {self.model_name: task}
 
     def init_trainers(self) -> dict[str, TrainTask]:
+        """The bundle's training task, unless ``skip_trainers``.
+
+        Returns:
+            model name -> task.
+        """
         if strtobool(self.conf.get("skip_trainers", "false")):
             return {}
-        return {self.model_name: VMUNetV2TrainTask(self.bundle, self.conf)}
+        return {self.model_name: VMUNetV2TrainTask(self.bundle_root, self.conf)}
 
     def init_strategies(self) -> dict[str, Strategy]:
+        """``random`` and ``first`` (MONAI Label's) and ``uncertainty`` (:class:`.SigmoidEntropy`).
+
+        Returns:
+            strategy name -> strategy.
+        """
         max_images = int(self.conf.get("uncertainty_max_images", "16"))
         return {
             "random": Random(),
             "first": First(),
-            "uncertainty": SigmoidEntropy(lambda: self._infers[self.model_name], max_images=max_images),
+            "uncertainty": SigmoidEntropy(lambda: self._infer_task(self.model_name), max_images=max_images),
         }
 
-    # ------------------------------------------------------------------------------------ request checking
-    def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
-        """Check the model, the image and the parameters (4xx with a reason), then run MONAI Label's infer."""
-        model = request.get("model")
+    def _infer_task(self, model: Any) -> VMUNetV2InferTask:
+        """The inference task ``model``; HTTP 404 naming the models there are."""
         task = self._infers.get(model) if isinstance(model, str) else None
         if task is None:
             raise HTTPException(status_code=404, detail=f"unknown model {model!r}; available: {sorted(self._infers)}")
+        return task
+
+    def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
+        """Check the model, the image and the parameters (4xx with a reason), then run MONAI Label's infer.
+
+        Args:
+            request: the ``/infer`` request (``model``, ``image``: an id in the datastore or an uploaded file).
+            datastore: the datastore (default: the app's).
+
+        Returns:
+            MONAI Label's result (mask file and result JSON).
+
+        Raises:
+            HTTPException: 404 unknown model or image, 400 no image, an unreadable image or a bad parameter, 409 no
+                weights.
+        """
+        task = self._infer_task(request.get("model"))
         ds = datastore if datastore else self.datastore()
         image = request.get("image")
         if not isinstance(image, str) or not image:
-            raise HTTPException(
-                status_code=400, detail="no image: give an image id from the datastore or upload a file"
-            )
+            detail = "no image: give an image id from the datastore or upload a file"
+            raise HTTPException(status_code=400, detail=detail)
         if _is_upload(image):
             path = image
         elif image in ds.list_images():
@@ -147,17 +155,6 @@ class VMUNetV2LabelApp(MONAILabelApp):
             task.validate_request(request)
         except InferRequestError as e:
             raise HTTPException(status_code=400, detail=str(e)) from e
-        self._check_readable(path, image)
-        try:
-            return super().infer(request, datastore)
-        except InferRequestError as e:
-            raise HTTPException(status_code=400, detail=str(e)) from e
-        except NoWeightsError as e:
-            raise HTTPException(status_code=409, detail=str(e)) from e
-
-    @staticmethod
-    def _check_readable(path: str, image: str) -> None:
-        """Raise HTTP 400 when MONAI cannot read the image file."""
         try:
             LoadImage(image_only=True)(path)
         except Exception as e:  # any reader failure means the client sent something that is not an image
@@ -165,9 +162,25 @@ class VMUNetV2LabelApp(MONAILabelApp):
             raise HTTPException(
                 status_code=400, detail=f"cannot read image {os.path.basename(image)!r} as an image: {e}"
             ) from e
+        try:
+            return super().infer(request, datastore)
+        except InferRequestError as e:
+            raise HTTPException(status_code=400, detail=str(e)) from e
+        except NoWeightsError as e:
+            raise HTTPException(status_code=409, detail=str(e)) from e
 
     def train(self, request: dict[str, Any]) -> Any:
-        """Check the model and the parameters (4xx with a reason), then run MONAI Label's training."""
+        """Check the model and the parameters (4xx with a reason), then run MONAI Label's training.
+
+        Args:
+            request: the ``/train`` request.
+
+        Returns:
+            MONAI Label's answer (the task's report with ``run_sync``).
+
+        Raises:
+            HTTPException: 404 unknown model, 400 a bad parameter, 409 no final labels.
+        """
         model = request.get("model")
         task = self._trainers.get(model) if isinstance(model, str) else None
         if task is None:

@@ -1,26 +1,27 @@
-"""MONAI Label inference task for the VM-UNetV2 bundle (2D RGB in, H x W uint8 mask out)."""
+"""MONAI Label's stock bundle inference task with checked weights and request parameters.
+
+MONAI Label's :class:`~monailabel.tasks.infer.bundle.BundleInferTask` runs the bundle's ``inference.json``
+(``preprocessing``, ``inferer``, ``postprocessing``, ``displayable_configs``) exactly as the stock ``monaibundle``
+app does. This task adds only what the stock one lacks: the weights are read by
+:func:`vmunetv2_monai.checkpoints.load_state_dict` (the package's checkpoint reader: a foreign file, pickled
+objects or NaN are refused naming the file; the stock task serves random weights once ``model.pt`` is gone), a
+request parameter it cannot honour is a client error, and the result JSON names the weights used.
+"""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
-import threading
-from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
-from monai.bundle import ConfigParser
-from monai.inferers import Inferer, SimpleInferer
-from monai.transforms import Compose, LoadImaged
-from monailabel.interfaces.tasks.infer_v2 import InferType
-from monailabel.tasks.infer.basic_infer import BasicInferTask
-from monailabel.transform.post import Restored
-from monailabel.transform.pre import LoadImageTensord
+from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.utils.others.generic import device_map
 
-from ..inference import read_checkpoint
-from .bundle_config import BundleFiles, label_map, load_metadata, load_parser, spatial_dims
+from ..checkpoints import load_state_dict
 
 __all__ = ["RESULT_DTYPES", "RESULT_EXTENSIONS", "InferRequestError", "NoWeightsError", "VMUNetV2InferTask"]
 
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 RESULT_EXTENSIONS: tuple[str, ...] = (".png", ".nii.gz", ".nii", ".nrrd", ".tif", ".tiff")
 #: Mask pixel types a client may ask for (``result_dtype``); the PNG writer takes only integer types.
 RESULT_DTYPES: tuple[str, ...] = ("uint8", "uint16", "int16", "int32", "float32")
+MODEL_FILE = "model.pt"
 
 
 class InferRequestError(ValueError):
@@ -37,62 +39,52 @@ class InferRequestError(ValueError):
 
 
 class NoWeightsError(RuntimeError):
-    """The bundle has no trained weights yet (reported to the client as HTTP 409)."""
+    """The bundle's weights file is missing (reported to the client as HTTP 409)."""
 
 
-class VMUNetV2InferTask(BasicInferTask):
-    """Segmentation with the bundle's network, preprocessing, inferer (per inference_mode) and postprocessing.
+class VMUNetV2InferTask(BundleInferTask):
+    """The stock bundle task on ``<bundle>/configs/inference.json``, weights from ``<bundle>/models/<file>``.
 
-    The bundle's ``inference.json`` (+ ``monailabel_overrides.json``) is read. MONAI Label's additions: the image
-    loader keeps the image metadata, the H x W prediction is restored to the image grid, and the mask is written as
-    a uint8 PNG unless the request asks otherwise. Weights are read from ``<bundle>/models/<model_filename>`` with
-    :func:`~vmunetv2_monai.inference.read_checkpoint` (the checks of every other reader: foreign files, pickled
-    objects, NaN, the bundle's weights hash); without them the task refuses to run instead of serving an untrained
-    network.
+    Args:
+        path: the bundle folder (``configs/inference.json``, ``configs/metadata.json``, ``models/model.pt``).
+        conf: the app's ``--conf`` options (``preload``: load the network at start-up).
     """
 
-    def __init__(self, bundle: BundleFiles, conf: dict[str, str] | None = None, preload: bool = False) -> None:
-        self.bundle = bundle
-        self.metadata = load_metadata(bundle)
-        self.parser: ConfigParser = load_parser(bundle, "inference")
-        self._parse_lock = threading.Lock()
-        self.key_image, _ = next(iter(self.metadata["network_data_format"]["inputs"].items()))
-        self.key_pred, _ = next(iter(self.metadata["network_data_format"]["outputs"].items()))
-        network = self.parser.get_parsed_content("network_def", instantiate=True)
-        super().__init__(
-            path=str(bundle.model_path),
-            network=network,
-            type=InferType.SEGMENTATION,
-            labels=label_map(self.metadata),
-            dimension=spatial_dims(self.metadata),
-            description=str(self.metadata.get("description", "VM-UNetV2")),
-            input_key=self.key_image,
-            output_label_key=self.key_pred,
-            load_strict=True,
-            preload=preload,
-            config={"result_extension": ".png", "result_dtype": "uint8", "model_filename": bundle.model_files()},
-        )
-        self.version = str(self.metadata.get("version", ""))
+    def __init__(self, path: str | os.PathLike, conf: dict[str, str]) -> None:
+        super().__init__(str(path), conf, load_strict=True)
+        self.models_dir = Path(path) / "models"
+        self._loaded: dict[tuple[str, str], tuple[torch.nn.Module, int, str]] = {}
 
-    def info(self) -> dict[str, Any]:
-        """Task description for ``GET /info/`` (adds the bundle version and whether weights exist)."""
-        info = super().info()
-        info["version"] = self.version
-        info["trained"] = self.bundle.model_path.is_file()
-        return info
+    def model_files(self) -> list[str]:
+        """Names of the ``*.pt`` files in ``models/``, ``model.pt`` first.
+
+        Returns:
+            file names (never paths); empty when ``models/`` is missing.
+        """
+        if not self.models_dir.is_dir():
+            return []
+        names = sorted(p.name for p in self.models_dir.glob("*.pt") if p.is_file())
+        return sorted(names, key=lambda n: (n != MODEL_FILE, n))
 
     def config(self) -> dict[str, Any]:
-        """User-facing options; the list of model files is read fresh (training adds ``model.pt``)."""
-        self._config["model_filename"] = self.bundle.model_files()
+        """User-facing options; the list of model files is read fresh (training adds files to ``models/``).
+
+        Returns:
+            the task's options, as ``GET /info/`` lists them.
+        """
+        self._config["model_filename"] = self.model_files()
         return self._config
 
-    def is_valid(self) -> bool:
-        """Always listed: before the first training the task exists but answers 409 (no weights)."""
-        return True
-
-    # ----------------------------------------------------------------------------------------- request checking
     def validate_request(self, request: dict[str, Any]) -> None:
-        """Raise :class:`InferRequestError` for parameters this task cannot honour (before any work is done)."""
+        """Refuse parameters this task cannot honour, before any work is done.
+
+        Args:
+            request: the ``/infer`` request (its ``params`` merged in by MONAI Label).
+
+        Raises:
+            InferRequestError: a ``result_extension``, ``result_dtype``, ``device`` or ``model_filename`` that is not
+                offered, naming the value.
+        """
         ext = request.get("result_extension")
         if ext is not None and (not isinstance(ext, str) or ext.lower() not in RESULT_EXTENSIONS):
             raise InferRequestError(f"result_extension must be one of {list(RESULT_EXTENSIONS)}, got {ext!r}")
@@ -110,89 +102,100 @@ class VMUNetV2InferTask(BasicInferTask):
                     torch.device(device)
                 except RuntimeError as e:
                     raise InferRequestError(f"unknown device {device!r}: {e}") from e
-        name = request.get("model_filename")
-        if name is not None:
-            self.model_file(name)
+        if request.get("model_filename") is not None:
+            self.model_file(request["model_filename"])
 
-    def model_file(self, name: Any) -> str:
-        """Path of the model file ``name`` (a bare file name listed in ``models/``); never a path from a request."""
+    def model_file(self, name: Any) -> Path:
+        """Path of the model file ``name``; never a path taken from a request.
+
+        Args:
+            name: a bare file name listed in ``models/`` (or a list whose first item is one, as the options give).
+
+        Raises:
+            InferRequestError: ``name`` is not one of :meth:`model_files`.
+        """
         if isinstance(name, list) and len(name) >= 1:
             name = name[0]
-        available = self.bundle.model_files()
+        available = self.model_files()
         if not isinstance(name, str) or name not in available:
             raise InferRequestError(f"model_filename must be one of {available}, got {name!r}")
-        return str(self.bundle.models_dir / name)
+        return self.models_dir / name
 
     def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[Any, dict]:
-        """Run inference; the result file is an H x W mask with 1 for the foreground (uint8 PNG by default)."""
+        """Check the request (:meth:`validate_request`), then run the stock task.
+
+        Args:
+            request: the ``/infer`` request.
+            callbacks: MONAI Label's per-stage callbacks.
+
+        Returns:
+            the mask file (H x W, 1 = lesion; uint8 PNG unless the request asks otherwise) and the result JSON.
+        """
         self.validate_request(request)
         return super().__call__(request, callbacks)
 
-    # --------------------------------------------------------------------------------------- bundle components
-    def _parsed(self, key: str, data: dict[str, Any] | None) -> Any:
-        """Instantiate bundle item ``key`` for this request's device (parses are serialised: the parser is shared)."""
-        device = data.get("device") if data else None
-        with self._parse_lock:
-            if device:
-                self.parser["device"] = f"$torch.device({str(device)!r})"
-            self.parser.parse(True)
-            return self.parser.get_parsed_content(key, instantiate=True)
+    def logits(self, image_path: str, device: str) -> torch.Tensor:
+        """The network's output for one image: the stock task's preprocessing and inferer, no postprocessing.
 
-    def pre_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
-        """The bundle's preprocessing; ``LoadImaged`` keeps the metadata and also accepts in-memory images."""
-        pre = self._parsed("preprocessing", data)
-        transforms = list(pre.transforms) if isinstance(pre, Compose) else list(pre)
-        result: list[Callable] = []
-        for t in transforms:
-            if isinstance(t, LoadImaged):
-                t._loader.image_only = False
-                result.append(LoadImageTensord(keys=t.keys, load_image_d=t))
-            else:
-                result.append(t)
-        return result
+        Args:
+            image_path: an image file.
+            device: e.g. ``"cpu"`` or ``"cuda:0"``.
 
-    def inferer(self, data: dict[str, Any] | None = None) -> Inferer:
-        """The bundle's inferer (whole image resized to image_size, or a sliding window; per inference_mode)."""
-        inferer = self._parsed("inferer", data)
-        return inferer if inferer is not None else SimpleInferer()
+        Returns:
+            logits ``(out_channels, W, H)`` (MONAI's spatial order for a 2D image file).
+        """
+        data = {**copy.deepcopy(self.config()), "image": image_path, "image_path": image_path, "device": device}
+        data = self.run_pre_transforms(data, self.pre_transforms(data))
+        return self.run_inferer(data, device=device)[self.output_label_key]
 
-    def post_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
-        """Bundle postprocessing (sigmoid, threshold, squeezed to an H x W uint8 mask), then on the image grid."""
-        post = self._parsed("postprocessing", data)
-        transforms = list(post.transforms) if isinstance(post, Compose) else list(post)
-        transforms.append(Restored(keys=self.key_pred, ref_image=self.key_image, has_channel=False))
-        return transforms
-
-    # ------------------------------------------------------------------------------------------------ weights
     def _get_network(self, device: str, data: dict[str, Any] | None) -> torch.nn.Module:
-        """The network with the chosen weights on ``device``, cached until the weights file changes."""
+        """The bundle's network with the requested weights on ``device``, reloaded when the file changes.
+
+        Overrides the stock loader (``torch.load`` of whatever path exists, else the untrained network).
+
+        Args:
+            device: e.g. ``"cpu"`` or ``"cuda:0"``.
+            data: the request (``model_filename``; ``model_weights`` is set to the file name and its sha256).
+
+        Raises:
+            NoWeightsError: the weights file does not exist.
+            ValueError: the file is not a checkpoint of this network (named, from the package's checkpoint reader).
+        """
         name = data.get("model_filename") if data else None
-        path = self.model_file(name) if name else str(self.bundle.model_path)
-        if not os.path.isfile(path):
+        if isinstance(name, list):  # the options' list (the default when the request names no file)
+            name = name[0] if name else None
+        path = self.models_dir / MODEL_FILE if name in (None, MODEL_FILE) else self.model_file(name)
+        if not path.is_file():
             raise NoWeightsError(
                 f"the model has no trained weights yet ({path} does not exist): train it first "
                 "(POST /train/<model>) or copy a checkpoint there"
             )
-        mtime = os.stat(path).st_mtime_ns
-        cache_key = (str(device), path)
-        cached = self._networks.get(cache_key)
+        mtime = path.stat().st_mtime_ns
+        key = (str(device), str(path))
+        cached = self._loaded.get(key)
         if not cached or cached[1] != mtime:
-            with open(path, "rb") as fp:
-                digest = hashlib.sha256(fp.read()).hexdigest()
-            network = self.parser.get_parsed_content("network_def", instantiate=True).to(torch.device(device))
-            checkpoint = read_checkpoint(path, map_location=torch.device(device))
-            state = checkpoint.get(self.model_state_dict, checkpoint) if isinstance(checkpoint, dict) else checkpoint
-            network.load_state_dict(state, strict=self.load_strict)
-            network.eval()
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            network = self.bundle_config.get_parsed_content(self.const.key_network_def(), instantiate=True, lazy=False)
+            network.load_state_dict(load_state_dict(path), strict=True)
+            network = network.to(torch.device(device)).eval()
             logger.info("Loaded weights %s (sha256 %s) on %s", path, digest[:12], device)
             cached = (network, mtime, digest)
-            self._networks[cache_key] = cached
+            self._loaded[key] = cached
         if data is not None:
-            data["model_weights"] = {"file": os.path.basename(path), "sha256": cached[2]}
+            data["model_weights"] = {"file": path.name, "sha256": cached[2]}
         return cached[0]
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: str | None = None) -> tuple[Any, dict]:
-        """MONAI Label's writer; the result JSON also names the weights used (file name and sha256)."""
+        """MONAI Label's writer; the result JSON also names the weights used (file name and sha256).
+
+        Args:
+            data: the postprocessed request data.
+            extension: the mask file type (default: the request's ``result_extension``).
+            dtype: the mask pixel type (default: the request's ``result_dtype``).
+
+        Returns:
+            the mask file and the result JSON.
+        """
         result_file, result_json = super().writer(data, extension, dtype)
         if "model_weights" in data:
             result_json["model_weights"] = data["model_weights"]
