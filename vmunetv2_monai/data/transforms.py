@@ -56,10 +56,16 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 def check_tiff(path: str | os.PathLike) -> None:
-    """Raise a ``ValueError`` naming ``path`` when a TIFF file is not one 2-D page the readers agree on: a multi-page
-    TIFF (PIL would read page 1 and ITK all pages as a 3-D volume, which fails in the network after the pre-check),
-    or a float image with more than one sample per pixel (float RGB: neither PIL nor ITK's Python wrapping reads
-    it). Reads the TIFF's page headers only."""
+    """Check that a TIFF file is one 2-D page the readers agree on. Reads the TIFF's page headers only.
+
+    Args:
+        path: the TIFF file.
+
+    Raises:
+        ValueError: naming ``path`` for a file that is not a readable TIFF, a multi-page TIFF (PIL would read page
+            1 and ITK all pages as a 3-D volume, which fails in the network after the pre-check), or a float image
+            with more than one sample per pixel (float RGB: neither PIL nor ITK's Python wrapping reads it).
+    """
     import tifffile
 
     try:
@@ -78,9 +84,16 @@ def check_tiff(path: str | os.PathLike) -> None:
 
 
 def pil_standard_mode(img: Image.Image) -> Image.Image:
-    """Bring a PIL image to a mode whose array is its colours: CMYK, YCbCr, LAB and HSV to RGB; palette images to
-    RGB (RGBA when they have transparency); grey+alpha to grey (alpha is dropped, as for RGBA); 1-bit to 0/255
-    grey. Other modes (L, RGB, RGBA, 16-bit I;16, I, F) are returned unchanged."""
+    """Bring a PIL image to a mode whose array is its colours (the converter of the bundle's ``PILReader``).
+
+    Args:
+        img: a PIL image.
+
+    Returns:
+        CMYK, YCbCr, LAB and HSV converted to RGB; palette images to RGB (RGBA when they have transparency);
+        grey+alpha to grey (alpha is dropped, as for RGBA); 1-bit to 0/255 grey. Other modes (L, RGB, RGBA, 16-bit
+        I;16, I, F) are returned unchanged.
+    """
     if img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
         return img.convert("RGB")
     if img.mode in ("P", "PA"):
@@ -137,9 +150,15 @@ class LoadImaged(monai.transforms.LoadImaged):
 
 
 class EnsureChannelsd(MapTransform):
-    """Make a channel-first image have ``channels`` channels: grey is repeated to RGB, an alpha channel is dropped
-    (grey+alpha and RGBA), RGB is averaged to grey when ``channels=1``. Any other combination is an error naming
-    the file."""
+    """Make a channel-first image ``(C, *spatial)`` have ``channels`` channels: grey is repeated to RGB (or to any
+    ``channels``), an alpha channel is dropped (grey+alpha and RGBA), RGB is averaged to grey when ``channels=1``.
+    Any other combination raises a ``ValueError`` naming the file.
+
+    Args:
+        keys: image keys.
+        channels: the network's input channels. Defaults to 3.
+        allow_missing_keys: don't raise for missing keys.
+    """
 
     def __init__(self, keys: KeysCollection, channels: int = 3, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -176,7 +195,7 @@ _MASK_SCALES = (100.0, 255.0, _UINT16_MAX)
 def binarize_mask(
     mask: torch.Tensor, threshold: float = 127.0, max_labels: int = MAX_LABELS, source: str = "mask"
 ) -> torch.Tensor:
-    """The lesion of a channel-first mask: ``(C, *spatial)`` -> ``(1, *spatial)`` bool (the mask rule).
+    """The lesion of a channel-first mask (the mask rule).
 
     The colour channels count, an alpha channel (grey+alpha, RGBA) does not; a pixel's value is its largest colour
     channel, so white, red or any bright colour on black is lesion. The mask's largest value ``m`` picks its scale:
@@ -192,6 +211,18 @@ def binarize_mask(
     negative values, values above 65535, or non-zero values none of which reaches the threshold (e.g. integer
     labels up to 40, a soft mask that never passes 50 %, 0/1000 in 16 bit), which would otherwise train on an
     empty mask.
+
+    Args:
+        mask: ``(C, *spatial)``, any value scale.
+        threshold: the lesion threshold on the 8-bit scale. Defaults to 127.0.
+        max_labels: the largest value of an integer mask read as labels. Defaults to :data:`MAX_LABELS`.
+        source: the mask's name in errors (its file). Defaults to ``"mask"``.
+
+    Returns:
+        Boolean lesion mask ``(1, *spatial)``.
+
+    Raises:
+        ValueError: naming ``source`` for a mask that cannot be read this way (see above).
     """
     colour = mask[:3] if mask.shape[0] == 4 else mask[:1] if mask.shape[0] == 2 else mask
     peak = colour.float().amax(dim=0, keepdim=True)
