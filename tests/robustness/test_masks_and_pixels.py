@@ -13,6 +13,7 @@ from PIL import Image
 
 from vmunetv2_monai import VMUNetV2
 from vmunetv2_monai.data import InputImages, build_datalist, save_datalist
+from vmunetv2_monai.metrics import dice_score
 
 from .conftest import BUNDLE, TINY, TINY_ARGS, cfg, disc_pair, error_chain, load_transforms, run_bundle, tail, workflow
 
@@ -27,10 +28,6 @@ def _read_mask(path: Path) -> np.ndarray:
     Image.new("RGB", (W, H)).save(blank)
     label = load_transforms()({"image": str(blank), "label": str(path)})["label"]
     return np.asarray(label)[0].T > 0.5
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * (a & b).sum() / (a.sum() + b.sum())
 
 
 def _write_mask(kind: str, folder: Path) -> Path:
@@ -63,7 +60,7 @@ def test_every_mask_kind_is_read_as_its_lesion(tmp_path, kind, min_dice):
     if kind in ("zero_one_jpeg", "labels_png", "soft_percent_png"):
         assert 1 < stored.max() <= 127  # the range the old rule read as all background
     got = _read_mask(path)
-    assert _dice(got, LESION) >= min_dice, (kind, _dice(got, LESION))
+    assert dice_score(got, LESION) >= min_dice, (kind, dice_score(got, LESION))
 
 
 @pytest.mark.parametrize("values, dtype, reason", [
@@ -104,6 +101,7 @@ def test_training_on_all_empty_masks_stops_naming_the_data(dataset, tmp_path):
     assert not (out / "models").exists()
 
 
+@pytest.mark.slow  # runs monai.bundle in a subprocess
 def test_training_command_on_all_empty_masks_fails_naming_the_folder(dataset, tmp_path):
     for mask in (dataset / "masks").iterdir():
         Image.fromarray(np.zeros((40, 48), np.uint8)).save(mask)
