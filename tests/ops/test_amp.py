@@ -82,9 +82,10 @@ def _engines(node, found: list) -> list:
 
 
 def test_bundle_engines_get_the_policy() -> None:
-    """Whatever the file layout: every engine in bundle/configs takes its AMP from ``autocast_dtype(@amp, ...)``,
-    ``amp`` is "auto" by default and "off" in the paper recipe and for the TensorRT engine (its precision is the
-    engine's), and the expression resolves in a MONAI config."""
+    """Whatever the file layout: every engine in bundle/configs takes its AMP from ``amp_dtype`` =
+    ``autocast_dtype(@amp, @device)`` (defined once in each stand-alone config), ``amp`` is "auto" by default and
+    "off" in the paper recipe and for the TensorRT engine (its precision is the engine's), and the expressions
+    resolve in a MONAI config."""
     from monai.bundle import ConfigParser
 
     configs = Path(__file__).resolve().parents[2] / "bundle" / "configs"
@@ -94,14 +95,17 @@ def test_bundle_engines_get_the_policy() -> None:
         _engines(config, engines)
         if "amp" in config:
             defaults[path.name] = config["amp"]
+        if "amp_dtype" in config:
+            assert config["amp_dtype"] == "$vmunetv2_monai.ops.autocast_dtype(@amp, @device)", path
     assert len(engines) >= 3  # training, validation, inference
     for engine in engines:
-        assert engine["amp"] == "$vmunetv2_monai.ops.autocast_dtype(@amp, @device) is not None"
-        assert engine["amp_kwargs"] == {"dtype": "$vmunetv2_monai.ops.autocast_dtype(@amp, @device)"}
+        assert engine["amp"] == "$@amp_dtype is not None"
+        assert engine["amp_kwargs"] == {"dtype": "@amp_dtype"}
     assert defaults.pop("kvasir_full.json") == "off"
     assert defaults.pop("inference_trt.json") == "off"
     assert defaults and set(defaults.values()) == {"auto"}, defaults
     parser = ConfigParser({"imports": ["$import torch", "$import vmunetv2_monai"], "amp": "auto",
+                           "amp_dtype": "$vmunetv2_monai.ops.autocast_dtype(@amp, @device)",
                            "device": "$torch.device('cpu')", "engine": {"amp": engines[0]["amp"],
                                                                        "amp_kwargs": engines[0]["amp_kwargs"]}})
     assert parser.get_parsed_content("engine") == {"amp": False, "amp_kwargs": {"dtype": None}}
