@@ -154,6 +154,7 @@ def _tiny_state(bundle: Path, path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # TorchScript export of the bundle's network
 def test_ckpt_export_with_inference_config_alone(tmp_path: Path) -> None:
     """The model-zoo's TorchScript check (scripting) of the 5-channel network; the export matches eager."""
     bundle = _copy(tmp_path / "bundle")
@@ -174,6 +175,7 @@ def test_ckpt_export_with_inference_config_alone(tmp_path: Path) -> None:
         torch.testing.assert_close(torch.jit.load(str(ts))(x), net(x))
 
 
+@pytest.mark.slow  # trains through monai.bundle in a subprocess
 def test_default_training_runs_in_a_copy_of_the_bundle(tmp_path: Path) -> None:
     """model-zoo style: a copy of bundle_deepedit/ run from its root with train.json's defaults (the bundled
     sample data) and the explicit --overwrite_shipped_model True (test_bundle's default-run test explains), one
@@ -216,6 +218,7 @@ def _infer(bundle: Path, data: Path, out: Path, clicks: dict | None = None, extr
 
 
 @needs_model
+@pytest.mark.slow  # runs monai.bundle inference in subprocesses
 def test_a_click_changes_the_mask_where_it_is_placed(tmp_path: Path) -> None:
     """The shipped model on the sample images without clicks; then, on the image with the largest error region,
     the click benchmark's annotator click (:func:`next_click`) given in a clicks file: the mask flips at the click
@@ -263,6 +266,7 @@ def tiny_bundle(tmp_path: Path) -> Path:
     pytest.param({"b.jpg": {"background": [[1, 1]] * (MAX_CLICKS + 1)}}, f"{MAX_CLICKS + 1} background clicks",
                  id="too-many"),
 ])
+@pytest.mark.slow  # runs monai.bundle inference in a subprocess
 def test_bad_clicks_file_entry_is_named_last_and_the_others_get_masks(tiny_bundle: Path, tmp_path: Path,
                                                                       clicks: dict, named: str) -> None:
     data = tmp_path / "data"
@@ -282,6 +286,7 @@ def test_bad_clicks_file_entry_is_named_last_and_the_others_get_masks(tiny_bundl
     assert (out / "b_mask.png").is_file() == ("missing.jpg" in clicks), _tail(log)
 
 
+@pytest.mark.slow  # runs monai.bundle inference in a subprocess
 def test_a_clicks_file_with_another_key_is_refused_by_name(tiny_bundle: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()

@@ -124,6 +124,7 @@ def test_verify_net_in_out_with_inference_config_alone() -> None:
 
 
 @pytest.mark.parametrize("use_trace", [False, True])
+@pytest.mark.slow  # TorchScript export (scripting and tracing) of the bundle's network
 def test_ckpt_export_with_inference_config_alone(tmp_path: Path, use_trace: bool) -> None:
     """The model-zoo's TorchScript check (scripting; tracing too) on a copy of the bundle with fresh weights at
     models/model.pt; the exported module is reloaded and compared with the eager network."""

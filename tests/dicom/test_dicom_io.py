@@ -254,6 +254,7 @@ def test_orientation_dicom_equals_png(tmp_path: Path, kvasir_rgb: np.ndarray, pr
 
 @pytest.mark.parametrize("overrides", [{}, {"normalization": "imagenet", "threshold": 0.3}],
                          ids=["defaults", "imagenet-threshold"])
+@pytest.mark.slow  # runs monai.bundle inference in a subprocess
 def test_dicom_masks_equal_the_bundle_run(tmp_path: Path, overrides: dict) -> None:
     """With the shipped model, the DICOM path's mask of an image (wrapped as VL Endoscopic) equals the PNG that
     ``python -m monai.bundle run --config_file configs/inference.json`` writes for it, with the bundle defaults and

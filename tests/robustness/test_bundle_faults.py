@@ -110,6 +110,7 @@ def trained(tmp_path_factory):
     return work, data, out, common
 
 
+@pytest.mark.slow  # trains, then runs monai.bundle inference in a subprocess
 def test_folder_inference_predicts_every_good_image_and_names_the_bad_ones(trained, tmp_path):
     work, _, out, common = trained
     model = (out / "models" / "model.pt").read_bytes()
@@ -131,6 +132,7 @@ def test_folder_inference_predicts_every_good_image_and_names_the_bad_ones(train
     assert (out / "models" / "model.pt").read_bytes() == model
 
 
+@pytest.mark.slow  # trains twice through monai.bundle run in subprocesses
 def test_rerun_into_a_folder_with_a_model_keeps_the_old_one(trained):
     work, _, out, common = trained
     model = (out / "models" / "model.pt").read_bytes()

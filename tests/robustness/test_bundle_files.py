@@ -60,6 +60,7 @@ def test_scripts_and_inference_api_name_the_file(broken_bundle):
     assert f"cannot read {broken_bundle / 'configs' / 'inference.json'}: not valid JSON" in str(err.value)
 
 
+@pytest.mark.slow  # runs vmunetv2-dicom in a subprocess
 def test_dicom_service_exits_1_naming_the_metadata_file(broken_bundle, tmp_path):
     dcm = tmp_path / "in.dcm"
     dcm.write_bytes(b"")
@@ -72,6 +73,7 @@ def test_dicom_service_exits_1_naming_the_metadata_file(broken_bundle, tmp_path)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow  # runs monai.bundle in a subprocess
 def test_monai_bundle_run_fails_in_monai_before_the_package_runs(broken_bundle, tmp_path):
     """MONAI reads metadata.json in ConfigWorkflow.__init__, before it evaluates any config entry, and MONAI 1.6
     refuses handler classes outside ``logging`` in logging.conf (the one file it reads earlier): the last line is

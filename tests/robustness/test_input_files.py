@@ -72,6 +72,7 @@ def _predicted(tmp_path: Path, stem: str) -> bool:
     ("dangling_link", "broken link"),
     ("looping_link", "link loop"),
 ])
+@pytest.mark.slow  # runs monai.bundle inference in a subprocess
 def test_a_bad_input_is_named_last_and_the_others_are_segmented(tmp_path, kind, reason):
     inputs = _inputs(tmp_path)
     bad = _bad_file(kind, inputs, tmp_path)
@@ -82,6 +83,7 @@ def test_a_bad_input_is_named_last_and_the_others_are_segmented(tmp_path, kind, 
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".tmp")]
 
 
+@pytest.mark.slow  # runs monai.bundle inference in a subprocess
 def test_a_long_name_whose_temporary_name_would_not_fit_is_segmented(tmp_path):
     inputs = _inputs(tmp_path)
     stem = "y" * (NAME_MAX - len("_overlay.png") - 3)  # '.tmp<pid>-<stem>_overlay.png' is past NAME_MAX bytes
@@ -133,6 +135,7 @@ def test_exif_orientation_is_ignored_with_a_warning_naming_the_file(tmp_path, ca
     assert f"{inputs / 'photo.jpg'} has EXIF Orientation 8: it is read as stored" in caplog.text, caplog.text
 
 
+@pytest.mark.slow  # runs monai.bundle inference in a subprocess
 def test_bad_checkpoint_is_named_before_the_inputs_are_read(tmp_path):
     inputs = _inputs(tmp_path)
     _bad_file("multi_page_tiff", inputs, tmp_path)

@@ -128,6 +128,7 @@ def _infer(tmp_path: Path, inputs: Path, ckpt: Path, full_disk: bool = False) ->
     ("text", "not a PyTorch weights file"), ("torchscript", "is a TorchScript archive"),
     ("lfs", "is a git-LFS pointer file"), ("bomb", "would expand"),
 ])
+@pytest.mark.slow  # runs monai.bundle inference in a subprocess
 def test_inference_command_names_a_foreign_checkpoint_last(tmp_path, inputs, kind, reason):
     ckpt = _foreign(kind, tmp_path / "given.pt")
     before = ckpt.read_bytes()
@@ -171,6 +172,7 @@ def _run_full_disk(args: list[str], cwd: Path) -> tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # runs monai.bundle inference in a subprocess
 def test_full_disk_during_inference_names_the_prediction_file(tmp_path, inputs):
     ckpt = tiny_state(tmp_path / "model.pt")
     code, log, last = _infer(tmp_path, inputs, ckpt, full_disk=True)
@@ -179,6 +181,7 @@ def test_full_disk_during_inference_names_the_prediction_file(tmp_path, inputs):
     assert "_idat" not in last and not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".tmp")]
 
 
+@pytest.mark.slow  # trains through monai.bundle in a subprocess
 def test_full_disk_during_training_names_the_checkpoint(tmp_path):
     data = tmp_path / "data"
     for i in range(6):

@@ -18,6 +18,8 @@ from vmunetv2_monai.locks import LOCK_NAME, FolderInUseError, lock_folder
 
 from .conftest import BUNDLE, SAMPLE, TINY_ARGS, cfg, run_bundle, tail, tiny_state
 
+pytestmark = pytest.mark.slow  # every test runs monai.bundle or a Python process in subprocesses
+
 HOLD = "import sys, time; from vmunetv2_monai.locks import lock_folder; lock_folder(sys.argv[1]); " \
        "print('locked', flush=True); time.sleep(float(sys.argv[2]))"
 

@@ -37,6 +37,7 @@ def test_half_precision_amp_on_cpu_says_it_runs_in_fp32(choice, caplog, monkeypa
 @pytest.mark.parametrize("value, code, expected", [
     ("", 0, "auto -> "), ("torch", 0, "auto -> torch"), ("bogus", 1, "VMUNETV2_SCAN_BACKEND must be one of"),
 ])
+@pytest.mark.slow  # a Python subprocess per value
 def test_empty_scan_backend_variable_means_auto(value, code, expected):
     script = ("import torch\nfrom vmunetv2_monai.ops.selective_scan import resolve_backend\n"
               "print('auto ->', resolve_backend('auto', torch.device('cpu')))")
@@ -53,6 +54,7 @@ def test_byte_order_mark_in_a_names_file_is_dropped(tmp_path):
     assert read_names(path) == ["cju0", "cju1"]
 
 
+@pytest.mark.slow  # runs monai.bundle in subprocesses
 def test_relative_data_list_paths_are_read_from_the_list_folder_or_named_with_the_paths_tried(dataset, tmp_path):
     entries = [{"image": f"images/case{i}.png", "label": f"masks/case{i}.png"} for i in range(6)]
     good = dataset / "list.json"
@@ -74,6 +76,7 @@ def test_relative_data_list_paths_are_read_from_the_list_folder_or_named_with_th
 
 
 @pytest.mark.parametrize("value", ["abc", "[64,x]", "[64,64,64]", "0", "[64.5,64]"])
+@pytest.mark.slow  # runs monai.bundle in subprocesses
 def test_bad_image_size_on_the_command_line_exits_1_naming_it(dataset, tmp_path, value):
     args = ["--config_file", cfg("inference")[0], "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root",
             str(BUNDLE), "--dataset_dir", str(dataset / "images"), "--output_dir", str(tmp_path / "out"),

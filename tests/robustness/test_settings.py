@@ -24,6 +24,7 @@ def test_typo_ids_are_refused_through_config_workflow(dataset, tmp_path, overrid
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # runs monai.bundle in a subprocess
 def test_typo_ids_are_refused_through_bundle_run_for_inference(tmp_path):
     def go():
         bundle_run(config_file=cfg("inference"), meta_file=str(CONFIGS / "metadata.json"), logging_file=False,
@@ -54,6 +55,7 @@ def _train(data, out, lrs: list | None = None, **overrides) -> None:
     wf.run()
 
 
+@pytest.mark.slow  # trains a workflow
 def test_resume_with_changed_fixed_settings_is_refused_naming_each(dataset, tmp_path):
     out = tmp_path / "out"
     _train(dataset, out, epochs=1)
@@ -69,6 +71,7 @@ def test_resume_with_changed_fixed_settings_is_refused_naming_each(dataset, tmp_
     assert latest.read_bytes() == before
 
 
+@pytest.mark.slow  # trains a workflow twice
 def test_resume_applies_a_new_learning_rate_and_extended_epochs_follow_the_stretched_cosine(
         dataset, tmp_path, capsys):
     out, peak, eta_min = tmp_path / "out", 1e-3, 1e-5
@@ -88,6 +91,7 @@ def test_resume_applies_a_new_learning_rate_and_extended_epochs_follow_the_stret
     assert torch.load(out / "models" / "latest.pt", weights_only=True)["settings"]["learning_rate"] == peak / 2
 
 
+@pytest.mark.slow  # trains a workflow
 def test_resume_of_a_checkpoint_without_settings_warns_and_continues(dataset, tmp_path, capsys):
     out = tmp_path / "out"
     _train(dataset, out, epochs=1)
@@ -102,6 +106,7 @@ def test_resume_of_a_checkpoint_without_settings_warns_and_continues(dataset, tm
     assert trainer["max_epochs"] == 2 and trainer["iteration"] == 2 * trainer["epoch_length"]
 
 
+@pytest.mark.slow  # trains through monai.bundle in subprocesses
 def test_resume_command_with_a_changed_batch_size_exits_1_naming_it(dataset, tmp_path):
     out = tmp_path / "out"
     args = [*map(str, ("--config_file", cfg("train")[0], "--meta_file", CONFIGS / "metadata.json",
@@ -117,6 +122,7 @@ def test_resume_command_with_a_changed_batch_size_exits_1_naming_it(dataset, tmp
     assert (out / "models" / "latest.pt").read_bytes() == before
 
 
+@pytest.mark.slow  # trains a workflow
 def test_resume_without_latest_says_it_starts_over_and_does_not_advise_a_resume(dataset, tmp_path, capsys):
     out = tmp_path / "out"
     _train(dataset, out, epochs=1)

@@ -43,6 +43,7 @@ def _snapshot(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow  # runs monai.bundle in a subprocess
 def test_default_training_in_the_bundle_is_refused_and_writes_nothing(bundle_copy):
     before = _snapshot(bundle_copy)
     code, log = run_bundle(["--config_file", "configs/train.json", "--epochs", "1"], cwd=bundle_copy)

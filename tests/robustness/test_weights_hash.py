@@ -35,6 +35,7 @@ def test_the_shipped_model_matches_its_listed_hash():
 
 @pytest.mark.parametrize("configs", [("inference",), ("train", "evaluate")])
 @pytest.mark.parametrize("tampered", [True, False])
+@pytest.mark.slow  # runs the bundle's workflows
 def test_runs_with_the_bundle_model_warn_on_a_hash_mismatch(tmp_path, capsys, configs, tampered):
     root = tmp_path / "bundle_copy"
     actual = _tiny_bundle_model(root)
