@@ -26,8 +26,9 @@ class TrainingBudget:
     the trainer's own handlers count, the validation runs this handler starts do not, so a run's length does not
     depend on other load on the machine (use one thread per process for a fair count). The validator runs every
     ``val_every_cpu_s`` budget seconds and once more when the budget is spent; ``max_epochs`` is then only an upper
-    bound (a run that ends before its budget is validated at its last iteration). With ``iterations`` set instead, training stops after that many iterations (the same schedule on any
-    machine; validation every ``val_interval`` epochs and at the end). With neither, the trainer's ``max_epochs``
+    bound (a run that ends before its budget is validated at its last iteration). With ``iterations`` set instead,
+    training stops after that many iterations (the same schedule on any machine; validation every ``val_interval``
+    epochs and at the end). With neither, the trainer's ``max_epochs``
     is the budget and the validator runs every ``val_interval`` epochs and after the last epoch.
 
     :meth:`progress` (0 to 1) is the fraction of the budget spent, read by :class:`WarmupCosineLR`. The spent
@@ -41,6 +42,10 @@ class TrainingBudget:
         iterations: the training budget in iterations (only without ``cpu_seconds``); neither: ``max_epochs``.
         val_every_cpu_s: CPU seconds between validations (CPU budget).
         val_interval: epochs between validations (epoch budget).
+
+    Raises:
+        ValueError: naming the bundle setting (``budget_cpu_s``, ``budget_iterations``, ``val_every_cpu_s``,
+            ``val_interval``) for a value out of range, or both budgets given.
     """
 
     def __init__(
@@ -71,13 +76,28 @@ class TrainingBudget:
         self._mark = 0.0
 
     def state_dict(self) -> dict[str, Any]:
+        """The spent budget and the validation history, for the trainer's checkpoint.
+
+        Returns:
+            ``{"used_cpu_s": float, "history": [[cpu_s, iteration, key metric], ...]}``.
+        """
         return {"used_cpu_s": self.used_cpu_s, "history": [list(map(float, row)) for row in self.history]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the budget of a resumed run.
+
+        Args:
+            state: what :meth:`state_dict` returned.
+        """
         self.used_cpu_s = float(state["used_cpu_s"])
         self.history = [list(row) for row in state["history"]]
 
     def attach(self, engine: Engine) -> None:
+        """Count the budget on ``engine``, validate on its schedule and stop the engine when the budget is spent.
+
+        Args:
+            engine: the trainer.
+        """
         engine.add_event_handler(Events.STARTED, self._start)
         engine.add_event_handler(Events.COMPLETED, self._final)
         if self.cpu_seconds is not None:
@@ -100,7 +120,15 @@ class TrainingBudget:
         engine.terminate()
 
     def progress(self, engine: Engine, iteration: int | None = None) -> float:
-        """Fraction of the budget spent, 0 to 1, after ``iteration`` iterations (default: the engine's)."""
+        """Fraction of the budget spent, 0 to 1.
+
+        Args:
+            engine: the trainer (its iteration, ``max_epochs`` and ``epoch_length`` for iteration and epoch budgets).
+            iteration: the iterations done; None means ``engine.state.iteration``. Not used with a CPU budget.
+
+        Returns:
+            The fraction, clipped to 1.
+        """
         if self.cpu_seconds is not None:
             return min(1.0, self.used_cpu_s / self.cpu_seconds)
         done = engine.state.iteration if iteration is None else iteration
@@ -162,6 +190,10 @@ class WarmupCosineLR:
         budget: the :class:`TrainingBudget` that says how much is spent.
         eta_min: the final rate.
         warmup_fraction: share of the budget spent warming up, in [0, 1).
+
+    Raises:
+        ValueError: naming the bundle setting for ``warmup_fraction`` outside [0, 1) (``lr_warmup_fraction``) or a
+            negative ``eta_min`` (``lr_eta_min``).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, budget: TrainingBudget, eta_min: float = 0.0,
@@ -177,11 +209,24 @@ class WarmupCosineLR:
         self.peaks = [float(g["lr"]) for g in optimizer.param_groups]
 
     def attach(self, engine: Engine) -> None:
+        """Set the rates before every iteration of ``engine`` and log the rate after every epoch.
+
+        Args:
+            engine: the trainer.
+        """
         engine.add_event_handler(Events.ITERATION_STARTED, self)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._log)
 
     def rate(self, peak: float, p: float) -> float:
-        """The learning rate at budget fraction ``p`` for a group whose peak rate is ``peak``."""
+        """The learning rate at a point of the budget.
+
+        Args:
+            peak: the group's peak (initial) rate.
+            p: the fraction of the budget spent, 0 to 1.
+
+        Returns:
+            The rate: on the warm-up line, else on the cosine from ``peak`` to ``min(eta_min, peak)``.
+        """
         if p < self.warmup_fraction:
             return peak * (p + 1e-3) / (self.warmup_fraction + 1e-3)
         t = (p - self.warmup_fraction) / (1.0 - self.warmup_fraction)

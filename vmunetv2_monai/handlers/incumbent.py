@@ -37,7 +37,10 @@ class KeepBetterModel:
         saver: the "best" :class:`AtomicCheckpointSaver` of the validator.
         evaluator: evaluator whose key metric is the saver's.
         network: the trained network.
-        map_location: where to load the incumbent's tensors.
+        map_location: where to load the incumbent's tensors. Defaults to ``"cpu"``.
+
+    Raises:
+        ValueError: when ``saver`` has no key metric (not a "best" saver).
     """
 
     def __init__(self, saver: AtomicCheckpointSaver, evaluator: Engine, network: torch.nn.Module,
@@ -50,11 +53,23 @@ class KeepBetterModel:
         self.map_location = map_location
 
     def attach(self, engine: Engine) -> None:
+        """Run :meth:`measure` when ``engine`` starts and :meth:`report` when it completes.
+
+        Args:
+            engine: the trainer.
+        """
         engine.add_event_handler(Events.STARTED, self.measure)
         engine.add_event_handler(Events.COMPLETED, self.report)
 
     def measure(self, engine: Engine | None = None) -> float:
-        """Score the incumbent and set it as the saver's baseline; returns the baseline (-inf when none)."""
+        """Score the incumbent and set it as the saver's baseline.
+
+        Args:
+            engine: the trainer; nothing is measured once it is past epoch 0 (a resumed run). None: measure now.
+
+        Returns:
+            The saver's baseline (-inf when there is none).
+        """
         path = self.saver.path
         if self.saver.resumed or (engine is not None and engine.state.epoch > 0) or not os.path.isfile(path):
             return self.saver.baseline
@@ -88,7 +103,11 @@ class KeepBetterModel:
         return "[" + ", ".join(names[:10]) + (f", ... {len(names)} in all" if len(names) > 10 else "") + "]"
 
     def report(self, engine: Engine) -> None:
-        """Log whether the incumbent was replaced."""
+        """Log whether the incumbent was replaced (and remove this run's candidate file when it was).
+
+        Args:
+            engine: the trainer (unused; the event handler's argument).
+        """
         if self.saver.baseline == float("-inf"):
             return
         name, best = self.saver.key_metric_name, self.saver.best_metric

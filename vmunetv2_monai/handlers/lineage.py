@@ -35,12 +35,26 @@ _VOLATILE_KEYS = ("save_execute_config",)
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
-    """``<path>.json``: the lineage sidecar of checkpoint ``path``."""
+    """The lineage sidecar of a checkpoint.
+
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        ``<path>.json``.
+    """
     return Path(f"{os.fspath(path)}.json")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """The sha256 of a file's bytes, as hex."""
+    """The sha256 of a file's bytes.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The digest as hex.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -50,7 +64,14 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def config_hash(config_file: str | os.PathLike | None) -> str | None:
     """sha256 of the executed, merged config that ``monai.bundle run --tracking`` writes (``config_<time>.json``),
-    with sorted keys and without ``save_execute_config`` (its own time-stamped name); ``None`` without a file."""
+    with sorted keys and without ``save_execute_config`` (its own time-stamped name).
+
+    Args:
+        config_file: the executed config (JSON), or None.
+
+    Returns:
+        The digest as hex, or None without a file.
+    """
     if not config_file:
         return None
     config = json.loads(Path(config_file).read_text())
@@ -60,8 +81,16 @@ def config_hash(config_file: str | os.PathLike | None) -> str | None:
 
 
 def write_lineage(path: str | os.PathLike, lineage: Mapping[str, Any] | None, epoch: int | None = None) -> Path:
-    """Write checkpoint ``path``'s sidecar: its sha256, ``lineage`` (the :data:`LINEAGE_FIELDS`, ``None`` where
-    missing), the epoch and the time; returns the sidecar's path."""
+    """Write a checkpoint's sidecar (atomically): its sha256, the lineage, the epoch and the time.
+
+    Args:
+        path: the checkpoint file, already written.
+        lineage: the :data:`LINEAGE_FIELDS` (``None`` where missing); None for an untracked run.
+        epoch: the epoch the checkpoint was saved at, if known.
+
+    Returns:
+        The sidecar's path (:func:`sidecar_path`).
+    """
     lineage = dict(lineage or {})
     record = {
         "checkpoint": os.path.basename(path),
@@ -76,8 +105,15 @@ def write_lineage(path: str | os.PathLike, lineage: Mapping[str, Any] | None, ep
 
 
 def read_lineage(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The lineage recorded beside checkpoint ``path``, or ``None`` when it is unknown: no sidecar, no checkpoint,
-    an unreadable sidecar or one whose sha256 is not the checkpoint's (each but the first is logged)."""
+    """The lineage recorded beside a checkpoint.
+
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        The sidecar's record, or None when the lineage is unknown: no sidecar, no checkpoint, an unreadable sidecar
+        or one whose sha256 is not the checkpoint's (each but the first is logged at WARNING).
+    """
     sidecar = sidecar_path(path)
     if not sidecar.is_file():
         return None

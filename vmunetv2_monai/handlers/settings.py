@@ -39,7 +39,10 @@ class RunSettings:
     Args:
         fixed: id -> value of the settings a run cannot change midway.
         changeable: id -> value of the settings a resume may change.
-        source: the checkpoint, for messages.
+        source: the checkpoint, for messages. Defaults to ``"latest.pt"``.
+
+    Raises:
+        ValueError: when a setting is both fixed and changeable.
     """
 
     optional_state = True
@@ -54,9 +57,22 @@ class RunSettings:
         self.source = os.fspath(source)
 
     def state_dict(self) -> dict[str, Any]:
+        """The current settings, for the trainer's checkpoint.
+
+        Returns:
+            ``{id: value}`` of the fixed and changeable settings, as JSON gives them back.
+        """
         return {**self.fixed, **self.changeable}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Compare the settings a resumed run was saved with to the current ones (nothing is loaded).
+
+        Args:
+            state: the settings recorded in the checkpoint.
+
+        Raises:
+            ResumeSettingsError: naming each changed fixed setting with its old and new value.
+        """
         current = self.state_dict()
         changed = {k: (state[k], v) for k, v in current.items() if k in state and state[k] != v}
         refused = [f"'{k}' {old!r} -> {new!r}" for k, (old, new) in changed.items() if k in self.fixed]
@@ -73,7 +89,15 @@ class RunSettings:
 
 def resume_from(latest_path: str | os.PathLike, resume: bool) -> bool:
     """Whether training resumes from ``latest_path``: ``resume`` is set and the file exists. A ``resume`` without
-    the file logs a WARNING that training starts from the beginning (instead of doing so without a word)."""
+    the file logs a WARNING that training starts from the beginning (instead of doing so without a word).
+
+    Args:
+        latest_path: the run's ``latest.pt``.
+        resume: the bundle's ``resume`` setting.
+
+    Returns:
+        True when training resumes.
+    """
     if resume and not os.path.exists(latest_path):
         logger.warning("'resume' is set but %s does not exist: nothing to resume, training starts from the beginning",
                        latest_path)

@@ -33,6 +33,7 @@ __all__ = [
     "CONFIG_HASH_TAG",
     "ERROR_TAG",
     "JOB_TAG",
+    "MLFLOW_PARENT_RUN_ID",
     "TRAIN_CONFIG_TAG",
     "TRAIN_RUN_TAG",
     "TRAIN_STORE_TAG",
@@ -48,13 +49,21 @@ logger = logging.getLogger(__name__)
 
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"  # mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID, without importing mlflow
 
+#: Run tag: the job (the bundle's absolute ``output_dir``) shared by a job's runs.
 JOB_TAG = "vmunetv2.job"
+#: Run tag: the workflow (``train``, ``evaluate``, ``inference``).
 WORKFLOW_TAG = "vmunetv2.workflow"
+#: Run tag: the hash of the executed config (:func:`~vmunetv2_monai.handlers.lineage.config_hash`).
 CONFIG_HASH_TAG = "vmunetv2.config_hash"
+#: Run tag: the checkpoint an evaluation or inference run reads.
 CHECKPOINT_TAG = "vmunetv2.checkpoint"
+#: Run tag: the MLflow run that produced that checkpoint, from its lineage sidecar.
 TRAIN_RUN_TAG = "vmunetv2.train_run_id"
+#: Run tag: the tracking store of that training run.
 TRAIN_STORE_TAG = "vmunetv2.train_tracking_uri"
+#: Run tag: the config hash of that training run.
 TRAIN_CONFIG_TAG = "vmunetv2.train_config_hash"
+#: Run tag: the error a FAILED or KILLED run ended with.
 ERROR_TAG = "vmunetv2.error"
 #: Value of :data:`TRAIN_RUN_TAG` for a checkpoint without trusted lineage (see :func:`read_lineage`).
 UNKNOWN = "unknown"
@@ -72,7 +81,14 @@ def _timestamp() -> str:
 
 
 def package_versions(packages: Sequence[str] = _PACKAGES) -> dict[str, str]:
-    """``{"version_<package>": version}`` for the installed ``packages`` ("not installed" for the others)."""
+    """The installed versions of ``packages``, as run parameters.
+
+    Args:
+        packages: distribution names. Defaults to this package, MONAI, torch, numpy, ignite, MLflow and mamba-ssm.
+
+    Returns:
+        ``{"version_<package>": version}`` (``"not installed"`` for a package that is not).
+    """
     versions = {}
     for name in packages:
         try:
@@ -139,7 +155,12 @@ class MLflowTracker(MLFlowHandler):
         self._previous_sigterm: Any = None
 
     def attach(self, engine: Engine) -> None:
-        """Metric logging of MLFlowHandler; the run ends with the engine (FINISHED, FAILED or KILLED)."""
+        """Metric logging of MLFlowHandler; the run starts with ``engine`` and ends with it (FINISHED, FAILED or
+        KILLED).
+
+        Args:
+            engine: the workflow's engine (trainer, evaluator or inference engine).
+        """
         for event, handler in ((Events.STARTED, self.start), (Events.EXCEPTION_RAISED, self.fail)):
             if not engine.has_event_handler(handler, event):
                 engine.add_event_handler(event, handler)
@@ -155,7 +176,11 @@ class MLflowTracker(MLFlowHandler):
     def start(self, engine: Engine) -> None:
         """Use the parent's active run or create this workflow's own run; log the parameters once; put the run's
         lineage in ``engine.state``. The run ends after the engine's other COMPLETED handlers (this one adds its
-        own when the engine starts, after the config's ``initialize`` attached the rest)."""
+        own when the engine starts, after the config's ``initialize`` attached the rest).
+
+        Args:
+            engine: the engine that started.
+        """
         self._set_experiment()
         if self.cur_run is None:
             if self.parent is not None and self.parent.cur_run is not None:
@@ -256,7 +281,11 @@ class MLflowTracker(MLFlowHandler):
         self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
 
     def finish(self, engine: Engine) -> None:
-        """Log the artifacts and mark the owned run FINISHED (a shared run is left to its owner)."""
+        """Log the artifacts and mark the owned run FINISHED (a shared run is left to its owner).
+
+        Args:
+            engine: the engine that completed.
+        """
         if not self.owns_run or self.cur_run is None:
             return
         missing = [str(p) for p in self.artifacts if p and not os.path.exists(p)]
@@ -266,8 +295,15 @@ class MLflowTracker(MLFlowHandler):
         self._end("FINISHED")
 
     def fail(self, engine: Engine, e: BaseException) -> None:
-        """Mark the owned run KILLED (SIGTERM, Ctrl-C) or FAILED (any other exception), then re-raise (the engine's
-        exception handlers must not swallow it)."""
+        """Mark the owned run KILLED (SIGTERM, Ctrl-C) or FAILED (any other exception) with the error as a tag.
+
+        Args:
+            engine: the engine that raised.
+            e: the exception.
+
+        Raises:
+            BaseException: ``e`` again, always (the engine's exception handlers must not swallow it).
+        """
         if self.owns_run and self.cur_run is not None:
             killed = isinstance(e, (Terminated, KeyboardInterrupt))
             reason = "terminated (SIGTERM)" if isinstance(e, Terminated) else f"{type(e).__name__}: {e}"
@@ -289,7 +325,14 @@ class MLflowTracker(MLFlowHandler):
 
 def executed_config(output_dir: str | os.PathLike) -> str | None:
     """The newest ``config_<time>.json`` that ``monai.bundle run --tracking`` wrote to ``output_dir`` (the executed,
-    merged config), or ``None``. (MONAI's own ``save_execute_config`` id is not a usable path when ``output_dir`` is
-    given as a plain path on the command line.)"""
+    merged config). (MONAI's own ``save_execute_config`` id is not a usable path when ``output_dir`` is given as a
+    plain path on the command line.)
+
+    Args:
+        output_dir: the run's output folder.
+
+    Returns:
+        The file's path, or None when there is none.
+    """
     found = sorted(Path(output_dir).glob("config_*.json"), key=lambda p: p.stat().st_mtime)
     return str(found[-1]) if found else None
