@@ -29,8 +29,9 @@ from tests._servers import free_port
 from vmunetv2_monai.bundle.predictor import Predictor
 from vmunetv2_monai.dicom import listener as listener_module
 from vmunetv2_monai.dicom.dicomweb import PacsClient
+from vmunetv2_monai.dicom.dimse import ListenerLimits, RemoteAE
 from vmunetv2_monai.dicom.files import write_atomic
-from vmunetv2_monai.dicom.listener import Listener, ListenerLimits, RemoteAE
+from vmunetv2_monai.dicom.listener import Listener
 from vmunetv2_monai.dicom.reader import grey_window, load_image
 from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID, seg_mask_for_source
 from vmunetv2_monai.dicom.spool import seg_instance_number, spool_path

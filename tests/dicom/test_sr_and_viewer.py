@@ -199,6 +199,7 @@ def test_dcmjs_check_fails_on_a_seg_it_cannot_decode(written: dict, tmp_path: Pa
 
 
 @pytest.mark.parametrize("accepts_sr", [True, False])
+@pytest.mark.slow  # starts a DIMSE listener and a destination server
 def test_listener_sends_the_sr_once_before_the_seg(tmp_path: Path, predictor: Predictor, accepts_sr: bool,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     """DIMSE: the SR goes to the destination on the SEG's association, before it; the same image sent again after
@@ -208,7 +209,8 @@ def test_listener_sends_the_sr_once_before_the_seg(tmp_path: Path, predictor: Pr
     from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
 
     from tests._servers import free_port
-    from vmunetv2_monai.dicom.listener import Listener, RemoteAE
+    from vmunetv2_monai.dicom.dimse import RemoteAE
+    from vmunetv2_monai.dicom.listener import Listener
     from vmunetv2_monai.dicom.spool import spool_path
     from vmunetv2_monai.dicom.state import DONE, StateDB
 

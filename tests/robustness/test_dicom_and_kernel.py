@@ -23,7 +23,8 @@ from vmunetv2_monai.dicom import cli as cli_module
 from vmunetv2_monai.dicom.dicomweb import InstanceRef, PacsClient
 from vmunetv2_monai.dicom.files import write_atomic
 from vmunetv2_monai.dicom.cli import _predictor, build_parser, main
-from vmunetv2_monai.dicom.listener import Listener, RemoteAE
+from vmunetv2_monai.dicom.dimse import RemoteAE
+from vmunetv2_monai.dicom.listener import Listener
 from vmunetv2_monai.dicom.local import dicom_files, segment_files
 from vmunetv2_monai.dicom.pipeline import Pipeline
 from vmunetv2_monai.dicom.reader import UnsupportedDicomError, load_image

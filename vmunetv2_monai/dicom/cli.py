@@ -28,7 +28,8 @@ from pydicom.datadict import tag_for_keyword
 from ..bundle.predictor import Predictor
 from .algorithm import AlgorithmInfo
 from .dicomweb import DEFAULT_URL, PacsClient
-from .listener import MB, Listener, ListenerLimits, RemoteAE
+from .dimse import MB, ListenerLimits, RemoteAE
+from .listener import Listener
 from .local import segment_files
 from .pipeline import Pipeline
 from .state import FAILED, StateDB

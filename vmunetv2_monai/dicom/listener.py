@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Sequence
@@ -30,52 +29,23 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, evt
 from pynetdicom.pdu import P_DATA_TF
-from pynetdicom.sop_class import (
-    Comprehensive3DSRStorage,
-    SecondaryCaptureImageStorage,
-    SegmentationStorage,
-    Verification,
-)
+from pynetdicom.sop_class import Verification
 
 from ..files import copy_atomic, remove_stale_temps_in
-from .driver import Driver, RunSummary, Sink, backoff_delay
+from .dimse import MB, ListenerLimits, RemoteAE, c_store
+from .driver import Driver
 from .spool import SpoolSource, expire_kept, spool_path
 from .state import StateDB
+from .transport import RunSummary, Sink, backoff_delay
 from .units import Segmenter, UnitResult
 
-__all__ = ["MB", "Listener", "ListenerLimits", "RemoteAE"]
+__all__ = ["Listener"]
 
 logger = logging.getLogger(__name__)
 
 STATUS_SUCCESS, STATUS_OUT_OF_RESOURCES, STATUS_CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 #: A-ASSOCIATE-RJ (result, source, diagnostic): transient, service provider (presentation), temporary congestion.
 REJECT_CONGESTION = (0x02, 0x03, 0x01)
-MB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ListenerLimits:
-    """What the Storage SCP accepts: ``calling_aets`` (empty: any calling AE title; the called AE title must always
-    be ours), objects up to ``max_object_bytes``, new associations while the spool holds at most
-    ``spool_max_bytes``; a destination that is down is retried after :func:`backoff_delay` up to ``max_backoff_s``;
-    the slices of a series whose SEG was sent are kept ``keep_series_s`` seconds to redo it with late slices (0:
-    none kept). Kept slices count towards ``spool_max_bytes``.
-    """
-
-    calling_aets: tuple[str, ...] = ()
-    max_object_bytes: int = 256 * MB
-    spool_max_bytes: int = 10 * 1024 * MB
-    max_backoff_s: float = 600.0
-    keep_series_s: float = 3600.0
-
-    def __post_init__(self) -> None:
-        for title in self.calling_aets:
-            if not 0 < len(title.strip()) <= 16 or "\\" in title:
-                raise ValueError(f"calling AE title {title!r}: 1 to 16 characters, no backslash")
-        if self.max_object_bytes <= 0 or self.spool_max_bytes <= 0 or self.max_backoff_s <= 0:
-            raise ValueError(f"limits must be positive: {self}")
-        if not self.keep_series_s >= 0:
-            raise ValueError(f"keep_series_s must be >= 0 seconds, got {self.keep_series_s}")
 
 
 @dataclass
@@ -84,23 +54,6 @@ class _Transfer:
 
     received: int = 0
     aborted: bool = False
-
-
-@dataclass(frozen=True)
-class RemoteAE:
-    """A DICOM application entity to send to: ``AET@host:port``."""
-
-    ae_title: str
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> RemoteAE:
-        """``"ORTHANC@127.0.0.1:4242"`` -> RemoteAE."""
-        match = re.fullmatch(r"([^@]{1,16})@([^:]+):([0-9]{1,5})", text)
-        if match is None:
-            raise ValueError(f"destination {text!r}: expected AET@host:port")
-        return cls(match.group(1), match.group(2), int(match.group(3)))
 
 
 class Listener(Sink):
@@ -240,29 +193,8 @@ class Listener(Sink):
             self._server = None
 
     def send(self, datasets: list[Dataset]) -> None:
-        """C-STORE ``datasets`` to the destination on one association; raises unless every one succeeded."""
-        ae = AE(ae_title=self.ae_title)
-        for sop_class in (SegmentationStorage, SecondaryCaptureImageStorage, Comprehensive3DSRStorage):
-            ae.add_requested_context(sop_class)
-        dest = self.destination
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
-        if not assoc.is_established:
-            raise ConnectionError(f"association with {dest} not established")
-        try:
-            accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
-            for ds in datasets:
-                if str(ds.SOPClassUID) not in accepted:
-                    if str(ds.SOPClassUID) == str(Comprehensive3DSRStorage):  # an extra: the SEG still goes
-                        logger.warning("%s does not accept Comprehensive 3D SR Storage: SR %s not sent (--no-sr "
-                                       "stops making them)", dest, ds.SOPInstanceUID)
-                        continue
-                    raise ConnectionError(f"{dest} does not accept {ds.SOPClassUID.name} ({ds.SOPInstanceUID})")
-                status = assoc.send_c_store(ds)
-                code = int(status.Status) if status is not None and "Status" in status else None
-                if code is None or (code != 0 and not 0xB000 <= code <= 0xBFFF):
-                    raise ConnectionError(f"C-STORE of {ds.SOPInstanceUID} to {dest}: status {code}")
-        finally:
-            assoc.release()
+        """C-STORE ``datasets`` to the destination on one association (:func:`~.dimse.c_store`)."""
+        c_store(self.ae_title, self.destination, datasets)
 
     def available(self) -> bool:
         """False while a destination that was down waits for its back-off."""

@@ -11,9 +11,10 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.misc import is_dicom
 
-from .driver import Driver, RunSummary, Sink, Source
+from .driver import Driver
 from .files import write_atomic
 from .reader import check_supported, read_dataset
+from .transport import RunSummary, Sink, Source
 from .units import Segmenter, UnitResult
 
 __all__ = ["FileSource", "FolderSink", "dicom_files", "segment_files"]

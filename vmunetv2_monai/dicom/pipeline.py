@@ -22,10 +22,11 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from .dicomweb import InstanceRef, PacsClient, PacsUnavailable, is_transient
-from .driver import Driver, RunSummary, Sink, Source, backoff_delay
+from .driver import Driver
 from .local import FolderSink
 from .reader import check_metadata, failure_reason
 from .state import DONE, FAILED, StateDB
+from .transport import RunSummary, Sink, Source, backoff_delay
 from .units import Segmenter, UnitResult, is_series_unit
 
 __all__ = ["DicomwebSink", "Pipeline", "SeriesSource"]

@@ -22,9 +22,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from .driver import Source
 from .reader import check_metadata, read_dataset
 from .state import DONE, FAILED, StateDB
+from .transport import Source
 from .units import Segmenter, UnitResult, is_series_unit, is_volumetric
 
 __all__ = ["SpoolSource", "expire_kept", "kept_dir", "seg_instance_number", "spool_path"]
