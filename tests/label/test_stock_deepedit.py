@@ -40,11 +40,11 @@ from ._support import (
 require_monailabel()
 
 # requests comes with monailabel: imported after the check above
-import requests
-from PIL import Image
-from scipy import ndimage
+import requests  # noqa: E402
+from PIL import Image  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
-from vmunetv2_monai.interactive import MAX_CLICKS, next_click
+from vmunetv2_monai.interactive import MAX_CLICKS, next_click  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starts MONAI Label's stock app server and trains
 

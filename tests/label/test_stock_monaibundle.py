@@ -30,9 +30,9 @@ from ._support import (
 require_monailabel()
 
 # requests comes with monailabel: imported after the check above
-import requests
-import torch
-from PIL import Image
+import requests  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starts MONAI Label's stock app server and trains
 

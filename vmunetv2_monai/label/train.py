@@ -1,4 +1,12 @@
-"""MONAI Label training task for the VM-UNetV2 bundle: the bundle's own train workflow on the datastore's labels."""
+"""MONAI Label's stock bundle training task with checked request parameters and a report of the images used.
+
+MONAI Label's :class:`~monailabel.tasks.train.bundle.BundleTrainTask` runs the bundle's ``train.json`` on the
+datastore's final labels exactly as the stock ``monaibundle`` app does (a ``CheckpointLoader`` of
+``models/<model_filename>`` makes it fine-tune with ``finetune_learning_rate``; the bundle's ``KeepBetterModel``
+replaces ``models/model.pt`` only by a model that scores at least as well). This task adds only what the stock one
+lacks: a parameter it cannot honour is a client error, a split that leaves no validation image validates on the
+training images (the stock task would select and save no model), and the response lists the images used.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +15,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import monai.bundle
-from monai.bundle import ConfigParser
+from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.bundle import BundleTrainTask
 
-from .bundle_config import BundleFiles, load_parser
+from ..data.datalist import image_stem
 
 __all__ = ["TrainRequestError", "VMUNetV2TrainTask"]
 
 logger = logging.getLogger(__name__)
-
-
-def _image_id(path: str) -> str:
-    """Datastore id of an image file: its name without the extension(s)."""
-    name = os.path.basename(path)
-    suffix = "".join(Path(name).suffixes)
-    return name[: len(name) - len(suffix)] if suffix else name
 
 
 class TrainRequestError(ValueError):
@@ -30,33 +30,29 @@ class TrainRequestError(ValueError):
 
 
 class VMUNetV2TrainTask(BundleTrainTask):
-    """Runs ``train.json`` + ``monailabel_overrides.json`` with MONAI Label's overrides.
+    """The stock bundle task on ``<bundle>/configs/train.json``.
 
-    MONAI Label sets the epochs, the device and the training/validation lists (``labels/final`` of the datastore,
-    split by ``val_split``) and, with ``pretrained`` (default true), starts from ``models/<model_filename>``. The
-    best model by validation Dice is written to ``<bundle>/models/model.pt`` (atomically), which the infer task
-    reloads on its next request. When the split leaves no validation image (few labels, or ``val_split`` 0), the
-    training images are used for validation, so that a model is still selected and saved.
+    Args:
+        path: the bundle folder.
+        conf: the app's ``--conf`` options.
     """
 
-    def __init__(self, bundle: BundleFiles, conf: dict[str, str] | None = None) -> None:
-        self.bundle = bundle
-        super().__init__(str(bundle.root), conf or {}, load_strict=True)
+    def __init__(self, path: str | os.PathLike, conf: dict[str, str]) -> None:
+        super().__init__(str(path), conf, load_strict=True)
         if not self.valid:
-            raise ValueError(f"the bundle at {bundle.root} has no train config")
-
-    def _load_bundle_config(self, path: str, config: str) -> ConfigParser:
-        """The merged train config (MONAI Label's base class would read ``train.json`` alone)."""
-        return load_parser(self.bundle, "train")
-
-    def config(self) -> dict[str, Any]:
-        """User-facing options: the base ones, with single-process CPU-friendly defaults."""
-        options = super().config()
-        options.update({"max_epochs": 50, "val_split": 0.2, "multi_gpu": False, "model_filename": ["model.pt"]})
-        return options
+            raise ValueError(f"the bundle at {path} has no train config (configs/train.json)")
+        self._last_split: tuple[list[dict], list[dict]] = ([], [])
 
     def validate_request(self, request: dict[str, Any]) -> None:
-        """Raise :class:`TrainRequestError` for parameters this task cannot honour (before any work is done)."""
+        """Refuse parameters this task cannot honour, before any work is done.
+
+        Args:
+            request: the ``/train`` request.
+
+        Raises:
+            TrainRequestError: a ``max_epochs``, ``val_split``, ``model_filename``, ``force_multi_gpu`` or ``run_id``
+                the task cannot honour, naming the value.
+        """
         epochs = request.get("max_epochs")
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
             raise TrainRequestError(f"max_epochs must be a positive integer, got {epochs!r}")
@@ -77,8 +73,10 @@ class VMUNetV2TrainTask(BundleTrainTask):
         if request.get("run_id") not in (None, "", "run"):
             raise TrainRequestError(f"run_id must be 'run' (the bundle's training run), got {request.get('run_id')!r}")
 
-    def _partition_datalist(self, datalist: list[dict], request: dict[str, Any], shuffle: bool = False):
-        """Split as MONAI Label does; an empty validation list becomes the training list (logged)."""
+    def _partition_datalist(
+        self, datalist: list[dict], request: dict[str, Any], shuffle: bool = False
+    ) -> tuple[list[dict], list[dict]]:
+        """Split as the stock task does; an empty validation list becomes the training list (logged)."""
         train_ds, val_ds = super()._partition_datalist(datalist, request, shuffle=shuffle)
         if not val_ds:
             logger.warning(
@@ -90,29 +88,25 @@ class VMUNetV2TrainTask(BundleTrainTask):
         self._last_split = (list(train_ds), list(val_ds))
         return train_ds, val_ds
 
-    def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
-        """Train; returns which images were used and where the model went (MONAI Label's base returns nothing)."""
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        """Train with the stock task on a freshly read ``train.json``.
+
+        The stock task adds its ``CheckpointLoader`` of the requested model file to the parsed ``train#handlers``
+        only when none is there, so a config kept from an earlier request would fine-tune the earlier file.
+
+        Args:
+            request: the ``/train`` request.
+            datastore: the app's datastore (its final labels are the training data).
+
+        Returns:
+            ``max_epochs`` and the ids of the training and validation images (the stock task returns nothing).
+        """
         self._last_split = ([], [])
-        # fresh configs per run: the base class inserts a CheckpointLoader into the parsed train#handlers list
         self.bundle_config = self._load_bundle_config(self.bundle_path, self.bundle_config_path)
         super().__call__(request, datastore)
         train_ds, val_ds = self._last_split
         return {
-            "model": self.bundle.model_path.name,
             "max_epochs": request.get("max_epochs", 50),
-            "train_images": [_image_id(d["image"]) for d in train_ds],
-            "val_images": [_image_id(d["image"]) for d in val_ds],
+            "train_images": [image_stem(Path(d["image"])) for d in train_ds],
+            "val_images": [image_stem(Path(d["image"])) for d in val_ds],
         }
-
-    def run_single_gpu(self, request: dict[str, Any], overrides: dict[str, Any]) -> None:
-        """``monai.bundle.run`` on the merged configs, with the bundle's own initialize/finalize steps.
-
-        The server's logging is left alone (no ``logging.conf``).
-        """
-        monai.bundle.run(
-            run_id="run",
-            meta_file=str(self.bundle.metadata),
-            config_file=self.bundle.config_files("train"),
-            logging_file=False,
-            **overrides,
-        )
