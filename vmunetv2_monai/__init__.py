@@ -1,4 +1,9 @@
-"""vmunetv2_monai: VM-UNetV2 (Vision Mamba UNet v2) for MONAI."""
+"""vmunetv2_monai: VM-UNetV2 (Vision Mamba UNet v2, Zhang et al., arXiv 2403.09157) for MONAI.
+
+The top level holds the public API: the network (:class:`VMUNetV2`), its selective scan (:func:`selective_scan`,
+:func:`available_backends`), the VMamba v0 encoder loader (:func:`load_pretrained_encoder`), and the checks the
+bundle's configs call (:func:`check_checkpoint_path`, :func:`check_training_folder`, :func:`lock_folder`).
+"""
 
 from .bundle.weights import check_training_folder
 from .checkpoints import check_checkpoint_path

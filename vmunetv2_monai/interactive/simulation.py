@@ -43,6 +43,9 @@ class ClickSimulation:
         sigma: click bump width in grid pixels (as in ``AddClickGuidanced``).
         train: training or evaluation behaviour (see above).
         seed: seed of the click sampler.
+
+    Raises:
+        ValueError: for ``rounds < 0`` or ``auto_probability`` outside [0, 1].
     """
 
     def __init__(
@@ -78,6 +81,14 @@ class ClickSimulation:
                    "training" if self.train else "validation", fg, bg, len(clicks))
 
     def __call__(self, engine: SupervisedTrainer | SupervisedEvaluator, batchdata: dict[str, Any]) -> dict:
+        """
+        Args:
+            engine: the trainer or evaluator (its network, inferer, ``prepare_batch`` and ``_iteration`` are used).
+            batchdata: the batch; its image's last two channels are overwritten with the clicks.
+
+        Returns:
+            What the engine's own iteration returns for the batch.
+        """
         image, label = batchdata["image"], batchdata["label"]
         spatial = tuple(image.shape[2:])
         image[:, -2:] = 0
