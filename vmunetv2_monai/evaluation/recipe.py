@@ -53,8 +53,18 @@ MODEL_OVERRIDES: dict[str, dict[str, Any]] = {
 
 
 def parse_set(items: list[str], model: str) -> dict[str, Any]:
-    """``["id=value", "model:id=value", ...]`` -> the overrides for ``model``; values are Python literals where
-    they parse, strings otherwise."""
+    """The ``--set`` overrides that apply to one model.
+
+    Args:
+        items: ``["id=value", "model:id=value", ...]``.
+        model: a key of :data:`MODEL_OVERRIDES`.
+
+    Returns:
+        ``{id: value}``; values are Python literals where they parse, strings otherwise.
+
+    Raises:
+        ValueError: naming an item that is not ``ID=VALUE`` or ``MODEL:ID=VALUE`` with a known model.
+    """
     out = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -77,8 +87,16 @@ def _cli_value(value: Any) -> str:
 
 
 def bundle_command(bundle_dir: str | os.PathLike, configs: Sequence[str], overrides: Mapping[str, Any]) -> list[str]:
-    """``python -m monai.bundle run`` of ``configs`` (names in ``<bundle_dir>/configs``, merged in order) with
-    ``overrides`` as ``--id value`` pairs (Python literals, as MONAI's command line reads them; None as ``$None``)."""
+    """The ``python -m monai.bundle run`` command of a workflow.
+
+    Args:
+        bundle_dir: the bundle folder.
+        configs: config names in ``<bundle_dir>/configs``, merged in order.
+        overrides: ``--id value`` pairs (Python literals, as MONAI's command line reads them; None as ``$None``).
+
+    Returns:
+        The command's argument list.
+    """
     bundle = Bundle(bundle_dir)
     files = [str(path) for path in bundle.config_files(configs)]
     check_config_files(*files, bundle.metadata_path)  # MONAI would name no file
@@ -92,9 +110,20 @@ def bundle_command(bundle_dir: str | os.PathLike, configs: Sequence[str], overri
 
 def run_bundle(cmd: Sequence[str], log_path: str | os.PathLike, threads: int | None = None,
                wait: bool = True) -> subprocess.Popen:
-    """Start ``cmd`` (from :func:`bundle_command`) with its output in ``log_path`` (appended) and, when given,
-    ``threads`` CPU threads (``OMP_NUM_THREADS``). With ``wait`` it raises ``RuntimeError`` naming the log when
-    the run fails; otherwise the caller waits on the returned process."""
+    """Start a bundle run.
+
+    Args:
+        cmd: the command (from :func:`bundle_command`).
+        log_path: file its output is appended to.
+        threads: CPU threads (``OMP_NUM_THREADS``); None keeps the environment's.
+        wait: wait for the run (see :func:`check_finished`); otherwise the caller waits on the returned process.
+
+    Returns:
+        The process.
+
+    Raises:
+        RuntimeError: with ``wait``, naming the log when the run fails.
+    """
     env = dict(os.environ)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -109,7 +138,15 @@ def run_bundle(cmd: Sequence[str], log_path: str | os.PathLike, threads: int | N
 
 
 def check_finished(proc: subprocess.Popen, log_path: str | os.PathLike) -> None:
-    """Wait for ``proc``; raise ``RuntimeError`` with the last line of its log when it failed."""
+    """Wait for a bundle run.
+
+    Args:
+        proc: the process (from :func:`run_bundle`).
+        log_path: its log.
+
+    Raises:
+        RuntimeError: with the log's last line when the run failed.
+    """
     if proc.wait() != 0:
         lines = [ln for ln in Path(log_path).read_text(errors="replace").splitlines() if ln.strip()]
         raise RuntimeError(f"bundle run failed (exit {proc.returncode}, log {log_path}): "
@@ -117,8 +154,15 @@ def check_finished(proc: subprocess.Popen, log_path: str | os.PathLike) -> None:
 
 
 def read_training(latest_path: str | os.PathLike) -> dict[str, Any]:
-    """What a finished bundle training left in its ``latest.pt``: iterations, epochs, iterations per epoch, CPU
-    seconds spent, the validation history (``[cpu_s, iteration, val_mean_dice]`` rows) and the best validation score."""
+    """What a finished bundle training left in its ``latest.pt``.
+
+    Args:
+        latest_path: the training's ``latest.pt``.
+
+    Returns:
+        Iterations, epochs, iterations per epoch, CPU seconds spent, the validation history
+        (``[cpu_s, iteration, val_mean_dice]`` rows) and the best validation score.
+    """
     state = read_checkpoint(latest_path, what="training state")
     trainer, budget = state["trainer"], state["budget"]
     history = [list(row) for row in budget["history"]]
@@ -146,9 +190,24 @@ def evaluate_models(
     n_boot: int = 2000,
     xlabel: str = "training CPU seconds",
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Bootstrap every model's per-case rows and write ``metrics.csv``, ``learning_curves.png``,
-    ``overlays.png`` (the cases :func:`overlay_cases` picks, from ``pred_dirs``) and ``report.md`` in
-    ``report_dir``; returns the summaries per model."""
+    """Bootstrap every model's per-case rows and write the report folder.
+
+    Args:
+        test_items: the test data-list items (``name``, ``image``, ``label``).
+        case_rows: per model, its per-case rows (:func:`~vmunetv2_monai.metrics.read_case_rows`).
+        pred_dirs: per model, the folder of its predicted masks.
+        curves: per model, learning-curve series (name -> ``[(x, value), ...]``).
+        runs: per model, the settings for the report's run table.
+        report_dir: the folder for ``metrics.csv``, ``learning_curves.png``, ``overlays.png`` (the cases
+            :func:`overlay_cases` picks) and ``report.md``.
+        title: the report's title.
+        notes: free text for the report.
+        n_boot: bootstrap resamples.
+        xlabel: the learning curves' x axis.
+
+    Returns:
+        Per model, :func:`~vmunetv2_monai.evaluation.stats.bootstrap_summary` of its rows.
+    """
     report_dir = Path(report_dir)
     summaries = {model: bootstrap_summary(rows, n_boot=n_boot) for model, rows in case_rows.items()}
     write_case_rows([{"model": m, **r} for m, rows in case_rows.items() for r in rows], report_dir / "metrics.csv")
@@ -165,5 +224,12 @@ def evaluate_models(
 
 
 def overlay_cases(case_rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, str]:
-    """Best, median and worst test case by the first model's per-image Dice."""
+    """Best, median and worst test case by the first model's per-image Dice.
+
+    Args:
+        case_rows: per model, its per-case rows.
+
+    Returns:
+        ``{"best" | "median" | "worst": case name}``.
+    """
     return pick_cases(next(iter(case_rows.values())))

@@ -38,7 +38,19 @@ def format_report(
     path: str | os.PathLike,
 ) -> Path:
     """Write ``report.md``: a metric table (rows = metrics, columns = models, ``value [low, high]``), a table of
-    the runs' settings (``runs[model]`` key/value pairs), free-text ``notes``, and links to the figures."""
+    the runs' settings, free-text notes, and links to the figures.
+
+    Args:
+        title: the report's title.
+        summaries: per model, ``{metric: {"value", "low", "high"}}``
+            (:func:`~vmunetv2_monai.evaluation.stats.bootstrap_summary`).
+        runs: per model, its settings as key/value pairs.
+        notes: free text.
+        path: the Markdown file.
+
+    Returns:
+        The path written.
+    """
     models = list(summaries)
     lines = [f"# {title}", "", "Metrics on the test images at their original resolution; "
              "brackets are 95 % bootstrap intervals over images (2000 resamples).", ""]

@@ -17,10 +17,22 @@ PER_IMAGE_METRICS = ("dice", "iou", "hd95")
 def bootstrap_summary(
     rows: Sequence[Mapping[str, float]], n_boot: int = 2000, seed: int = 0, level: float = 0.95
 ) -> dict[str, dict[str, float]]:
-    """``{metric: {"value", "low", "high"}}`` for the per-image means (NaN-aware) and the pooled metrics.
+    """Bootstrap intervals over images of the per-image means (NaN-aware) and the pooled metrics.
 
     Images are resampled with replacement ``n_boot`` times (seeded); pooled metrics are recomputed from the
     resampled images' confusion counts; the interval is the percentile interval at ``level``.
+
+    Args:
+        rows: one row per image, as :func:`~vmunetv2_monai.metrics.case_metrics` returns them.
+        n_boot: number of resamples.
+        seed: seed of the resampling.
+        level: coverage of the interval.
+
+    Returns:
+        ``{metric: {"value", "low", "high"}}`` for ``dice``, ``iou``, ``hd95`` and the pooled metrics.
+
+    Raises:
+        ValueError: for no rows, ``n_boot < 1`` or ``level`` outside (0, 1).
     """
     if not rows:
         raise ValueError("bootstrap_summary needs at least one image")
@@ -46,8 +58,20 @@ def bootstrap_summary(
 def mean_interval(
     values: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95
 ) -> dict[str, float]:
-    """``{"value", "low", "high"}``: the mean of ``values`` (one per image) and its percentile bootstrap interval
-    at ``level`` over ``n_boot`` seeded resamples of the images."""
+    """The mean of per-image values and its percentile bootstrap interval.
+
+    Args:
+        values: one value per image.
+        n_boot: number of resamples.
+        seed: seed of the resampling.
+        level: coverage of the interval.
+
+    Returns:
+        ``{"value", "low", "high"}``.
+
+    Raises:
+        ValueError: when ``values`` is empty.
+    """
     data = np.asarray(values, dtype=np.float64)
     if data.size == 0:
         raise ValueError("mean_interval needs at least one value")
