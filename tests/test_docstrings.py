@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.util
 import inspect
+import os
 import pkgutil
 import re
 from collections.abc import Callable, Iterator
@@ -36,9 +36,8 @@ def _module_names() -> list[str]:
         for info in pkgutil.iter_modules(path, prefix):
             yield info.name
             if info.ispkg:
-                sub = importlib.util.find_spec(info.name)
-                if sub is not None and sub.submodule_search_locations:
-                    yield from walk(list(sub.submodule_search_locations), info.name + ".")
+                folder = os.path.join(info.module_finder.path, info.name.rpartition(".")[2])
+                yield from walk([folder], info.name + ".")
 
     return ["vmunetv2_monai", *sorted(walk(list(vmunetv2_monai.__path__), "vmunetv2_monai."))]
 
