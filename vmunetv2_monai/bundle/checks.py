@@ -252,7 +252,8 @@ def check_cli(argv: Sequence[str] | None = None) -> bool:
         return True
     unknown = unknown_overrides(argv[2:])
     if unknown:
-        lines = [f"--{k}" + (f" (did you mean {' or '.join(repr(m) for m in v)}?)" if v else "") for k, v in unknown.items()]
+        lines = [f"--{k}" + (f" (did you mean {' or '.join(repr(m) for m in v)}?)" if v else "")
+                 for k, v in unknown.items()]
         raise ValueError(f"unknown config id(s) on the command line, not defined in the config files: "
                          f"{'; '.join(lines)}")
     return True

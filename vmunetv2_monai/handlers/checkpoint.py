@@ -40,7 +40,14 @@ def _unwrap(obj: Any) -> Any:
 
 def keep_previous(path: str | os.PathLike) -> Path | None:
     """Rename an existing ``path`` to a free ``<stem>.prev-<its mtime>[-k]<suffix>`` beside it, with its lineage
-    sidecar (``<path>.json``); returns the new path, or None when there was nothing to keep."""
+    sidecar (``<path>.json``).
+
+    Args:
+        path: the file a new run is about to write.
+
+    Returns:
+        the new path, or None when there was nothing to keep.
+    """
     path = Path(path)
     if not path.exists():
         return None
@@ -114,19 +121,31 @@ class AtomicCheckpointSaver:
         self._saved = False
 
     def state_dict(self) -> dict:
+        """The saver's state for a "latest" checkpoint.
+
+        Returns:
+            ``{"best_metric": ..., "baseline": ...}``.
+        """
         return {"best_metric": self.best_metric, "baseline": self.baseline}
 
     def load_state_dict(self, state: Mapping) -> None:
+        """Restore the state of :meth:`state_dict` (a resume: the file at :attr:`path` is this run's own).
+
+        Args:
+            state: a :meth:`state_dict` (``baseline`` may be absent in checkpoints of earlier versions).
+        """
         self.best_metric = float(state["best_metric"])
         self.baseline = float(state.get("baseline", float("-inf")))
         self.resumed = True
 
     @property
     def path(self) -> str:
+        """``save_dir/filename``."""
         return os.path.join(self.save_dir, self.filename)
 
     @property
     def candidate_path(self) -> str:
+        """``save_dir/<stem>.candidate<suffix>``: where a best below the baseline goes."""
         stem, suffix = os.path.splitext(self.filename)
         return os.path.join(self.save_dir, f"{stem}.candidate{suffix}")
 
@@ -136,6 +155,11 @@ class AtomicCheckpointSaver:
         return self.best_metric > float("-inf") and self.best_metric >= self.baseline
 
     def attach(self, engine: Engine) -> None:
+        """Save on ``engine``'s epochs (interval saver) or when its key metric improves ("best" saver).
+
+        Args:
+            engine: a trainer (interval saver) or evaluator ("best" saver).
+        """
         if self.key_metric_name is None:
             engine.add_event_handler(Events.STARTED, self._note_resume)
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self._save)
@@ -285,7 +309,15 @@ class CheckpointLoader(MonaiCheckpointLoader):
 
 def loads_network(handlers: Sequence[Any], key: str = "model") -> bool:
     """Whether one of ``handlers`` loads weights into the network when training starts: a checkpoint loader (MONAI's
-    or ours) whose ``load_dict`` has ``key``, as MONAI Label's stock bundle app inserts for its /train."""
+    or ours) whose ``load_dict`` has ``key``, as MONAI Label's stock bundle app inserts for its /train.
+
+    Args:
+        handlers: a config's handler objects (``train#handlers``).
+        key: the ``load_dict`` entry of the network.
+
+    Returns:
+        True when such a loader is among ``handlers``.
+    """
     return any(isinstance(getattr(h, "load_dict", None), Mapping) and key in h.load_dict for h in handlers)
 
 
@@ -294,6 +326,11 @@ class StopOnNonFiniteLoss:
     ends the run with exit status 0)."""
 
     def attach(self, engine: Engine) -> None:
+        """Check the loss after every iteration of ``engine``.
+
+        Args:
+            engine: a trainer.
+        """
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
