@@ -25,18 +25,27 @@ def plot_learning_curves(
     path: str | os.PathLike,
     xlabel: str = "epoch",
 ) -> Path:
-    """One panel per series name (e.g. ``train_loss``, ``val_mean_dice``), one line per model.
+    """Plot learning curves: one panel per series name (e.g. ``train_loss``, ``val_mean_dice``), one line per model.
 
-    ``curves[model][series]`` is a list of ``(x, value)`` pairs; ``xlabel`` names x (epochs, CPU seconds).
+    Args:
+        curves: ``curves[model][series]`` is a list of ``(x, value)`` pairs.
+        path: the PNG file.
+        xlabel: names x (epochs, CPU seconds).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: when there is no series to plot.
     """
     series = sorted({s for per_model in curves.values() for s in per_model})
     if not series:
         raise ValueError("no learning-curve data to plot")
     fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.5), squeeze=False)
-    for ax, name in zip(axes[0], series):
+    for ax, name in zip(axes[0], series, strict=True):
         for model, per_model in curves.items():
             if per_model.get(name):
-                steps, values = zip(*per_model[name])
+                steps, values = zip(*per_model[name], strict=True)
                 ax.plot(steps, values, marker=".", label=model)
         ax.set_title(name)
         ax.set_xlabel(xlabel)
@@ -50,7 +59,18 @@ def plot_learning_curves(
 
 
 def pick_cases(rows: Sequence[Mapping[str, float | str]], metric: str = "dice") -> dict[str, str]:
-    """Names of the best, median and worst case by ``metric`` (ties broken by name)."""
+    """Names of the best, median and worst case by ``metric`` (ties broken by name).
+
+    Args:
+        rows: per-case rows with ``name`` and ``metric``.
+        metric: the row key to rank by (higher is better).
+
+    Returns:
+        ``{"best" | "median" | "worst": case name}``.
+
+    Raises:
+        ValueError: when there are no rows.
+    """
     if not rows:
         raise ValueError("no cases to pick from")
     ranked = sorted(rows, key=lambda r: (-float(r[metric]), str(r["name"])))
@@ -62,11 +82,21 @@ def plot_overlay_grid(
     cases: Mapping[str, Mapping[str, str]], pred_dirs: Mapping[str, str | os.PathLike], path: str | os.PathLike,
     suffix: str = "_mask.png",
 ) -> Path:
-    """Rows = cases (``{"best": item, ...}`` with ``name``, ``image``, ``label``); columns = image, ground truth
-    contour (green) and each model's predicted contour (red)."""
+    """Plot a grid of overlays: rows = cases; columns = image, ground-truth contour (green) and each model's
+    predicted contour (red).
+
+    Args:
+        cases: row title -> data-list item (``name``, ``image``, ``label``), e.g. ``{"best": item, ...}``.
+        pred_dirs: column title -> folder of that model's predicted masks.
+        path: the PNG file.
+        suffix: file name of a prediction after the item's name.
+
+    Returns:
+        The path written.
+    """
     ncols = 2 + len(pred_dirs)
     fig, axes = plt.subplots(len(cases), ncols, figsize=(3.2 * ncols, 3.0 * len(cases)), squeeze=False)
-    for row, (title, item) in zip(axes, cases.items()):
+    for row, (title, item) in zip(axes, cases.items(), strict=True):
         with Image.open(item["image"]) as img:
             rgb = np.asarray(img.convert("RGB"))
         gt = read_mask(item["label"])
@@ -74,7 +104,7 @@ def plot_overlay_grid(
         for model, pred_dir in pred_dirs.items():
             pred = read_mask(Path(pred_dir) / f"{item['name']}{suffix}")
             panels.append((model, overlay_contour(rgb, pred)))
-        for ax, (label, panel) in zip(row, panels):
+        for ax, (label, panel) in zip(row, panels, strict=True):
             ax.imshow(panel)
             ax.set_title(f"{title}: {label}" if label == "image" else label, fontsize=9)
             ax.axis("off")

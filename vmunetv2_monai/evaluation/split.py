@@ -16,7 +16,14 @@ class SplitOverlapError(ValueError):
 
 
 def check_disjoint(datalist: Mapping[str, Sequence[Mapping[str, str]]]) -> None:
-    """Raise :class:`SplitOverlapError` naming the shared cases when two sets share a name or an image file."""
+    """Check that no two sets of a data list share a case name or an image file.
+
+    Args:
+        datalist: ``{"training" | "validation" | "test": [item, ...]}``, items with ``name`` and ``image``.
+
+    Raises:
+        SplitOverlapError: naming the two sets and the shared cases.
+    """
     sets = [s for s in ("training", "validation", "test") if datalist.get(s)]
     for i, a in enumerate(sets):
         for b in sets[i + 1 :]:
@@ -29,7 +36,15 @@ def check_disjoint(datalist: Mapping[str, Sequence[Mapping[str, str]]]) -> None:
 
 
 def write_split(datalist: Mapping[str, Sequence[Mapping[str, str]]], path: str | os.PathLike) -> Path:
-    """Check the sets are disjoint, then write the data list JSON atomically; returns the path."""
+    """Check the sets are disjoint (:func:`check_disjoint`), then write the data list JSON atomically.
+
+    Args:
+        datalist: ``{"training" | "validation" | "test": [item, ...]}``.
+        path: the JSON file.
+
+    Returns:
+        The path written.
+    """
     check_disjoint(datalist)
     save_datalist({k: list(v) for k, v in datalist.items()}, path)
     return Path(path)
