@@ -53,7 +53,16 @@ class Driver:
         self.transient = transient
 
     def needs_work(self, uid: str, summary: RunSummary, retry_failed: bool = False) -> bool:
-        """Whether the instance ``uid`` is new (or failed, with ``retry_failed``); counts the others as seen."""
+        """Whether an instance is to be processed; the others are counted as seen.
+
+        Args:
+            uid: its SOPInstanceUID (or file path, without a state file).
+            summary: where the others are counted.
+            retry_failed: also process an instance recorded as failed.
+
+        Returns:
+            True when it is new (or failed, with ``retry_failed``).
+        """
         record = self.state.get(uid) if self.state is not None else None
         if record is None or (record.status == FAILED and retry_failed):
             return True
@@ -62,7 +71,19 @@ class Driver:
 
     def skip(self, uid: str, study: str, series: str, sop_class_uid: str, manufacturer: str,
              summary: RunSummary) -> bool:
-        """Apply the skip rule (:func:`~.units.skip_reason`); a skipped instance is recorded."""
+        """Apply the skip rule (:func:`~.units.skip_reason`); a skipped instance is recorded.
+
+        Args:
+            uid: the instance's SOPInstanceUID (or file path).
+            study: its StudyInstanceUID.
+            series: its SeriesInstanceUID.
+            sop_class_uid: its SOP Class UID.
+            manufacturer: its Manufacturer.
+            summary: where it is counted.
+
+        Returns:
+            True when it is skipped.
+        """
         reason = skip_reason(sop_class_uid, manufacturer)
         if reason is None:
             return False
@@ -72,7 +93,15 @@ class Driver:
         return True
 
     def fail(self, keys: Sequence[str], study: str, series: str, reason: str, summary: RunSummary) -> None:
-        """Record that ``keys`` could not be processed, and why."""
+        """Record that instances could not be processed, and why.
+
+        Args:
+            keys: their SOPInstanceUIDs (or file paths).
+            study: their StudyInstanceUID.
+            series: their SeriesInstanceUID.
+            reason: why.
+            summary: where they are counted.
+        """
         if self.state is not None:
             self.state.mark_failed_many(list(keys), study, series, reason)
         summary.failed.update(dict.fromkeys(keys, reason))

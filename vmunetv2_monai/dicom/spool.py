@@ -42,7 +42,14 @@ def _checked_uid(ds: Dataset, key: str) -> str:
 
 
 def spool_path(spool: Path, ds: Dataset) -> Path:
-    """Where a received instance waits: ``<spool>/<SOPInstanceUID>.dcm``; the UID is never trusted as a path.
+    """Where a received instance waits; the UID is never trusted as a path.
+
+    Args:
+        spool: the spool folder.
+        ds: the instance's header.
+
+    Returns:
+        ``<spool>/<SOPInstanceUID>.dcm``.
 
     Raises:
         ValueError: the SOPInstanceUID is not a DICOM UID.
@@ -51,12 +58,29 @@ def spool_path(spool: Path, ds: Dataset) -> Path:
 
 
 def kept_dir(spool: Path, ds: Dataset) -> Path:
-    """Where the slices of a segmented series wait for late ones: ``<spool>/kept/<SeriesInstanceUID>`` (checked)."""
+    """Where the slices of a segmented series wait for late ones.
+
+    Args:
+        spool: the spool folder.
+        ds: a slice's header.
+
+    Returns:
+        ``<spool>/kept/<SeriesInstanceUID>``.
+
+    Raises:
+        ValueError: the SeriesInstanceUID is not a DICOM UID.
+    """
     return spool / "kept" / _checked_uid(ds, "SeriesInstanceUID")
 
 
 def expire_kept(spool: Path, keep_series_s: float, now: float) -> None:
-    """Remove each kept series whose latest SEG is more than ``keep_series_s`` old (a whole series at a time)."""
+    """Remove each kept series whose latest SEG is older than the retention (a whole series at a time).
+
+    Args:
+        spool: the spool folder.
+        keep_series_s: the retention in seconds.
+        now: the time (``time.time``).
+    """
     root = spool / "kept"
     if not root.is_dir():
         return

@@ -59,72 +59,173 @@ class RunSummary:
 
 
 class Source:
-    """Where a batch of instances comes from. The defaults suit headers already in memory (each item is its
-    dataset); transports override what differs."""
+    """Where a batch of instances comes from: the hooks the :class:`~.driver.Driver` calls, in this order.
+
+    The defaults suit headers already in memory; transports override what differs. Terms: an *item* is what the
+    transport lists (a header, a file path), ``ds`` its header, a *unit* the headers of one SEG
+    (:func:`~.units.group_units`) and ``fresh`` the new instances among them.
+    """
 
     def read(self, item: Any) -> Dataset:
-        """The header of ``item`` (raise to refuse it)."""
+        """Read an item.
+
+        Args:
+            item: one new instance as the transport lists it.
+
+        Returns:
+            Its header (raise to refuse the item; it is then recorded as failed).
+        """
         return item
 
     def key(self, item: Any, ds: Dataset | None) -> str:
-        """What ``item`` is recorded under (``ds``: its header, None when it could not be read)."""
+        """What an item is recorded under in the summary and the state file.
+
+        Args:
+            item: the item.
+            ds: its header, None when it could not be read.
+
+        Returns:
+            Its SOPInstanceUID by default.
+        """
         return str(ds.get("SOPInstanceUID", "")) if ds is not None else str(item)
 
     def where(self, ds: Dataset | None) -> tuple[str, str]:
-        """``(StudyInstanceUID, SeriesInstanceUID)`` recorded with ``ds`` in the state file."""
+        """Where an instance is recorded in the state file.
+
+        Args:
+            ds: its header, None when it could not be read.
+
+        Returns:
+            ``(StudyInstanceUID, SeriesInstanceUID)``.
+        """
         if ds is None:
             return "", ""
         return str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
 
     def check(self, ds: Dataset, item: Any) -> None:
-        """Refuse ``ds`` from its header (raise :class:`~.reader.UnsupportedDicomError`)."""
+        """Refuse an instance from its header (raise, e.g. :class:`~.reader.UnsupportedDicomError`).
+
+        Args:
+            ds: the header.
+            item: the item it was read from.
+        """
         check_metadata(ds, self.name([ds]))
 
     def context(self, accepted: Sequence[Dataset]) -> list[Dataset]:
-        """Headers of instances already segmented that belong in the units of ``accepted`` (late slices)."""
+        """Instances segmented earlier that belong in the units of the batch (a series' slices, for a late one).
+
+        Args:
+            accepted: the batch's headers that passed the checks.
+
+        Returns:
+            Their headers.
+        """
         return []
 
     def ready(self, unit: Sequence[Dataset], fresh: Sequence[Dataset]) -> bool:
-        """Whether ``unit`` (with the new instances ``fresh``) is to be segmented now."""
+        """Whether to segment a unit now.
+
+        Args:
+            unit: the unit.
+            fresh: its new instances.
+
+        Returns:
+            False when it waits (e.g. for its series to settle).
+        """
         return True
 
     def seg_instance_number(self, unit: Sequence[Dataset]) -> int | None:
-        """Instance Number of the SEG of ``unit`` (None: the default); asked once per unit, before it is segmented."""
+        """The Instance Number of a unit's SEG; asked once per unit, before it is segmented.
+
+        Args:
+            unit: the unit.
+
+        Returns:
+            The number, None for the default.
+        """
         return None
 
     def load(self, unit: Sequence[Dataset]) -> list[Dataset]:
-        """The datasets of ``unit`` with their pixel data."""
+        """The datasets of a unit with their pixel data.
+
+        Args:
+            unit: its headers.
+
+        Returns:
+            The datasets, in the order of ``unit``.
+        """
         return list(unit)
 
     def name(self, unit: Sequence[Dataset]) -> str:
-        """How ``unit`` is named in messages and refusals."""
+        """How messages and refusals name a unit.
+
+        Args:
+            unit: the unit.
+
+        Returns:
+            The name.
+        """
         return f"SOPInstanceUID {unit[0].get('SOPInstanceUID', '?')}" if len(unit) == 1 else f"{len(unit)} images"
 
     def release(self, items: Sequence[Any], outcome: str | None) -> None:
-        """Once items are recorded as ``outcome`` (:data:`~.state.SKIPPED`, :data:`~.state.FAILED`, or None: handled
-        earlier) before any SEG: what the transport does with them."""
+        """What the transport does with items recorded without a SEG (nothing by default).
+
+        Args:
+            items: the items.
+            outcome: :data:`~.state.SKIPPED`, :data:`~.state.FAILED`, or None (handled in an earlier pass).
+        """
 
     def stored(self, unit: Sequence[Dataset], items: Sequence[Any], result: UnitResult | None) -> None:
-        """Once the SEG of ``unit`` is recorded as done (``items``: its new instances; ``result`` None when the
-        destination already held it)."""
+        """What the transport does once the SEG of a unit is recorded as done (nothing by default).
+
+        Args:
+            unit: the unit.
+            items: the items of its new instances.
+            result: what was stored; None when the destination already held the SEG.
+        """
 
 
 class Sink:
     """Where results go. The defaults hold nothing and store nothing."""
 
     def available(self) -> bool:
-        """False while stores are to wait (e.g. a destination being retried after a back-off)."""
+        """Whether to store now.
+
+        Returns:
+            False while stores are to wait (e.g. a destination retried after a back-off).
+        """
         return True
 
     def holds(self, unit: Sequence[Dataset], seg_uid: str) -> bool:
-        """Whether the destination already has the SEG ``seg_uid`` of ``unit``."""
+        """Whether the destination already has a unit's SEG (it is then recorded as done without segmenting).
+
+        Args:
+            unit: the unit.
+            seg_uid: its SEG's SOPInstanceUID.
+
+        Returns:
+            True when the SEG is there.
+        """
         return False
 
     def unsent(self, source_uids: Sequence[str]) -> UnitResult | None:
-        """A result made earlier for exactly these sources and not stored yet (stored without segmenting again)."""
+        """A result made earlier for exactly these sources and not stored yet (stored without segmenting again).
+
+        Args:
+            source_uids: the unit's SOPInstanceUIDs.
+
+        Returns:
+            The result, else None.
+        """
         return None
 
     def store(self, result: UnitResult) -> bool:
-        """Store the SR and overlays, then the SEG; False when the result is kept for a later try (nothing is
-        recorded then)."""
+        """Store the SR and overlays, then the SEG (raise when that fails).
+
+        Args:
+            result: the unit's objects.
+
+        Returns:
+            True when stored; False when the result is kept for a later try (nothing is recorded then).
+        """
         return True
