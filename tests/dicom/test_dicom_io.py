@@ -234,7 +234,7 @@ def test_real_bundle_metadata_is_used_when_present() -> None:
 def test_orientation_dicom_equals_png(tmp_path: Path, kvasir_rgb: np.ndarray, predictor: Predictor) -> None:
     """One rule: (H, W) = (Rows, Columns) for DICOM arrays and masks. The DICOM input equals the PNG's pixels rows
     first; MONAI's PILReader gives the transpose (W, H), the order the bundle's network sees, so the predictor
-    transposes its input and mask (tests/test_inference.py compares its masks with the bundle's own run)."""
+    transposes its input and mask (tests/bundle/test_predictor.py compares its masks with the bundle's own run)."""
     from monai.transforms import LoadImage
     from PIL import Image
 
