@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vmunetv2_monai.bundle import Bundle
+from vmunetv2_monai.bundle import DEFAULT_BUNDLE, Bundle
 from vmunetv2_monai.checkpoints import load_state_dict
 from vmunetv2_monai.data.datalist import build_datalist
 from vmunetv2_monai.evaluation.stats import mean_interval
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--names", type=Path, help="test ids (default <data-dir>/pranet_kvasir_test_names.txt)")
     parser.add_argument("--bundle", type=Path, default=REPO / "bundle_deepedit", help="the interactive bundle")
     parser.add_argument("--weights", type=Path, help="interactive weights (default <bundle>/models/model.pt)")
-    parser.add_argument("--automatic-bundle", type=Path, default=REPO / "bundle", help="zero-click baseline bundle")
+    parser.add_argument("--automatic-bundle", type=Path, default=DEFAULT_BUNDLE, help="zero-click baseline bundle")
     parser.add_argument("--max-clicks", type=int, default=20)
     parser.add_argument("--limit", type=int, help="only the first N test ids (a quick look)")
     parser.add_argument("--out", type=Path, required=True)

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.dicom.conftest import ct_series, kvasir_image_paths, load_rgb, wrap_vl_endoscopic  # noqa: E402
+from vmunetv2_monai.bundle import DEFAULT_BUNDLE  # noqa: E402
 from vmunetv2_monai.bundle.predictor import Predictor  # noqa: E402
 from vmunetv2_monai.dicom.algorithm import AlgorithmInfo  # noqa: E402
 from vmunetv2_monai.dicom.units import Segmenter  # noqa: E402
@@ -34,7 +35,7 @@ logger = logging.getLogger("dicom_timing")
 def main() -> None:
     """Print seconds per still and per series (median of ``--repeats``)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle-dir", default=str(REPO / "bundle"))
+    p.add_argument("--bundle-dir", default=str(DEFAULT_BUNDLE))
     p.add_argument("--checkpoint", help="default: the bundle config's ckpt_path (models/model.pt)")
     p.add_argument("--slices", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
