@@ -79,7 +79,8 @@ def _log_evaluation(output_dir: Path, summary: dict, rows: list[dict]) -> None:
 
     mlflow.set_tracking_uri(path_to_sqlite_uri(str(output_dir / "mlruns.db")))
     mlflow.set_experiment(EXPERIMENT)
-    infer = mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string="tags.mlflow.runName = 'infer_shipped_model'",
+    infer = mlflow.search_runs(experiment_names=[EXPERIMENT],
+                               filter_string="tags.mlflow.runName = 'infer_shipped_model'",
                                order_by=["start_time DESC"], max_results=1)
     with mlflow.start_run(run_name="evaluate_shipped_model"):
         if len(infer):
