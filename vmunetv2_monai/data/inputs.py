@@ -11,12 +11,27 @@ from pathlib import Path
 from typing import Any
 
 from ..files import NAME_MAX
-from ..handlers.predictions import prediction_names
 from .datalist import DataListError, list_images, warn_exif_orientation
 
-__all__ = ["BadInputsError", "InputImages"]
+__all__ = ["BadInputsError", "InputImages", "prediction_names"]
 
 logger = logging.getLogger(__name__)
+
+
+def prediction_names(name: str, source: str, overlay: bool = True) -> tuple[str, ...]:
+    """The file names :class:`~vmunetv2_monai.handlers.PredictionWriter` writes for one image.
+
+    Args:
+        name: the image's name (its data-list ``name``).
+        source: the file the image was read from.
+        overlay: include the overlay's name.
+
+    Returns:
+        ``<name>_mask.png`` (``<name>_mask.nii.gz`` for a NIfTI ``source``) and, with ``overlay``,
+        ``<name>_overlay.png``.
+    """
+    nifti = source.lower().endswith((".nii", ".nii.gz"))
+    return (f"{name}_mask.nii.gz" if nifti else f"{name}_mask.png",) + ((f"{name}_overlay.png",) if overlay else ())
 
 
 class BadInputsError(RuntimeError):
@@ -26,7 +41,7 @@ class BadInputsError(RuntimeError):
 class InputImages:
     """Images of ``input_dir`` (or ``input_dir/images``) split into ``good`` items and ``bad`` ``"path: reason"``
     lines by running ``transform`` on each one (a file that fails it would fail the run). Broken links and images
-    whose prediction file names (:func:`~vmunetv2_monai.handlers.predictions.prediction_names`) would be longer
+    whose prediction file names (:func:`prediction_names`) would be longer
     than :data:`~vmunetv2_monai.files.NAME_MAX` bytes are bad too; an image with an EXIF orientation
     gets a WARNING (it is read as stored).
 

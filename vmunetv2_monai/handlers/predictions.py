@@ -17,9 +17,10 @@ from monai.transforms import SaveImage
 from skimage.morphology import dilation, disk
 from skimage.segmentation import find_boundaries
 
+from ..data.inputs import prediction_names
 from ..files import atomic_write
 
-__all__ = ["PredictionWriter", "overlay_contour", "prediction_names"]
+__all__ = ["PredictionWriter", "overlay_contour"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,22 +43,6 @@ def _png_saver(scale: int | None, channel_dim: int) -> SaveImage:
 def _save_png(saver: SaveImage, array: np.ndarray, path: str) -> None:
     """Write ``array`` with ``saver`` to ``path`` atomically (``SaveImage`` adds the ``.png`` suffix itself)."""
     atomic_write(path, lambda tmp: saver(array, filename=tmp.removesuffix(".png")))
-
-
-def prediction_names(name: str, source: str, overlay: bool = True) -> tuple[str, ...]:
-    """The file names :class:`PredictionWriter` writes for one image.
-
-    Args:
-        name: the image's name (its data-list ``name``).
-        source: the file the image was read from.
-        overlay: include the overlay's name.
-
-    Returns:
-        ``<name>_mask.png`` (``<name>_mask.nii.gz`` for a NIfTI ``source``) and, with ``overlay``,
-        ``<name>_overlay.png``.
-    """
-    nifti = source.lower().endswith((".nii", ".nii.gz"))
-    return (f"{name}_mask.nii.gz" if nifti else f"{name}_mask.png",) + ((f"{name}_overlay.png",) if overlay else ())
 
 
 def overlay_contour(
