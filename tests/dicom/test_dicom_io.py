@@ -23,10 +23,11 @@ from vmunetv2_monai.bundle.predictor import Predictor
 from vmunetv2_monai.dicom.algorithm import MANUFACTURER, AlgorithmInfo
 from vmunetv2_monai.dicom.files import write_atomic
 from vmunetv2_monai.dicom.local import segment_files
-from vmunetv2_monai.dicom.reader import UnsupportedDicomError, grey_window, load_image, to_model_input
+from vmunetv2_monai.dicom.reader import UnsupportedDicomError, load_image, to_model_input
 from vmunetv2_monai.dicom.seg import (SEG_SOP_CLASS_UID, build_overlay, build_segmentation, seg_mask_for_source,
                                       seg_uid_for)
 from vmunetv2_monai.dicom.units import Segmenter
+from vmunetv2_monai.dicom.voi import grey_window
 
 from .conftest import (REPO, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb, rgb_input,
                        ultrasound_files, wrap_vl_endoscopic)

@@ -32,11 +32,12 @@ from vmunetv2_monai.dicom.dicomweb import PacsClient
 from vmunetv2_monai.dicom.dimse import ListenerLimits, RemoteAE
 from vmunetv2_monai.dicom.files import write_atomic
 from vmunetv2_monai.dicom.listener import Listener
-from vmunetv2_monai.dicom.reader import grey_window, load_image
+from vmunetv2_monai.dicom.reader import load_image
 from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID, seg_mask_for_source
 from vmunetv2_monai.dicom.spool import seg_instance_number, spool_path
 from vmunetv2_monai.dicom.state import DONE, StateDB
 from vmunetv2_monai.dicom.units import Segmenter, UnitResult
+from vmunetv2_monai.dicom.voi import grey_window
 
 from .conftest import REPO, Orthanc, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb, wrap_vl_endoscopic
 

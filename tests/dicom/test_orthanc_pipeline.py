@@ -20,10 +20,11 @@ from vmunetv2_monai.dicom.algorithm import AlgorithmInfo
 from vmunetv2_monai.dicom.dicomweb import PacsClient, is_transient
 from vmunetv2_monai.dicom.cli import main
 from vmunetv2_monai.dicom.files import write_atomic
-from vmunetv2_monai.dicom.reader import grey_window, load_image
+from vmunetv2_monai.dicom.reader import load_image
 from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID, seg_mask_for_source, seg_uid_for
 from vmunetv2_monai.dicom.sr import SR_SOP_CLASS_UID, read_report_back, sr_uid_for
 from vmunetv2_monai.dicom.state import DONE, FAILED, StateDB
+from vmunetv2_monai.dicom.voi import grey_window
 from tests._servers import free_port
 
 from .conftest import (REPO, Orthanc, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb, ultrasound_files,

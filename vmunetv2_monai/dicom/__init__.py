@@ -2,10 +2,11 @@
 and a DIMSE listener (needs the ``dicom`` extra)."""
 
 from .algorithm import AlgorithmInfo
-from .reader import DicomImage, GreyWindow, UnsupportedDicomError, grey_window, load_image, to_model_input
+from .reader import DicomImage, UnsupportedDicomError, load_image, to_model_input
 from .seg import build_overlay, build_segmentation, seg_uid_for
 from .sr import build_report, sr_uid_for
 from .units import Segmenter, group_units
+from .voi import GreyWindow, grey_window
 
 __all__ = [
     "AlgorithmInfo",

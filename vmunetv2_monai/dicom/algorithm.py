@@ -9,6 +9,8 @@ from pathlib import Path
 from .. import __version__
 from ..bundle.opener import Bundle
 
+__all__ = ["DEFAULT_LABEL", "DEFAULT_NAME", "MANUFACTURER", "AlgorithmInfo"]
+
 logger = logging.getLogger(__name__)
 
 #: Manufacturer written into every object we create; also how the pipeline recognises its own outputs.

@@ -13,6 +13,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from .reader import UnsupportedDicomError, decode_problem
 
+__all__ = ["AS_STORED", "DEFAULT_URL", "TRANSCODE_TO", "InstanceRef", "PacsClient", "PacsUnavailable", "is_transient"]
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8042/dicom-web"

@@ -34,6 +34,12 @@ from .. import __version__
 from .algorithm import MANUFACTURER, AlgorithmInfo
 from .reader import UnsupportedDicomError
 
+__all__ = [
+    "OVERLAY_SERIES_NUMBER", "SEG_SERIES_NUMBER", "SEG_SOP_CLASS_UID", "build_overlay", "build_segmentation",
+    "copy_listed_attributes", "derived_uid", "known_pixel_spacing", "output_character_set", "patient_orientation",
+    "read_back", "seg_mask_for_source", "seg_uid_for", "source_problem",
+]
+
 logger = logging.getLogger(__name__)
 
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"

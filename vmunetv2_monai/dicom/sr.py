@@ -32,6 +32,11 @@ from .. import __version__
 from .algorithm import MANUFACTURER, AlgorithmInfo
 from .seg import POLYP, _sources_key, derived_uid, known_pixel_spacing
 
+__all__ = [
+    "CODING_SCHEME", "SR_SERIES_NUMBER", "SR_SOP_CLASS_UID", "build_report", "read_report_back", "seg_frame_order",
+    "segment_measurements", "slice_spacing", "sr_uid_for",
+]
+
 logger = logging.getLogger(__name__)
 
 SR_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR Storage

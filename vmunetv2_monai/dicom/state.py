@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+__all__ = ["DONE", "FAILED", "SKIPPED", "Record", "StateDB", "StudyFailure"]
+
 logger = logging.getLogger(__name__)
 
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"

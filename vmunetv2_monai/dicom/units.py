@@ -16,9 +16,15 @@ from pydicom.dataset import Dataset
 
 from ..bundle.predictor import Predictor
 from .algorithm import MANUFACTURER, AlgorithmInfo
-from .reader import NON_IMAGE_SOP_CLASSES, GreyWindow, UnsupportedDicomError, grey_window, is_greyscale, load_image
+from .reader import NON_IMAGE_SOP_CLASSES, UnsupportedDicomError, is_greyscale, load_image
 from .seg import build_overlay, build_segmentation, read_back, seg_uid_for, source_problem
 from .sr import build_report, read_report_back
+from .voi import GreyWindow, grey_window
+
+__all__ = [
+    "VOLUME_ATTRIBUTES", "Segmenter", "UnitResult", "duplicate_positions", "duplicate_uids", "group_units",
+    "is_series_unit", "is_volumetric", "skip_reason",
+]
 
 logger = logging.getLogger(__name__)
 
