@@ -143,7 +143,7 @@ def network_rows(repeats: int) -> None:
     for name, net, ctx in candidates:
         with torch.no_grad(), ctx():
             slow = "selective_scan_ref" in name
-            times = time_runs(lambda: net(x), repeats=3 if slow else repeats, warmup=1)
+            times = time_runs(lambda net=net: net(x), repeats=3 if slow else repeats, warmup=1)
         t = median(times)
         ref_time = t if slow else ref_time
         add("network", f"{name}, 1x3x256x256 eval", t * 1e3, "ms",

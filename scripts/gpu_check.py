@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from bench_common import D_STATE, K, STAGE_SHAPES, scan_inputs
+from bench_common import D_STATE, STAGE_SHAPES, K, scan_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("gpu_check")
@@ -155,7 +155,7 @@ def scan_parity(device: torch.device, main: str, others: list[str], shapes, repe
         for backend in others:
             out_o, grads_o = results[backend]
             entry[f"{main}_vs_{backend}"] = {"out": rel_err(out_m, out_o)} | {
-                f"d{n}": rel_err(g, h) for n, g, h in zip(names, grads_m, grads_o)
+                f"d{n}": rel_err(g, h) for n, g, h in zip(names, grads_m, grads_o, strict=True)
             }
         logger.info("scan %s", entry)
         rows_out.append(entry)

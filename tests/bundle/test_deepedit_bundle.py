@@ -271,7 +271,7 @@ def test_bad_clicks_file_entry_is_named_last_and_the_others_get_masks(tiny_bundl
                                                                       clicks: dict, named: str) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    for stem, source in zip(("a", "b"), SAMPLE_IMAGES[:2]):
+    for stem, source in zip(("a", "b"), SAMPLE_IMAGES[:2], strict=True):
         shutil.copy(source, data / f"{stem}.jpg")
     clicks = {"a.jpg": {"foreground": [[5, 5]]}, **clicks}
     path = _write_clicks(tmp_path / "clicks.json", clicks)

@@ -138,7 +138,8 @@ def test_ckpt_export_with_inference_config_alone(tmp_path: Path, use_trace: bool
     torch.save(net.state_dict(), bundle / "models" / "model.pt")
     ts = bundle / "models" / "model.ts"
     ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(bundle / "models" / "model.pt"),
-                meta_file=str(bundle / "configs" / "metadata.json"), config_file=str(bundle / "configs" / "inference.json"),
+                meta_file=str(bundle / "configs" / "metadata.json"),
+                config_file=str(bundle / "configs" / "inference.json"),
                 bundle_root=str(bundle), use_trace=use_trace, input_shape=[1, 3, 64, 64], **net_args)
     loaded = torch.jit.load(str(ts))
     x = torch.rand(1, 3, 64, 96)

@@ -23,11 +23,11 @@ def test_pooled_confusion_metrics_match_one_matrix_over_all_pixels():
     }
     for name, value in expected.items():
         metric = ConfusionMatrixMetric(include_background=True, metric_name=name, compute_sample=False, reduction="sum")
-        for pr, lb in zip(preds, labels):
+        for pr, lb in zip(preds, labels, strict=True):
             metric(y_pred=pr, y=lb)
         got = float(metric.aggregate()[0])
         assert abs(got - value) < 1e-6, (name, got, value)
     per_image_dice = sum(
-        float(2 * (a * b).sum() / (a.sum() + b.sum())) for a, b in zip(preds, labels)
+        float(2 * (a * b).sum() / (a.sum() + b.sum())) for a, b in zip(preds, labels, strict=True)
     ) / len(preds)
     assert abs(per_image_dice - expected["f1 score"]) > 1e-4  # pooled and per-image means really differ here

@@ -10,7 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from vmunetv2_monai.data import BinarizeMaskd, DataListError, EnsureChannelsd, build_datalist, load_splits, save_datalist
+from vmunetv2_monai.data import (
+    BinarizeMaskd,
+    DataListError,
+    EnsureChannelsd,
+    build_datalist,
+    load_splits,
+    save_datalist,
+)
 
 SAMPLE = Path(__file__).parent / "kvasir_sample"
 
@@ -43,7 +50,8 @@ def test_matching_ignores_sorted_order_and_extensions(tmp_path):
     _pair(tmp_path, "a_long")
     _pair(tmp_path, "a")
     items = build_datalist(tmp_path, val_fraction=0.0)["training"]
-    assert {(Path(i["image"]).stem, Path(i["label"]).stem) for i in items} == {("a", "a"), ("a_long", "a_long"), ("b", "b")}
+    pairs = {(Path(i["image"]).stem, Path(i["label"]).stem) for i in items}
+    assert pairs == {("a", "a"), ("a_long", "a_long"), ("b", "b")}
 
 
 def test_missing_mask_is_named(tmp_path):

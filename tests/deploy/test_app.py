@@ -39,7 +39,7 @@ IMAGES = sorted((REPO / "bundle" / "sample_data" / "images").glob("*.jpg"))[:2]
 TIMEOUT = 600
 
 sys.path.insert(0, str(APP))
-from model_path import ModelPathError, resolve_model
+from model_path import ModelPathError, resolve_model  # noqa: E402 (the app folder is on sys.path only now)
 
 pytestmark = pytest.mark.slow  # runs the Deploy app and python -m monai.bundle in subprocesses
 

@@ -23,7 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from tests._servers import free_port, wait_until_serving
 from vmunetv2_monai import VMUNetV2
-from vmunetv2_monai.inference import Predictor
+from vmunetv2_monai.bundle.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -318,7 +318,7 @@ def assert_dcmjs_matches(paths: list[Path]) -> None:
     segs = [p for p in paths if str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) == SEG_CLASS]
     if not segs:
         return
-    for path, got in zip(segs, dcmjs_decode(segs)):
+    for path, got in zip(segs, dcmjs_decode(segs), strict=True):
         ds = pydicom.dcmread(path)
         frames = int(ds.NumberOfFrames)
         refs = [str(g.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)

@@ -13,10 +13,10 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.encaps import encapsulate
-from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
 from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
 from pydicom.uid import UID, generate_uid
 
 from vmunetv2_monai.bundle.predictor import Predictor
@@ -24,13 +24,26 @@ from vmunetv2_monai.dicom.algorithm import MANUFACTURER, AlgorithmInfo
 from vmunetv2_monai.dicom.files import write_atomic
 from vmunetv2_monai.dicom.local import segment_files
 from vmunetv2_monai.dicom.reader import UnsupportedDicomError, load_image, to_model_input
-from vmunetv2_monai.dicom.seg import (SEG_SOP_CLASS_UID, build_overlay, build_segmentation, seg_mask_for_source,
-                                      seg_uid_for)
+from vmunetv2_monai.dicom.seg import (
+    SEG_SOP_CLASS_UID,
+    build_overlay,
+    build_segmentation,
+    seg_mask_for_source,
+    seg_uid_for,
+)
 from vmunetv2_monai.dicom.units import Segmenter
 from vmunetv2_monai.dicom.voi import grey_window
 
-from .conftest import (REPO, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb, rgb_input,
-                       ultrasound_files, wrap_vl_endoscopic)
+from .conftest import (
+    REPO,
+    assert_valid_dicom,
+    ct_series,
+    kvasir_image_paths,
+    load_rgb,
+    rgb_input,
+    ultrasound_files,
+    wrap_vl_endoscopic,
+)
 
 
 @pytest.fixture(scope="module")
@@ -448,7 +461,8 @@ def test_oblique_slice_overlay_keeps_its_orientation(tmp_path: Path, predictor: 
 
 #: pydicom's character-set test images (secondary captures) -> Specific Character Set of their SEG and overlay.
 CHARSET_FILES = {
-    # code extensions (\\ISO 2022 IR 87: empty first value, issue 25 case 6): UTF-8, as dcmjs (OHIF) reads one value only
+    # code extensions (\\ISO 2022 IR 87: empty first value, issue 25 case 6): UTF-8, as dcmjs (OHIF) reads one
+    # value only
     "chrH31.dcm": "ISO_IR 192",
     "chrH32.dcm": "ISO_IR 192",
     "chrI2.dcm": "ISO_IR 192",  # \\ISO 2022 IR 149 (Korean), missing from highdicom's terms: written in UTF-8

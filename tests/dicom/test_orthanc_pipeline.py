@@ -15,20 +15,28 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from tests._servers import free_port
 from vmunetv2_monai.bundle.predictor import Predictor
 from vmunetv2_monai.dicom.algorithm import AlgorithmInfo
-from vmunetv2_monai.dicom.dicomweb import PacsClient, is_transient
 from vmunetv2_monai.dicom.cli import main
+from vmunetv2_monai.dicom.dicomweb import PacsClient, is_transient
 from vmunetv2_monai.dicom.files import write_atomic
 from vmunetv2_monai.dicom.reader import load_image
 from vmunetv2_monai.dicom.seg import SEG_SOP_CLASS_UID, seg_mask_for_source, seg_uid_for
 from vmunetv2_monai.dicom.sr import SR_SOP_CLASS_UID, read_report_back, sr_uid_for
 from vmunetv2_monai.dicom.state import DONE, FAILED, StateDB
 from vmunetv2_monai.dicom.voi import grey_window
-from tests._servers import free_port
 
-from .conftest import (REPO, Orthanc, assert_valid_dicom, ct_series, kvasir_image_paths, load_rgb, ultrasound_files,
-                       wrap_vl_endoscopic)
+from .conftest import (
+    REPO,
+    Orthanc,
+    assert_valid_dicom,
+    ct_series,
+    kvasir_image_paths,
+    load_rgb,
+    ultrasound_files,
+    wrap_vl_endoscopic,
+)
 
 pytestmark = pytest.mark.slow  # starts Orthanc servers and the pipeline in subprocesses
 
@@ -105,8 +113,8 @@ def _reports(client: PacsClient, segs: list[pydicom.Dataset]) -> list[pydicom.Da
     seg_of = {}
     for ds in reports:
         read_report_back(ds)
-        items = [i for study in ds.CurrentRequestedProcedureEvidenceSequence for series in study.ReferencedSeriesSequence
-                 for i in series.ReferencedSOPSequence]
+        items = [i for study in ds.CurrentRequestedProcedureEvidenceSequence
+                 for series in study.ReferencedSeriesSequence for i in series.ReferencedSOPSequence]
         (seg_uid,) = [str(i.ReferencedSOPInstanceUID) for i in items if i.ReferencedSOPClassUID == SEG_SOP_CLASS_UID]
         seg_of[str(ds.SOPInstanceUID)] = seg_uid
     assert sorted(seg_of.values()) == sorted(str(s.SOPInstanceUID) for s in segs), "not one SR per SEG"

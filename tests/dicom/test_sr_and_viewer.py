@@ -175,7 +175,7 @@ def test_dcmjs_paints_every_seg_on_its_sources(written: dict) -> None:
     sources = {str(p): written["sources"][p.stem] for p in segs}
     decoded = dcmjs_decode(segs, sources)
     painted = 0
-    for path, got in zip(segs, decoded):
+    for path, got in zip(segs, decoded, strict=True):
         seg = hd.seg.segread(path)
         uids = [str(ds.SOPInstanceUID) for ds in sources[str(path)]]
         assert got["segments"] == [{"number": 1, "label": "polyp"}]

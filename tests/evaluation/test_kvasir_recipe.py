@@ -61,7 +61,8 @@ def test_recipe_runs_end_to_end(tmp_path: Path, script_args) -> None:
     resumed = json.loads((out / "basicunet" / "run.json").read_text())
     assert resumed["iterations"] == runs["basicunet"]["iterations"]
     assert resumed["history"] == runs["basicunet"]["history"]
-    assert "restored settings, model, optimizer, trainer, budget, best_saver" in (out / "basicunet" / "train.log").read_text()
+    log = (out / "basicunet" / "train.log").read_text()
+    assert "restored settings, model, optimizer, trainer, budget, best_saver" in log
 
 
 def test_script_training_equals_monai_bundle_run(tmp_path: Path, script_args) -> None:

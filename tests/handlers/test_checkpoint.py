@@ -97,5 +97,5 @@ def test_resume_with_more_epochs_keeps_the_learning_rate_falling(tmp_path):
         opt.step()
         sched.step()
         lrs.append(opt.param_groups[0]["lr"])
-    assert sched.T_max == 10 and all(b <= a for a, b in zip(lrs, lrs[1:])), lrs
+    assert sched.T_max == 10 and all(b <= a for a, b in zip(lrs, lrs[1:], strict=False)), lrs
     assert lrs[-1] == pytest.approx(1e-5)

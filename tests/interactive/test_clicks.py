@@ -10,7 +10,13 @@ import torch
 from monai.data import MetaTensor
 
 from vmunetv2_monai.interactive import (
-    MAX_CLICKS, AddClickGuidanced, check_clicks, next_click, read_clicks, read_clicks_file, render_clicks,
+    MAX_CLICKS,
+    AddClickGuidanced,
+    check_clicks,
+    next_click,
+    read_clicks,
+    read_clicks_file,
+    render_clicks,
 )
 
 LABELS = {"lesion": 1, "background": 0}

@@ -76,7 +76,8 @@ def _expected_param_count(depths: tuple[int, ...], keep_stage4: bool) -> int:
     """Analytic count from the spec (section 1.4 and 2) for dims 96, mid 48, one output channel."""
     block = {96: 105_408, 192: 339_840, 384: 1_195_776, 768: 4_455_936}
     merging = 74_496 + 296_448 + 1_182_720
-    encoder = 4_896 + merging + sum(d * block[c] for d, c in zip(depths[: 4 if keep_stage4 else 3], block))
+    stages = depths[: 4 if keep_stage4 else 3]
+    encoder = 4_896 + merging + sum(d * block[c] for d, c in zip(stages, block, strict=False))
     ca, sa, trans = 1_152 + 4_608 + 18_432 + 73_728, 4 * 98, 4_704 + 9_312 + 18_528 + 36_960
     sdi = 4 * 83_136
     decoder = 4 * (48 + 1) + 3 * 48 * 48 * 16 + (9 + 1)  # heads, three deconvs, the fusing deconv (deconv6)
@@ -141,13 +142,14 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
     x = torch.randn(2, 3, 32, 32)
     for net in (net_a, net_b):
         sum(o.sum() for o in net(x)).backward()
-    for (name, pa), pb in zip(net_a.named_parameters(), net_b.parameters()):
+    for (name, pa), pb in zip(net_a.named_parameters(), net_b.parameters(), strict=True):
         if pa.grad is not None:
             torch.testing.assert_close(pa.grad, pb.grad, msg=name)
 
 
 def test_initialisation_follows_the_official_code() -> None:
-    ss2d = VMUNetV2(d_state=4, **{k: v for k, v in TINY.items() if k != "d_state"}).encoder.layers[0].blocks[0].self_attention
+    net = VMUNetV2(d_state=4, **{k: v for k, v in TINY.items() if k != "d_state"})
+    ss2d = net.encoder.layers[0].blocks[0].self_attention
     torch.testing.assert_close(ss2d.A_logs[0], torch.log(torch.arange(1, 5, dtype=torch.float32)))
     assert torch.equal(ss2d.Ds, torch.ones_like(ss2d.Ds))
     dt = torch.nn.functional.softplus(ss2d.dt_projs_bias)

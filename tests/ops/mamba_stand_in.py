@@ -91,7 +91,7 @@ def make_stand_in(ref_fn, calls: StandInCalls) -> ModuleType:
     def fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         """cpp:226-336: returns ``[out, x]`` (+ ``out_z`` with z); out in delta's dtype (cpp:311)."""
         _check_common(u, delta, A, B, C, D, z, delta_bias)
-        calls.append(("fwd", {k: v.dtype for k, v in zip("u delta A B C".split(), (u, delta, A, B, C))}))
+        calls.append(("fwd", {k: v.dtype for k, v in zip("u delta A B C".split(), (u, delta, A, B, C), strict=True)}))
         batch, dim, seqlen = u.shape
         n_chunks = (seqlen + CHUNK - 1) // CHUNK
         with torch.no_grad():

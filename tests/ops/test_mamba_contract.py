@@ -143,7 +143,7 @@ def test_half_inputs_through_mamba_interface(stand_in, dtype, gate) -> None:
     assert rel_err(out, ref) < (1e-5 if dtype == torch.float32 else 2e-2)
     leaves = [a for a in args if a is not None]
     grads = torch.autograd.grad(out.float().sum(), leaves)
-    for g, a in zip(grads, leaves):
+    for g, a in zip(grads, leaves, strict=True):
         assert g.dtype == a.dtype and torch.isfinite(g).all()
 
 

@@ -57,7 +57,7 @@ def test_torch_backend_matches_reference(batch, dim, length, n, groups, gate, so
     weight = torch.randn_like(out_ref)
     grads_ref = torch.autograd.grad((out_ref * weight).sum(), leaves)
     grads = torch.autograd.grad((out * weight).sum(), leaves)
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         assert g.shape == g_ref.shape
         assert rel_err(g, g_ref) < 1e-5
 
@@ -180,7 +180,7 @@ def test_mamba_backend_matches_torch_backend(batch, dim, length, n, groups, gate
     assert rel_err(out_m, out_t) < 1e-4
     g_m = torch.autograd.grad(out_m.sum(), leaves)
     g_t = torch.autograd.grad(out_t.sum(), leaves)
-    for a, b in zip(g_m, g_t):
+    for a, b in zip(g_m, g_t, strict=True):
         assert rel_err(a, b) < 1e-3
 
 

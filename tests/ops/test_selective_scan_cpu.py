@@ -65,8 +65,8 @@ def test_cpu_matches_reference(batch, dim, length, n, groups, gate, softplus):
     y_ref, g_out, grads_ref = _forward_backward(selective_scan_reference, args, softplus)
     y, _, grads = _forward_backward(selective_scan_cpu, args, softplus, g_out)
     assert _rel(y, y_ref) < 1e-5
-    present = [name for name, a in zip(NAMES, args) if a is not None]
-    for name, got, want in zip(present, grads, grads_ref):
+    present = [name for name, a in zip(NAMES, args, strict=True) if a is not None]
+    for name, got, want in zip(present, grads, grads_ref, strict=True):
         assert got.shape == want.shape, name
         assert _rel(got, want) < 1e-5, name
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,18 @@ from PIL import Image
 from vmunetv2_monai.bundle.checks import check_cli
 from vmunetv2_monai.data import DataListError, InputImages
 
-from .conftest import BUNDLE, SAMPLE, TINY_ARGS, cfg, disc_pair, error_chain, load_transforms, run_bundle, tail, workflow
+from .conftest import (
+    BUNDLE,
+    SAMPLE,
+    TINY_ARGS,
+    cfg,
+    disc_pair,
+    error_chain,
+    load_transforms,
+    run_bundle,
+    tail,
+    workflow,
+)
 
 BUNDLE_MAIN = "/venv/lib/python3.11/site-packages/monai/bundle/__main__.py"
 

@@ -20,10 +20,10 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from vmunetv2_monai import VMUNetV2
 from vmunetv2_monai.dicom import cli as cli_module
-from vmunetv2_monai.dicom.dicomweb import InstanceRef, PacsClient
-from vmunetv2_monai.dicom.files import write_atomic
 from vmunetv2_monai.dicom.cli import _predictor, build_parser, main
+from vmunetv2_monai.dicom.dicomweb import InstanceRef, PacsClient
 from vmunetv2_monai.dicom.dimse import RemoteAE
+from vmunetv2_monai.dicom.files import write_atomic
 from vmunetv2_monai.dicom.listener import Listener
 from vmunetv2_monai.dicom.local import dicom_files, segment_files
 from vmunetv2_monai.dicom.pipeline import Pipeline

@@ -87,7 +87,7 @@ def test_resume_applies_a_new_learning_rate_and_extended_epochs_follow_the_stret
     # the documented schedule: doubling the epochs of a finished run resumes halfway down the (new) cosine
     assert len(resumed) == n
     assert resumed[0] == pytest.approx((peak / 2 + eta_min) / 2)
-    assert all(b < a for a, b in zip(resumed, resumed[1:]))
+    assert all(b < a for a, b in zip(resumed, resumed[1:], strict=False))
     assert torch.load(out / "models" / "latest.pt", weights_only=True)["settings"]["learning_rate"] == peak / 2
 
 

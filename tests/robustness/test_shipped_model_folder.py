@@ -96,7 +96,8 @@ def _stock_workflow(bundle: Path, load_path: Path, tmp_path: Path):
               "strict": True}
     pairs = [{"image": str(p), "label": str(SAMPLE / "masks" / p.name)} for p in sorted((SAMPLE / "images").iterdir())]
     return ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), workflow_type="train",
-                          meta_file=str(bundle / "configs" / "metadata.json"), logging_file=False, bundle_root=str(bundle),
+                          meta_file=str(bundle / "configs" / "metadata.json"), logging_file=False,
+                          bundle_root=str(bundle),
                           epochs=1,
                           device="$torch.device('cpu')", num_workers=0, progress_bar=False, batch_size=2,
                           **{"train#handlers": [loader, *handlers], "train#dataset#data": pairs[:6],

@@ -235,7 +235,7 @@ class WarmupCosineLR:
 
     def __call__(self, engine: Engine) -> None:
         p = self.budget.progress(engine, engine.state.iteration - 1)  # what was spent before this iteration
-        for group, peak in zip(self.optimizer.param_groups, self.peaks):
+        for group, peak in zip(self.optimizer.param_groups, self.peaks, strict=True):
             group["lr"] = self.rate(peak, p)
 
     def _log(self, engine: Engine) -> None:

@@ -85,7 +85,7 @@ def check_clicks(clicks: Any, spatial_shape: Sequence[int], kind: str, source: s
         if isinstance(point, str | bytes) or not isinstance(point, Sequence) or len(point) != len(spatial_shape):
             raise ClickError(f"{source}: {kind} click {point!r} is not a point of {len(spatial_shape)} coordinates")
         coords = []
-        for value, size in zip(point, spatial_shape):
+        for value, size in zip(point, spatial_shape, strict=True):
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
                     or value != int(value):
                 raise ClickError(f"{source}: {kind} click {list(point)!r} has a coordinate that is not a whole "
@@ -117,9 +117,10 @@ def render_clicks(
     if not clicks:
         return out
     axes = [torch.arange(int(s), dtype=torch.float32) for s in spatial_shape]
-    widths = [sigma * float(s) / float(g) for s, g in zip(spatial_shape, grid_shape)]
+    widths = [sigma * float(s) / float(g) for s, g in zip(spatial_shape, grid_shape, strict=True)]
     for point in clicks:
-        profiles = [torch.exp(-0.5 * ((axis - float(p)) / w) ** 2) for axis, p, w in zip(axes, point, widths)]
+        profiles = [torch.exp(-0.5 * ((axis - float(p)) / w) ** 2)
+                    for axis, p, w in zip(axes, point, widths, strict=True)]
         bump = profiles[0]
         for profile in profiles[1:]:
             bump = bump[..., None] * profile

@@ -87,7 +87,8 @@ def _verify(scan_fn: Callable, device: torch.device) -> tuple[bool, str]:
             torch.cuda.synchronize(device)
     except Exception as err:  # a kernel built for another architecture fails here, not at import
         return False, f"mamba_ssm's kernel failed a forward and backward test call ({type(err).__name__}: {err})"
-    pairs = [("output", out, ref)] + [(f"gradient {i}", g, r) for i, (g, r) in enumerate(zip(grads, grads_ref))]
+    gradients = zip(grads, grads_ref, strict=True)
+    pairs = [("output", out, ref)] + [(f"gradient {i}", g, r) for i, (g, r) in enumerate(gradients)]
     for name, got, want in pairs:
         got, want = got.detach().double(), want.detach().double()
         err = float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))

@@ -55,7 +55,7 @@ def selective_scan_reference(
     h = u.new_zeros((batch, dim, n), dtype=ctype)
     ys = []
     # unbind once: per-step indexing would make autograd scatter into a full-size gradient at every step.
-    for dt, bt, ct, ut in zip(df.unbind(-1), Bf.unbind(-1), Cf.unbind(-1), uf.unbind(-1)):
+    for dt, bt, ct, ut in zip(df.unbind(-1), Bf.unbind(-1), Cf.unbind(-1), uf.unbind(-1), strict=True):
         dt = dt.unsqueeze(-1)  # (batch, dim, 1)
         h = torch.exp(dt * Af) * h + dt * bt * ut.unsqueeze(-1)
         ys.append((h * ct).sum(-1))
