@@ -46,14 +46,29 @@ _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 def expansion_limit(file_size: int) -> int:
     """The most bytes a checkpoint of ``file_size`` bytes may expand to: ``EXPANSION_FACTOR * file_size +
-    EXPANSION_SLACK_BYTES``."""
+    EXPANSION_SLACK_BYTES``.
+
+    Args:
+        file_size: the checkpoint file's size in bytes.
+
+    Returns:
+        The largest allowed total uncompressed size of the file's zip members, in bytes.
+    """
     return EXPANSION_FACTOR * file_size + EXPANSION_SLACK_BYTES
 
 
 def check_checkpoint_file(path: str | Path, what: str = "checkpoint") -> None:
     """Raise a ``ValueError`` naming ``path`` (``what`` names its role) when it is a git-LFS pointer, a TorchScript
     archive or a zip archive that would expand past :func:`expansion_limit`. Reads only the file's first bytes and
-    its zip directory."""
+    its zip directory.
+
+    Args:
+        path: the checkpoint file.
+        what: the file's role in the messages (``"checkpoint"``, ``"training state"``).
+
+    Raises:
+        ValueError: a git-LFS pointer, a TorchScript archive or a zip archive that would expand too far.
+    """
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(len(_LFS_POINTER))
@@ -78,7 +93,19 @@ def check_checkpoint_file(path: str | Path, what: str = "checkpoint") -> None:
 def check_checkpoint_path(path: str | Path, what: str = "checkpoint") -> bool:
     """Raise naming ``path`` (``what`` names its role) when it is missing (``FileNotFoundError``), empty or a file
     :func:`check_checkpoint_file` refuses (``ValueError``); returns True, for config expressions. Cheap: run before
-    the inputs are read (``inference.json``'s ``initialize``) so a bad checkpoint stops the run at once."""
+    the inputs are read (``inference.json``'s ``initialize``) so a bad checkpoint stops the run at once.
+
+    Args:
+        path: the checkpoint file.
+        what: the file's role in the messages (``"checkpoint"``, ``"training state"``).
+
+    Returns:
+        True when the file passes.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: ``path`` is empty or :func:`check_checkpoint_file` refuses it.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
@@ -89,7 +116,14 @@ def check_checkpoint_path(path: str | Path, what: str = "checkpoint") -> bool:
 
 
 def unpickling_reason(message: str) -> str:
-    """The reason in ``torch.load(weights_only=True)``'s refusal ``message``, without torch's advice."""
+    """The reason in ``torch.load(weights_only=True)``'s refusal ``message``, without torch's advice.
+
+    Args:
+        message: the text of the ``pickle.UnpicklingError`` that ``torch.load(weights_only=True)`` raised.
+
+    Returns:
+        A one-line reason for an error message (never advising ``weights_only=False``).
+    """
     found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", message, re.DOTALL)
     detail = " ".join(found.group(1).split()) if found else "unreadable pickle data"
     if detail.startswith("Unsupported global"):

@@ -63,7 +63,14 @@ def _large_files_list(start: Path, subject: Path) -> tuple[Path, Path, list] | N
 def listed_files(folder: str | os.PathLike) -> tuple[Path, list[Path]]:
     """``(large-file list, the files it lists that lie directly in folder)`` for the nearest large-file list above
     ``folder`` (a bundle's ``models/`` gives ``large_files.yml`` and ``[models/model.pt]``); an empty list when
-    ``folder`` holds none of them or no list is found (then the list path is ``folder``)."""
+    ``folder`` holds none of them or no list is found (then the list path is ``folder``).
+
+    Args:
+        folder: the folder to look up (resolved; the search for a large-file list starts there and goes upwards).
+
+    Returns:
+        ``(large-file list path, listed files that lie directly in folder)``.
+    """
     target = Path(folder).resolve()
     found = _large_files_list(target, target)
     if found is None:
@@ -107,6 +114,18 @@ def check_training_folder(ckpt_dir: str | os.PathLike, overwrite_shipped_model: 
     ``handlers_id`` loads a file of that folder: fine-tuning the bundle's model in place, which is what MONAI
     Label's stock ``monaibundle`` ``/train`` does (logged). Either way ``train#keep_better`` replaces ``model.pt``
     only by a model that scores at least as well on the validation images. Any other folder passes.
+
+    Args:
+        ckpt_dir: the folder the training run writes its checkpoints to.
+        overwrite_shipped_model: allow training into the shipped model's folder (must be a ``bool``).
+        handlers_id: config id of the raw train handler list searched for a network ``CheckpointLoader``.
+
+    Returns:
+        True when the run may go on (for use in a config expression).
+
+    Raises:
+        TypeError: when ``overwrite_shipped_model`` is not a ``bool``.
+        ShippedModelError: when ``ckpt_dir`` holds a listed file and neither exception above applies.
     """
     if not isinstance(overwrite_shipped_model, bool):
         raise TypeError(f"bad value {overwrite_shipped_model!r} for 'overwrite_shipped_model': expected True or "
@@ -136,7 +155,14 @@ def check_training_folder(ckpt_dir: str | os.PathLike, overwrite_shipped_model: 
 def listed_hash(path: str | os.PathLike) -> tuple[Path, str, str] | None:
     """``(large-file list, hash type, hash value)`` for ``path`` when the nearest folder above it that holds a
     large-file list (the bundle root) lists it with a hash; None otherwise. An unreadable list is logged as a
-    WARNING naming it and gives None."""
+    WARNING naming it and gives None.
+
+    Args:
+        path: the file to look up.
+
+    Returns:
+        ``(large-file list path, lower-case hash type (md5 when not given), lower-case hash value)``, or None.
+    """
     target = Path(path).resolve()
     found = _large_files_list(target.parent, target)
     if found is None:
@@ -155,6 +181,12 @@ def check_bundle_weights(path: str | os.PathLike) -> bool | None:
     Returns True when they match, False when they differ (a WARNING names the file and both hashes), None when
     ``path`` is not a listed large file of a bundle (a training output, any other checkpoint) or cannot be
     checked. Cached per process by path, size and modification time, so a file is hashed once.
+
+    Args:
+        path: the file to check (e.g. a bundle's ``models/model.pt``).
+
+    Returns:
+        True (hash matches), False (hash differs) or None (not a listed large file, or not checkable).
     """
     target = Path(path).resolve()
     if not target.is_file():

@@ -57,7 +57,16 @@ _PROPERTY_CODES = {
 
 
 def derived_uid(source_uid: str, algorithm: AlgorithmInfo, kind: str) -> str:
-    """Deterministic UID (2.25 form) for an object of ``kind`` derived from a source UID."""
+    """Deterministic UID (2.25 form) for an object of ``kind`` derived from a source UID.
+
+    Args:
+        source_uid: the UID (or joined UIDs) the object is derived from.
+        algorithm: the algorithm identity; its name and version are part of the UID.
+        kind: what the object is (``"seg-instance"``, ``"seg-series"``, ``"overlay-instance"``, ...).
+
+    Returns:
+        A ``2.25.<integer>`` UID derived from a UUID5 of the inputs.
+    """
     name = "|".join([str(source_uid), algorithm.name, algorithm.version, kind])
     return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
 
@@ -70,7 +79,12 @@ def _sources_key(source_sop_instance_uids: str | Sequence[str]) -> str:
 
 
 def seg_uid_for(source_sop_instance_uids: str | Sequence[str], algorithm: AlgorithmInfo) -> str:
-    """SOPInstanceUID of the SEG of these source instances (one image, or every slice of a series) and algorithm."""
+    """SOPInstanceUID of the SEG of these source instances (one image, or every slice of a series) and algorithm.
+
+    Args:
+        source_sop_instance_uids: one SOPInstanceUID, or those of every slice (order does not matter).
+        algorithm: the algorithm identity.
+    """
     return derived_uid(_sources_key(source_sop_instance_uids), algorithm, "seg-instance")
 
 
@@ -110,7 +124,13 @@ def _drop_unrequested(seg: Dataset, source: Dataset, copy_attributes: Sequence[s
 
 
 def copy_listed_attributes(target: Dataset, source: Dataset, copy_attributes: Sequence[str]) -> None:
-    """Copy the attributes the user listed (``--copy-attribute``) that ``source`` has into ``target``."""
+    """Copy the attributes the user listed (``--copy-attribute``) that ``source`` has into ``target``.
+
+    Args:
+        target: the dataset written to (SEG, overlay or SR); modified in place.
+        source: the source dataset.
+        copy_attributes: keywords to copy (deep copies); those ``source`` lacks are left out.
+    """
     for keyword in copy_attributes:
         if keyword in source:
             target[keyword] = deepcopy(source[keyword])
@@ -149,6 +169,12 @@ def output_character_set(source: Dataset) -> str | None:
     A multi-valued set (code extensions, e.g. Japanese ``\\ISO 2022 IR 87``) becomes UTF-8 as well: dcmjs, which
     OHIF's SEG loading builds on, refuses to read a file with more than one value ("Using multiple character sets
     is not supported").
+
+    Args:
+        source: the source dataset.
+
+    Returns:
+        The Specific Character Set term for the derived object, or None for the default repertoire.
     """
     value = source.get("SpecificCharacterSet")
     values = [str(v).strip() for v in (value if isinstance(value, (list, MultiValue)) else [value or ""])]
@@ -163,7 +189,11 @@ def output_character_set(source: Dataset) -> str | None:
 
 def known_pixel_spacing(source: Dataset) -> tuple[float, float] | None:
     """The source's Pixel Spacing (row, column in mm) when it is two positive numbers, else None (unknown; e.g. a
-    computed radiograph with ``0\\0``)."""
+    computed radiograph with ``0\\0``).
+
+    Args:
+        source: the source dataset.
+    """
     spacing = source.get("PixelSpacing")
     if spacing is None or len(spacing) != 2:
         return None
@@ -225,6 +255,12 @@ def source_problem(source: Dataset) -> str | None:
     - an IOD that allows several frames (RT Dose, XA, NM, US Multi-frame, ...) without a Shared Functional Groups
       Sequence (a classic, not enhanced, multi-frame object, even with one frame, e.g. pydicom's
       ``rtdose_1frame.dcm``): highdicom takes such a source's pixel measures from those functional groups only.
+
+    Args:
+        source: the source dataset (headers suffice).
+
+    Returns:
+        The reason, or None when highdicom can make a SEG of it.
     """
     sop_class = str(source.get("SOPClassUID", ""))
     if sop_class not in get_sop_class_iod_map():
@@ -267,6 +303,22 @@ def build_segmentation(
     Instance Number: ``instance_number`` when given (the DIMSE listener numbers a whole-series SEG that supersedes
     an earlier one of the same series one higher, so viewers sort them), else the source's for one image and 1
     for a series.
+
+    Args:
+        sources: one source image, or the slices of one series.
+        masks: ``(H, W)`` (one image) or ``(N, H, W)`` masks, nonzero is foreground; H, W are Rows, Columns.
+        algorithm: the algorithm identity (name, version, segment label).
+        parameters: Algorithm Parameters of the segment (name -> value), or None.
+        copy_attributes: source attribute keywords copied into the SEG beyond the kept ones.
+        instance_number: the SEG's Instance Number; None for the default above.
+
+    Returns:
+        The highdicom Segmentation.
+
+    Raises:
+        ValueError: when the masks' shape is not ``(N, Rows, Columns)`` of the sources.
+        UnsupportedDicomError: when :func:`source_problem` names a problem, or highdicom does not know the
+            source's SOP class.
     """
     sources = [sources] if isinstance(sources, Dataset) else list(sources)
     masks = np.asarray(masks)
@@ -335,7 +387,14 @@ def _orientation_letters(cosines: Sequence[float]) -> str:
 
 
 def patient_orientation(source: Dataset) -> tuple[str, str] | None:
-    """The source's Patient Orientation, else derived from Image Orientation (Patient), else None (unknown)."""
+    """The source's Patient Orientation, else derived from Image Orientation (Patient), else None (unknown).
+
+    Args:
+        source: the source dataset.
+
+    Returns:
+        ``(row direction, column direction)`` letters (e.g. ``("L", "P")``), or None.
+    """
     value = source.get("PatientOrientation")
     if value is not None and len(value) == 2 and all(str(v) for v in value):
         return str(value[0]), str(value[1])
@@ -352,6 +411,16 @@ def build_overlay(source: Dataset, rgb: np.ndarray, mask: np.ndarray, algorithm:
     It references its source (Source Image Sequence), keeps its pixel spacing and patient orientation, and
     carries the source's lossy-compression history (the overlay itself is stored uncompressed). Patient and
     study attributes: those of the SC IOD's Patient and General Study modules, plus ``copy_attributes``.
+
+    Args:
+        source: the source image.
+        rgb: the source image for display, ``(H, W, 3)`` with values in 0..255.
+        mask: ``(H, W)`` bool mask, blended in red.
+        algorithm: the algorithm identity.
+        copy_attributes: source attribute keywords copied into the overlay.
+
+    Returns:
+        The highdicom Secondary Capture image.
     """
     out = rgb.astype(np.float32).copy()
     red = np.array([255.0, 0.0, 0.0], dtype=np.float32)
@@ -407,12 +476,24 @@ def build_overlay(source: Dataset, rgb: np.ndarray, mask: np.ndarray, algorithm:
 
 
 def read_back(ds: Dataset) -> hd.seg.Segmentation:
-    """Parse a SEG with highdicom (raises if highdicom cannot)."""
+    """Parse a SEG with highdicom (raises if highdicom cannot).
+
+    Args:
+        ds: the SEG dataset (copied, not modified).
+
+    Returns:
+        The parsed highdicom Segmentation.
+    """
     return hd.seg.Segmentation.from_dataset(ds, copy=True)
 
 
 def seg_mask_for_source(seg: hd.seg.Segmentation, source_sop_instance_uid: str) -> np.ndarray:
-    """The ``(H, W)`` bool mask of segment 1 for one source instance."""
+    """The ``(H, W)`` bool mask of segment 1 for one source instance.
+
+    Args:
+        seg: the parsed SEG.
+        source_sop_instance_uid: SOPInstanceUID of a source instance the SEG references.
+    """
     pixels = seg.get_pixels_by_source_instance(
         source_sop_instance_uids=[source_sop_instance_uid], segment_numbers=[1], combine_segments=False
     )

@@ -145,22 +145,46 @@ class SpoolSource(Source):
         self._sent: set[str] = set()  # SEGs sent in this poll (another geometry group is not a late slice)
 
     def read(self, item: Path) -> Dataset:
-        """The whole spool file."""
+        """The whole spool file.
+
+        Args:
+            item: the spool file.
+
+        Returns:
+            Its dataset, with pixel data (its path is noted by SOPInstanceUID).
+        """
         ds = read_dataset(item)
         self._paths[str(ds.get("SOPInstanceUID", ""))] = item
         return ds
 
     def key(self, item: Path, ds: Dataset | None) -> str:
-        """The SOPInstanceUID (the file name when it cannot be read)."""
+        """The SOPInstanceUID (the file name when it cannot be read).
+
+        Args:
+            item: the spool file.
+            ds: its dataset, or None when it could not be read.
+        """
         return str(ds.get("SOPInstanceUID", item.stem)) if ds is not None else item.stem
 
     def check(self, ds: Dataset, item: Path) -> None:
-        """Header checks (the pixel data is checked when the unit is segmented)."""
+        """Header checks (the pixel data is checked when the unit is segmented).
+
+        Args:
+            ds: the instance's dataset.
+            item: its spool file (named in errors).
+        """
         check_metadata(ds, str(item))
 
     def context(self, accepted: Sequence[Dataset]) -> list[Dataset]:
         """Headers of the kept slices of every volumetric series with a slice waiting (read only then: late slices
-        are rare); one that cannot be read is removed (the series' SEG is redone without it)."""
+        are rare); one that cannot be read is removed (the series' SEG is redone without it).
+
+        Args:
+            accepted: the poll's headers that passed the checks.
+
+        Returns:
+            The kept slices' headers (without pixel data), except those of ``accepted``.
+        """
         exclude = {str(ds.SOPInstanceUID) for ds in accepted}
         kept: list[Dataset] = []
         folders = {kept_dir(self.spool, ds) for ds in accepted if is_volumetric(ds)}
@@ -181,12 +205,24 @@ class SpoolSource(Source):
         return kept
 
     def ready(self, unit: Sequence[Dataset], fresh: Sequence[Dataset]) -> bool:
-        """Stable-series rule: no new slice for ``settle_s`` seconds (file times survive a restart)."""
+        """Stable-series rule: no new slice for ``settle_s`` seconds (file times survive a restart).
+
+        Args:
+            unit: the unit.
+            fresh: its new instances (their spool file times count).
+
+        Returns:
+            True for an independent image, or a series whose newest new file is at least ``settle_s`` old.
+        """
         newest = max(self._paths[str(ds.SOPInstanceUID)].stat().st_mtime for ds in fresh)
         return not is_series_unit(unit) or self.now - newest >= self.settle_s
 
     def seg_instance_number(self, unit: Sequence[Dataset]) -> int | None:
-        """:func:`seg_instance_number` (the SEGs sent for the series before this poll are noted for the log)."""
+        """:func:`seg_instance_number` (the SEGs sent for the series before this poll are noted for the log).
+
+        Args:
+            unit: the unit.
+        """
         earlier: set[str] = set()
         if is_series_unit(unit):
             records = self.state.series_records(str(unit[0].SeriesInstanceUID), DONE)
@@ -195,17 +231,30 @@ class SpoolSource(Source):
         return seg_instance_number(self.state, self.segmenter, unit, earlier)
 
     def load(self, unit: Sequence[Dataset]) -> list[Dataset]:
-        """New slices as read; kept slices read again with their pixel data."""
+        """New slices as read; kept slices read again with their pixel data.
+
+        Args:
+            unit: the unit's headers.
+        """
         return [read_dataset(self._paths[str(ds.SOPInstanceUID)]) if str(ds.SOPInstanceUID) in self._kept else ds
                 for ds in unit]
 
     def name(self, unit: Sequence[Dataset]) -> str:
-        """``<AE title> series <uid>``."""
+        """``<AE title> series <uid>``.
+
+        Args:
+            unit: the unit.
+        """
         return f"{self.ae_name} series {unit[0].get('SeriesInstanceUID', '?')}"
 
     def release(self, items: Sequence[Path], outcome: str | None) -> None:
         """A failed image is moved to ``<spool>/failed`` (:meth:`~.listener.Listener.requeue_failed` brings it back);
-        a skipped one, or one handled earlier (sent again), is deleted."""
+        a skipped one, or one handled earlier (sent again), is deleted.
+
+        Args:
+            items: the spool files.
+            outcome: :data:`~.state.SKIPPED`, :data:`~.state.FAILED`, or None (handled in an earlier pass).
+        """
         if outcome != FAILED:
             for path in items:
                 path.unlink()
@@ -217,7 +266,13 @@ class SpoolSource(Source):
 
     def stored(self, unit: Sequence[Dataset], items: Sequence[Path], result: UnitResult | None) -> None:
         """After the SEG of ``unit`` was sent and recorded: keep a series' new slices (restarting its retention
-        clock), delete the other files; log a SEG that supersedes or follows earlier ones."""
+        clock), delete the other files; log a SEG that supersedes or follows earlier ones.
+
+        Args:
+            unit: the unit.
+            items: the spool files of its new instances.
+            result: what was stored.
+        """
         seg_uid = str(result.seg.SOPInstanceUID)
         self._sent.add(seg_uid)
         self._keep(unit, items)

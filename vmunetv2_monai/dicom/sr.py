@@ -60,13 +60,22 @@ _PROCEDURES = {"ES": ENDOSCOPIC_PROCEDURE, "CT": codes.SCT.ImagingProcedure, "MR
 
 
 def sr_uid_for(source_sop_instance_uids: str | Sequence[str], algorithm: AlgorithmInfo) -> str:
-    """SOPInstanceUID of the SR of these source instances (the same sources as the SEG's) and algorithm."""
+    """SOPInstanceUID of the SR of these source instances (the same sources as the SEG's) and algorithm.
+
+    Args:
+        source_sop_instance_uids: one SOPInstanceUID, or those of every slice (order does not matter).
+        algorithm: the algorithm identity.
+    """
     return derived_uid(_sources_key(source_sop_instance_uids), algorithm, "sr-instance")
 
 
 def slice_spacing(sources: Sequence[Dataset]) -> float | None:
     """Mean distance in mm between consecutive slices along the slice normal, from Image Position / Orientation
-    (Patient); None for one slice or when it cannot be derived (no geometry, or two slices at one position)."""
+    (Patient); None for one slice or when it cannot be derived (no geometry, or two slices at one position).
+
+    Args:
+        sources: the slices of one series, in any order.
+    """
     if len(sources) < 2:
         return None
     try:
@@ -94,7 +103,18 @@ def _bounding_box(masks: np.ndarray, volumetric: bool) -> list[tuple[hd.sr.Coded
 
 def seg_frame_order(seg: Dataset, sources: Sequence[Dataset]) -> list[int]:
     """Index in ``sources`` of the source of each SEG frame (highdicom orders a series' frames by position, not
-    as given); raises ValueError unless every frame names one of the sources."""
+    as given); raises ValueError unless every frame names one of the sources.
+
+    Args:
+        seg: the SEG dataset.
+        sources: the source datasets it was made from.
+
+    Returns:
+        For each SEG frame in order, the index of its source in ``sources``.
+
+    Raises:
+        ValueError: when a frame does not reference exactly one of ``sources``.
+    """
     index = {str(ds.SOPInstanceUID): i for i, ds in enumerate(sources)}
     order = []
     for number, group in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
@@ -110,7 +130,12 @@ def segment_measurements(masks: np.ndarray, sources: Sequence[Dataset]) -> dict[
     """What the report says about one segment's ``(N, H, W)`` bool masks over ``sources`` (N slices in the SEG's
     frame order, so that the bounding box's frames are SEG frame numbers): ``count`` (pixels / voxels), ``area_mm2``
     (one slice) or ``volume_mm3`` (several), None when a spacing is unknown, and the 1-based bounding box keys
-    ``row_first`` ... (absent for an empty mask)."""
+    ``row_first`` ... (absent for an empty mask).
+
+    Args:
+        masks: ``(N, H, W)`` masks of one segment, nonzero is foreground.
+        sources: the N source datasets, in the same order as ``masks``.
+    """
     masks = np.asarray(masks, dtype=bool)
     spacing = known_pixel_spacing(sources[0])
     out: dict[str, float | int | None] = {"count": int(masks.sum())}
@@ -134,7 +159,21 @@ def build_report(
     """TID 1500 measurement report of a SEG built by :func:`~.seg.build_segmentation` from ``sources`` (one image,
     or the slices of one series, in any order) and their ``(N, H, W)`` (or ``(H, W)``) masks of segment
     1. Patient and study attributes are the SEG's (the same minimal set); the report references the SEG's segment
-    and every source image, and lists both as evidence."""
+    and every source image, and lists both as evidence.
+
+    Args:
+        seg: the SEG dataset made from ``sources``.
+        sources: one source image, or the slices of one series.
+        masks: ``(N, H, W)`` or ``(H, W)`` masks in the order of ``sources``, nonzero is foreground.
+        algorithm: the algorithm identity (as for the SEG).
+
+    Returns:
+        The highdicom Comprehensive 3D SR.
+
+    Raises:
+        ValueError: when the number of masks differs from the number of sources, or the SEG's frames are not one
+            per source.
+    """
     sources = list(sources)
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim == 2:
@@ -231,7 +270,17 @@ def _drop_segment_number_beside_frame(item: Dataset) -> None:
 
 
 def read_report_back(ds: Dataset) -> hd.sr.Comprehensive3DSR:
-    """Parse an SR with highdicom and find its measurement groups (raises if highdicom cannot)."""
+    """Parse an SR with highdicom and find its measurement groups (raises if highdicom cannot).
+
+    Args:
+        ds: the SR dataset (copied, not modified).
+
+    Returns:
+        The parsed highdicom Comprehensive 3D SR.
+
+    Raises:
+        ValueError: when the report has no planar or volumetric measurement group.
+    """
     sr = hd.sr.Comprehensive3DSR.from_dataset(ds, copy=True)
     report = sr.content
     if not report.get_planar_roi_measurement_groups() and not report.get_volumetric_roi_measurement_groups():

@@ -33,19 +33,32 @@ VOLUME_ATTRIBUTES = ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrient
 
 
 def is_volumetric(ds: Dataset) -> bool:
-    """Whether ``ds`` is a slice of a volume (all of :data:`VOLUME_ATTRIBUTES` present with values)."""
+    """Whether ``ds`` is a slice of a volume (all of :data:`VOLUME_ATTRIBUTES` present with values).
+
+    Args:
+        ds: a source dataset (headers suffice).
+    """
     return all(ds.get(key) not in (None, "") for key in VOLUME_ATTRIBUTES)
 
 
 def is_series_unit(unit: Sequence[Dataset]) -> bool:
     """Whether a unit is (part of) a volumetric series, which waits for its series to settle and gets one SEG of
-    all its slices, rather than an independent image."""
+    all its slices, rather than an independent image.
+
+    Args:
+        unit: the datasets of one unit (from :func:`group_units`).
+    """
     return len(unit) > 1 or is_volumetric(unit[0])
 
 
 def skip_reason(sop_class_uid: str, manufacturer: str) -> str | None:
     """Why an instance is deliberately not segmented (recorded as skipped, not failed), or None: a non-image
-    (SEG, SR, presentation state, PDF) or an object this pipeline created. One rule for every mode."""
+    (SEG, SR, presentation state, PDF) or an object this pipeline created. One rule for every mode.
+
+    Args:
+        sop_class_uid: the instance's SOP Class UID.
+        manufacturer: the instance's Manufacturer.
+    """
     if sop_class_uid in NON_IMAGE_SOP_CLASSES:
         return f"not an image (SOP class {sop_class_uid})"
     if manufacturer == MANUFACTURER:
@@ -69,7 +82,14 @@ def _position_along_normal(ds: Dataset) -> float:
 
 def group_units(datasets: Iterable[Dataset]) -> list[list[Dataset]]:
     """Split headers into SEG units: volumetric slices grouped by series and geometry (sorted along the slice
-    normal), every other image alone. Units are returned in order of first appearance."""
+    normal), every other image alone. Units are returned in order of first appearance.
+
+    Args:
+        datasets: source headers.
+
+    Returns:
+        The units, each a list of datasets.
+    """
     units: dict[object, list[Dataset]] = {}
     for ds in datasets:
         key = _geometry(ds) if is_volumetric(ds) else ("image", str(ds.SOPInstanceUID))
@@ -90,7 +110,11 @@ def _named(ds: Dataset) -> str:
 def duplicate_positions(unit: Sequence[Dataset]) -> str | None:
     """Why the slices of a volumetric unit are not one volume, or None: two or more of them at the same Image
     Position (Patient) (copies with new UIDs, e.g. pydicom's ``MR2_UNCR.dcm`` / ``MR2_J2KR.dcm`` / ``MR2_J2KI.dcm``,
-    or repeated acquisitions / echoes in one series). highdicom refuses such a SEG; the reason names the slices."""
+    or repeated acquisitions / echoes in one series). highdicom refuses such a SEG; the reason names the slices.
+
+    Args:
+        unit: the datasets of one unit (from :func:`group_units`).
+    """
     if len(unit) < 2 or not is_volumetric(unit[0]):
         return None
     at: dict[tuple[float, ...], list[Dataset]] = {}
@@ -107,7 +131,11 @@ def duplicate_positions(unit: Sequence[Dataset]) -> str | None:
 
 
 def duplicate_uids(datasets: Iterable[tuple[str, Dataset]]) -> dict[str, str]:
-    """``source -> reason`` for every input whose SOPInstanceUID an earlier input already has."""
+    """``source -> reason`` for every input whose SOPInstanceUID an earlier input already has.
+
+    Args:
+        datasets: ``(source name, dataset)`` pairs, in input order.
+    """
     first: dict[str, str] = {}
     out = {}
     for source, ds in datasets:
@@ -123,7 +151,15 @@ def duplicate_uids(datasets: Iterable[tuple[str, Dataset]]) -> dict[str, str]:
 class UnitResult:
     """The SEG of one unit, its overlays (if asked for), the source instances it covers and its SR measurement
     report (``reports``: one, or none with ``report=False``). Stored in that order: overlays and reports before
-    the SEG, so that "SEG present" implies everything is."""
+    the SEG, so that "SEG present" implies everything is.
+
+    Attributes:
+        seg: the SEG dataset.
+        overlays: the secondary-capture overlays, one per source image (empty unless asked for).
+        source_uids: SOPInstanceUIDs of the source instances the SEG covers.
+        seconds: wall time spent on the unit.
+        reports: the SR measurement report (one, or none).
+    """
 
     seg: Dataset
     overlays: list[Dataset]
@@ -137,7 +173,16 @@ class UnitResult:
 
 
 class Segmenter:
-    """Model + algorithm identity + intensity rule: a unit of source datasets -> a checked SEG."""
+    """Model + algorithm identity + intensity rule: a unit of source datasets -> a checked SEG.
+
+    Args:
+        predictor: the bundle predictor that maps one image to a mask.
+        algorithm: the algorithm identity written into the SEG; ``AlgorithmInfo()`` when None.
+        window: greyscale window ``(center, width)`` for greyscale sources; None: the image's own, else full range.
+        overlay: also make a secondary-capture overlay per source image.
+        copy_attributes: source attributes copied into the SEG and overlays beyond the required ones.
+        report: also make a TID 1500 SR measurement report per SEG.
+    """
 
     def __init__(
         self,
@@ -158,7 +203,11 @@ class Segmenter:
         self.report = report
 
     def seg_uid(self, source_uids: Sequence[str]) -> str:
-        """SOPInstanceUID of the SEG of these sources."""
+        """SOPInstanceUID of the SEG of these sources.
+
+        Args:
+            source_uids: the SOPInstanceUIDs of the unit's sources.
+        """
         return seg_uid_for(list(source_uids), self.algorithm)
 
     def _window(self, first: Dataset) -> GreyWindow | None:
@@ -174,7 +223,19 @@ class Segmenter:
         """Predict every image of ``unit`` (one greyscale window for all its slices), build and check the SEG
         (``instance_number``: see :func:`~.seg.build_segmentation`). Slices sharing a position
         (:func:`duplicate_positions`) and sources highdicom cannot reference (:func:`~.seg.source_problem`) are
-        refused first, before any prediction."""
+        refused first, before any prediction.
+
+        Args:
+            unit: the datasets of one unit (from :func:`group_units`).
+            source: the unit's name in messages (file or PACS location).
+            instance_number: the SEG's Instance Number, or None for the default.
+
+        Returns:
+            The SEG, overlays, reports and source UIDs of the unit.
+
+        Raises:
+            UnsupportedDicomError: a unit highdicom cannot make a SEG of (naming ``source``).
+        """
         problem = duplicate_positions(unit) or source_problem(unit[0])  # before any prediction
         if problem is not None:
             raise UnsupportedDicomError(problem, source, str(unit[0].get("SOPInstanceUID", "")) or None)
