@@ -21,7 +21,13 @@ DEFAULT_LABEL = "polyp"
 
 @dataclass(frozen=True)
 class AlgorithmInfo:
-    """What the SEG says about the algorithm that produced it."""
+    """What the SEG says about the algorithm that produced it.
+
+    Attributes:
+        name: algorithm name written into the SEG (default "VM-UNetV2").
+        version: algorithm version (default: the package version).
+        segment_label: label of the segment (default "polyp").
+    """
 
     name: str = DEFAULT_NAME
     version: str = __version__
@@ -32,6 +38,13 @@ class AlgorithmInfo:
         """Read ``configs/metadata.json`` (``name``, ``version``, output ``channel_def``); defaults otherwise.
 
         Defaults: name "VM-UNetV2", the package version, label "polyp".
+
+        Args:
+            bundle_dir: the bundle folder; ``None``, a missing folder or one without ``configs/metadata.json`` gives
+                the defaults.
+
+        Returns:
+            the algorithm identification, the first output label as ``segment_label``.
         """
         if bundle_dir is None or not Path(bundle_dir).is_dir():
             return cls()

@@ -40,7 +40,14 @@ class PacsUnavailable(RuntimeError):
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Connection failures, timeouts and HTTP 5xx: the PACS, not the image, is the problem."""
+    """Connection failures, timeouts and HTTP 5xx: the PACS, not the image, is the problem.
+
+    Args:
+        exc: the exception raised while talking to the PACS.
+
+    Returns:
+        whether it is a connection failure, a timeout, :class:`PacsUnavailable` or an HTTP 5xx error.
+    """
     if isinstance(exc, (requests.ConnectionError, requests.Timeout, PacsUnavailable)):
         return True
     response = getattr(exc, "response", None)
@@ -49,7 +56,16 @@ def is_transient(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class InstanceRef:
-    """What QIDO tells us about one instance."""
+    """What QIDO tells us about one instance.
+
+    Attributes:
+        study_instance_uid: StudyInstanceUID.
+        series_instance_uid: SeriesInstanceUID.
+        sop_instance_uid: SOPInstanceUID.
+        sop_class_uid: SOPClassUID ("" when the server does not return it).
+        manufacturer: Manufacturer ("" when absent).
+        modality: Modality ("" when absent).
+    """
 
     study_instance_uid: str
     series_instance_uid: str
@@ -76,7 +92,14 @@ def _ref(item: dict) -> InstanceRef:
 
 
 class PacsClient:
-    """A DICOMweb server (e.g. Orthanc's DICOMweb plugin at ``http://host:8042/dicom-web``)."""
+    """A DICOMweb server (e.g. Orthanc's DICOMweb plugin at ``http://host:8042/dicom-web``).
+
+    Failed requests are not retried by dicomweb-client: the caller's back-off decides when to try again.
+
+    Args:
+        url: DICOMweb base URL (a trailing ``/`` is dropped).
+        timeout_s: timeout of each HTTP request in seconds.
+    """
 
     def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 60.0) -> None:
         self.url = url.rstrip("/")
@@ -87,7 +110,15 @@ class PacsClient:
 
     def iter_studies(self, filters: dict[str, str] | None = None, page_size: int = 200) -> Iterator[tuple[str, int]]:
         """``(StudyInstanceUID, NumberOfStudyRelatedInstances)`` of every study matching ``filters`` (QIDO-RS
-        ``/studies``, paged), e.g. ``{"StudyDate": "20240101-", "ModalitiesInStudy": "CT"}``."""
+        ``/studies``, paged), e.g. ``{"StudyDate": "20240101-", "ModalitiesInStudy": "CT"}``.
+
+        Args:
+            filters: QIDO-RS search filters (attribute keyword -> value); ``None``: every study.
+            page_size: studies asked for per request.
+
+        Yields:
+            ``(StudyInstanceUID, NumberOfStudyRelatedInstances)`` (0 when the server does not say).
+        """
         offset = 0
         while True:
             page = self._client.search_for_studies(fields=[_TAGS["n_instances"]], search_filters=dict(filters or {}),
@@ -99,7 +130,15 @@ class PacsClient:
             offset += len(page)
 
     def study_instances(self, study_instance_uid: str, page_size: int = 1000) -> list[InstanceRef]:
-        """Every instance of one study (QIDO-RS ``/studies/{uid}/instances``, paged)."""
+        """Every instance of one study (QIDO-RS ``/studies/{uid}/instances``, paged).
+
+        Args:
+            study_instance_uid: the study.
+            page_size: instances asked for per request.
+
+        Returns:
+            one reference per instance.
+        """
         fields = [_TAGS["sop_class"], _TAGS["manufacturer"], _TAGS["modality"]]
         refs: list[InstanceRef] = []
         while True:
@@ -110,7 +149,14 @@ class PacsClient:
                 return refs
 
     def iter_instances(self, page_size: int = 200) -> Iterator[InstanceRef]:
-        """All instances on the server (QIDO-RS ``/instances``, paged with limit/offset)."""
+        """All instances on the server (QIDO-RS ``/instances``, paged with limit/offset).
+
+        Args:
+            page_size: instances asked for per request.
+
+        Yields:
+            one reference per instance.
+        """
         offset = 0
         fields = [_TAGS["sop_class"], _TAGS["manufacturer"], _TAGS["modality"]]
         while True:
@@ -121,14 +167,30 @@ class PacsClient:
             offset += len(page)
 
     def list_instances(self, page_size: int = 200) -> list[InstanceRef]:
-        """Snapshot of all instances (the listing is complete before anything is stored)."""
+        """Snapshot of all instances (the listing is complete before anything is stored).
+
+        Args:
+            page_size: instances asked for per request.
+
+        Returns:
+            one reference per instance (see :meth:`iter_instances`).
+        """
         return list(self.iter_instances(page_size))
 
     def series_metadata(
         self, study_instance_uid: str, series_instance_uid: str
     ) -> tuple[dict[str, Dataset], dict[str, str]]:
         """SOPInstanceUID -> header of every instance of a series (WADO-RS metadata: no pixel data is sent), and
-        SOPInstanceUID -> reason for each instance whose header pydicom cannot parse (e.g. a DS value "abc")."""
+        SOPInstanceUID -> reason for each instance whose header pydicom cannot parse (e.g. a DS value "abc").
+
+        Args:
+            study_instance_uid: the study.
+            series_instance_uid: the series.
+
+        Returns:
+            ``(headers, unreadable)``: SOPInstanceUID -> header without pixel data, and SOPInstanceUID -> reason for
+            each unparsable header (logged as a WARNING).
+        """
         items = self._client.retrieve_series_metadata(study_instance_uid, series_instance_uid)
         headers, unreadable = {}, {}
         for item in items:
@@ -143,7 +205,15 @@ class PacsClient:
         return headers, unreadable
 
     def has_instance(self, study_instance_uid: str, sop_instance_uid: str) -> bool:
-        """Whether the server holds ``sop_instance_uid`` in that study (QIDO-RS)."""
+        """Whether the server holds ``sop_instance_uid`` in that study (QIDO-RS).
+
+        Args:
+            study_instance_uid: the study searched.
+            sop_instance_uid: the instance looked for.
+
+        Returns:
+            whether the search returns that instance.
+        """
         found = self._client.search_for_instances(
             study_instance_uid=study_instance_uid, search_filters={"SOPInstanceUID": sop_instance_uid}
         )
@@ -154,7 +224,20 @@ class PacsClient:
         400 / 406, is asked without a transfer syntax), so that compressed images are decoded here with pydicom
         exactly as with ``--files`` and ``--listen``. One that pydicom cannot decode here (see
         :func:`~.reader.decode_problem`) is asked for again transcoded to explicit VR little endian; if the server
-        cannot do that either, :class:`~.reader.UnsupportedDicomError` names both reasons."""
+        cannot do that either, :class:`~.reader.UnsupportedDicomError` names both reasons.
+
+        Args:
+            study_instance_uid: the study.
+            series_instance_uid: the series.
+            sop_instance_uid: the instance.
+
+        Returns:
+            the instance, decodable by pydicom here.
+
+        Raises:
+            requests.HTTPError: the retrieve failed other than with HTTP 400 / 406 (or without a response).
+            UnsupportedDicomError: pydicom cannot decode it here and the server did not transcode it.
+        """
         uids = (study_instance_uid, series_instance_uid, sop_instance_uid)
         try:
             ds = self._client.retrieve_instance(*uids, media_types=AS_STORED)
@@ -183,7 +266,14 @@ class PacsClient:
         return transcoded
 
     def store(self, ds: Dataset) -> None:
-        """STOW-RS one instance; raises if the server lists it as failed or does not acknowledge it."""
+        """STOW-RS one instance; raises if the server lists it as failed or does not acknowledge it.
+
+        Args:
+            ds: the instance to store.
+
+        Raises:
+            RuntimeError: the server lists it as failed (with the failure reasons) or does not acknowledge it.
+        """
         response = self._client.store_instances([ds])
         failed = response.get("FailedSOPSequence") if response is not None else None
         if failed:

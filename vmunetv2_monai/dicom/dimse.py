@@ -54,7 +54,13 @@ class ListenerLimits:
 
 @dataclass(frozen=True)
 class RemoteAE:
-    """A DICOM application entity to send to: ``AET@host:port``."""
+    """A DICOM application entity to send to: ``AET@host:port``.
+
+    Attributes:
+        ae_title: the called AE title.
+        host: host name or IP address.
+        port: TCP port.
+    """
 
     ae_title: str
     host: str
@@ -62,7 +68,17 @@ class RemoteAE:
 
     @classmethod
     def parse(cls, text: str) -> RemoteAE:
-        """``"ORTHANC@127.0.0.1:4242"`` -> RemoteAE."""
+        """``"ORTHANC@127.0.0.1:4242"`` -> RemoteAE.
+
+        Args:
+            text: ``AET@host:port``, the AE title 1 to 16 characters and the port 1 to 5 digits.
+
+        Returns:
+            the parsed application entity.
+
+        Raises:
+            ValueError: ``text`` is not of the form ``AET@host:port``.
+        """
         match = re.fullmatch(r"([^@]{1,16})@([^:]+):([0-9]{1,5})", text)
         if match is None:
             raise ValueError(f"destination {text!r}: expected AET@host:port")

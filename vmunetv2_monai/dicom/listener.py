@@ -193,7 +193,14 @@ class Listener(Sink):
             self._server = None
 
     def send(self, datasets: list[Dataset]) -> None:
-        """C-STORE ``datasets`` to the destination on one association (:func:`~.dimse.c_store`)."""
+        """C-STORE ``datasets`` to the destination on one association (:func:`~.dimse.c_store`).
+
+        Args:
+            datasets: the objects, sent in this order.
+
+        Raises:
+            ConnectionError: the association or a C-STORE failed (see :func:`~.dimse.c_store`).
+        """
         c_store(self.ae_title, self.destination, datasets)
 
     def available(self) -> bool:
@@ -202,7 +209,14 @@ class Listener(Sink):
 
     def unsent(self, source_uids: Sequence[str]) -> UnitResult | None:
         """The result made for exactly these sources whose C-STORE failed; results of units that changed since
-        (sharing a source) are dropped: they are made again."""
+        (sharing a source) are dropped: they are made again.
+
+        Args:
+            source_uids: the unit's SOPInstanceUIDs.
+
+        Returns:
+            The result kept after a failed C-STORE (it is no longer kept), else None.
+        """
         key = tuple(source_uids)
         result = self._unsent.pop(key, None)
         self._unsent = {k: v for k, v in self._unsent.items() if not set(k) & set(key)}
@@ -210,7 +224,14 @@ class Listener(Sink):
 
     def store(self, result: UnitResult) -> bool:
         """C-STORE the SR and overlays, then the SEG; a destination that is down is retried after a back-off and the
-        result kept (False)."""
+        result kept (False).
+
+        Args:
+            result: the unit's objects.
+
+        Returns:
+            True when sent; False when the destination failed (the result is kept for :meth:`unsent`).
+        """
         try:
             self.send(result.extras() + [result.seg])
         except (ConnectionError, OSError, RuntimeError) as exc:  # destination down: keep the spool, retry later

@@ -56,21 +56,54 @@ class FileSource(Source):
         self._paths: dict[int, str] = {}  # id(dataset) -> its path, for names
 
     def read(self, item: Path) -> Dataset:
-        """Read the file ``item`` (unreadable: :class:`~.reader.UnsupportedDicomError` naming it)."""
+        """Read the file ``item`` (unreadable: :class:`~.reader.UnsupportedDicomError` naming it).
+
+        Args:
+            item: the file.
+
+        Returns:
+            The whole dataset, pixel data included.
+
+        Raises:
+            UnsupportedDicomError: the file cannot be read as DICOM (see :func:`~.reader.read_dataset`).
+        """
         ds = read_dataset(item)
         self._paths[id(ds)] = str(item)
         return ds
 
     def key(self, item: Path, ds: Dataset | None) -> str:
-        """The file's path, as given."""
+        """The file's path, as given.
+
+        Args:
+            item: the file.
+            ds: its dataset (unused: the path names it even when unreadable).
+
+        Returns:
+            ``str(item)``.
+        """
         return str(item)
 
     def check(self, ds: Dataset, item: Path) -> None:
-        """Header and pixel data checks (the pixel data is there: truncated or empty pixel data is refused here)."""
+        """Header and pixel data checks (the pixel data is there: truncated or empty pixel data is refused here).
+
+        Args:
+            ds: the dataset read from ``item``.
+            item: the file, which names it in the refusal.
+
+        Raises:
+            UnsupportedDicomError: see :func:`~.reader.check_supported`.
+        """
         check_supported(ds, str(item))
 
     def name(self, unit: Sequence[Dataset]) -> str:
-        """The file's path, or ``series of N files``."""
+        """The file's path, or ``series of N files``.
+
+        Args:
+            unit: datasets read by :meth:`read`.
+
+        Returns:
+            The name.
+        """
         return self._paths[id(unit[0])] if len(unit) == 1 else f"series of {len(unit)} files"
 
 
@@ -87,7 +120,14 @@ class FolderSink(Sink):
         self.extras = extras
 
     def store(self, result: UnitResult) -> bool:
-        """Write the result's objects; always True (a failed write raises)."""
+        """Write the result's objects; always True (a failed write raises).
+
+        Args:
+            result: the unit's objects.
+
+        Returns:
+            True.
+        """
         for ds in (result.extras() if self.extras else result.reports) + [result.seg]:
             write_atomic(ds, self.folder / f"{ds.SOPInstanceUID}.dcm")
         return True

@@ -54,20 +54,50 @@ class SeriesSource(Source):
         self.n_instances, self.settle_s, self.earlier = n_instances, settle_s, list(earlier)
 
     def where(self, ds: Dataset | None) -> tuple[str, str]:
-        """The study and series as listed."""
+        """The study and series as listed.
+
+        Args:
+            ds: the header (unused: every instance of this source is in its series).
+
+        Returns:
+            ``(StudyInstanceUID, SeriesInstanceUID)`` of this source.
+        """
         return self.study, self.series
 
     def check(self, ds: Dataset, item: Dataset) -> None:
         """Header checks; a missing pixel data element is checked on the retrieved instance (Orthanc's metadata
-        leaves out encapsulated pixel data)."""
+        leaves out encapsulated pixel data).
+
+        Args:
+            ds: the header from the series metadata.
+            item: the listed item (the same header).
+
+        Raises:
+            UnsupportedDicomError: see :func:`~.reader.check_metadata`.
+        """
         check_metadata(ds, f"{self.client.url} study {self.study}", pixel_data_in_header=False)
 
     def context(self, accepted: Sequence[Dataset]) -> list[Dataset]:
-        """The series' earlier slices."""
+        """The series' earlier slices.
+
+        Args:
+            accepted: the batch's headers that passed the checks (unused).
+
+        Returns:
+            The headers of the series' instances segmented in earlier passes.
+        """
         return self.earlier
 
     def ready(self, unit: Sequence[Dataset], fresh: Sequence[Dataset]) -> bool:
-        """An independent image at once; a series once it has had no new instance for ``settle_s`` seconds."""
+        """An independent image at once; a series once it has had no new instance for ``settle_s`` seconds.
+
+        Args:
+            unit: the unit.
+            fresh: its new instances (fewer than ``unit``: late slices, logged as a WARNING).
+
+        Returns:
+            False while a series unit waits to settle.
+        """
         if not is_series_unit(unit):
             return True
         if not self.state.series_settled(self.series, self.n_instances, self.settle_s):
@@ -80,11 +110,28 @@ class SeriesSource(Source):
         return True
 
     def load(self, unit: Sequence[Dataset]) -> list[Dataset]:
-        """WADO-RS retrieve of every instance of ``unit``."""
+        """WADO-RS retrieve of every instance of ``unit``.
+
+        Args:
+            unit: its headers.
+
+        Returns:
+            The retrieved datasets, in the order of ``unit``.
+
+        Raises:
+            UnsupportedDicomError: an instance cannot be decoded here (see :meth:`~.dicomweb.PacsClient.retrieve`).
+        """
         return [self.client.retrieve(self.study, self.series, str(ds.SOPInstanceUID)) for ds in unit]
 
     def name(self, unit: Sequence[Dataset]) -> str:
-        """``<url> study <uid> series <uid>``."""
+        """``<url> study <uid> series <uid>``.
+
+        Args:
+            unit: the unit (unused: every unit of this source is named by its series).
+
+        Returns:
+            The name.
+        """
         return f"{self.client.url} study {self.study} series {self.series}"
 
 
@@ -101,11 +148,29 @@ class DicomwebSink(Sink):
         self.copy = FolderSink(output_dir, extras=False) if output_dir is not None else None
 
     def holds(self, unit: Sequence[Dataset], seg_uid: str) -> bool:
-        """QIDO-RS: is the SEG already in the unit's study?"""
+        """QIDO-RS: is the SEG already in the unit's study?
+
+        Args:
+            unit: the unit.
+            seg_uid: its SEG's SOPInstanceUID.
+
+        Returns:
+            True when the PACS holds the SEG in the study of ``unit[0]``.
+        """
         return self.client.has_instance(str(unit[0].StudyInstanceUID), seg_uid)
 
     def store(self, result: UnitResult) -> bool:
-        """Write the local copy, then STOW-RS the extras first, so that "SEG present" implies everything is."""
+        """Write the local copy, then STOW-RS the extras first, so that "SEG present" implies everything is.
+
+        Args:
+            result: the unit's objects.
+
+        Returns:
+            True (a failed store raises).
+
+        Raises:
+            RuntimeError: the PACS refused or did not acknowledge an object (see :meth:`~.dicomweb.PacsClient.store`).
+        """
         if self.copy is not None:
             self.copy.store(result)
         for extra in result.extras():

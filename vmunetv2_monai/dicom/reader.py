@@ -57,7 +57,15 @@ NON_IMAGE_SOP_CLASSES: frozenset[str] = frozenset(
 
 
 class UnsupportedDicomError(ValueError):
-    """A DICOM input the pipeline refuses, with the reason and the file / SOP instance it concerns."""
+    """A DICOM input the pipeline refuses, with the reason and the file / SOP instance it concerns.
+
+    The message is ``"<source> (SOPInstanceUID <uid>): <reason>"`` (``<dataset>`` when no source is given).
+
+    Args:
+        reason: why it is refused (recorded as is in the state file, see :func:`failure_reason`).
+        source: the file, URL or other name of where it came from ("": unnamed).
+        sop_instance_uid: its SOPInstanceUID, None when unknown.
+    """
 
     def __init__(self, reason: str, source: str = "", sop_instance_uid: str | None = None) -> None:
         self.reason = reason
@@ -71,7 +79,14 @@ class UnsupportedDicomError(ValueError):
 
 def failure_reason(exc: BaseException) -> str:
     """What the state file records for an object that could not be processed: a refusal's reason, else the
-    exception's type and message."""
+    exception's type and message.
+
+    Args:
+        exc: the exception raised while processing it.
+
+    Returns:
+        :attr:`UnsupportedDicomError.reason` for a refusal, else ``"<type>: <message>"``.
+    """
     return exc.reason if isinstance(exc, UnsupportedDicomError) else f"{type(exc).__name__}: {exc}"
 
 
@@ -89,7 +104,15 @@ _UID_GRAMMAR = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def uid_problem(key: str, value: object) -> str | None:
-    """Why ``value`` of the attribute ``key`` is not a DICOM UID (digits and dots, at most 64 characters), or None."""
+    """Why ``value`` of the attribute ``key`` is not a DICOM UID (digits and dots, at most 64 characters), or None.
+
+    Args:
+        key: the attribute's keyword, named in the reason.
+        value: its value (compared as ``str(value)``).
+
+    Returns:
+        The reason, or None when ``value`` is a valid UID.
+    """
     text = str(value)
     if len(text) <= 64 and _UID_GRAMMAR.fullmatch(text) is not None:
         return None
@@ -117,7 +140,13 @@ def _geometry_problem(ds: Dataset, key: str, n_values: int) -> str | None:
 
 @dataclass
 class DicomImage:
-    """A checked source image and its model input (``(3, H, W)`` float32 in [0, :data:`LOADED_MAX`])."""
+    """A checked source image and its model input (``(3, H, W)`` float32 in [0, :data:`LOADED_MAX`]).
+
+    Attributes:
+        dataset: the source dataset.
+        image: the model input, ``(3, H, W)`` float32 in [0, :data:`LOADED_MAX`], H = Rows and W = Columns.
+        source: how messages name the source (file path, URL or ``SOPInstanceUID <uid>``).
+    """
 
     dataset: Dataset
     image: np.ndarray
@@ -134,7 +163,17 @@ class DicomImage:
 
 
 def read_dataset(path: str | os.PathLike[str]) -> Dataset:
-    """Read a DICOM file; unreadable or truncated headers raise :class:`UnsupportedDicomError`."""
+    """Read a DICOM file; unreadable or truncated headers raise :class:`UnsupportedDicomError`.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The whole dataset, pixel data included.
+
+    Raises:
+        UnsupportedDicomError: the file cannot be read as DICOM (naming the file and pydicom's error).
+    """
     path = Path(path)
     try:
         return pydicom.dcmread(path)
@@ -157,6 +196,14 @@ def check_metadata(ds: Dataset, source: str = "", pixel_data_in_header: bool = T
     ``pixel_data_in_header=False`` (WADO-RS metadata) a header without a pixel data element is not refused for it:
     Orthanc's metadata leaves out encapsulated (compressed) pixel data, so only the retrieved instance can tell, and
     :func:`check_supported` refuses it there if it really has none.
+
+    Args:
+        ds: the header (pixel data not needed).
+        source: how the refusal names where it came from.
+        pixel_data_in_header: whether a missing pixel data element is refused (False for WADO-RS metadata).
+
+    Raises:
+        UnsupportedDicomError: the reason for the first problem found.
     """
     uid = str(ds.get("SOPInstanceUID", "")) or None
 
@@ -205,7 +252,18 @@ def check_metadata(ds: Dataset, source: str = "", pixel_data_in_header: bool = T
 
 
 def check_supported(ds: Dataset, source: str = "") -> None:
-    """Raise :class:`UnsupportedDicomError` unless ``ds`` is a single-frame image this pipeline can decode."""
+    """Raise :class:`UnsupportedDicomError` unless ``ds`` is a single-frame image this pipeline can decode.
+
+    The header checks of :func:`check_metadata`, then the transfer syntax and its decoder, and empty or truncated
+    (native) pixel data.
+
+    Args:
+        ds: the whole dataset, pixel data included.
+        source: how the refusal names where it came from.
+
+    Raises:
+        UnsupportedDicomError: the reason for the first problem found.
+    """
     check_metadata(ds, source)
     uid = str(ds.SOPInstanceUID)
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -230,7 +288,14 @@ def check_supported(ds: Dataset, source: str = "") -> None:
 def decode_problem(ds: Dataset) -> str | None:
     """Why pydicom cannot decode the pixel data of ``ds`` here (no decoder for its transfer syntax, a decoder plugin
     missing, or the decoder failing), or None when it can or when there is nothing to decode. Compressed pixel data
-    is decoded once to find out; pydicom keeps the array, so the model input does not decode it again."""
+    is decoded once to find out; pydicom keeps the array, so the model input does not decode it again.
+
+    Args:
+        ds: the dataset with its pixel data.
+
+    Returns:
+        The reason, or None.
+    """
     if "PixelData" not in ds or not ds.PixelData:
         return None  # refused by check_supported, with its own reason
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -257,6 +322,18 @@ def to_model_input(ds: Dataset, source: str = "", window: GreyWindow | None = No
     the bundle loads a PNG); palette colour goes through its LUT; greyscale is rescaled, put through a fixed
     ``window`` to [0, 1] (default :func:`grey_window` of ``ds``; pass one window for every slice of a series),
     inverted if MONOCHROME1, repeated to three channels and scaled to [0, :data:`LOADED_MAX`].
+
+    Args:
+        ds: the whole dataset, pixel data included.
+        source: how a refusal names where it came from.
+        window: the greyscale VOI window (ignored for colour images); None: :func:`grey_window` of ``ds``.
+
+    Returns:
+        The model input, ``(3, H, W)`` float32 with H = Rows and W = Columns.
+
+    Raises:
+        UnsupportedDicomError: ``ds`` fails :func:`check_supported`, its pixel data cannot be decoded, or the decoded
+            shape does not match Rows/Columns.
     """
     check_supported(ds, source)
     try:
@@ -282,14 +359,33 @@ def to_model_input(ds: Dataset, source: str = "", window: GreyWindow | None = No
 
 
 def is_greyscale(ds: Dataset) -> bool:
-    """One sample per pixel and not palette colour."""
+    """One sample per pixel and not palette colour.
+
+    Args:
+        ds: the header (SamplesPerPixel defaults to 1 when absent).
+
+    Returns:
+        Whether ``ds`` is a greyscale image.
+    """
     return int(ds.get("SamplesPerPixel", 1)) == 1 and str(ds.get("PhotometricInterpretation", "")) != "PALETTE COLOR"
 
 
 def load_image(
     ds_or_path: Dataset | str | os.PathLike[str], source: str | None = None, window: GreyWindow | None = None
 ) -> DicomImage:
-    """Read (if a path), check and convert one DICOM image (``window``: see :func:`to_model_input`)."""
+    """Read (if a path), check and convert one DICOM image (``window``: see :func:`to_model_input`).
+
+    Args:
+        ds_or_path: a dataset, or the path of a DICOM file.
+        source: how messages name it; None: the path, or ``SOPInstanceUID <uid>`` for a dataset.
+        window: the greyscale VOI window; None: the image's own (:func:`grey_window`).
+
+    Returns:
+        The dataset with its model input.
+
+    Raises:
+        UnsupportedDicomError: the file cannot be read, or the image is refused (see :func:`to_model_input`).
+    """
     if isinstance(ds_or_path, Dataset):
         ds = ds_or_path
         src = source or f"SOPInstanceUID {ds.get('SOPInstanceUID', '?')}"
