@@ -271,11 +271,13 @@ class SpoolSource(Source):
         Args:
             unit: the unit.
             items: the spool files of its new instances.
-            result: what was stored.
+            result: what was stored; None when the destination already held the SEG (nothing was sent).
         """
+        self._keep(unit, items)
+        if result is None:
+            return
         seg_uid = str(result.seg.SOPInstanceUID)
         self._sent.add(seg_uid)
-        self._keep(unit, items)
         series = unit[0].SeriesInstanceUID
         n_kept = sum(str(ds.SOPInstanceUID) in self._kept for ds in unit)
         earlier = ", ".join(sorted(self._earlier.get(self._unit_key(unit), ())))
