@@ -123,3 +123,22 @@ def test_copy_is_atomic_and_a_spool_sweep_keeps_live_writers(tmp_path):
     stale.write_bytes(b"partial")
     live.write_bytes(b"in progress")
     assert remove_stale_temps_in(spool) == [stale] and live.exists() and copy.exists()
+
+
+def test_a_wrapped_write_error_is_named_on_one_line(tmp_path):
+    """Writers such as MONAI's SaveImage wrap the OSError in a RuntimeError whose message holds a traceback: the
+    error names the target and the underlying OSError on one line."""
+    target = tmp_path / "mask.png"
+
+    def write(tmp: str) -> None:
+        try:
+            raise OSError(errno.EACCES, "Permission denied")
+        except OSError as err:
+            raise RuntimeError("SaveImage cannot find a suitable writer.\nTraceback (most recent call last):\n  ...") \
+                from err
+
+    with pytest.raises(OSError) as info:
+        atomic_write(target, write)
+    assert info.value.errno == errno.EACCES and "\n" not in str(info.value)
+    assert str(info.value).endswith(f"cannot write {target}: PermissionError: [Errno 13] Permission denied")
+    assert not target.exists() and not list(tmp_path.iterdir())

@@ -129,13 +129,27 @@ def remove_stale_temps_in(folder: str | os.PathLike) -> list[Path]:
     return _remove_stale(folder, None, folder)
 
 
+def _root_os_error(err: BaseException) -> BaseException:
+    """The innermost ``OSError`` in ``err``'s cause chain (writers such as MONAI's ``SaveImage`` wrap it in a
+    ``RuntimeError`` whose message holds a whole traceback), else ``err``."""
+    found, seen = err, set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError):
+            found = err
+        err = err.__cause__ or err.__context__
+    return found
+
+
 def _write_error(path: Path, err: BaseException) -> OSError:
-    """An ``OSError`` naming ``path`` and, for a full disk, saying so."""
+    """An ``OSError`` naming ``path`` and, for a full disk, saying so, on one line."""
+    err = _root_os_error(err)
+    message = (str(err).strip().splitlines() or [""])[0]
     free = shutil.disk_usage(path.parent).free
     if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or free < _FULL_DISK_BYTES:
-        return OSError(errno.ENOSPC, f"cannot write {path}: no space left on device ({free} bytes free): {err}")
+        return OSError(errno.ENOSPC, f"cannot write {path}: no space left on device ({free} bytes free): {message}")
     code = err.errno if isinstance(err, OSError) else None
-    return OSError(code, f"cannot write {path}: {type(err).__name__}: {err}")
+    return OSError(code, f"cannot write {path}: {type(err).__name__}: {message}")
 
 
 def _fsync(path: Path) -> None:
