@@ -32,7 +32,8 @@ def test_checkpoint_of_another_network_size_is_named(tmp_path):
 
 
 def _saver_run(folder: Path, net: torch.nn.Module, resumed_state: dict | None = None) -> None:
-    saver = AtomicCheckpointSaver(folder, {"model": net}, filename="model.pt", key_metric_name="dice")
+    saver = AtomicCheckpointSaver(folder, {"model": net}, filename="model.pt", save_key_metric=True,
+                                  key_metric_name="dice")
     if resumed_state is not None:
         saver.load_state_dict(resumed_state)
     evaluator = Engine(lambda e, b: None)

@@ -32,7 +32,10 @@ def _net(value: float) -> torch.nn.Linear:
 
 
 def _validated(saver: AtomicCheckpointSaver, value: float) -> None:
-    saver._save_if_better(SimpleNamespace(state=SimpleNamespace(metrics={"val_mean_dice": value}, epoch=1)))
+    evaluator = Engine(lambda e, b: None)
+    saver.attach(evaluator)
+    evaluator.state.metrics, evaluator.state.epoch = {"val_mean_dice": value}, 1
+    saver.metrics_completed(evaluator)
 
 
 def test_worse_model_is_kept_beside_and_better_one_replaces(tmp_path: Path, caplog) -> None:
@@ -40,7 +43,7 @@ def test_worse_model_is_kept_beside_and_better_one_replaces(tmp_path: Path, capl
     torch.save(_net(0.8).state_dict(), path)
     incumbent_bytes = path.read_bytes()
     net = _net(0.1)  # the weights being trained
-    saver = AtomicCheckpointSaver(tmp_path, {"model": net}, key_metric_name="val_mean_dice")
+    saver = AtomicCheckpointSaver(tmp_path, {"model": net}, save_key_metric=True, key_metric_name="val_mean_dice")
     gate = KeepBetterModel(saver, WeightScore(net), net)
     with caplog.at_level(logging.INFO):
         assert gate.measure() == torch.tensor(0.8).item()
@@ -66,7 +69,7 @@ def test_worse_model_is_kept_beside_and_better_one_replaces(tmp_path: Path, capl
 
 def test_no_incumbent_or_one_that_does_not_fit_is_not_a_baseline(tmp_path: Path, caplog) -> None:
     net = _net(0.1)
-    saver = AtomicCheckpointSaver(tmp_path, {"model": net}, key_metric_name="val_mean_dice")
+    saver = AtomicCheckpointSaver(tmp_path, {"model": net}, save_key_metric=True, key_metric_name="val_mean_dice")
     gate = KeepBetterModel(saver, WeightScore(net), net)
     assert gate.measure() == float("-inf")
     torch.save(torch.nn.Linear(3, 1).state_dict(), tmp_path / "model.pt")
@@ -81,7 +84,7 @@ def test_no_incumbent_or_one_that_does_not_fit_is_not_a_baseline(tmp_path: Path,
 def test_a_resumed_run_keeps_its_baseline(tmp_path: Path) -> None:
     net = _net(0.1)
     torch.save(_net(0.3).state_dict(), tmp_path / "model.pt")
-    saver = AtomicCheckpointSaver(tmp_path, {"model": net}, key_metric_name="val_mean_dice")
+    saver = AtomicCheckpointSaver(tmp_path, {"model": net}, save_key_metric=True, key_metric_name="val_mean_dice")
     saver.load_state_dict({"best_metric": 0.5, "baseline": 0.7})
     assert KeepBetterModel(saver, WeightScore(net), net).measure() == 0.7
 

@@ -43,7 +43,7 @@ def test_saver_records_the_trackers_run_beside_the_checkpoint(tmp_path: Path) ->
     engine = mlflow_store.engine(lambda e, b: None)
     tracker = _tracker(mlflow_store.store(tmp_path), str(tmp_path))
     tracker.attach(engine)
-    saver = AtomicCheckpointSaver(tmp_path / "models", {"model": net}, filename="model.pt")
+    saver = AtomicCheckpointSaver(tmp_path / "models", {"model": net}, filename="model.pt", save_interval=1)
     saver.attach(engine)
     engine.run(range(2), max_epochs=1)
 

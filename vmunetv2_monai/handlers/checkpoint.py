@@ -1,10 +1,11 @@
-"""Checkpoint handlers for ignite engines: atomic saving that never overwrites an earlier run's model, never
-saves NaN weights and records each checkpoint's lineage, loading with named errors, and a stop on a non-finite
-training loss."""
+"""Checkpoint handlers for ignite engines: MONAI's ``CheckpointSaver`` and ``CheckpointLoader`` with this package's
+rules (atomic writes that never overwrite an earlier run's model, never save NaN weights and record each
+checkpoint's lineage; loading with named errors), and a stop on a non-finite training loss."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -14,7 +15,9 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
+from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader as MonaiCheckpointLoader
+from monai.handlers import CheckpointSaver
 from monai.utils import is_scalar
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -22,7 +25,8 @@ from ..checkpoints import find_non_finite, read_checkpoint
 from ..files import atomic_write
 from .lineage import STATE_ATTR, sidecar_path, write_lineage
 
-__all__ = ["AtomicCheckpointSaver", "CheckpointLoader", "StopOnNonFiniteLoss", "keep_previous", "loads_network"]
+__all__ = ["AtomicCheckpointSaver", "AtomicFileSaver", "CheckpointLoader", "StopOnNonFiniteLoss", "keep_previous",
+           "loads_network"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +34,6 @@ logger = logging.getLogger(__name__)
 _SCHEDULE_PROGRESS = frozenset(
     {"last_epoch", "_step_count", "_last_lr", "base_lrs", "_get_lr_called_within_step", "_is_initial", "verbose"}
 )
-
-
-def _unwrap(obj: Any) -> Any:
-    if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
-        return obj.module
-    return obj
 
 
 def keep_previous(path: str | os.PathLike) -> Path | None:
@@ -65,36 +63,101 @@ def keep_previous(path: str | os.PathLike) -> Path | None:
     return target
 
 
-class AtomicCheckpointSaver:
-    """Save ``save_dict`` state dicts to ``save_dir/filename`` atomically.
+class AtomicFileSaver(BaseSaveHandler):
+    """An ignite save handler that writes every checkpoint to one file, ``path``, whatever file name ignite's
+    ``Checkpoint`` composes (as MONAI's fixed-filename saver does).
 
-    With ``key_metric_name`` set (attach to an evaluator) it saves when that metric improves ("best"); without it
-    (attach to a trainer) it saves every ``interval`` epochs, overwriting one file ("latest", for resume).
-    A one-entry ``save_dict`` is saved as the raw state dict, so ``models/model.pt`` loads straight into the
-    network. Everything saved loads with ``torch.load(weights_only=True)``. The saver has a state dict (its best
-    score) so that a "latest" checkpoint can carry it across a resume.
+    - The write is atomic (:func:`~vmunetv2_monai.files.atomic_write`): a crash leaves the old file or none.
+    - A checkpoint with a NaN or Inf tensor is never written: the call raises, which stops training.
+    - The first write of a run that is not a resume keeps an existing file as ``<stem>.prev-<mtime><suffix>``
+      (:func:`keep_previous`).
+    - Each write gets a lineage sidecar ``<path>.json`` (:func:`~vmunetv2_monai.handlers.lineage.write_lineage`)
+      with the epoch and the ``engine.state.lineage`` of :attr:`engine`.
+    - :meth:`remove` removes nothing: the next write replaces the file, so it never goes missing.
 
-    Each saved file gets a lineage sidecar ``<file>.json`` (see :mod:`~vmunetv2_monai.handlers.lineage`): its
-    sha256, the epoch and the ``engine.state.lineage`` that a tracker of the engine set (the MLflow run and config
-    hash, see :class:`~vmunetv2_monai.handlers.MLflowTracker`; ``null`` when the run is not tracked).
+    Args:
+        path: the file to write.
 
-    A "best" saver can be given a ``baseline``: the score of the model already at its path (the incumbent, see
-    :class:`~vmunetv2_monai.handlers.incumbent.KeepBetterModel`). A new best below the baseline does not replace
-    the incumbent: it is written beside it as ``<stem>.candidate<suffix>``, and the log says why.
+    Attributes:
+        engine: the engine whose state gives the epoch and lineage (set by the saver's ``attach``; None: unknown).
+        resumed: the file at ``path`` is this run's own (a resume): it is overwritten, not kept.
+        written: whether this run has written ``path``.
+    """
 
-    Nothing from an earlier run is lost: when the file already exists at the first save of a run that is not a
-    resume, it is renamed to ``<stem>.prev-<mtime><suffix>`` first (see :func:`keep_previous`). A run is a resume
-    when this saver's state was loaded or its engine starts at an epoch above 0. A payload with NaN or Inf is
-    never saved: the save raises, which stops training.
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.engine: Engine | None = None
+        self.resumed = False
+        self.written = False
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        """Write ``checkpoint`` to :attr:`path`.
+
+        Args:
+            checkpoint: the state dict(s) ignite collected.
+            filename: ignite's file name (unused: the file is :attr:`path`).
+            metadata: ignite's metadata (unused).
+
+        Raises:
+            FloatingPointError: naming the file and tensors when ``checkpoint`` holds NaN or Inf (nothing written).
+        """
+        state = None if self.engine is None else self.engine.state
+        epoch = getattr(state, "epoch", None)
+        bad = find_non_finite(checkpoint)
+        if bad:
+            raise FloatingPointError(
+                f"not saving {self.path} at epoch {epoch}: {len(bad)} tensor(s) hold NaN or Inf "
+                f"({', '.join(bad[:5])}); training diverged, lower 'learning_rate'"
+            )
+        if not (self.written or self.resumed):
+            keep_previous(self.path)
+        atomic_write(self.path, lambda tmp: torch.save(checkpoint, tmp))
+        write_lineage(self.path, getattr(state, STATE_ATTR, None), epoch)
+        self.written = True
+        logger.info("saved %s (epoch %s)", self.path, epoch)
+
+    def remove(self, filename: str) -> None:
+        """Remove nothing: the next write replaces :attr:`path` atomically.
+
+        Args:
+            filename: ignite's file name of the checkpoint it drops (unused).
+        """
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` writing one file, ``save_dir/filename``, through :class:`AtomicFileSaver`
+    (atomic, never NaN or Inf weights, an earlier run's file kept as ``.prev``, a lineage sidecar).
+
+    A key-metric saver (``save_key_metric``, attach to an evaluator) writes the model whenever ``key_metric_name``
+    improves ("best"); an interval saver (``save_interval``, ``save_final``; attach to a trainer) overwrites its file
+    ("latest", for resume). A one-entry ``save_dict`` is saved as the raw state dict (ignite's rule), so
+    ``models/model.pt`` loads straight into the network; everything loads with ``torch.load(weights_only=True)``.
+
+    Rules added to MONAI's saver (the hooks overridden for them say so):
+
+    - A best below :attr:`baseline` (the score of the model already at the path, set by
+      :class:`~vmunetv2_monai.handlers.incumbent.KeepBetterModel`) does not replace that model: it is written to
+      :attr:`candidate_path`, and the log says why.
+    - A NaN key metric is never a best; a missing or non-scalar one is an error (:meth:`metrics_completed`).
+    - Nothing is saved on an exception: the weights may be NaN or mid-epoch (:meth:`attach`).
+    - The saver's state is ``{"best_metric", "baseline"}``, as in the "latest" checkpoints of earlier versions
+      (:meth:`state_dict`); loading it marks the run a resume, as does a trainer starting past epoch 0. A resume
+      overwrites its own files instead of keeping them as ``.prev``.
 
     Args:
         save_dir: output folder.
         save_dict: name -> object with ``state_dict()`` (DataParallel/DDP wrappers are unwrapped).
-        filename: file name inside ``save_dir``.
-        key_metric_name: metric in ``engine.state.metrics`` to maximise; None saves every ``interval`` epochs.
-        interval: epochs between interval saves.
-        save_final: interval saver only: also save when the engine completes (a run stopped mid-epoch, e.g. by
-            its budget, then resumes from where it stopped).
+        filename: the file inside ``save_dir``.
+        name: MONAI's logger name (default: the engine's logger).
+        save_final: also save when the engine completes (a run stopped mid-epoch, e.g. by its budget, then resumes
+            from where it stopped).
+        save_key_metric: save when ``key_metric_name`` improves (a "best" saver); then nothing else is saved.
+        key_metric_name: metric in ``engine.state.metrics`` to maximise (required with ``save_key_metric``).
+        save_interval: save every N epochs (0: never).
+
+    Raises:
+        ValueError: when ``save_dict`` is empty, or ``save_key_metric`` lacks ``key_metric_name`` or comes with
+            ``save_final`` or ``save_interval``.
     """
 
     def __init__(
@@ -102,41 +165,30 @@ class AtomicCheckpointSaver:
         save_dir: str | os.PathLike,
         save_dict: Mapping[str, Any],
         filename: str = "model.pt",
-        key_metric_name: str | None = None,
-        interval: int = 1,
+        name: str | None = None,
         save_final: bool = False,
+        save_key_metric: bool = False,
+        key_metric_name: str | None = None,
+        save_interval: int = 0,
     ) -> None:
         if not save_dict:
             raise ValueError("save_dict must name at least one object to save")
-        self.save_dir = os.fspath(save_dir)
-        self.save_dict = dict(save_dict)
+        if save_key_metric and (key_metric_name is None or save_final or save_interval):
+            raise ValueError("a save_key_metric saver needs key_metric_name and writes only the best model "
+                             "(no save_final, no save_interval)")
+        super().__init__(save_dir=os.fspath(save_dir), save_dict=dict(save_dict), name=name, save_final=save_final,
+                         final_filename=filename, save_key_metric=save_key_metric, key_metric_name=key_metric_name,
+                         key_metric_filename=filename, save_interval=save_interval, n_saved=1)
         self.filename = filename
-        self.key_metric_name = key_metric_name
-        self.interval = interval
-        self.save_final = save_final
-        self.best_metric = float("-inf")
+        self.key_metric_name = key_metric_name if save_key_metric else None
         self.baseline = float("-inf")
-        self.resumed = False
-        self.wrote_candidate = False
-        self._saved = False
-
-    def state_dict(self) -> dict:
-        """The saver's state for a "latest" checkpoint.
-
-        Returns:
-            ``{"best_metric": ..., "baseline": ...}``.
-        """
-        return {"best_metric": self.best_metric, "baseline": self.baseline}
-
-    def load_state_dict(self, state: Mapping) -> None:
-        """Restore the state of :meth:`state_dict` (a resume: the file at :attr:`path` is this run's own).
-
-        Args:
-            state: a :meth:`state_dict` (``baseline`` may be absent in checkpoints of earlier versions).
-        """
-        self.best_metric = float(state["best_metric"])
-        self.baseline = float(state.get("baseline", float("-inf")))
-        self.resumed = True
+        self._file = AtomicFileSaver(self.path)
+        self._candidate = AtomicFileSaver(self.candidate_path)
+        for checkpoint in (self._final_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler = self._file
+        if self._key_metric_checkpoint is not None:
+            self._key_metric_checkpoint.save_handler = self._save_best
 
     @property
     def path(self) -> str:
@@ -150,66 +202,99 @@ class AtomicCheckpointSaver:
         return os.path.join(self.save_dir, f"{stem}.candidate{suffix}")
 
     @property
+    def best_metric(self) -> float:
+        """The best key metric so far (-inf before the first; also across a resume)."""
+        saved = [] if self._key_metric_checkpoint is None else self._key_metric_checkpoint.state_dict()["_saved"]
+        return max((float(priority) for priority, _ in saved), default=float("-inf"))
+
+    @property
+    def resumed(self) -> bool:
+        """Whether this run continues an earlier one (its files are its own: they are overwritten, not kept)."""
+        return self._file.resumed
+
+    @resumed.setter
+    def resumed(self, value: bool) -> None:
+        self._file.resumed = self._candidate.resumed = value
+
+    @property
+    def wrote_candidate(self) -> bool:
+        """Whether this run wrote :attr:`candidate_path`."""
+        return self._candidate.written
+
+    @property
     def replaced(self) -> bool:
         """Whether ``path`` holds this run's best (it reached the baseline; also across a resume)."""
         return self.best_metric > float("-inf") and self.best_metric >= self.baseline
 
-    def attach(self, engine: Engine) -> None:
-        """Save on ``engine``'s epochs (interval saver) or when its key metric improves ("best" saver).
+    def state_dict(self) -> dict:
+        """The saver's state for a "latest" checkpoint.
+
+        Returns:
+            ``{"best_metric": ..., "baseline": ...}``.
+        """
+        return {"best_metric": self.best_metric, "baseline": self.baseline}
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Restore the state of :meth:`state_dict` and mark the run a resume (overrides MONAI's, which reads
+        ignite's ``Checkpoint`` state: "latest" checkpoints hold this format).
 
         Args:
-            engine: a trainer (interval saver) or evaluator ("best" saver).
+            state_dict: a :meth:`state_dict` (``baseline`` may be absent in checkpoints of earlier versions).
         """
-        if self.key_metric_name is None:
+        if self._key_metric_checkpoint is not None:
+            self._key_metric_checkpoint.load_state_dict({"_saved": [(float(state_dict["best_metric"]), self.path)]})
+        self.baseline = float(state_dict.get("baseline", float("-inf")))
+        self.resumed = True
+
+    def attach(self, engine: Engine) -> None:
+        """MONAI's ``attach`` (epoch level) without its ``EXCEPTION_RAISED`` handler: nothing is saved on an exception
+        (MONAI's ``save_final`` also saves then, and its handler keeps later ``EXCEPTION_RAISED`` handlers from
+        running). An interval saver also marks the run a resume when ``engine`` starts past epoch 0 (it is attached
+        after the resume ``CheckpointLoader``).
+
+        Args:
+            engine: a trainer (interval saver) or evaluator (key-metric saver); its state gives the saved files'
+                epoch and lineage.
+        """
+        if self._name is None:
+            self.logger = engine.logger
+        if self._final_checkpoint is not None:
+            engine.add_event_handler(Events.COMPLETED, self.completed)
+        if self._key_metric_checkpoint is not None:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.metrics_completed)
+        if self._interval_checkpoint is not None:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.interval_completed)
+        if self.key_metric_name is None:  # an evaluator's epoch is the trainer's: no sign of a resume
             engine.add_event_handler(Events.STARTED, self._note_resume)
-            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self._save)
-            if self.save_final:
-                engine.add_event_handler(Events.COMPLETED, self._save)
-        else:
-            engine.add_event_handler(Events.EPOCH_COMPLETED, self._save_if_better)
+        self._file.engine = self._candidate.engine = engine
 
     def _note_resume(self, engine: Engine) -> None:
-        # a trainer's saver is attached after the resume CheckpointLoader, so a resumed trainer has its epoch here
-        # (an evaluator's epoch is the trainer's, so "best" savers learn of a resume from load_state_dict only)
         self.resumed = self.resumed or engine.state.epoch > 0
 
-    def _payload(self) -> Any:
-        states = {k: _unwrap(v).state_dict() for k, v in self.save_dict.items()}
-        return next(iter(states.values())) if len(states) == 1 else states
+    def metrics_completed(self, engine: Engine) -> None:
+        """MONAI's, except that a NaN key metric is never a best (ignite would save the model when nothing is saved
+        yet, then no model after it) and a missing or non-scalar one is an error (MONAI only warns).
 
-    def _save(self, engine: Engine, path: str | None = None) -> None:
-        path = path or self.path
-        payload = self._payload()
-        bad = find_non_finite(payload)
-        if bad:
-            raise FloatingPointError(
-                f"not saving {path} at epoch {engine.state.epoch}: {len(bad)} tensor(s) hold NaN or Inf "
-                f"({', '.join(bad[:5])}); training diverged, lower 'learning_rate'"
-            )
-        first = not (self._saved if path == self.path else self.wrote_candidate)
-        if first and not self.resumed:
-            keep_previous(path)
-        atomic_write(path, lambda tmp: torch.save(payload, tmp))
-        write_lineage(path, getattr(engine.state, STATE_ATTR, None), engine.state.epoch)
-        if path == self.path:
-            self._saved = True
-        else:
-            self.wrote_candidate = True
-        logger.info("saved %s (epoch %d)", path, engine.state.epoch)
+        Args:
+            engine: the evaluator whose epoch completed.
 
-    def _save_if_better(self, engine: Engine) -> None:
+        Raises:
+            KeyError: when the key metric is not a scalar in ``engine.state.metrics``.
+        """
         value = engine.state.metrics.get(self.key_metric_name)
         if value is None or not is_scalar(value):
             raise KeyError(f"key metric {self.key_metric_name!r} not in the engine's scalar metrics")
-        value = float(value)
-        if value != value or value <= self.best_metric:  # NaN or not better
-            return
-        self.best_metric = value
+        if not math.isnan(float(value)):
+            super().metrics_completed(engine)
+
+    def _save_best(self, checkpoint: Mapping, filename: str, metadata: Mapping) -> None:
+        # the key-metric Checkpoint's save handler: a best below the baseline goes to the candidate file
+        value = float(metadata["priority"])
         if value >= self.baseline:
-            self._save(engine)
+            self._file(checkpoint, filename, metadata)
             logger.info("new best %s = %.4f", self.key_metric_name, value)
             return
-        self._save(engine, self.candidate_path)
+        self._candidate(checkpoint, filename, metadata)
         logger.info("new best %s = %.4f, below the %.4f of the model already at %s: that model stays, this one is "
                     "kept as %s", self.key_metric_name, value, self.baseline, self.path, self.candidate_path)
 

@@ -40,13 +40,13 @@ class KeepBetterModel:
         map_location: where to load the incumbent's tensors. Defaults to ``"cpu"``.
 
     Raises:
-        ValueError: when ``saver`` has no key metric (not a "best" saver).
+        ValueError: when ``saver`` is not a "best" saver (no ``save_key_metric``).
     """
 
     def __init__(self, saver: AtomicCheckpointSaver, evaluator: Engine, network: torch.nn.Module,
                  map_location: str | torch.device | None = "cpu") -> None:
         if saver.key_metric_name is None:
-            raise ValueError("KeepBetterModel needs a 'best' saver (one with key_metric_name)")
+            raise ValueError("KeepBetterModel needs a 'best' saver (one with save_key_metric)")
         self.saver = saver
         self.evaluator = evaluator
         self.network = network
