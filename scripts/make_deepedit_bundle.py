@@ -25,11 +25,11 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
+from vmunetv2_monai.bundle import DEFAULT_BUNDLE
 from vmunetv2_monai.files import atomic_write
 
-REPO = Path(__file__).resolve().parents[1]
-SOURCE = REPO / "bundle"
-TARGET = REPO / "bundle_deepedit"
+SOURCE = DEFAULT_BUNDLE
+TARGET = DEFAULT_BUNDLE.parent / "bundle_deepedit"
 MERGED = {"train.json": "deepedit_train.json", "inference.json": "deepedit_inference.json"}
 COPIED = ("configs/logging.conf", "sample_data")
 logger = logging.getLogger("make_deepedit_bundle")
