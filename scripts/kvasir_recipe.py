@@ -40,16 +40,12 @@ from vmunetv2_monai.evaluation.recipe import (
     run_bundle,
 )
 from vmunetv2_monai.evaluation.split import write_split
-from vmunetv2_monai.files import atomic_write
+from vmunetv2_monai.files import write_json
 from vmunetv2_monai.metrics import read_case_rows
 
 logger = logging.getLogger("kvasir_recipe")
 
 BUNDLE = DEFAULT_BUNDLE
-def _write_json(path: Path, obj: object) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2)))
-
-
 def model_overrides(name: str, args: argparse.Namespace, split_file: Path) -> dict:
     """The bundle overrides that train and score model ``name`` (the same for training, evaluation, inference)."""
     budget = {"budget_cpu_s": args.budget_s, "val_every_cpu_s": args.eval_every_s} if args.recipe == "cpu" else {}
@@ -117,7 +113,7 @@ def main() -> None:
             check_finished(proc, log)
             info = {**read_training(out / name / "models" / "latest.pt"), "torch_threads": threads,
                     "overrides": model_overrides(name, args, split_file)}
-            _write_json(out / name / "run.json", info)  # its presence marks a finished training
+            write_json(out / name / "run.json", info)  # its presence marks a finished training
 
     runs, curves, case_rows, pred_dirs, recorded = {}, {}, {}, {}, {}
     for name in names:

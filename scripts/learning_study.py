@@ -33,7 +33,7 @@ from vmunetv2_monai.evaluation.recipe import (
     run_bundle,
 )
 from vmunetv2_monai.evaluation.split import write_split
-from vmunetv2_monai.files import atomic_write
+from vmunetv2_monai.files import atomic_write, write_json
 
 logger = logging.getLogger("learning_study")
 
@@ -175,7 +175,7 @@ def main() -> None:
             check_finished(proc, run_dir / "train.log")
             result = {"model": m, "variant": name, "changes": changes, "budget_s": args.budget_s,
                       **read_training(run_dir / "models" / "latest.pt")}
-            atomic_write(record, lambda p, r=result: Path(p).write_text(json.dumps(r, indent=2)))
+            write_json(record, result)
             logger.info("%s / %s: best val mean Dice %.4f (%d iterations)", m, name, result["best_val_mean_dice"],
                         result["iterations"])
             records[(m, name)] = result

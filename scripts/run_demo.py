@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import os
 import time
@@ -25,7 +24,7 @@ from vmunetv2_monai.bundle import Bundle
 from vmunetv2_monai.data.datalist import find_pairs
 from vmunetv2_monai.evaluation.figures import plot_overlay_grid
 from vmunetv2_monai.evaluation.folders import score_predictions
-from vmunetv2_monai.files import atomic_write
+from vmunetv2_monai.files import write_json
 from vmunetv2_monai.metrics import pooled_metrics, write_case_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +64,7 @@ def shipped_model_job(output_dir: Path, dataset_dir: Path) -> dict:
                 summary["pooled_dsc"])
     eval_dir = output_dir / "eval"
     write_case_rows(rows, eval_dir / "per_case.csv")
-    atomic_write(eval_dir / "summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
+    write_json(eval_dir / "summary.json", summary)
     cases = {f"{r['name'][:12]} Dice {r['dice']:.2f}": next(it for it in items if it["name"] == r["name"])
              for r in sorted(rows, key=lambda r: r["dice"])}
     plot_overlay_grid(cases, {"prediction (red)": pred_dir}, output_dir / "overlays.png")

@@ -18,12 +18,14 @@ import torch
 
 from vmunetv2_monai import files
 from vmunetv2_monai.files import (
+    FILE_MODE,
     NAME_MAX,
     atomic_write,
     copy_atomic,
     remove_stale_temps,
     remove_stale_temps_in,
     temp_name,
+    write_json,
 )
 
 FILES = Path(files.__file__)
@@ -142,3 +144,10 @@ def test_a_wrapped_write_error_is_named_on_one_line(tmp_path):
     assert info.value.errno == errno.EACCES and "\n" not in str(info.value)
     assert str(info.value).endswith(f"cannot write {target}: PermissionError: [Errno 13] Permission denied")
     assert not target.exists() and not list(tmp_path.iterdir())
+
+
+def test_write_json_round_trips_with_a_final_newline(tmp_path):
+    target = write_json(tmp_path / "sub" / "summary.json", {"mean_dice": 0.5, "names": ["a"]})
+    assert target == tmp_path / "sub" / "summary.json"
+    assert target.read_text() == '{\n  "mean_dice": 0.5,\n  "names": [\n    "a"\n  ]\n}\n'
+    assert oct(target.stat().st_mode & 0o777) == oct(FILE_MODE) and list(target.parent.iterdir()) == [target]

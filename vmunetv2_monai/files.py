@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import re
@@ -26,7 +27,7 @@ from pathlib import Path
 
 __all__ = [
     "FILE_MODE", "NAME_MAX", "atomic_write", "copy_atomic", "remove_stale_temps", "remove_stale_temps_in",
-    "temp_name",
+    "temp_name", "write_json",
 ]
 
 logger = logging.getLogger(__name__)
@@ -207,3 +208,16 @@ def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> Path:
         ``path``.
     """
     return atomic_write(path, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def write_json(path: str | os.PathLike, obj: object) -> Path:
+    """Write ``obj`` as JSON (indent 2, a final newline) to ``path``, atomically as :func:`atomic_write`.
+
+    Args:
+        path: the target file.
+        obj: anything :func:`json.dumps` accepts.
+
+    Returns:
+        ``path``.
+    """
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..files import atomic_write
+from ..files import write_json
 from .transforms import TIFF_SUFFIXES, check_tiff
 
 __all__ = [
@@ -398,7 +398,7 @@ def save_datalist(datalist: dict[str, list[dict]], path: str | os.PathLike) -> N
         datalist: the lists, as :func:`build_datalist` returns them.
         path: the JSON file to write.
     """
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(datalist, indent=2)))
+    write_json(path, datalist)
 
 
 def load_splits(

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write
+from ..files import write_json
 
 __all__ = ["LINEAGE_FIELDS", "STATE_ATTR", "config_hash", "file_sha256", "read_lineage", "sidecar_path",
            "write_lineage"]
@@ -100,8 +100,7 @@ def write_lineage(path: str | os.PathLike, lineage: Mapping[str, Any] | None, ep
         "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     target = sidecar_path(path)
-    atomic_write(target, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
-    return target
+    return write_json(target, record)
 
 
 def read_lineage(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -12,7 +11,7 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.utils import string_list_all_gather
 
-from ..files import atomic_write
+from ..files import write_json
 from ..metrics import write_case_rows
 
 __all__ = ["CaseReportWriter"]
@@ -91,10 +90,5 @@ class CaseReportWriter:
                 number = float(value)
                 summary[key] = None if math.isnan(number) else number
         csv_path = write_case_rows(rows, os.path.join(self.output_dir, "per_case.csv"))
-
-        def write_json(tmp: str) -> None:
-            with open(tmp, "w") as f:
-                json.dump(summary, f, indent=2)
-
-        json_path = atomic_write(os.path.join(self.output_dir, "summary.json"), write_json)
+        json_path = write_json(os.path.join(self.output_dir, "summary.json"), summary)
         logger.info("wrote %s and %s (%d cases)", csv_path, json_path, len(self._names))
