@@ -7,7 +7,7 @@ Rows:
   arithmetic, or the time to stream the scan's inputs and outputs at the measured copy bandwidth, whichever is
   larger);
 - scan backward peak memory against its forward with saved inputs (stage 1);
-- whole network, default config, 1x3x256x256, eval: VM-UNetV2 (auto = cpu backend; torch backend) against the
+- whole network, default config, 1x3x256x256, eval: VM-UNetV2 (auto = cpu_fused; cpu; torch backend) against the
   same network computed with ``selective_scan_ref``, and MONAI BasicUNet and SwinUNETR (2D) on the same input;
 - training step, batch 8, 256x256, forward + deep-supervision loss + backward + AdamW: time and peak RSS;
 - parameters and FLOPs like the paper's complexity table.
@@ -128,9 +128,13 @@ def network_rows(repeats: int) -> None:
     x = torch.randn(1, 3, 256, 256)
     torch.manual_seed(0)
     vmunet = VMUNetV2(spatial_dims=2, in_channels=3, out_channels=1).eval()
+    # the unfused SS2D path calls selective_scan, which network_with_selective_scan_ref replaces
+    ref_net = VMUNetV2(spatial_dims=2, in_channels=3, out_channels=1, scan_backend="cpu").eval()
+    ref_net.load_state_dict(vmunet.state_dict())
     candidates: list[tuple[str, nn.Module, Callable[[], contextlib.AbstractContextManager]]] = [
-        ("VM-UNetV2, selective_scan_ref", vmunet, network_with_selective_scan_ref),
-        ("VM-UNetV2, auto (cpu backend)", vmunet, contextlib.nullcontext),
+        ("VM-UNetV2, selective_scan_ref", ref_net, network_with_selective_scan_ref),
+        ("VM-UNetV2, auto (cpu_fused)", vmunet, contextlib.nullcontext),
+        ("VM-UNetV2, cpu backend (unfused SS2D)", ref_net, contextlib.nullcontext),
     ]
     torch_net = VMUNetV2(spatial_dims=2, in_channels=3, out_channels=1, scan_backend="torch").eval()
     torch_net.load_state_dict(vmunet.state_dict())
@@ -173,7 +177,8 @@ def training_row(repeats: int) -> None:
 
 
 def complexity_rows() -> None:
-    net = VMUNetV2(spatial_dims=2, in_channels=3, out_channels=1).eval()
+    # the unfused SS2D path, whose selective_scan calls are counted below
+    net = VMUNetV2(spatial_dims=2, in_channels=3, out_channels=1, scan_backend="cpu").eval()
     params = sum(p.numel() for p in net.parameters())
     add("model", "parameters (default config, with unused stage 4)", params / 1e6, "M", note="paper: 22.77 M")
     x = torch.randn(1, 3, 256, 256)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vmunetv2_monai.ops.cross_scan import cross_merge, cross_scan
+from vmunetv2_monai.ops.cross_scan import cross_merge, cross_scan, cross_scan_positions
 
 
 def _explicit_orders(h: int, w: int) -> list[list[int]]:
@@ -23,6 +23,11 @@ def test_cross_scan_matches_index_construction(h: int, w: int) -> None:
     flat = x.flatten(2)
     for k, order in enumerate(_explicit_orders(h, w)):
         torch.testing.assert_close(xs[:, k], flat[:, :, order], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (2, 3), (5, 4), (3, 8)])
+def test_cross_scan_positions_match_index_construction(h: int, w: int) -> None:
+    assert cross_scan_positions(h, w).tolist() == _explicit_orders(h, w)
 
 
 @pytest.mark.parametrize("h,w", [(2, 3), (5, 4), (6, 6)])

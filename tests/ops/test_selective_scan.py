@@ -95,10 +95,10 @@ def test_backward_keeps_no_per_step_state() -> None:
 
 
 def test_auto_on_cpu_never_picks_mamba_and_says_why() -> None:
-    """On CPU tensors auto picks the compiled ``cpu`` kernel when it works, else ``torch``; never ``mamba``."""
+    """On CPU tensors auto picks the compiled kernel (``cpu_fused``) when it works, else ``torch``; never ``mamba``."""
     cpu_ok, cpu_reason = available_backends()["cpu"]
     assert cpu_reason
-    assert resolve_backend("auto", torch.device("cpu")) == ("cpu" if cpu_ok else "torch")
+    assert resolve_backend("auto", torch.device("cpu")) == ("cpu_fused" if cpu_ok else "torch")
 
 
 @pytest.mark.skipif(MAMBA_OK, reason="mamba-ssm kernel is usable here; this test covers the fallback")

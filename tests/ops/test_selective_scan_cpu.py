@@ -81,8 +81,10 @@ def test_cpu_without_optional_inputs_and_no_grad():
 
 @needs_kernel
 def test_dispatcher_uses_cpu_and_defers_float64():
-    if not ENV_FORCED:
-        assert resolve_backend("auto", torch.device("cpu")) == "cpu"
+    if not ENV_FORCED:  # auto means the fused SS2D path; a plain scan runs on the cpu kernel under that name
+        assert resolve_backend("auto", torch.device("cpu")) == "cpu_fused"
+    f32 = _inputs(1, 8, 50, 16, None, True, seed=3)
+    assert _rel(selective_scan(*f32, backend="cpu_fused"), selective_scan_cpu(*f32)) == 0.0
     args = [a.double() if a is not None else None for a in _inputs(1, 8, 50, 16, None, True, seed=2)]
     assert cpu_unsupported_reason(args[0], args[2]) is not None
     y = selective_scan(*args, delta_softplus=True, backend="cpu")  # deferred to the torch backend

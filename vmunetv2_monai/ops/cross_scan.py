@@ -13,9 +13,11 @@ Directions for a ``(B, C, H, W)`` map, each a sequence of length ``L = H * W``:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-__all__ = ["cross_merge", "cross_scan"]
+__all__ = ["cross_merge", "cross_scan", "cross_scan_positions"]
 
 
 def cross_scan(x: torch.Tensor) -> torch.Tensor:
@@ -54,3 +56,19 @@ def cross_merge(ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
     fwd = ys[:, :2] + ys[:, 2:].flip(-1)  # undo the reversal of k = 2, 3
     col = fwd[:, 1].reshape(b, c, w, h).transpose(2, 3).reshape(b, c, length)
     return fwd[:, 0] + col
+
+
+@functools.lru_cache(maxsize=64)
+def cross_scan_positions(h: int, w: int) -> torch.Tensor:
+    """The row-major position ``h * W + w`` that each direction visits at each step (see the module docstring).
+
+    ``cross_scan(x)[:, k, :, t] == x.flatten(2)[:, :, positions[k, t]]``. Cached per size; do not modify the result.
+
+    Args:
+        h: height H of the map.
+        w: width W of the map.
+
+    Returns:
+        ``(4, H * W)`` int64 CPU tensor.
+    """
+    return cross_scan(torch.arange(h * w).reshape(1, 1, h, w))[0, :, 0]

@@ -14,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...ops.cross_scan import cross_merge, cross_scan
-from ...ops.selective_scan import SCAN_BACKENDS, selective_scan
+from ...ops.selective_scan import SCAN_BACKENDS, resolve_backend, selective_scan
+from ...ops.selective_scan.cross_cpu import cross_scan_supported, cross_selective_scan_cpu
 from ...ops.selective_scan.scripted import _scan_loop as scan_loop
 from ...ops.selective_scan.shapes import skip_and_gate, step_sizes
 
@@ -38,7 +39,9 @@ class SS2D(nn.Module):
         dt_init_floor: lower clamp of the initial step sizes. Defaults to 1e-4.
         scan_backend: selective-scan backend, one of
             :data:`~vmunetv2_monai.ops.selective_scan.SCAN_BACKENDS`; see
-            :func:`vmunetv2_monai.ops.selective_scan.selective_scan`. Defaults to ``"auto"``.
+            :func:`vmunetv2_monai.ops.selective_scan.selective_scan`. ``"cpu_fused"`` (what ``"auto"`` means on CPU
+            tensors when the C++ kernel builds) runs cross-scan, scan and merge as one compiled op for float32
+            input without autocast, the other inputs on the unfused path. Defaults to ``"auto"``.
 
     Raises:
         ValueError: when ``scan_backend`` is not a known backend name.
@@ -91,9 +94,39 @@ class SS2D(nn.Module):
             ``(B, H, W, d_model)`` (the scan itself runs in float32, also under autocast).
         """
         b, h, w, _ = x.shape
+        # in_proj as two products, so that each half is contiguous: x.permute below is then a channels-last map,
+        # where the depthwise convolution is several times faster than on a channels-first copy
+        x, z = F.linear(x, self.in_proj.weight[: self.d_inner]), F.linear(x, self.in_proj.weight[self.d_inner :])
+        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
+        if torch.jit.is_scripting():
+            y = self._cross_scan_unfused(x)
+        else:
+            y = self._cross_scan_eager(x)
+        y = self.out_norm(y.to(z.dtype))
+        return self.out_proj(y * F.silu(z))
+
+    @torch.jit.unused
+    def _cross_scan_eager(self, x: torch.Tensor) -> torch.Tensor:
+        """Cross-scan, scan and merge of ``x`` ``(B, d_inner, H, W)``: one compiled op when the backend resolves to
+        ``cpu_fused`` and the op takes ``x``, else :meth:`_cross_scan_unfused`; ``(B, H, W, d_inner)``."""
+        if resolve_backend(self.scan_backend, x.device) == "cpu_fused" and cross_scan_supported(x, self.A_logs):
+            return cross_selective_scan_cpu(
+                x.permute(0, 2, 3, 1), self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs,
+                self.Ds,
+            )
+        return self._cross_scan_unfused(x)
+
+    def _cross_scan_unfused(self, x: torch.Tensor) -> torch.Tensor:
+        """Cross-scan, scan (configured backend, or the TorchScript loop when scripted) and merge in PyTorch.
+
+        Args:
+            x: ``(B, d_inner, H, W)``.
+
+        Returns:
+            ``(B, H, W, d_inner)`` in float32.
+        """
+        b, _, h, w = x.shape
         length = h * w
-        x, z = self.in_proj(x).chunk(2, dim=-1)
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
         xs = cross_scan(x)  # (B, K, d_inner, L)
         x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
@@ -105,8 +138,7 @@ class SS2D(nn.Module):
         else:
             y = self._scan(u, delta, bs, cs)
         y = cross_merge(y.reshape(b, xs.shape[1], self.d_inner, length), h, w)  # (B, d_inner, L)
-        y = self.out_norm(y.transpose(1, 2).reshape(b, h, w, self.d_inner).to(z.dtype))
-        return self.out_proj(y * F.silu(z))
+        return y.transpose(1, 2).reshape(b, h, w, self.d_inner)
 
     @torch.jit.unused
     def _scan(self, u: torch.Tensor, delta: torch.Tensor, bs: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:

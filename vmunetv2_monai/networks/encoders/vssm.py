@@ -85,7 +85,9 @@ class VSSMEncoder(nn.Module):
             x: ``(B, in_channels, H, W)`` with H and W multiples of 32.
 
         Returns:
-            The four taps ``(B, dims[i], H / r_i, W / r_i)`` for ``r_i`` in :attr:`reductions`, finest first.
+            The four taps ``(B, dims[i], H / r_i, W / r_i)`` for ``r_i`` in :attr:`reductions`, finest first, in
+            channels-last memory (views of the stages' ``(B, H, W, C)`` maps: no copy, and the SDI convolutions
+            after them run faster in that layout).
         """
         x = self.patch_embed(x)  # (B, H/4, W/4, dims[0])
         taps = [x]
@@ -93,7 +95,7 @@ class VSSMEncoder(nn.Module):
             if i < 3:
                 x = layer(x)
                 taps.append(x)
-        return [t.permute(0, 3, 1, 2).contiguous() for t in taps]
+        return [t.permute(0, 3, 1, 2) for t in taps]
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -51,8 +51,9 @@ class VMUNetV2(nn.Module):
         drop_path_rate: stochastic depth rate over the encoder blocks, in [0, 1). Defaults to 0.2.
         deep_supervision: use the fused two-head output (official default) and return the side outputs in
             training; if False the output is the finest head alone. Defaults to True.
-        scan_backend: ``"auto"``, ``"mamba"``, ``"cpu"``, ``"torch"`` or ``"reference"``; see
-            :func:`vmunetv2_monai.ops.selective_scan.selective_scan`. Defaults to ``"auto"``.
+        scan_backend: ``"auto"``, ``"mamba"``, ``"cpu_fused"``, ``"cpu"``, ``"torch"`` or ``"reference"``; see
+            :func:`vmunetv2_monai.ops.selective_scan.selective_scan` (``"cpu_fused"``: the SS2D cross-scan, scan
+            and merge as one compiled CPU op, what ``"auto"`` picks on CPU). Defaults to ``"auto"``.
         keep_unused_stage: keep the parameters of encoder stage 4 (see above). Defaults to True.
         use_checkpoint: gradient checkpointing of the VSS blocks in training (less memory, more time). Defaults to
             False.

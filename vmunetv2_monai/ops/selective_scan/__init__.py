@@ -2,16 +2,20 @@
 
 Backends, all with mamba-ssm's ``selective_scan_fn`` contract:
 
-========== ===================================================================================
-``mamba``  mamba-ssm's CUDA kernel (GPU only; needs the compiled ``selective_scan_cuda``)
-``cpu``    our compiled C++ kernel (AVX2+FMA, float32, CPU tensors), built once on first use
-``torch``  our blocked PyTorch implementation with a hand-written backward (any device)
+============= ================================================================================
+``mamba``     mamba-ssm's CUDA kernel (GPU only; needs the compiled ``selective_scan_cuda``)
+``cpu_fused`` in SS2D: cross-scan, step-size projection, scan and cross-merge as one compiled C++ op
+              (:mod:`.cross_cpu`, float32 CPU tensors, forward and backward); a plain scan call runs as ``cpu``
+``cpu``       our compiled C++ kernel (AVX2+FMA, float32, CPU tensors), built once on first use; in SS2D the
+              cross-scan and merge stay PyTorch ops around it
+``torch``     our blocked PyTorch implementation with a hand-written backward (any device)
 ``reference`` plain sequential loop, the test oracle (slow)
-``auto``   ``mamba`` when its kernel works and the tensors are on CUDA; ``cpu`` on CPU tensors when the
-           C++ kernel builds; otherwise ``torch``
-========== ===================================================================================
+``auto``      ``mamba`` when its kernel works and the tensors are on CUDA; ``cpu_fused`` on CPU tensors when
+              the C++ kernel builds (measured faster than ``cpu``: docs/performance.md); otherwise ``torch``
+============= ================================================================================
 
-``cpu`` hands inputs it does not take (float64, d_state not in 8/16/24/32) to ``torch``, and says so in the log.
+``cpu`` and ``cpu_fused`` hand inputs they do not take (float64, d_state not in 8/16/24/32) to ``torch``, and say
+so in the log.
 On CUDA tensors, ``auto`` falling back from ``mamba`` logs a WARNING with the reason and the install command. Our
 backends compute in float32 (float64 stays float64) also under autocast: it is switched off around them.
 
@@ -36,7 +40,7 @@ __all__ = ["SCAN_BACKENDS", "available_backends", "resolve_backend", "selective_
 
 logger = logging.getLogger(__name__)
 
-SCAN_BACKENDS = ("auto", "mamba", "cpu", "torch", "reference")
+SCAN_BACKENDS = ("auto", "mamba", "cpu_fused", "cpu", "torch", "reference")
 """Every name the ``backend`` / ``scan_backend`` arguments accept."""
 _ENV_BACKEND = os.environ.get("VMUNETV2_SCAN_BACKEND") or "auto"  # set but empty: auto
 _logged: set[tuple[str, str]] = set()
@@ -72,11 +76,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         device: the device of the scan's tensors.
 
     Returns:
-        ``"mamba"``, ``"cpu"``, ``"torch"`` or ``"reference"``.
+        ``"mamba"``, ``"cpu_fused"``, ``"cpu"``, ``"torch"`` or ``"reference"``.
 
     Raises:
         ValueError: for an unknown name (argument or environment variable).
-        RuntimeError: with the reason when ``"mamba"`` or ``"cpu"`` is forced where it cannot run.
+        RuntimeError: with the reason when ``"mamba"``, ``"cpu_fused"`` or ``"cpu"`` is forced where it cannot run.
     """
     if backend not in SCAN_BACKENDS:
         raise ValueError(f"scan_backend must be one of {SCAN_BACKENDS}, got {backend!r}.")
@@ -88,14 +92,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         mamba_scan_fn(device)  # raises with the reason (CPU tensors, no kernel, failed probe) and the install hint
         _log_once("mamba", "forced")
         return "mamba"
-    if backend == "cpu":
+    if backend in ("cpu", "cpu_fused"):
         ok, reason = cpu_status()
         if not ok:
-            raise RuntimeError(f"scan backend 'cpu' is unavailable: {reason}.")
+            raise RuntimeError(f"scan backend {backend!r} is unavailable: {reason}.")
         if device.type != "cpu":
-            raise RuntimeError(f"scan backend 'cpu' needs CPU tensors, got tensors on {device}.")
-        _log_once("cpu", "forced")
-        return "cpu"
+            raise RuntimeError(f"scan backend {backend!r} needs CPU tensors, got tensors on {device}.")
+        _log_once(backend, "forced")
+        return backend
     if backend == "auto":
         if device.type == "cuda":
             ok, reason = mamba_status(device)
@@ -108,8 +112,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if device.type == "cpu":
             ok, reason = cpu_status()
             if ok:
-                _log_once("cpu", f"auto: {reason}")
-                return "cpu"
+                _log_once("cpu_fused", f"auto: {reason}")
+                return "cpu_fused"
             _log_once("torch", f"auto: cpu kernel unavailable: {reason}")
             return "torch"
         _log_once("torch", f"auto: tensors on {device}")
@@ -162,7 +166,7 @@ def selective_scan(
     name = resolve_backend(backend, u.device)
     if name == "mamba":
         return mamba_scan_fn(u.device)(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    if name == "cpu":
+    if name in ("cpu", "cpu_fused"):  # a plain scan has no cross-scan to fuse: cpu_fused runs it as cpu
         why_not = cpu_unsupported_reason(u, A)
         if why_not is None:
             fn = selective_scan_cpu

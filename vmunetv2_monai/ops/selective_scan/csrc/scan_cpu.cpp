@@ -7,6 +7,13 @@
 // Layouts (all float32, contiguous): u, delta, y (batch, G, P, L); A (G, P, N); Bm, Cm time-major
 // (batch, G, L, N); D, bias (G, P) or empty. N must be a multiple of 8 (8 lanes of one AVX2 register), <= 32.
 //
+// The fused SS2D op (cross_scan_forward / cross_scan_backward, the ``cpu_fused`` path) runs the same recurrence for
+// the G = 4 cross-scan directions of a channels-last map u (batch, H, W, P): each chunk's u (and dy) is gathered in
+// the direction's order, y (and du) scattered back and summed over the directions (the cross-merge), and the raw
+// step sizes are the low-rank product dtw[g] @ dts[:, g] formed per chunk, so that neither the four orders of u
+// nor the (batch, 4, P, L) step sizes are materialised in forward. One task runs all four directions of its
+// channels one after the other, so the merge needs no atomics.
+//
 // Work is split into tasks of consecutive channels of one (batch, group); inside a task the time axis is cut
 // into blocks of kBlockChunks * kChunk steps and every channel of the task runs through a block before the next
 // block starts, so the block's B and C (and, in backward, dB and dC) stay in L2 while u, delta and y stream.
@@ -23,6 +30,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -158,22 +166,65 @@ struct Dims {
   int64_t batch, groups, P, L, N, chunks;
 };
 
-// Channels [p0, p1) of group g per task, split so that there are a few tasks per thread.
+// Channels [p0, p1) per task, split so that there are a few tasks per thread; ``units`` are the independent
+// (batch, group) pairs the tasks are also spread over (batch * groups, or batch when one task runs every group).
 struct Split {
   int64_t per_group, width;
-  Split(const Dims& d, int64_t min_width) {
-    const int64_t want = std::max<int64_t>(1, (4 * at::get_num_threads()) / std::max<int64_t>(1, d.batch * d.groups));
+  Split(const Dims& d, int64_t min_width, int64_t units) {
+    const int64_t want = std::max<int64_t>(1, (4 * at::get_num_threads()) / std::max<int64_t>(1, units));
     per_group = std::max<int64_t>(1, std::min<int64_t>(want, d.P / std::max<int64_t>(1, min_width)));
     width = (d.P + per_group - 1) / per_group;
     per_group = (d.P + width - 1) / width;
   }
 };
 
-// Per-channel inputs of the recurrence; D, bias may be null (no skip, zero bias).
+// Per-channel inputs of the recurrence; D, bias may be null (no skip, zero bias). The raw step sizes are delta's
+// rows (batch, G, P, L), or, for the fused cross-scan (dts != nullptr), the low-rank product
+// dtw[g, p, :] . dts[b, g, :, t] with dts (batch, G, R, L) and dtw (G, P, R).
 struct Inputs {
-  const float *u, *delta, *A, *Bm, *Cm, *D, *bias;
+  const float *u, *delta, *A, *Bm, *Cm, *D, *bias, *dts, *dtw;
+  int64_t R;
   bool softplus;
 };
+
+// The raw step sizes of steps [t0, t0 + count) of channel p of (b, g): a pointer into delta, or buf filled with
+// the low-rank product (fused cross-scan).
+inline const float* raw_steps(const Dims& d, const Inputs& in, int64_t b, int64_t g, int64_t p, int64_t t0,
+                              int64_t count, float* buf) {
+  if (in.dts == nullptr) return in.delta + ((b * d.groups + g) * d.P + p) * d.L + t0;
+  const float* w = in.dtw + (g * d.P + p) * in.R;
+  const float* x = in.dts + (b * d.groups + g) * in.R * d.L + t0;
+  std::fill(buf, buf + count, 0.0f);
+  for (int64_t r = 0; r < in.R; ++r) {
+    const float wr = w[r];
+    const float* xr = x + r * d.L;
+    for (int64_t i = 0; i < count; ++i) buf[i] += wr * xr[i];
+  }
+  return buf;
+}
+
+// Where a row's u, y (and dy, du) live. Plain scan: its own row of (batch, G, P, L) in time order (pos == nullptr).
+// Fused cross-scan (SS2D): the channels-last map (batch, L, P) shared by the G = 4 directions; step t of direction
+// g is spatial position pos[t] (pos = the direction's L positions). u and dy are gathered from the map; y and du
+// are scattered into it, written by the first direction and added by the others (the cross-merge).
+struct Spatial {
+  const int32_t* pos;
+  bool first;
+};
+
+// v[i] = map[pos[i] * stride] for i < count.
+inline void gather(const float* map, const int32_t* pos, int64_t count, int64_t stride, float* v) {
+  for (int64_t i = 0; i < count; ++i) v[i] = map[pos[i] * stride];
+}
+
+// map[pos[i] * stride] = v[i] (first) or += v[i], for i < count.
+inline void scatter(const float* v, const int32_t* pos, int64_t count, int64_t stride, bool first, float* map) {
+  if (first) {
+    for (int64_t i = 0; i < count; ++i) map[pos[i] * stride] = v[i];
+  } else {
+    for (int64_t i = 0; i < count; ++i) map[pos[i] * stride] += v[i];
+  }
+}
 
 // dl[i] = softplus(delta[i] + bias) (or delta[i] + bias) and sg[i] = d dl / d delta, for i < count <= kChunk.
 inline void step_sizes(const float* delta, int64_t count, float bias, bool softplus, float* dl, float* sg) {
@@ -206,21 +257,25 @@ inline void step_sizes(const float* delta, int64_t count, float bias, bool softp
 
 template <int NV>
 void forward_task(const Dims& d, int64_t b, int64_t g, int64_t p0, int64_t p1, const Inputs& in, float* y,
-                  float* hsave) {
+                  float* hsave, const Spatial& sp) {
   constexpr int64_t N = 8 * NV;
   const int64_t L = d.L;
   const float* bg = in.Bm + (b * d.groups + g) * L * N;
   const float* cg = in.Cm + (b * d.groups + g) * L * N;
   std::vector<float> state((p1 - p0) * N, 0.0f);
-  alignas(32) float acc[kChunk * 8], dl[kChunk], sg[kChunk];
+  alignas(32) float acc[kChunk * 8], dl[kChunk], sg[kChunk], ubuf[kChunk], ybuf[kChunk], dbuf[kChunk];
   for (int64_t c0 = 0; c0 < d.chunks; c0 += kBlockChunks) {
     const int64_t c1 = std::min(d.chunks, c0 + kBlockChunks);
     for (int64_t p = p0; p < p1; ++p) {
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk), len = t1 - t0;
-        const int64_t row = (b * d.groups + g) * d.P + p, ch = g * d.P + p;
+        const int64_t row = (b * d.groups + g) * d.P + p, ch = g * d.P + p, smap = b * L * d.P + p;
         const float* ur = in.u + row * L + t0;
-        step_sizes(in.delta + row * L + t0, len, in.bias ? in.bias[ch] : 0.0f, in.softplus, dl, sg);
+        if (sp.pos != nullptr) {
+          gather(in.u + smap, sp.pos + t0, len, d.P, ubuf);
+          ur = ubuf;
+        }
+        step_sizes(raw_steps(d, in, b, g, p, t0, len, dbuf), len, in.bias ? in.bias[ch] : 0.0f, in.softplus, dl, sg);
         float* hs = state.data() + (p - p0) * N;
         vec h[NV], a2[NV];
         for (int j = 0; j < NV; ++j) {
@@ -243,12 +298,13 @@ void forward_task(const Dims& d, int64_t b, int64_t g, int64_t p0, int64_t p1, c
           vstore(acc + 8 * i, yv);
         }
         for (int j = 0; j < NV; ++j) vstore(hs + 8 * j, h[j]);
-        float* yr = y + row * L + t0;
+        float* yr = sp.pos != nullptr ? ybuf : y + row * L + t0;
         reduce_rows(acc, len, yr);
         if (in.D != nullptr) {
           const float dp = in.D[ch];
           for (int64_t i = 0; i < len; ++i) yr[i] += dp * ur[i];
         }
+        if (sp.pos != nullptr) scatter(ybuf, sp.pos + t0, len, d.P, sp.first, y + smap);
       }
     }
   }
@@ -262,7 +318,7 @@ struct Grads {
 
 template <int NV>
 void backward_task(const Dims& d, int64_t b, int64_t g, int64_t s, int64_t p0, int64_t p1, int64_t per_group,
-                   const Inputs& in, const float* hsave, const float* dy, const Grads& out) {
+                   const Inputs& in, const float* hsave, const float* dy, const Grads& out, const Spatial& sp) {
   constexpr int64_t N = 8 * NV;
   const int64_t L = d.L;
   const float* bg = in.Bm + (b * d.groups + g) * L * N;
@@ -272,6 +328,7 @@ void backward_task(const Dims& d, int64_t b, int64_t g, int64_t s, int64_t p0, i
   std::vector<float> carry((p1 - p0) * N, 0.0f);
   std::vector<float> hloc(kChunk * N), eloc(kChunk * N), dbloc(kBlockChunks * kChunk * N), dcloc(dbloc.size());
   alignas(32) float qrows[kChunk * 8], grows[kChunk * 8], qsum[kChunk], gsum[kChunk], dl[kChunk], sg[kChunk];
+  alignas(32) float ubuf[kChunk], gybuf[kChunk], dubuf[kChunk], dbuf[kChunk];
   for (int64_t c1 = d.chunks; c1 > 0; c1 -= kBlockChunks) {
     const int64_t c0 = std::max<int64_t>(0, c1 - kBlockChunks);
     const int64_t bt0 = c0 * kChunk, bt1 = std::min(L, c1 * kChunk);
@@ -280,11 +337,17 @@ void backward_task(const Dims& d, int64_t b, int64_t g, int64_t s, int64_t p0, i
     for (int64_t p = p0; p < p1; ++p) {
       for (int64_t c = c1 - 1; c >= c0; --c) {
         const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk), len = t1 - t0;
-        const int64_t row = (b * d.groups + g) * d.P + p, ch = g * d.P + p;
+        const int64_t row = (b * d.groups + g) * d.P + p, ch = g * d.P + p, smap = b * L * d.P + p;
         const float* ur = in.u + row * L + t0;
         const float* gy = dy + row * L + t0;
+        if (sp.pos != nullptr) {
+          gather(in.u + smap, sp.pos + t0, len, d.P, ubuf);
+          gather(dy + smap, sp.pos + t0, len, d.P, gybuf);
+          ur = ubuf;
+          gy = gybuf;
+        }
         const float* h0 = hsave + (row * d.chunks + c) * N;
-        step_sizes(in.delta + row * L + t0, len, in.bias ? in.bias[ch] : 0.0f, in.softplus, dl, sg);
+        step_sizes(raw_steps(d, in, b, g, p, t0, len, dbuf), len, in.bias ? in.bias[ch] : 0.0f, in.softplus, dl, sg);
         vec a[NV], a2[NV], h[NV];
         for (int j = 0; j < NV; ++j) {
           a[j] = vload(in.A + ch * N + 8 * j);
@@ -341,7 +404,7 @@ void backward_task(const Dims& d, int64_t b, int64_t g, int64_t s, int64_t p0, i
         reduce_rows(grows, len, gsum);
         const float dp = in.D != nullptr ? in.D[ch] : 0.0f;
         float dd = 0.0f, db = 0.0f;
-        float* dur = out.du + row * L + t0;
+        float* dur = sp.pos != nullptr ? dubuf : out.du + row * L + t0;
         float* ddr = out.ddelta + row * L + t0;
         for (int64_t i = 0; i < len; ++i) {
           dur[i] = dl[i] * gsum[i] + dp * gy[i];
@@ -349,6 +412,7 @@ void backward_task(const Dims& d, int64_t b, int64_t g, int64_t s, int64_t p0, i
           db += ddr[i];
           dd += gy[i] * ur[i];
         }
+        if (sp.pos != nullptr) scatter(dubuf, sp.pos + t0, len, d.P, sp.first, out.du + smap);
         out.dD[row] += dd;
         out.dbias[row] += db;
       }
@@ -358,36 +422,81 @@ void backward_task(const Dims& d, int64_t b, int64_t g, int64_t s, int64_t p0, i
   }
 }
 
-Dims check(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
-           const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& bias) {
-  TORCH_CHECK(u.dim() == 4 && u.scalar_type() == at::kFloat && u.is_contiguous() && !u.is_cuda(),
-              "u must be a contiguous float32 CPU tensor (batch, G, P, L)");
-  const Dims d{u.size(0), u.size(1), u.size(2), u.size(3), A.size(2), (u.size(3) + kChunk - 1) / kChunk};
-  TORCH_CHECK(d.N % 8 == 0 && d.N <= 32, "the cpu scan kernel needs N in {8, 16, 24, 32}, got ", d.N);
-  for (const at::Tensor* t : {&delta, &A, &Bm, &Cm, &D, &bias}) {
+void check_floats(std::initializer_list<const at::Tensor*> ts) {
+  for (const at::Tensor* t : ts) {
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && !t->is_cuda(),
                 "all inputs must be contiguous float32 CPU tensors");
   }
-  TORCH_CHECK(delta.sizes() == u.sizes(), "delta must have the shape of u");
+}
+
+// The shapes shared by both ops: A (G, P, N), B and C (batch, G, L, N), D and bias (G, P) or empty.
+void check_common(const Dims& d, const at::Tensor& A, const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& D,
+                  const at::Tensor& bias) {
+  TORCH_CHECK(d.N % 8 == 0 && d.N <= 32, "the cpu scan kernel needs N in {8, 16, 24, 32}, got ", d.N);
+  check_floats({&A, &Bm, &Cm, &D, &bias});
   TORCH_CHECK(A.dim() == 3 && A.size(0) == d.groups && A.size(1) == d.P, "A must be (G, P, N)");
   TORCH_CHECK(Bm.dim() == 4 && Bm.size(0) == d.batch && Bm.size(1) == d.groups && Bm.size(2) == d.L &&
                   Bm.size(3) == d.N && Cm.sizes() == Bm.sizes(),
               "B and C must be time-major (batch, G, L, N)");
   TORCH_CHECK(D.numel() == 0 || D.numel() == d.groups * d.P, "D must be empty or (G, P)");
   TORCH_CHECK(bias.numel() == 0 || bias.numel() == d.groups * d.P, "delta_bias must be empty or (G, P)");
+}
+
+// Plain scan: u, delta (batch, G, P, L).
+Dims check_plain(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
+                 const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& bias) {
+  check_floats({&u, &delta});
+  TORCH_CHECK(u.dim() == 4 && delta.sizes() == u.sizes() && A.dim() == 3, "u and delta must be (batch, G, P, L)");
+  const Dims d{u.size(0), u.size(1), u.size(2), u.size(3), A.size(2), (u.size(3) + kChunk - 1) / kChunk};
+  check_common(d, A, Bm, Cm, D, bias);
   return d;
 }
 
-Inputs inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm,
-              const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& bias, bool softplus) {
+// Fused cross-scan: u (batch, H, W, P), dts (batch, 4, R, H * W), dtw (4, P, R).
+Dims check_cross(const at::Tensor& u, const at::Tensor& dts, const at::Tensor& dtw, const at::Tensor& A,
+                 const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& D, const at::Tensor& bias) {
+  check_floats({&u, &dts, &dtw});
+  TORCH_CHECK(u.dim() == 4 && A.dim() == 3, "u must be channels-last (batch, H, W, P)");
+  const int64_t L = u.size(1) * u.size(2);
+  const Dims d{u.size(0), 4, u.size(3), L, A.size(2), (L + kChunk - 1) / kChunk};
+  TORCH_CHECK(dts.dim() == 4 && dts.size(0) == d.batch && dts.size(1) == 4 && dts.size(3) == L,
+              "dts must be (batch, 4, R, H * W)");
+  TORCH_CHECK(dtw.dim() == 3 && dtw.size(0) == 4 && dtw.size(1) == d.P && dtw.size(2) == dts.size(2),
+              "dt_projs_weight must be (4, P, R)");
+  check_common(d, A, Bm, Cm, D, bias);
+  return d;
+}
+
+Inputs inputs(const at::Tensor& u, const float* delta, const float* dts, const float* dtw, int64_t R,
+              const at::Tensor& A, const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& D,
+              const at::Tensor& bias, bool softplus) {
   return {u.data_ptr<float>(),
-          delta.data_ptr<float>(),
+          delta,
           A.data_ptr<float>(),
           Bm.data_ptr<float>(),
           Cm.data_ptr<float>(),
           D.numel() ? D.data_ptr<float>() : nullptr,
           bias.numel() ? bias.data_ptr<float>() : nullptr,
+          dts,
+          dtw,
+          R,
           softplus};
+}
+
+// The row-major positions h * W + w visited at steps t = 0 .. L - 1 by the four cross-scan directions, 4 x L:
+// row-major, column-major, and the two reversed (as ops/cross_scan.py).
+std::vector<int32_t> cross_scan_positions(int64_t H, int64_t W) {
+  const int64_t L = H * W;
+  std::vector<int32_t> pos(4 * L);
+  for (int64_t t = 0; t < L; ++t) {
+    pos[t] = static_cast<int32_t>(t);
+    pos[L + t] = static_cast<int32_t>((t % H) * W + t / H);
+  }
+  for (int64_t t = 0; t < L; ++t) {
+    pos[2 * L + t] = pos[L - 1 - t];
+    pos[3 * L + t] = pos[2 * L - 1 - t];
+  }
+  return pos;
 }
 
 template <typename F>
@@ -400,57 +509,108 @@ void dispatch_nv(int64_t N, F&& f) {
   }
 }
 
-}  // namespace
+// Runs task(b, g_or_all, s, p0, p1, spatial) over the work split: per (batch, group) for the plain scan (pos empty),
+// per batch with the four directions one after another in each task for the fused cross-scan (race-free merge).
+template <typename Task>
+void for_each_task(const Dims& d, const Split& split, const std::vector<int32_t>& pos, Task&& task) {
+  const bool fused = !pos.empty();
+  const int64_t units = fused ? d.batch : d.batch * d.groups;
+  at::parallel_for(0, units * split.per_group, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t s = i % split.per_group, unit = i / split.per_group;
+      const int64_t p0 = s * split.width, p1 = std::min(d.P, p0 + split.width);
+      if (fused) {
+        for (int64_t g = 0; g < d.groups; ++g) task(unit, g, s, p0, p1, Spatial{pos.data() + g * d.L, g == 0});
+      } else {
+        task(unit / d.groups, unit % d.groups, s, p0, p1, Spatial{nullptr, true});
+      }
+    }
+  });
+}
 
-// Returns (y, hsave); hsave (batch, G, P, chunks, N) holds the state before every chunk when save_states.
-std::vector<at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                                     const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& D,
-                                     const at::Tensor& bias, bool softplus, bool save_states) {
-  const Dims d = check(u, delta, A, Bm, Cm, D, bias);
-  const Inputs in = inputs(u, delta, A, Bm, Cm, D, bias, softplus);
+// Returns (y like u, hsave); hsave (batch, G, P, chunks, N) holds the state before every chunk when save_states.
+std::vector<at::Tensor> run_forward(const Dims& d, const Inputs& in, const at::Tensor& u, bool save_states,
+                                    const std::vector<int32_t>& pos) {
   at::Tensor y = at::empty_like(u);
   at::Tensor hsave = at::empty({save_states ? d.batch : 0, d.groups, d.P, d.chunks, d.N}, u.options());
   float* hp = save_states ? hsave.data_ptr<float>() : nullptr;
-  const Split sp(d, 4);
+  float* yp = y.data_ptr<float>();
+  const Split split(d, 4, pos.empty() ? d.batch * d.groups : d.batch);
   dispatch_nv(d.N, [&](auto nv) {
-    at::parallel_for(0, d.batch * d.groups * sp.per_group, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t s = task % sp.per_group, bg = task / sp.per_group;
-        const int64_t p0 = s * sp.width, p1 = std::min(d.P, p0 + sp.width);
-        forward_task<decltype(nv)::value>(d, bg / d.groups, bg % d.groups, p0, p1, in, y.data_ptr<float>(), hp);
-      }
+    for_each_task(d, split, pos, [&](int64_t b, int64_t g, int64_t, int64_t p0, int64_t p1, const Spatial& sp) {
+      forward_task<decltype(nv)::value>(d, b, g, p0, p1, in, yp, hp, sp);
     });
   });
   return {y, hsave};
 }
 
-// Returns (du, ddelta, dA (G, P, N), dBm, dCm, dD (G, P), dbias (G, P)) given dy = dLoss/dy (batch, G, P, L).
+// Returns (du like u, ddelta (batch, G, P, L), dA (G, P, N), dBm, dCm, dD (G, P), dbias (G, P)) given dy (like u).
+std::vector<at::Tensor> run_backward(const Dims& d, const Inputs& in, const at::Tensor& u, const at::Tensor& hsave,
+                                     const at::Tensor& dy, const std::vector<int32_t>& pos) {
+  TORCH_CHECK(dy.sizes() == u.sizes() && dy.scalar_type() == at::kFloat && dy.is_contiguous(), "dy must match u");
+  TORCH_CHECK(hsave.numel() == d.batch * d.groups * d.P * d.chunks * d.N, "hsave does not match the inputs");
+  const Split split(d, 8, pos.empty() ? d.batch * d.groups : d.batch);
+  at::Tensor du = at::empty_like(u), ddelta = at::empty({d.batch, d.groups, d.P, d.L}, u.options());
+  at::Tensor dA = at::zeros({d.batch, d.groups, d.P, d.N}, u.options());
+  at::Tensor dD = at::zeros({d.batch, d.groups, d.P}, u.options()), dbias = at::zeros_like(dD);
+  at::Tensor dBp = at::empty({d.batch, d.groups, split.per_group, d.L, d.N}, u.options()), dCp = at::empty_like(dBp);
+  const Grads out{du.data_ptr<float>(),  ddelta.data_ptr<float>(), dA.data_ptr<float>(),   dBp.data_ptr<float>(),
+                  dCp.data_ptr<float>(), dD.data_ptr<float>(),     dbias.data_ptr<float>()};
+  const float* hp = hsave.data_ptr<float>();
+  const float* gp = dy.data_ptr<float>();
+  dispatch_nv(d.N, [&](auto nv) {
+    for_each_task(d, split, pos, [&](int64_t b, int64_t g, int64_t s, int64_t p0, int64_t p1, const Spatial& sp) {
+      backward_task<decltype(nv)::value>(d, b, g, s, p0, p1, split.per_group, in, hp, gp, out, sp);
+    });
+  });
+  return {du, ddelta, dA.sum(0), dBp.sum(2), dCp.sum(2), dD.sum(0), dbias.sum(0)};
+}
+
+}  // namespace
+
+// Plain scan: u, delta, y (batch, G, P, L). Returns (y, hsave).
+std::vector<at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                     const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& D,
+                                     const at::Tensor& bias, bool softplus, bool save_states) {
+  const Dims d = check_plain(u, delta, A, Bm, Cm, D, bias);
+  const Inputs in = inputs(u, delta.data_ptr<float>(), nullptr, nullptr, 0, A, Bm, Cm, D, bias, softplus);
+  return run_forward(d, in, u, save_states, {});
+}
+
+// Plain scan. Returns (du, ddelta, dA, dBm, dCm, dD, dbias).
 std::vector<at::Tensor> scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                       const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& D,
                                       const at::Tensor& bias, bool softplus, const at::Tensor& hsave,
                                       const at::Tensor& dy) {
-  const Dims d = check(u, delta, A, Bm, Cm, D, bias);
-  TORCH_CHECK(dy.sizes() == u.sizes() && dy.scalar_type() == at::kFloat && dy.is_contiguous(), "dy must match u");
-  TORCH_CHECK(hsave.numel() == d.batch * d.groups * d.P * d.chunks * d.N, "hsave does not match the inputs");
-  const Inputs in = inputs(u, delta, A, Bm, Cm, D, bias, softplus);
-  const Split sp(d, 8);
-  at::Tensor du = at::empty_like(u), ddelta = at::empty_like(u);
-  at::Tensor dA = at::zeros({d.batch, d.groups, d.P, d.N}, u.options());
-  at::Tensor dD = at::zeros({d.batch, d.groups, d.P}, u.options()), dbias = at::zeros_like(dD);
-  at::Tensor dBp = at::empty({d.batch, d.groups, sp.per_group, d.L, d.N}, u.options()), dCp = at::empty_like(dBp);
-  const Grads out{du.data_ptr<float>(),  ddelta.data_ptr<float>(), dA.data_ptr<float>(),   dBp.data_ptr<float>(),
-                  dCp.data_ptr<float>(), dD.data_ptr<float>(),     dbias.data_ptr<float>()};
-  dispatch_nv(d.N, [&](auto nv) {
-    at::parallel_for(0, d.batch * d.groups * sp.per_group, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t s = task % sp.per_group, bg = task / sp.per_group;
-        const int64_t p0 = s * sp.width, p1 = std::min(d.P, p0 + sp.width);
-        backward_task<decltype(nv)::value>(d, bg / d.groups, bg % d.groups, s, p0, p1, sp.per_group, in,
-                                           hsave.data_ptr<float>(), dy.data_ptr<float>(), out);
-      }
-    });
-  });
-  return {du, ddelta, dA.sum(0), dBp.sum(2), dCp.sum(2), dD.sum(0), dbias.sum(0)};
+  const Dims d = check_plain(u, delta, A, Bm, Cm, D, bias);
+  const Inputs in = inputs(u, delta.data_ptr<float>(), nullptr, nullptr, 0, A, Bm, Cm, D, bias, softplus);
+  return run_backward(d, in, u, hsave, dy, {});
+}
+
+// Fused cross-scan, step-size projection, scan and cross-merge of SS2D. u (batch, H, W, P) channels-last is read in
+// the four direction orders; the raw step sizes of direction g are dtw[g] @ dts[:, g] (dts (batch, 4, R, L) and
+// B, C (batch, 4, L, N) in each direction's time order); y (batch, H, W, P) is the sum over the directions of
+// (scan + D u) at each position. Returns (y, hsave).
+std::vector<at::Tensor> cross_scan_forward(const at::Tensor& u, const at::Tensor& dts, const at::Tensor& dtw,
+                                           const at::Tensor& A, const at::Tensor& Bm, const at::Tensor& Cm,
+                                           const at::Tensor& D, const at::Tensor& bias, bool softplus,
+                                           bool save_states) {
+  const Dims d = check_cross(u, dts, dtw, A, Bm, Cm, D, bias);
+  const Inputs in = inputs(u, nullptr, dts.data_ptr<float>(), dtw.data_ptr<float>(), dtw.size(2), A, Bm, Cm, D,
+                           bias, softplus);
+  return run_forward(d, in, u, save_states, cross_scan_positions(u.size(1), u.size(2)));
+}
+
+// Fused cross-scan backward given dy (batch, H, W, P). Returns (du (batch, H, W, P), ddelta (batch, 4, P, L) (the
+// gradient of the raw step sizes: dts and dtw get theirs from it), dA, dBm, dCm, dD, dbias).
+std::vector<at::Tensor> cross_scan_backward(const at::Tensor& u, const at::Tensor& dts, const at::Tensor& dtw,
+                                            const at::Tensor& A, const at::Tensor& Bm, const at::Tensor& Cm,
+                                            const at::Tensor& D, const at::Tensor& bias, bool softplus,
+                                            const at::Tensor& hsave, const at::Tensor& dy) {
+  const Dims d = check_cross(u, dts, dtw, A, Bm, Cm, D, bias);
+  const Inputs in = inputs(u, nullptr, dts.data_ptr<float>(), dtw.data_ptr<float>(), dtw.size(2), A, Bm, Cm, D,
+                           bias, softplus);
+  return run_backward(d, in, u, hsave, dy, cross_scan_positions(u.size(1), u.size(2)));
 }
 
 bool has_avx2() { return VMU_AVX2 != 0; }
@@ -492,6 +652,8 @@ double probe_updates_per_second(int64_t steps) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &scan_forward, "selective scan forward (CPU, float32)");
   m.def("backward", &scan_backward, "selective scan backward (CPU, float32)");
+  m.def("cross_scan_forward", &cross_scan_forward, "fused SS2D cross-scan + selective scan + merge forward");
+  m.def("cross_scan_backward", &cross_scan_backward, "fused SS2D cross-scan + selective scan + merge backward");
   m.def("has_avx2", &has_avx2, "whether this build uses AVX2+FMA intrinsics");
   m.def("probe_updates_per_second", &probe_updates_per_second, "peak state updates/s of the step arithmetic");
 }

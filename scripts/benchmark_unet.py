@@ -1,0 +1,167 @@
+"""VM-UNetV2 against MONAI BasicUNet on the CPU: eval latency and the training step, as ratios from one run.
+
+Pairs (each VM-UNetV2 row is timed alternately with its BasicUNet in the same loop, so load on a shared machine hits
+both alike; the ratio is VM-UNetV2's median over BasicUNet's):
+
+- default: ``VMUNetV2()`` (depths 2,2,9,2, dims 96) against ``BasicUNet()`` (features 32,32,64,128,256,32);
+- shipped: the recipe model of ``bundle/configs/kvasir_cpu.json`` (depths 2,2,2,2, dims 32, stage 4 dropped)
+  against the recipe's half-width BasicUNet (features 16,16,32,64,128,16, from
+  :data:`vmunetv2_monai.evaluation.recipe.MODEL_OVERRIDES`).
+
+Cases: eval at batch 1 (256x256 and the recipe's 128x128), eval at batch 8, and a training step at batch 8
+(forward, loss, backward, AdamW step; VM-UNetV2 with its deep-supervision loss as in the bundle, BasicUNet with
+DiceCE), each at every ``--threads`` count. The default eval at batch 1 also runs with ``scan_backend="cpu"`` (the
+unfused SS2D path) to show what the fused ``cpu_fused`` path gains.
+
+    python scripts/benchmark_unet.py --threads 1 2     # logs the table; writes outputs/benchmark_unet.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from bench_common import machine_info
+from monai.losses import DeepSupervisionLoss, DiceCELoss
+from monai.networks.nets import BasicUNet
+
+from vmunetv2_monai import VMUNetV2
+from vmunetv2_monai.bundle.opener import DEFAULT_BUNDLE
+from vmunetv2_monai.evaluation.recipe import MODEL_OVERRIDES
+
+logger = logging.getLogger("benchmark_unet")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row: a VM-UNetV2 and a BasicUNet on the same input, eval or a training step."""
+
+    name: str
+    vmunet: Callable[[], nn.Module]
+    basicunet: Callable[[], nn.Module]
+    batch: int
+    size: int
+    train: bool
+
+
+def shipped_kwargs() -> dict:
+    """The VM-UNetV2 arguments of the shipped recipe config (kvasir_cpu.json over train.json's defaults)."""
+    cfg = json.loads((DEFAULT_BUNDLE / "configs" / "kvasir_cpu.json").read_text())
+    return {"depths": cfg["depths"], "dims": cfg["dims"], "keep_unused_stage": cfg["keep_unused_stage"],
+            "drop_path_rate": cfg["drop_path_rate"]}
+
+
+def cases() -> list[Case]:
+    half = {k: v for k, v in MODEL_OVERRIDES["basicunet"]["network_def"].items() if k != "_target_"}
+    shipped = shipped_kwargs()
+
+    def default_vm() -> nn.Module:
+        return VMUNetV2()
+
+    def unfused_vm() -> nn.Module:
+        return VMUNetV2(scan_backend="cpu")
+
+    def shipped_vm() -> nn.Module:
+        return VMUNetV2(**shipped)
+
+    def default_bu() -> nn.Module:
+        return BasicUNet(spatial_dims=2, in_channels=3, out_channels=1)
+
+    def half_bu() -> nn.Module:
+        return BasicUNet(**half)
+
+    return [
+        Case("default, eval, batch 1, 256^2", default_vm, default_bu, 1, 256, False),
+        Case("default (scan_backend=cpu, unfused), eval, batch 1, 256^2", unfused_vm, default_bu, 1, 256, False),
+        Case("shipped vs half-width, eval, batch 1, 256^2", shipped_vm, half_bu, 1, 256, False),
+        Case("shipped vs half-width, eval, batch 1, 128^2", shipped_vm, half_bu, 1, 128, False),
+        Case("default, eval, batch 8, 256^2", default_vm, default_bu, 8, 256, False),
+        Case("shipped vs half-width, eval, batch 8, 128^2", shipped_vm, half_bu, 8, 128, False),
+        Case("default, train step, batch 8, 256^2", default_vm, default_bu, 8, 256, True),
+        Case("shipped vs half-width, train step, batch 8, 128^2", shipped_vm, half_bu, 8, 128, True),
+    ]
+
+
+def step_fn(net: nn.Module, batch: int, size: int, train: bool) -> Callable[[], None]:
+    """One eval forward (no grad) or one training step of ``net`` on a fixed random batch."""
+    x = torch.randn(batch, 3, size, size)
+    if not train:
+        net.eval()
+
+        def infer() -> None:
+            with torch.no_grad():
+                net(x)
+
+        return infer
+    net.train()
+    y = (torch.rand(batch, 1, size, size) > 0.5).float()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    dice_ce = DiceCELoss(sigmoid=True)
+    ds_loss = DeepSupervisionLoss(dice_ce)
+
+    def train_step() -> None:
+        opt.zero_grad(set_to_none=True)
+        out = net(x)
+        (ds_loss(out, y) if isinstance(out, list) else dice_ce(out, y)).backward()
+        opt.step()
+
+    return train_step
+
+
+def measure(case: Case, repeats: int) -> dict:
+    """Medians of ``repeats`` alternating runs of both networks after one warm-up run each."""
+    torch.manual_seed(0)
+    fns = {"vmunet": step_fn(case.vmunet(), case.batch, case.size, case.train),
+           "basicunet": step_fn(case.basicunet(), case.batch, case.size, case.train)}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"vmunet_s": med["vmunet"], "basicunet_s": med["basicunet"], "ratio": med["vmunet"] / med["basicunet"],
+            "per_image_vmunet_ms": 1e3 * med["vmunet"] / case.batch,
+            "per_image_basicunet_ms": 1e3 * med["basicunet"] / case.batch, "load_avg_1min": os.getloadavg()[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to run")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per network and case (median)")
+    parser.add_argument("--cases", type=str, default="", help="run only cases whose name contains this text")
+    parser.add_argument("--json", type=Path, default=Path("outputs/benchmark_unet.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    info = machine_info()
+    logger.info("machine: %s", ", ".join(f"{k}={v}" for k, v in info.items()))
+    rows = []
+    header = "| threads | case | VM-UNetV2 | BasicUNet | ratio | VM-UNetV2 per image | load avg |"
+    logger.info("%s\n|---|---|---|---|---|---|---|", header)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for case in cases():
+            if args.cases not in case.name:
+                continue
+            row = {"threads": threads, "case": case.name, **measure(case, args.repeats)}
+            rows.append(row)
+            logger.info("| %d | %s | %.3f s | %.3f s | %.2fx | %.1f ms | %.1f |", threads, case.name, row["vmunet_s"],
+                        row["basicunet_s"], row["ratio"], row["per_image_vmunet_ms"], row["load_avg_1min"])
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"machine": info, "repeats": args.repeats, "rows": rows}, indent=1) + "\n")
+    logger.info("json: %s", args.json)
+
+
+if __name__ == "__main__":
+    main()

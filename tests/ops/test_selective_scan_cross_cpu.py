@@ -1,0 +1,103 @@
+"""The fused SS2D cross-scan (``cpu_fused``) against cross-scan + ``reference`` scan + cross-merge in PyTorch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vmunetv2_monai.networks.blocks.ss2d as ss2d_module
+from tests.conftest import rel_err
+from vmunetv2_monai.networks.blocks.ss2d import SS2D
+from vmunetv2_monai.ops.selective_scan import resolve_backend
+from vmunetv2_monai.ops.selective_scan.cpu import cpu_status
+from vmunetv2_monai.ops.selective_scan.cross_cpu import cross_scan_supported, cross_selective_scan_cpu
+
+CPU_OK, CPU_REASON = cpu_status()
+pytestmark = pytest.mark.skipif(not CPU_OK, reason=f"cpu scan kernel unavailable: {CPU_REASON}")
+PARAMS = ("x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds")
+
+
+def _mixer(d_model: int, d_state: int, seed: int) -> SS2D:
+    """An SS2D with its scan parameters moved off the initialisation (A not -(1..N), D not 1)."""
+    torch.manual_seed(seed)
+    m = SS2D(d_model, d_state=d_state, scan_backend="reference")
+    with torch.no_grad():
+        m.A_logs.add_(torch.randn_like(m.A_logs) * 0.3)
+        m.Ds.add_(torch.randn_like(m.Ds) * 0.5)
+    return m
+
+
+@pytest.mark.parametrize(
+    "batch, h, w, d_model, d_state",
+    [
+        (2, 7, 11, 16, 16),  # H != W, L not a multiple of the 64-step chunk
+        (1, 24, 29, 8, 8),  # L = 696: more than one 512-step block of the kernel
+        (1, 1, 5, 24, 32),  # a single row: the column-major order equals the row-major one
+    ],
+)
+def test_fused_matches_unfused_reference_forward_and_backward(batch, h, w, d_model, d_state) -> None:
+    m = _mixer(d_model, d_state, seed=h * w)
+    x = torch.randn(batch, h, w, m.d_inner)
+    params = [getattr(m, name) for name in PARAMS]
+
+    x_ref = x.clone().requires_grad_(True)
+    y_ref = m._cross_scan_unfused(x_ref.permute(0, 3, 1, 2))
+    grad_out = torch.randn_like(y_ref)
+    grads_ref = torch.autograd.grad(y_ref, [x_ref, *params], grad_out)
+
+    x_fused = x.clone().requires_grad_(True)
+    y = cross_selective_scan_cpu(x_fused, *params)
+    grads = torch.autograd.grad(y, [x_fused, *params], grad_out)
+
+    assert y.shape == (batch, h, w, m.d_inner)
+    assert rel_err(y, y_ref) < 1e-5
+    for name, got, want in zip(("x", *PARAMS), grads, grads_ref, strict=True):
+        assert got.shape == want.shape, name
+        assert rel_err(got, want) < 1e-5, name
+
+
+def test_ss2d_takes_the_fused_path_and_matches_the_reference_backend(monkeypatch) -> None:
+    calls = []
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return cross_selective_scan_cpu(*args)
+
+    monkeypatch.setattr(ss2d_module, "cross_selective_scan_cpu", counting)
+    ref = _mixer(16, 8, seed=0)
+    fused = SS2D(16, d_state=8, scan_backend="cpu_fused")
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 6, 10, 16)
+    y_ref, y = ref(x), fused(x)
+    grad_out = torch.randn_like(y)
+    grads_ref = torch.autograd.grad(y_ref, list(ref.parameters()), grad_out)
+    grads = torch.autograd.grad(y, list(fused.parameters()), grad_out)
+    assert calls == [(2, 6, 10, fused.d_inner)]
+    assert rel_err(y, y_ref) < 1e-5
+    for (name, _), got, want in zip(fused.named_parameters(), grads, grads_ref, strict=True):
+        assert rel_err(got, want) < 1e-5, name
+
+
+def test_plain_cpu_backend_does_not_fuse(monkeypatch) -> None:
+    monkeypatch.setattr(ss2d_module, "cross_selective_scan_cpu", lambda *a: pytest.fail("fused path taken"))
+    SS2D(16, d_state=8, scan_backend="cpu")(torch.randn(1, 4, 4, 16))
+
+
+def test_inputs_the_fused_op_does_not_take_use_the_unfused_path() -> None:
+    m = SS2D(16, d_state=8, scan_backend="cpu_fused")
+    x = torch.randn(1, 4, 4, m.d_inner)
+    assert cross_scan_supported(x, m.A_logs)
+    assert not cross_scan_supported(x.double(), m.A_logs)
+    assert not cross_scan_supported(x, torch.zeros(4 * m.d_inner, 4))  # d_state 4: not a kernel size
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not cross_scan_supported(x, m.A_logs)
+    ref = SS2D(16, d_state=8, scan_backend="reference").double()
+    ref.load_state_dict(m.state_dict())
+    x64 = torch.randn(1, 4, 5, 16, dtype=torch.float64)
+    assert rel_err(m.double()(x64), ref(x64)) < 1e-8  # float64: the blocked torch scan
+
+
+def test_backend_names() -> None:
+    assert resolve_backend("cpu_fused", torch.device("cpu")) == "cpu_fused"
+    with pytest.raises(RuntimeError, match="needs CPU tensors"):
+        resolve_backend("cpu_fused", torch.device("meta"))
