@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,7 @@ from vmunetv2_monai.bundle import DEFAULT_BUNDLE, Bundle
 from vmunetv2_monai.checkpoints import load_state_dict
 from vmunetv2_monai.data.datalist import build_datalist
 from vmunetv2_monai.evaluation.stats import mean_interval
-from vmunetv2_monai.files import atomic_write
+from vmunetv2_monai.files import atomic_write, write_json
 from vmunetv2_monai.interactive import next_click
 from vmunetv2_monai.metrics import dice_score
 
@@ -43,11 +42,12 @@ logger = logging.getLogger("click_benchmark")
 
 
 class BundleModel:
-    """A bundle's inference config (``keys`` image and label) with its weights loaded, on the CPU."""
+    """A bundle's inference config with ``inference_labels.json`` (masks read as in training) and its weights
+    loaded, on the CPU."""
 
     def __init__(self, bundle_dir: Path, weights: Path | None = None) -> None:
         bundle = Bundle(bundle_dir)
-        self.parser = bundle.config("inference", {"keys": ["image", "label"]})
+        self.parser = bundle.config(["inference", "inference_labels"])
         self.network = self.parser.get_parsed_content("network")
         self.network.load_state_dict(load_state_dict(weights or bundle.model_path))
         self.network.eval()
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 w.writerow([n, f"{baseline[n]:.6f}", *[f"{s:.6f}" for s in curves[n]]])
 
     atomic_write(args.out / "clicks.csv", write_csv)
-    atomic_write(args.out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
+    write_json(args.out / "summary.json", summary)
     text = markdown(summary)
     atomic_write(args.out / "click_benchmark.md", lambda tmp: Path(tmp).write_text(text))
     plot(curves, summary["automatic_baseline_dice"]["value"], args.out / "click_curve.png")

@@ -3,9 +3,10 @@
 ``bundle_deepedit/`` is a stand-alone bundle that MONAI Label's stock ``monaibundle`` app serves as a DeepEdit model
 (the folder name holds "deepedit"). Its ``configs/train.json`` and ``configs/inference.json`` are ``bundle/``'s,
 merged with ``bundle/configs/deepedit_train.json`` and ``deepedit_inference.json`` (MONAI's own config merge,
-``ConfigParser.load_config_files``), so the two bundles share one definition of every other id. ``logging.conf``
-and ``sample_data/`` are copied. Hand-written files (metadata, model card, licence, ``large_files.yml``) and the
-weights are not touched, except that ``--model`` installs new weights and their sha256.
+``ConfigParser.load_config_files``), so the two bundles share one definition of every other id.
+``logging.conf``, ``inference_labels.json`` and ``sample_data/`` are copied. Hand-written files (metadata, model
+card, licence, ``large_files.yml``) and the weights are not touched, except that ``--model`` installs new
+weights and their sha256.
 
     python scripts/make_deepedit_bundle.py                      # regenerate bundle_deepedit/ configs
     python scripts/make_deepedit_bundle.py --check              # exit 1 if they are stale
@@ -31,7 +32,7 @@ from vmunetv2_monai.files import atomic_write
 SOURCE = DEFAULT_BUNDLE
 TARGET = DEFAULT_BUNDLE.parent / "bundle_deepedit"
 MERGED = {"train.json": "deepedit_train.json", "inference.json": "deepedit_inference.json"}
-COPIED = ("configs/logging.conf", "sample_data")
+COPIED = ("configs/logging.conf", "configs/inference_labels.json", "sample_data")
 logger = logging.getLogger("make_deepedit_bundle")
 
 

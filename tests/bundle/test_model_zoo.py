@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.transforms import Compose
 
 from vmunetv2_monai import VMUNetV2
 
@@ -82,11 +83,29 @@ def test_standalone_configs_define_shared_ids_once() -> None:
     the same in both files (only the workflow ids differ): training reads images exactly as inference does."""
     inference, train = _config("inference"), _config("train")
     differing = sorted(k for k in inference.keys() & train.keys() if inference[k] != train[k])
-    assert differing == ["_desc_", "initialize", "keys", "run"]
+    assert differing == ["_desc_", "initialize", "keys", "read_transforms", "run"]
+    assert inference["read_transforms"] == train["read_transforms"][:-1]  # the images are read alike; the masks
+    assert train["read_transforms"][-1]["_target_"].endswith("BinarizeMaskd")  # only training reads
+    assert "_disabled_" not in json.dumps(train) + json.dumps(inference)  # no switches: variants are override files
     assert train["dataset_dir"] == "$os.path.join(@bundle_root, 'sample_data')"  # data inside the bundle
     for name in ("evaluate", "multi_gpu_train", "multi_gpu_evaluate", "kvasir_full", "kvasir_cpu"):
         unknown = {k.split("#")[0] for k in _config(name)} - set(train) - {"_desc_", "initialize", "run", "finalize"}
         assert unknown <= {"eval_split", "find_unused_parameters", "dist_backend", "is_not_rank0"}, (name, unknown)
+
+
+def test_inference_labels_reads_masks_as_training_does() -> None:
+    """inference_labels.json (merged over inference.json) reads the mask beside each image with train.json's read
+    transforms, so predictions are scored against the masks training saw."""
+    labels, train = _config("inference_labels"), _config("train")
+    assert set(labels) == {"_desc_", "keys", "read_transforms"}
+    assert labels["keys"] == train["keys"] == ["image", "label"]
+    assert labels["read_transforms"] == train["read_transforms"]
+    wf = ConfigWorkflow(config_file=[str(CONFIGS / "inference.json"), str(CONFIGS / "inference_labels.json")],
+                        workflow_type="infer", meta_file=str(CONFIGS / "metadata.json"), bundle_root=str(BUNDLE))
+    sample = sorted((BUNDLE / "sample_data" / "images").iterdir())[0]
+    item = Compose(wf.parser.get_parsed_content("load_transforms"))(
+        {"image": str(sample), "label": str(BUNDLE / "sample_data" / "masks" / f"{sample.stem}.png")})
+    assert item["image"].shape[0] == 3 and set(torch.unique(item["label"]).tolist()) == {0.0, 1.0}
 
 
 def test_inference_trt_overrides_only_inference_ids() -> None:

@@ -63,6 +63,17 @@ def test_validation_time_is_not_counted() -> None:
     assert trainer.state.iteration >= 15
 
 
+def test_wall_clock_budget_counts_waiting_that_cpu_time_does_not() -> None:
+    trainer = Engine(lambda engine, batch: time.sleep(0.01))  # waits like a process on a GPU: little CPU time
+    budget = TrainingBudget(FakeValidator(), cpu_seconds=0.2, val_every_cpu_s=0.1, clock="wall")
+    budget.attach(trainer)
+    start = time.perf_counter()
+    trainer.run(range(5), max_epochs=1000)
+    assert 0.2 <= budget.used_cpu_s <= time.perf_counter() - start
+    assert 5 <= trainer.state.iteration <= 21  # ~0.01 s per iteration (sleep may overshoot, never undershoot)
+    assert len(budget.history) == 2 and budget.progress(trainer) == 1.0
+
+
 def test_iteration_budget_stops_exactly_and_validates_every_interval_and_at_end() -> None:
     trainer, validator = _trainer(), FakeValidator()
     budget = TrainingBudget(validator, iterations=12, val_interval=2)
@@ -134,7 +145,7 @@ def test_epoch_schedule_decays_over_the_actual_run() -> None:
     ("kwargs", "message"),
     [({"cpu_seconds": 0}, "'budget_cpu_s' must be > 0"), ({"iterations": 1.5}, "'budget_iterations'"),
      ({"cpu_seconds": 1, "iterations": 2}, "not both"), ({"val_every_cpu_s": -1}, "'val_every_cpu_s'"),
-     ({"val_interval": 0}, "'val_interval'")],
+     ({"val_interval": 0}, "'val_interval'"), ({"clock": "gpu"}, "'budget_clock' must be one of process, wall")],
 )
 def test_bad_budget_settings_are_named(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):

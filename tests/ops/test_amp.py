@@ -83,9 +83,9 @@ def _engines(node, found: list) -> list:
 
 def test_bundle_engines_get_the_policy() -> None:
     """Whatever the file layout: every engine in bundle/configs takes its AMP from ``amp_dtype`` =
-    ``autocast_dtype(@amp, @device)`` (defined once in each stand-alone config), ``amp`` is "auto" by default and
-    "off" in the paper recipe and for the TensorRT engine (its precision is the engine's), and the expressions
-    resolve in a MONAI config."""
+    ``autocast_dtype(@amp, @device)`` through ``use_amp`` and ``amp_kwargs`` (defined once in each stand-alone
+    config), ``amp`` is "auto" by default and "off" in the paper recipe and for the TensorRT engine (its precision
+    is the engine's), and the expressions resolve in a MONAI config."""
     from monai.bundle import ConfigParser
 
     configs = Path(__file__).resolve().parents[2] / "bundle" / "configs"
@@ -97,15 +97,17 @@ def test_bundle_engines_get_the_policy() -> None:
             defaults[path.name] = config["amp"]
         if "amp_dtype" in config:
             assert config["amp_dtype"] == "$vmunetv2_monai.ops.autocast_dtype(@amp, @device)", path
+            assert config["use_amp"] == "$@amp_dtype is not None", path
+            assert config["amp_kwargs"] == {"dtype": "@amp_dtype"}, path
     assert len(engines) >= 3  # training, validation, inference
     for engine in engines:
-        assert engine["amp"] == "$@amp_dtype is not None"
-        assert engine["amp_kwargs"] == {"dtype": "@amp_dtype"}
+        assert engine["amp"] == "@use_amp" and engine["amp_kwargs"] == "@amp_kwargs"
     assert defaults.pop("kvasir_full.json") == "off"
     assert defaults.pop("inference_trt.json") == "off"
     assert defaults and set(defaults.values()) == {"auto"}, defaults
     parser = ConfigParser({"imports": ["$import torch", "$import vmunetv2_monai"], "amp": "auto",
                            "amp_dtype": "$vmunetv2_monai.ops.autocast_dtype(@amp, @device)",
+                           "use_amp": "$@amp_dtype is not None", "amp_kwargs": {"dtype": "@amp_dtype"},
                            "device": "$torch.device('cpu')", "engine": {"amp": engines[0]["amp"],
                                                                        "amp_kwargs": engines[0]["amp_kwargs"]}})
     assert parser.get_parsed_content("engine") == {"amp": False, "amp_kwargs": {"dtype": None}}

@@ -40,9 +40,10 @@ def tail(out: str, lines: int = 15) -> str:
 
 
 def load_transforms(keys: tuple[str, ...] = ("image", "label")) -> Compose:
-    """The bundle's ``load_transforms`` (train.json) for ``keys``."""
+    """The bundle's ``load_transforms`` for ``keys``: train.json's for images with masks, inference.json's (which
+    reads images only) for ``("image",)``."""
     parser = ConfigParser()
-    parser.read_config(cfg("train"))
+    parser.read_config(cfg("train" if "label" in keys else "inference"))
     parser["keys"] = list(keys)
     return Compose(parser.get_parsed_content("load_transforms"))
 

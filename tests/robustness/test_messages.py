@@ -93,10 +93,11 @@ def test_image_size_as_one_number_or_a_pair_passes():
 
 
 def _image(path, intensity: str) -> np.ndarray:
-    """``path`` through train.json's ``load_transforms`` (image only) with ``intensity``: (3, W, H) in [0, 1]."""
+    """``path`` through inference.json's ``load_transforms`` (images only) with ``intensity``: (3, W, H) in
+    [0, 1]."""
     parser = ConfigParser()
-    parser.read_config(cfg("train"))
-    parser.update({"keys": ["image"], "intensity": intensity})
+    parser.read_config(cfg("inference"))
+    parser.update({"intensity": intensity})
     return np.asarray(Compose(parser.get_parsed_content("load_transforms"))({"image": str(path)})["image"])
 
 

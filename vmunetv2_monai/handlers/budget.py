@@ -1,5 +1,6 @@
-"""Training budget for an ignite trainer: epochs or CPU seconds of the process, validation on that budget's clock,
-and a warm-up + cosine learning rate over the budget (so every run anneals fully, whatever its length)."""
+"""Training budget for an ignite trainer: epochs, iterations, or seconds of the process's CPU time (or of wall time,
+for GPUs), validation on that budget's clock, and a warm-up + cosine learning rate over the budget (so every run
+anneals fully, whatever its length)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["TrainingBudget", "WarmupCosineLR"]
+__all__ = ["BUDGET_CLOCKS", "TrainingBudget", "WarmupCosineLR"]
 
 logger = logging.getLogger(__name__)
+
+BUDGET_CLOCKS = {"process": time.process_time, "wall": time.perf_counter}
+"""The clocks a seconds budget can count: the process's CPU time (fair under load with one thread per process) or
+wall time (for GPUs, where the process mostly waits on the device)."""
 
 
 class TrainingBudget:
@@ -26,7 +31,9 @@ class TrainingBudget:
     the trainer's own handlers count, the validation runs this handler starts do not, so a run's length does not
     depend on other load on the machine (use one thread per process for a fair count). The validator runs every
     ``val_every_cpu_s`` budget seconds and once more when the budget is spent; ``max_epochs`` is then only an upper
-    bound (a run that ends before its budget is validated at its last iteration). With ``iterations`` set instead,
+    bound (a run that ends before its budget is validated at its last iteration). With ``clock="wall"`` the same
+    budget counts wall-clock seconds of training iterations instead (validation still excluded): the fair measure
+    on a GPU, where a process spends its time waiting on the device. With ``iterations`` set instead,
     training stops after that many iterations (the same schedule on any machine; validation every ``val_interval``
     epochs and at the end). With neither, the trainer's ``max_epochs``
     is the budget and the validator runs every ``val_interval`` epochs and after the last epoch.
@@ -38,14 +45,15 @@ class TrainingBudget:
 
     Args:
         validator: the evaluator to run (its key metric is recorded in the history).
-        cpu_seconds: the training budget in CPU seconds of this process.
+        cpu_seconds: the training budget in seconds of ``clock`` (CPU seconds of this process by default).
         iterations: the training budget in iterations (only without ``cpu_seconds``); neither: ``max_epochs``.
         val_every_cpu_s: CPU seconds between validations (CPU budget).
         val_interval: epochs between validations (epoch budget).
+        clock: ``"process"`` (``time.process_time``) or ``"wall"`` (``time.perf_counter``), for ``cpu_seconds``.
 
     Raises:
         ValueError: naming the bundle setting (``budget_cpu_s``, ``budget_iterations``, ``val_every_cpu_s``,
-            ``val_interval``) for a value out of range, or both budgets given.
+            ``val_interval``, ``budget_clock``) for a value out of range, or both budgets given.
     """
 
     def __init__(
@@ -55,7 +63,10 @@ class TrainingBudget:
         val_every_cpu_s: float = 300.0,
         val_interval: int = 1,
         iterations: int | None = None,
+        clock: str = "process",
     ) -> None:
+        if clock not in BUDGET_CLOCKS:
+            raise ValueError(f"'budget_clock' must be one of {', '.join(BUDGET_CLOCKS)}, got {clock!r}")
         if cpu_seconds is not None and not cpu_seconds > 0:
             raise ValueError(f"'budget_cpu_s' must be > 0 or null, got {cpu_seconds}")
         if iterations is not None and (int(iterations) != iterations or iterations < 1):
@@ -71,6 +82,9 @@ class TrainingBudget:
         self.val_every_cpu_s = float(val_every_cpu_s)
         self.val_interval = int(val_interval)
         self.iterations = None if iterations is None else int(iterations)
+        self.clock = clock
+        self._now = BUDGET_CLOCKS[clock]
+        self._unit = "CPU s" if clock == "process" else "wall s"
         self.used_cpu_s = 0.0
         self.history: list[list[float]] = []
         self._mark = 0.0
@@ -136,16 +150,16 @@ class TrainingBudget:
         return min(1.0, done / total)
 
     def _start(self, engine: Engine) -> None:
-        self._mark = time.process_time()
+        self._mark = self._now()
         if self.cpu_seconds is not None:
-            logger.info("training budget: %.0f of %.0f CPU s spent, validation every %.0f CPU s",
-                        self.used_cpu_s, self.cpu_seconds, self.val_every_cpu_s)
+            logger.info("training budget: %.0f of %.0f %s spent, validation every %.0f %s", self.used_cpu_s,
+                        self.cpu_seconds, self._unit, self.val_every_cpu_s, self._unit)
         if self.progress(engine) >= 1.0 and (self.cpu_seconds is not None or self.iterations is not None):
             logger.info("the training budget was already spent (a resumed, finished run): nothing to train")
             engine.terminate()
 
     def _tick(self, engine: Engine) -> None:
-        now = time.process_time()
+        now = self._now()
         before = self.used_cpu_s
         self.used_cpu_s += now - self._mark
         if idist.get_world_size() > 1:
@@ -154,10 +168,10 @@ class TrainingBudget:
         if done or math.floor(self.used_cpu_s / self.val_every_cpu_s) > math.floor(before / self.val_every_cpu_s):
             self._validate(engine)
         if done:
-            logger.info("training budget of %.0f CPU s spent at iteration %d (epoch %d): stopping",
-                        self.cpu_seconds, engine.state.iteration, engine.state.epoch)
+            logger.info("training budget of %.0f %s spent at iteration %d (epoch %d): stopping",
+                        self.cpu_seconds, self._unit, engine.state.iteration, engine.state.epoch)
             engine.terminate()
-        self._mark = time.process_time()
+        self._mark = self._now()
 
     def _final(self, engine: Engine) -> None:
         # a run that ends before its budget (max_epochs, early stopping) is validated at its last iteration too
@@ -174,8 +188,8 @@ class TrainingBudget:
         value = self.validator.state.metrics.get(key, float("nan")) if key else float("nan")
         self.history.append([round(self.used_cpu_s, 1), float(engine.state.iteration), float(value)])
         if self.cpu_seconds is not None:
-            logger.info("validation at %.0f / %.0f CPU s (iteration %d): %s %.4f",
-                        self.used_cpu_s, self.cpu_seconds, engine.state.iteration, key, value)
+            logger.info("validation at %.0f / %.0f %s (iteration %d): %s %.4f",
+                        self.used_cpu_s, self.cpu_seconds, self._unit, engine.state.iteration, key, value)
 
 
 class WarmupCosineLR:

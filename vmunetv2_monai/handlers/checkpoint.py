@@ -1,6 +1,6 @@
 """Checkpoint handlers for ignite engines: MONAI's ``CheckpointSaver`` and ``CheckpointLoader`` with this package's
 rules (atomic writes that never overwrite an earlier run's model, never save NaN weights and record each
-checkpoint's lineage; loading with named errors), and a stop on a non-finite training loss."""
+checkpoint's lineage; loading with named errors)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,7 @@ from ..checkpoints import find_non_finite, read_checkpoint
 from ..files import atomic_write
 from .lineage import STATE_ATTR, sidecar_path, write_lineage
 
-__all__ = ["AtomicCheckpointSaver", "AtomicFileSaver", "CheckpointLoader", "StopOnNonFiniteLoss", "keep_previous",
-           "loads_network"]
+__all__ = ["AtomicCheckpointSaver", "AtomicFileSaver", "CheckpointLoader", "keep_previous", "loads_network"]
 
 logger = logging.getLogger(__name__)
 
@@ -404,27 +403,3 @@ def loads_network(handlers: Sequence[Any], key: str = "model") -> bool:
         True when such a loader is among ``handlers``.
     """
     return any(isinstance(getattr(h, "load_dict", None), Mapping) and key in h.load_dict for h in handlers)
-
-
-class StopOnNonFiniteLoss:
-    """Stop training with an error as soon as the training loss is NaN or Inf (ignite's ``TerminateOnNan``
-    ends the run with exit status 0)."""
-
-    def attach(self, engine: Engine) -> None:
-        """Check the loss after every iteration of ``engine``.
-
-        Args:
-            engine: a trainer.
-        """
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        output = engine.state.output
-        items = output if isinstance(output, list) else [output]
-        for item in items:
-            loss = item.get("loss") if isinstance(item, Mapping) else None
-            if loss is not None and not bool(torch.isfinite(torch.as_tensor(loss)).all()):
-                raise FloatingPointError(
-                    f"training loss is {float(torch.as_tensor(loss).float().mean())} at epoch {engine.state.epoch}, "
-                    f"iteration {engine.state.iteration}: training diverged; lower 'learning_rate'"
-                )
