@@ -5,8 +5,12 @@ every section, so a run stopped at its time limit still leaves what it measured)
 Sections: environment; build (``scripts/install_gpu.sh``); backends; scan parity of ``mamba`` against ``cpu`` (on
 CPU copies) and ``torch`` at the four stage shapes, forward and every gradient, with timings; one training step
 with each backend (gradients compared); eval images/s at batch 1 and 32 in fp32 and bf16; the training step at
-batch 16 (fp32 and bf16) with peak memory (``train_step``); the bundle's train / evaluate / inference on the
-sample data with ``device cuda``.
+batch 16 (fp32 and bf16) with peak memory (``train_step``); batch-1 latency, eager against
+:class:`~vmunetv2_monai.networks.CUDAGraphed` replay, for the default and the shipped network and MONAI's BasicUNet
+(``latency``); the bundle's train / evaluate / inference on the sample data with ``device cuda``; with ``--kvasir
+DIR``, ``scripts/kvasir_recipe.py --recipe full`` for VM-UNetV2 and BasicUNet side by side on the GPU, each for
+``--kvasir-budget-s`` wall seconds of training (``budget_clock wall``), scored on the test ids (``kvasir``; the run
+folder without checkpoints is packed into ``kvasir_full.tar.gz``). ``--sections`` picks sections.
 
 ``--smoke`` runs the same code on CPU at small sizes with ``cpu`` / ``torch`` instead of ``mamba``, without the
 build: the test of this script on a machine without a GPU. Exit status 1 when a section failed.
@@ -28,6 +32,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,10 +53,12 @@ TINY_BUNDLE = ["--depths", "[1,1,1,1]", "--dims", "16", "--d_state", "8", "--mid
 class Report:
     """The JSON result, rewritten after every section; failed sections are listed under ``failed``."""
 
-    def __init__(self, out: Path) -> None:
-        self.path, self.data = out / "gpu_check.json", {"failed": []}
+    def __init__(self, out: Path, chosen: set[str] | None = None) -> None:
+        self.path, self.data, self.chosen = out / "gpu_check.json", {"failed": []}, chosen
 
     def section(self, name: str, fn: Callable[[], object]) -> object | None:
+        if self.chosen is not None and name not in self.chosen and name not in ("environment", "backends"):
+            return None
         logger.info("section %s", name)
         start = time.perf_counter()
         try:
@@ -256,6 +263,78 @@ def train_step_memory(device: torch.device, net_kwargs: dict, backend: str, batc
     return result
 
 
+def latency(device: torch.device, smoke: bool, repeats: int) -> dict:
+    """Batch-1 eval images/s, eager and replayed from a CUDA graph (:class:`CUDAGraphed`; eager on CPU), fp32 and bf16
+    autocast, with the graph's largest relative difference from eager: the default network at 256 x 256, the shipped
+    network (kvasir_cpu.json's 2-2-2-2, dims 32) at 128 x 128, and MONAI's BasicUNet (default and half width)."""
+    from monai.networks.nets import BasicUNet
+
+    from vmunetv2_monai.networks import CUDAGraphed
+
+    half = (16, 16, 32, 64, 128, 16)
+    cases = {
+        "vmunetv2_default_256": (lambda: _network(TINY_NET if smoke else {}, "auto", device), 256),
+        "vmunetv2_shipped_128": (lambda: _network({"depths": (2, 2, 2, 2), "dims": 32}, "auto", device), 128),
+        "basicunet_default_256": (lambda: BasicUNet(spatial_dims=2, in_channels=3, out_channels=1).to(device), 256),
+        "basicunet_half_128": (lambda: BasicUNet(spatial_dims=2, in_channels=3, out_channels=1,
+                                                 features=half).to(device), 128),
+    }
+    dtypes = [None] + ([torch.bfloat16] if device.type == "cuda" and torch.cuda.is_bf16_supported() else [])
+    result = {}
+    for name, (make, size) in cases.items():
+        torch.manual_seed(0)
+        net = make().eval()
+        graphed = CUDAGraphed(net)
+        x = torch.rand(1, 3, size // 4 if smoke else size, size // 4 if smoke else size, device=device)
+        for dtype in dtypes:
+            label = "bf16" if dtype else "fp32"
+            for mode, module in (("eager", net), ("graph", graphed)):
+
+                def run(module=module, dtype=dtype, x=x):
+                    with torch.no_grad(), _autocast(device, dtype):
+                        return module(x)
+
+                result[f"{name}_{label}_{mode}_images_per_s"] = round(1.0 / timed(run, device, repeats, 3), 1)
+            with torch.no_grad(), _autocast(device, dtype):
+                result[f"{name}_{label}_graph_rel_err"] = rel_err(graphed(x).float(), net(x).float())
+        logger.info("latency %s", {k: v for k, v in result.items() if k.startswith(name)})
+    return result
+
+
+def kvasir_full(out: Path, data_dir: Path, budget_s: float, val_every_s: float, timeout_s: float,
+                extra: list[str]) -> dict:
+    """``scripts/kvasir_recipe.py --recipe full`` for both models side by side (``--jobs 2``), each training for
+    ``budget_s`` wall seconds, then scored on the test ids; its report's metrics and the run folder packed without
+    checkpoints (``kvasir_full.tar.gz``). The run is stopped after ``timeout_s``."""
+    import tarfile
+
+    run_dir = Path(tempfile.mkdtemp(prefix="kvasir_full_"))
+    sets = [f"budget_cpu_s={budget_s}", "budget_clock=wall", f"val_every_cpu_s={val_every_s}", *extra]
+    cmd = [sys.executable, str(REPO / "scripts" / "kvasir_recipe.py"), "--recipe", "full", "--jobs", "2",
+           "--data-dir", str(data_dir), "--out", str(run_dir)] + [a for s in sets for a in ("--set", s)]
+    start = time.perf_counter()
+    with open(out / "kvasir.log", "w") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            status: int | str = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the recipe and the bundle runs it started
+            proc.wait()
+            status = f"stopped after {timeout_s:.0f} s"
+    tail = (out / "kvasir.log").read_text()[-1500:]
+    with tarfile.open(out / "kvasir_full.tar.gz", "w:gz") as tar:
+        tar.add(run_dir, arcname="kvasir_full", filter=lambda m: None if m.name.endswith(".pt") else m)
+    result = {"status": status, "seconds": round(time.perf_counter() - start, 1), "command": cmd}
+    report = run_dir / "report" / "report.md"
+    if report.is_file():
+        result["report_md"] = report.read_text()
+    if status != 0:
+        raise RuntimeError(f"kvasir_recipe.py: {status}: {tail}")
+    return result
+
+
 def bundle_runs(out: Path, device: str, extra: list[str], epochs: int) -> dict:
     """The bundle's train, evaluate and inference configs on ``bundle/sample_data`` as subprocesses, run in a
     temporary folder (a device returns only a few files); their output goes to ``bundle.log``."""
@@ -298,11 +377,21 @@ def main() -> int:
     parser.add_argument("--skip-build", action="store_true", help="use the mamba-ssm already installed")
     parser.add_argument("--skip-bundle", action="store_true", help="leave out the bundle runs")
     parser.add_argument("--smoke", action="store_true", help="CPU test of this script: small sizes, no build")
+    parser.add_argument("--sections", default="all", help="comma-separated sections to run (default: all)")
+    parser.add_argument("--kvasir", type=Path, help="Kvasir-SEG root: run the full recipe on it (section kvasir)")
+    parser.add_argument("--kvasir-budget-s", type=float, default=150.0, help="wall seconds of training per model")
+    parser.add_argument("--kvasir-val-every-s", type=float, default=30.0, help="wall seconds between validations")
+    parser.add_argument("--kvasir-timeout-s", type=float, default=360.0, help="stop the recipe after this long")
+    parser.add_argument("--stop-after-s", type=float, help="end by this many seconds after the start: the recipe's "
+                        "timeout and training budget shrink to fit (180 s are kept for its start and scoring)")
+    parser.add_argument("--kvasir-set", action="append", default=[], help="extra --set for kvasir_recipe.py")
     args = parser.parse_args()
+    started = time.perf_counter()
+    chosen = None if args.sections == "all" else set(args.sections.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(args.out / "gpu_check.log")])
-    report = Report(args.out)
+    report = Report(args.out, chosen)
     env = report.section("environment", environment)
     if not args.smoke and not env["cuda_available"]:
         logger.error("no CUDA device: this check needs one (use --smoke for the CPU test of the script)")
@@ -331,8 +420,19 @@ def main() -> int:
     report.section("eval_throughput", lambda: throughput(device, net_kwargs, "auto", batches, size, repeats))
     step_repeats = max(3, repeats // 3)
     report.section("train_step", lambda: train_step_memory(device, net_kwargs, "auto", big_batch, size, step_repeats))
+    report.section("latency", lambda: latency(device, args.smoke, 2 if args.smoke else 30))
     if not args.skip_bundle:
         report.section("bundle", lambda: bundle_runs(args.out, str(device), bundle_extra, epochs))
+    if args.kvasir is not None:
+        budget_s, timeout_s = args.kvasir_budget_s, args.kvasir_timeout_s
+        if args.stop_after_s is not None:
+            left = args.stop_after_s - (time.perf_counter() - started)
+            timeout_s = min(timeout_s, left)
+            budget_s = max(20.0, min(budget_s, left - 180.0))
+            logger.info("%.0f s left: recipe timeout %.0f s, training budget %.0f wall s per model", left, timeout_s,
+                        budget_s)
+        report.section("kvasir", lambda: kvasir_full(args.out, args.kvasir, budget_s, args.kvasir_val_every_s,
+                                                     timeout_s, args.kvasir_set))
     logger.info("failed sections: %s", report.data["failed"] or "none")
     return 1 if report.data["failed"] else 0
 

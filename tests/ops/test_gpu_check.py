@@ -41,6 +41,17 @@ def test_smoke_run_measures_every_section(tmp_path) -> None:
     assert set(report["eval_throughput"]) == {"batch1_fp32_images_per_s", "batch2_fp32_images_per_s"}
     assert report["train_step"]["fp32_step_s"] > 0 and report["train_step"]["batch"] == 2
     assert report["backends"]["torch"]["ok"] and (tmp_path / "gpu_check.log").exists()
+    latency = report["latency"]
+    for case in ("vmunetv2_default_256", "vmunetv2_shipped_128", "basicunet_default_256", "basicunet_half_128"):
+        assert latency[f"{case}_fp32_eager_images_per_s"] > 0 and latency[f"{case}_fp32_graph_images_per_s"] > 0
+        assert latency[f"{case}_fp32_graph_rel_err"] == 0.0  # on CPU the wrapper calls the network itself
+
+
+def test_sections_run_only_what_is_asked(tmp_path) -> None:
+    rc, report = _run(tmp_path, "--smoke", "--sections", "latency")
+    assert rc == 0 and report["failed"] == [], report
+    assert {"environment", "backends", "latency"} <= set(report) and "scan_parity" not in report
+    assert "bundle" not in report and "kvasir" not in report
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="covers a machine without CUDA")
