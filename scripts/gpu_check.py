@@ -44,6 +44,8 @@ import torch
 from bench_common import D_STATE, STAGE_SHAPES, K, scan_inputs
 
 REPO = Path(__file__).resolve().parents[1]
+# the package from this checkout: the editable install that the build section makes is not seen by a running process
+sys.path.insert(0, str(REPO))
 logger = logging.getLogger("gpu_check")
 TINY_NET = {"depths": (1, 1, 1, 1), "dims": 16, "d_state": 8, "mid_channels": 8}
 TINY_BUNDLE = ["--depths", "[1,1,1,1]", "--dims", "16", "--d_state", "8", "--mid_channels", "8",
