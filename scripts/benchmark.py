@@ -192,8 +192,13 @@ def complexity_rows() -> None:
         elif isinstance(m, nn.Conv2d):
             macs["module"] += out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
 
+    def in_proj_hook(m: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        # SS2D calls in_proj functionally (two contiguous halves), which the Linear hook above does not see
+        macs["module"] += inputs[0].numel() * m.in_proj.out_features
+
     handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d,
                                                                                      nn.ConvTranspose2d))]
+    handles += [m.register_forward_hook(in_proj_hook) for m in net.modules() if isinstance(m, ss2d_module.SS2D)]
     scan_updates = {"n": 0}
     original = ss2d_module.selective_scan
 
