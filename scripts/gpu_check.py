@@ -35,6 +35,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -306,11 +307,15 @@ def latency(device: torch.device, smoke: bool, repeats: int) -> dict:
 def kvasir_full(out: Path, data_dir: Path, budget_s: float, val_every_s: float, timeout_s: float,
                 extra: list[str]) -> dict:
     """``scripts/kvasir_recipe.py --recipe full`` for both models side by side (``--jobs 2``), each training for
-    ``budget_s`` wall seconds, then scored on the test ids; its report's metrics and the run folder packed without
-    checkpoints (``kvasir_full.tar.gz``). The run is stopped after ``timeout_s``."""
-    import tarfile
+    ``budget_s`` wall seconds, then scored on the test ids, in a temporary folder: its ``report.md`` and each
+    model's test ``eval/summary.json`` go into the result, the folder without checkpoints into
+    ``kvasir_full.tar.gz``. The run is stopped after ``timeout_s``."""
+    with tempfile.TemporaryDirectory(prefix="kvasir_full_") as work:
+        return _kvasir_full(out, Path(work), data_dir, budget_s, val_every_s, timeout_s, extra)
 
-    run_dir = Path(tempfile.mkdtemp(prefix="kvasir_full_"))
+
+def _kvasir_full(out: Path, run_dir: Path, data_dir: Path, budget_s: float, val_every_s: float, timeout_s: float,
+                 extra: list[str]) -> dict:
     sets = [f"budget_cpu_s={budget_s}", "budget_clock=wall", f"val_every_cpu_s={val_every_s}", *extra]
     cmd = [sys.executable, str(REPO / "scripts" / "kvasir_recipe.py"), "--recipe", "full", "--jobs", "2",
            "--data-dir", str(data_dir), "--out", str(run_dir)] + [a for s in sets for a in ("--set", s)]
@@ -328,7 +333,9 @@ def kvasir_full(out: Path, data_dir: Path, budget_s: float, val_every_s: float, 
     tail = (out / "kvasir.log").read_text()[-1500:]
     with tarfile.open(out / "kvasir_full.tar.gz", "w:gz") as tar:
         tar.add(run_dir, arcname="kvasir_full", filter=lambda m: None if m.name.endswith(".pt") else m)
-    result = {"status": status, "seconds": round(time.perf_counter() - start, 1), "command": cmd}
+    result = {"status": status, "seconds": round(time.perf_counter() - start, 1), "command": cmd,
+              "test_summaries": {p.parent.parent.name: json.loads(p.read_text())
+                                 for p in sorted(run_dir.glob("*/eval/summary.json"))}}
     report = run_dir / "report" / "report.md"
     if report.is_file():
         result["report_md"] = report.read_text()

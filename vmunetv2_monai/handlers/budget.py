@@ -18,9 +18,9 @@ __all__ = ["BUDGET_CLOCKS", "TrainingBudget", "WarmupCosineLR"]
 
 logger = logging.getLogger(__name__)
 
-BUDGET_CLOCKS = {"process": time.process_time, "wall": time.perf_counter}
-"""The clocks a seconds budget can count: the process's CPU time (fair under load with one thread per process) or
-wall time (for GPUs, where the process mostly waits on the device)."""
+BUDGET_CLOCKS = {"process": (time.process_time, "CPU s"), "wall": (time.perf_counter, "wall s")}
+"""The clocks a seconds budget can count, with the unit its log lines name: the process's CPU time (fair under
+load with one thread per process) or wall time (for GPUs, where the process mostly waits on the device)."""
 
 
 class TrainingBudget:
@@ -82,9 +82,7 @@ class TrainingBudget:
         self.val_every_cpu_s = float(val_every_cpu_s)
         self.val_interval = int(val_interval)
         self.iterations = None if iterations is None else int(iterations)
-        self.clock = clock
-        self._now = BUDGET_CLOCKS[clock]
-        self._unit = "CPU s" if clock == "process" else "wall s"
+        self._now, self._unit = BUDGET_CLOCKS[clock]
         self.used_cpu_s = 0.0
         self.history: list[list[float]] = []
         self._mark = 0.0

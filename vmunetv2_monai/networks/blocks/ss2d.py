@@ -93,7 +93,6 @@ class SS2D(nn.Module):
         Returns:
             ``(B, H, W, d_model)`` (the scan itself runs in float32, also under autocast).
         """
-        b, h, w, _ = x.shape
         # in_proj as two products, so that each half is contiguous: x.permute below is then a channels-last map,
         # where the depthwise convolution is several times faster than on a channels-first copy
         x, z = F.linear(x, self.in_proj.weight[: self.d_inner]), F.linear(x, self.in_proj.weight[self.d_inner :])

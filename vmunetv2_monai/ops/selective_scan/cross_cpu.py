@@ -28,7 +28,7 @@ def cross_scan_supported(x: torch.Tensor, A_logs: torch.Tensor) -> bool:
     no CPU autocast (under autocast the unfused path keeps its bf16 projections), not traced for export.
 
     Args:
-        x: the map, ``(B, H, W, D)``.
+        x: the map, in any layout (only its dtype and device are read).
         A_logs: ``(4 * D, N)``.
 
     Returns:
