@@ -19,7 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import vmunetv2_monai.networks.blocks.ss2d as ss2d_module
 
 # (rows = batch * K * d_inner, L) of the four VM-UNetV2 stages for a 256x256 image, batch 1, K = 4 directions.
 STAGE_SHAPES = ((768, 4096), (1536, 1024), (3072, 256), (6144, 64))
@@ -163,3 +167,27 @@ def memory_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
     dst = torch.empty_like(src)
     best = min(time_runs(lambda: dst.copy_(src), repeats))
     return 2 * src.numel() * 4 / best / 1e9
+
+
+def network_work(net: nn.Module, x: torch.Tensor) -> tuple[float, int]:
+    """Dense multiply-adds (torch ``FlopCounterMode`` / 2: convolutions, linears, einsums) and selective-scan state
+    updates (batch x channels x steps x d_state, summed over calls) of one no-grad forward of ``net`` on ``x``.
+
+    ``net``'s SS2D blocks must take the unfused path (``scan_backend="cpu"``), whose ``selective_scan`` calls are
+    counted; the fused op is one call the counter cannot see into.
+    """
+    updates = 0
+    original = ss2d_module.selective_scan
+
+    def counting_scan(u, delta, A, *args, **kwargs):
+        nonlocal updates
+        updates += u.shape[0] * u.shape[1] * u.shape[2] * A.shape[1]
+        return original(u, delta, A, *args, **kwargs)
+
+    ss2d_module.selective_scan = counting_scan
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(x)
+    finally:
+        ss2d_module.selective_scan = original
+    return counter.get_total_flops() / 2, updates

@@ -32,6 +32,7 @@ from bench_common import (
     mamba_selective_scan_ref,
     median,
     memory_bandwidth_gbs,
+    network_work,
     peak_rss_increase_mb,
     peak_rss_mb,
     scan_inputs,
@@ -40,7 +41,6 @@ from bench_common import (
 from benchmark_scan import measure
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.networks.nets import BasicUNet, SwinUNETR
-from torch.utils.flop_counter import FlopCounterMode
 
 import vmunetv2_monai.networks.blocks.ss2d as ss2d_module
 from vmunetv2_monai import VMUNetV2
@@ -199,28 +199,17 @@ def complexity_rows() -> None:
     handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d,
                                                                                      nn.ConvTranspose2d))]
     handles += [m.register_forward_hook(in_proj_hook) for m in net.modules() if isinstance(m, ss2d_module.SS2D)]
-    scan_updates = {"n": 0}
-    original = ss2d_module.selective_scan
-
-    def counting_scan(u, delta, A, *args, **kwargs):
-        scan_updates["n"] += u.shape[0] * u.shape[1] * u.shape[2] * A.shape[1]
-        return original(u, delta, A, *args, **kwargs)
-
-    ss2d_module.selective_scan = counting_scan
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            net(x)
+        dense, updates = network_work(net, x)
     finally:
-        ss2d_module.selective_scan = original
         for h in handles:
             h.remove()
     add("model", "GMACs thop-style (Conv/ConvT/Linear modules)", macs["module"] / 1e9, "G",
         note="paper table: 4.40 G (thop; scan and einsums not counted)")
-    dense = counter.get_total_flops() / 2  # FlopCounterMode counts 2 FLOPs per multiply-add
-    scan_ops = 9 * scan_updates["n"]  # VMamba's convention for a real-A selective scan: 9 ops per state update
+    scan_ops = 9 * updates  # VMamba's convention for a real-A selective scan: 9 ops per state update
     add("model", "GMACs incl. einsums (conv/linear/einsum)", dense / 1e9, "G", note="torch FlopCounterMode / 2")
     add("model", "G ops of the selective scans", scan_ops / 1e9, "G",
-        note=f"{scan_updates['n'] / 1e6:.0f} M state updates x 9 (VMamba's count)")
+        note=f"{updates / 1e6:.0f} M state updates x 9 (VMamba's count)")
     add("model", "total, all counted", (dense + scan_ops) / 1e9, "G")
 
 

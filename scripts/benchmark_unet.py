@@ -13,6 +13,12 @@ Cases: eval at batch 1 (256x256 and the recipe's 128x128), eval at batch 8, and 
 DiceCE), each at every ``--threads`` count. The default eval at batch 1 also runs with ``scan_backend="cpu"`` (the
 unfused SS2D path) to show what the fused ``cpu_fused`` path gains.
 
+A last row per thread count is the default network's eval floor on this machine: its selective-scan state updates
+at the kernel's measured peak step rate (``probe_updates_per_second``: exp2 + FMA on register-resident data) plus
+its dense multiply-adds (convolutions, linears, einsums) at the best measured sgemm rate, against BasicUNet's time
+in the same run. Everything else (LayerNorm, SiLU, gating, layout) counts as free, so no exact-fp32 implementation
+of this network on this machine runs faster than the floor.
+
     python scripts/benchmark_unet.py --threads 1 2     # logs the table; writes outputs/benchmark_unet.json
 """
 
@@ -30,13 +36,14 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from bench_common import machine_info
+from bench_common import machine_info, network_work
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.networks.nets import BasicUNet
 
 from vmunetv2_monai import VMUNetV2
 from vmunetv2_monai.bundle.opener import DEFAULT_BUNDLE
 from vmunetv2_monai.evaluation.recipe import MODEL_OVERRIDES
+from vmunetv2_monai.ops.selective_scan.cpu import _load
 
 logger = logging.getLogger("benchmark_unet")
 
@@ -136,11 +143,42 @@ def measure(case: Case, repeats: int) -> dict:
             "per_image_basicunet_ms": 1e3 * med["basicunet"] / case.batch, "load_avg_1min": os.getloadavg()[0]}
 
 
+def sgemm_flops_per_second(repeats: int = 20) -> float:
+    """Best FLOP/s of float32 matmuls of the default network's in_proj shapes (stages 1 and 3, 256x256)."""
+    best = 0.0
+    for rows, cin, cout in ((4096, 96, 384), (256, 384, 1536), (4096, 192, 768)):
+        a, b = torch.randn(rows, cin), torch.randn(cin, cout)
+        a @ b
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = max(best, 2 * rows * cin * cout * repeats / (time.perf_counter() - start))
+    return best
+
+
+def floor_row(repeats: int) -> dict:
+    """The default network's eval floor at batch 1, 256^2 (module docstring) against both networks' times."""
+    x = torch.randn(1, 3, 256, 256)
+    dense_macs, updates = network_work(VMUNetV2(scan_backend="cpu").eval(), x)
+    peak = statistics.median(_load()[0].probe_updates_per_second(1_000_000) for _ in range(5))
+    flops = sgemm_flops_per_second()
+    scan_s, dense_s = updates / peak, 2 * dense_macs / flops
+    timed = measure(cases()[0], repeats)
+    floor = scan_s + dense_s
+    return {"case": "floor of default, eval, batch 1, 256^2", "state_updates": updates, "peak_updates_per_s": peak,
+            "scan_floor_s": scan_s, "dense_macs": dense_macs, "sgemm_flops_per_s": flops, "dense_floor_s": dense_s,
+            "floor_s": floor, "vmunet_s": timed["vmunet_s"], "basicunet_s": timed["basicunet_s"],
+            "floor_ratio": floor / timed["basicunet_s"], "vmunet_over_floor": timed["vmunet_s"] / floor,
+            "load_avg_1min": os.getloadavg()[0]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per network and case (median)")
     parser.add_argument("--cases", type=str, default="", help="run only cases whose name contains this text")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="add the default network's eval floor row per thread count")
     parser.add_argument("--json", type=Path, default=Path("outputs/benchmark_unet.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -158,6 +196,15 @@ def main() -> None:
             rows.append(row)
             logger.info("| %d | %s | %.3f s | %.3f s | %.2fx | %.1f ms | %.1f |", threads, case.name, row["vmunet_s"],
                         row["basicunet_s"], row["ratio"], row["per_image_vmunet_ms"], row["load_avg_1min"])
+        if args.floor:
+            row = {"threads": threads, **floor_row(args.repeats)}
+            rows.append(row)
+            logger.info("| %d | %s: %.0f M state updates at %.2f G/s = %.0f ms + %.2f GMACs at %.0f GFLOP/s = %.0f ms "
+                        "-> floor %.0f ms (VM-UNetV2 %.0f ms = %.2fx the floor) | | %.3f s | floor %.2fx BasicUNet | "
+                        "| %.1f |", threads, row["case"], row["state_updates"] / 1e6, row["peak_updates_per_s"] / 1e9,
+                        1e3 * row["scan_floor_s"], row["dense_macs"] / 1e9, row["sgemm_flops_per_s"] / 1e9,
+                        1e3 * row["dense_floor_s"], 1e3 * row["floor_s"], 1e3 * row["vmunet_s"],
+                        row["vmunet_over_floor"], row["basicunet_s"], row["floor_ratio"], row["load_avg_1min"])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": info, "repeats": args.repeats, "rows": rows}, indent=1) + "\n")
     logger.info("json: %s", args.json)
