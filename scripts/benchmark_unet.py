@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from bench_common import machine_info, network_work
+from monai.bundle import ConfigParser
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.networks.nets import BasicUNet
 
@@ -61,10 +62,11 @@ class Case:
 
 
 def shipped_kwargs() -> dict:
-    """The VM-UNetV2 arguments of the shipped recipe config (kvasir_cpu.json over train.json's defaults)."""
-    cfg = json.loads((DEFAULT_BUNDLE / "configs" / "kvasir_cpu.json").read_text())
-    return {"depths": cfg["depths"], "dims": cfg["dims"], "keep_unused_stage": cfg["keep_unused_stage"],
-            "drop_path_rate": cfg["drop_path_rate"]}
+    """The VM-UNetV2 arguments of the shipped recipe (kvasir_cpu.json merged over train.json, as the bundle does)."""
+    configs = DEFAULT_BUNDLE / "configs"
+    cfg = ConfigParser.load_config_files([configs / "train.json", configs / "kvasir_cpu.json"])
+    return {k: cfg[k] for k in ("depths", "dims", "d_state", "ssm_ratio", "mid_channels", "drop_path_rate",
+                                "keep_unused_stage")}
 
 
 def cases() -> list[Case]:
