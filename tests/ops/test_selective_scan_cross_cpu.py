@@ -101,3 +101,37 @@ def test_backend_names() -> None:
     assert resolve_backend("cpu_fused", torch.device("cpu")) == "cpu_fused"
     with pytest.raises(RuntimeError, match="needs CPU tensors"):
         resolve_backend("cpu_fused", torch.device("meta"))
+
+
+@pytest.fixture
+def torch_threads():
+    """Set torch's intra-op thread count inside a test; restored afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not torch.backends.openmp.is_available(), reason="torch without OpenMP")
+def test_kernel_runs_on_torchs_threads(torch_threads) -> None:
+    from vmunetv2_monai.ops.selective_scan.cpu import _load
+
+    module, _ = _load()
+    torch_threads(1)
+    assert module.parallel_threads(64) == 1
+    torch_threads(2)
+    assert module.parallel_threads(64) == 2  # serial when built without -fopenmp (at::parallel_for is inlined)
+
+
+def test_fused_op_agrees_across_thread_counts(torch_threads) -> None:
+    m = _mixer(16, 16, seed=3)
+    x = torch.randn(2, 12, 9, m.d_inner)
+    params = [getattr(m, name) for name in PARAMS]
+    grad_out = torch.randn(2, 12, 9, m.d_inner)
+    results = []
+    for threads in (1, 2):
+        torch_threads(threads)
+        xi = x.clone().requires_grad_(True)
+        y = cross_selective_scan_cpu(xi, *params)
+        results.append((y, *torch.autograd.grad(y, [xi, *params], grad_out)))
+    for name, one, two in zip(("y", "x", *PARAMS), *results, strict=True):
+        assert rel_err(two, one) < 1e-6, name

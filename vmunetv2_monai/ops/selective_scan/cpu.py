@@ -53,6 +53,12 @@ def _load() -> tuple[ModuleType | None, str]:
     flags = ["-O3", "-std=c++17"]
     if capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
+    threaded = _openmp_threads()
+    if threaded:
+        # at::parallel_for is inlined from ATen's OpenMP header: without -fopenmp it runs serially. Compiled with it
+        # (and not linked to a libgomp of its own), the kernel's GOMP calls bind to the runtime torch has loaded, so
+        # it follows torch.set_num_threads like torch's own ops.
+        flags.append("-fopenmp")
     build_dir = _build_dir(capability)
     logger.info("loading the cpu selective-scan kernel (built once into %s)", build_dir)
     try:
@@ -67,7 +73,13 @@ def _load() -> tuple[ModuleType | None, str]:
     except Exception as err:  # compiler, ninja or linker failure: a reason to fall back, and it is reported
         return None, f"the C++ kernel could not be built or loaded ({type(err).__name__}: {str(err)[:500]})"
     simd = "AVX2+FMA" if module.has_avx2() else "portable C++, no AVX2"
-    return module, f"compiled C++ kernel ({simd}, {torch.get_num_threads()} threads)"
+    threads = "torch's intra-op threads" if threaded else "1 thread: torch has no OpenMP runtime to share here"
+    return module, f"compiled C++ kernel ({simd}, {threads})"
+
+
+def _openmp_threads() -> bool:
+    """Whether the kernel can share torch's OpenMP runtime: torch built with OpenMP, on Linux with GCC-style flags."""
+    return torch.backends.openmp.is_available() and os.name == "posix" and os.uname().sysname == "Linux"
 
 
 def cpu_status() -> tuple[bool, str]:

@@ -27,6 +27,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -649,11 +650,22 @@ double probe_updates_per_second(int64_t steps) {
   return static_cast<double>(threads * steps * kCh * 16) / seconds;
 }
 
+// How many threads at::parallel_for really runs over `tasks` one-step tasks: the distinct thread numbers seen.
+// 1 where the build has no OpenMP (at::parallel_for is inlined from ATen's header and then runs serially).
+int64_t parallel_threads(int64_t tasks) {
+  std::vector<std::atomic<int>> seen(std::max(at::get_num_threads(), 1));
+  at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) { seen[at::get_thread_num() % seen.size()] = 1; });
+  int64_t count = 0;
+  for (const auto& s : seen) count += s.load();
+  return count;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &scan_forward, "selective scan forward (CPU, float32)");
   m.def("backward", &scan_backward, "selective scan backward (CPU, float32)");
   m.def("cross_scan_forward", &cross_scan_forward, "fused SS2D cross-scan + selective scan + merge forward");
   m.def("cross_scan_backward", &cross_scan_backward, "fused SS2D cross-scan + selective scan + merge backward");
   m.def("has_avx2", &has_avx2, "whether this build uses AVX2+FMA intrinsics");
+  m.def("parallel_threads", &parallel_threads, "threads at::parallel_for runs in this build");
   m.def("probe_updates_per_second", &probe_updates_per_second, "peak state updates/s of the step arithmetic");
 }
