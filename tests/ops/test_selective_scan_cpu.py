@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -127,6 +128,29 @@ def test_clean_fallback_when_build_fails(monkeypatch, tmp_path):
     try:
         ok, reason = cpu_status()
         assert not ok and "OSError: no compiler" in reason
+    finally:
+        monkeypatch.undo()
+        cpu_mod._load.cache_clear()
+
+
+def test_single_threaded_build_when_openmp_build_fails(monkeypatch, tmp_path):
+    """A compiler without OpenMP still gets the kernel, built without -fopenmp, and the status says so."""
+    tried = []
+
+    def load_without_openmp(**kwargs):
+        tried.append(kwargs["extra_cflags"])
+        if "-fopenmp" in kwargs["extra_cflags"]:
+            raise OSError("omp.h: No such file or directory")
+        return SimpleNamespace(has_avx2=lambda: True)  # stands in for the module the second build makes
+
+    cpu_mod._load.cache_clear()
+    monkeypatch.setattr(cpu_mod, "_openmp_threads", lambda: True)
+    monkeypatch.setattr(cpu_mod.cpp_extension, "load", load_without_openmp)
+    monkeypatch.setenv("VMUNETV2_EXT_DIR", str(tmp_path))
+    try:
+        ok, reason = cpu_status()
+        assert ok and "1 thread: built without OpenMP" in reason, reason
+        assert ["-fopenmp" in flags for flags in tried] == [True, False]
     finally:
         monkeypatch.undo()
         cpu_mod._load.cache_clear()

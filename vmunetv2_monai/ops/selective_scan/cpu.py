@@ -19,6 +19,7 @@ import functools
 import hashlib
 import logging
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -53,33 +54,37 @@ def _load() -> tuple[ModuleType | None, str]:
     flags = ["-O3", "-std=c++17"]
     if capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
-    threaded = _openmp_threads()
-    if threaded:
-        # at::parallel_for is inlined from ATen's OpenMP header: without -fopenmp it runs serially. Compiled with it
-        # (and not linked to a libgomp of its own), the kernel's GOMP calls bind to the runtime torch has loaded, so
-        # it follows torch.set_num_threads like torch's own ops.
-        flags.append("-fopenmp")
+    # at::parallel_for is inlined from ATen's OpenMP header: without -fopenmp it runs serially. Compiled with it (and
+    # not linked to a libgomp of its own), the kernel's GOMP calls bind to the runtime torch has loaded, so it follows
+    # torch.set_num_threads like torch's own ops. A compiler without OpenMP still gets the single-threaded build.
+    attempts = [flags + ["-fopenmp"], flags] if _openmp_threads() else [flags]
     build_dir = _build_dir(capability)
     logger.info("loading the cpu selective-scan kernel (built once into %s)", build_dir)
-    try:
-        build_dir.mkdir(parents=True, exist_ok=True)
-        module = cpp_extension.load(
-            name="vmunetv2_scan_cpu",
-            sources=[str(_SOURCE)],
-            extra_cflags=flags,
-            build_directory=str(build_dir),
-            verbose=False,
-        )
-    except Exception as err:  # compiler, ninja or linker failure: a reason to fall back, and it is reported
-        return None, f"the C++ kernel could not be built or loaded ({type(err).__name__}: {str(err)[:500]})"
+    for attempt in attempts:
+        try:
+            build_dir.mkdir(parents=True, exist_ok=True)
+            module = cpp_extension.load(
+                name="vmunetv2_scan_cpu",
+                sources=[str(_SOURCE)],
+                extra_cflags=attempt,
+                build_directory=str(build_dir),
+                verbose=False,
+            )
+            break
+        except Exception as err:  # compiler, ninja or linker failure: a reason to fall back, and it is reported
+            reason = f"the C++ kernel could not be built or loaded ({type(err).__name__}: {str(err)[:500]})"
+            if attempt is not attempts[-1]:
+                logger.warning("%s with OpenMP; building it single-threaded", reason)
+    else:
+        return None, reason
     simd = "AVX2+FMA" if module.has_avx2() else "portable C++, no AVX2"
-    threads = "torch's intra-op threads" if threaded else "1 thread: torch has no OpenMP runtime to share here"
+    threads = "torch's intra-op threads" if "-fopenmp" in attempt else "1 thread: built without OpenMP"
     return module, f"compiled C++ kernel ({simd}, {threads})"
 
 
 def _openmp_threads() -> bool:
-    """Whether the kernel can share torch's OpenMP runtime: torch built with OpenMP, on Linux with GCC-style flags."""
-    return torch.backends.openmp.is_available() and os.name == "posix" and os.uname().sysname == "Linux"
+    """Whether to build the kernel with OpenMP: torch has an OpenMP runtime to share, on Linux (GCC-style flags)."""
+    return torch.backends.openmp.is_available() and sys.platform.startswith("linux")
 
 
 def cpu_status() -> tuple[bool, str]:
