@@ -9,7 +9,7 @@ import vmunetv2_monai.networks.blocks.ss2d as ss2d_module
 from tests.conftest import rel_err
 from vmunetv2_monai.networks.blocks.ss2d import SS2D
 from vmunetv2_monai.ops.selective_scan import resolve_backend
-from vmunetv2_monai.ops.selective_scan.cpu import cpu_status
+from vmunetv2_monai.ops.selective_scan.cpu import _load, cpu_status
 from vmunetv2_monai.ops.selective_scan.cross_cpu import cross_scan_supported, cross_selective_scan_cpu
 
 CPU_OK, CPU_REASON = cpu_status()
@@ -113,8 +113,6 @@ def torch_threads():
 
 @pytest.mark.skipif(not torch.backends.openmp.is_available(), reason="torch without OpenMP")
 def test_kernel_runs_on_torchs_threads(torch_threads) -> None:
-    from vmunetv2_monai.ops.selective_scan.cpu import _load
-
     module, _ = _load()
     torch_threads(1)
     assert module.parallel_threads(64) == 1
