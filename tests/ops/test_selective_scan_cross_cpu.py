@@ -31,7 +31,8 @@ def _mixer(d_model: int, d_state: int, seed: int) -> SS2D:
     "batch, h, w, d_model, d_state",
     [
         (2, 7, 11, 16, 16),  # H != W, L not a multiple of the 64-step chunk
-        (1, 24, 29, 8, 8),  # L = 696: more than one 512-step block of the kernel
+        (1, 24, 29, 8, 8),  # L = 696: more than one time block of the kernel
+        (2, 9, 8, 10, 24),  # 20 channels: the last 8-channel vector of the kernel is partial
         (1, 1, 5, 24, 32),  # a single row: the column-major order equals the row-major one
     ],
 )

@@ -33,6 +33,7 @@ __all__ = ["cpu_status", "cpu_unsupported_reason", "selective_scan_cpu"]
 logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("csrc") / "scan_cpu.cpp"
+_SOURCES = [_SOURCE, _SOURCE.with_name("cross_scan_cpu.cpp")]  # and the headers beside them
 _SUPPORTED_N = (8, 16, 24, 32)
 
 
@@ -65,7 +66,7 @@ def _load() -> tuple[ModuleType | None, str]:
             build_dir.mkdir(parents=True, exist_ok=True)
             module = cpp_extension.load(
                 name="vmunetv2_scan_cpu",
-                sources=[str(_SOURCE)],
+                sources=[str(path) for path in _SOURCES],
                 extra_cflags=attempt,
                 build_directory=str(build_dir),
                 verbose=False,

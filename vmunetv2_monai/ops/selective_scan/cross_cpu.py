@@ -1,13 +1,12 @@
 """SS2D's cross-scan, selective scan and cross-merge as one compiled CPU operation (the ``cpu_fused`` path).
 
 The unfused SS2D path materialises the four scan orders of the feature map (``cross_scan``, 4 copies of it), runs
-the scan on them and maps the four outputs back (``cross_merge``). Here the C++ kernel of the ``cpu`` backend
-(``csrc/scan_cpu.cpp``, ``cross_scan_forward`` / ``cross_scan_backward``) reads the map ``(B, D, H, W)`` in each
-direction's order and accumulates the directions' outputs (with the D skip) straight into one ``(B, D, H * W)``
-map; its backward scatters the input gradient the same way. Only the small projections are reordered in
-PyTorch: ``x_proj`` runs once on the map in row-major order for all four directions (one matmul), and its
-``dt_rank + 2 N`` output rows per direction are gathered into that direction's time order, where the step
-sizes (``dt_projs``) and B, C are formed as on the unfused path.
+the scan on them and maps the four outputs back (``cross_merge``). Here the C++ kernel (``csrc/cross_scan_cpu.cpp``,
+``cross_scan_forward`` / ``cross_scan_backward``) reads the channels-last map ``(B, H, W, D)`` in each direction's
+order, 8 channels to a vector, and accumulates the directions' outputs (with the D skip) straight into one
+``(B, H, W, D)`` map; its backward scatters the input gradient the same way. ``x_proj`` runs once on the map in
+row-major order for all four directions (one matmul); the kernel reads each direction's step-size rows, B and C
+from its output at the step's position, so nothing is reordered in PyTorch.
 
 Float32 CPU tensors and d_state N in {8, 16, 24, 32} only: :func:`cross_scan_supported` says when this path applies.
 """
@@ -17,7 +16,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..cross_scan import cross_scan_positions
 from .cpu import _load, cpu_unsupported_reason
 
 __all__ = ["cross_scan_supported", "cross_selective_scan_cpu"]
@@ -43,30 +41,33 @@ def cross_scan_supported(x: torch.Tensor, A_logs: torch.Tensor) -> bool:
 
 
 class _CrossScan(torch.autograd.Function):
-    """The fused kernel: u ``(B, H, W, D)``; dts ``(B, 4, R, L)`` and Bm, Cm ``(B, 4, L, N)`` in each direction's
-    time order; dtw ``(4, D, R)``; A ``(4, D, N)``; Ds, bias ``(4, D)``. Output ``(B, H, W, D)``: the merged
+    """The fused kernel: u ``(B, H, W, D)``; x_dbl ``(B, L, 4, R + 2 N)``, each direction's dts, B and C at every
+    row-major position; dtw ``(4, D, R)``; A ``(4, D, N)``; Ds, bias ``(4, D)``. Output ``(B, H, W, D)``: the merged
     directions, D skip included."""
 
     @staticmethod
-    def forward(ctx, u, dts, dtw, A, Bm, Cm, Ds, bias, save: bool):  # type: ignore[override]
+    def forward(ctx, u, x_dbl, dtw, A, Ds, bias, save: bool):  # type: ignore[override]
         module, _ = _load()
-        y, hsave = module.cross_scan_forward(u, dts, dtw, A, Bm, Cm, Ds, bias, True, save)
+        y, hsave = module.cross_scan_forward(u, x_dbl, dtw, A, Ds, bias, save)
         if save:
-            ctx.save_for_backward(u, dts, dtw, A, Bm, Cm, Ds, bias, hsave)
+            ctx.save_for_backward(u, x_dbl, dtw, A, Ds, bias, hsave)
         return y
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
         module, _ = _load()
-        u, dts, dtw, A, Bm, Cm, Ds, bias, hsave = ctx.saved_tensors
-        du, ddelta, dA, dBm, dCm, dDs, dbias = module.cross_scan_backward(
-            u, dts, dtw, A, Bm, Cm, Ds, bias, True, hsave, dy.contiguous()
-        )
-        # the raw step sizes are dtw[k] @ dts[:, k]: their gradient ddelta (B, 4, D, L) gives those of dts and dtw
-        # (batched matmuls over (B, 4), which read ddelta in place; einsum would first permute a copy of it)
-        ddts = torch.matmul(dtw.transpose(1, 2), ddelta) if ctx.needs_input_grad[1] else None
-        ddtw = torch.matmul(ddelta, dts.transpose(2, 3)).sum(0) if ctx.needs_input_grad[2] else None
-        return du, ddts, ddtw, dA, dBm, dCm, dDs, dbias, None
+        u, x_dbl, dtw, A, Ds, bias, hsave = ctx.saved_tensors
+        du, ddelta, dA, dBC, dDs, dbias = module.cross_scan_backward(u, x_dbl, dtw, A, Ds, bias, hsave, dy.contiguous())
+        # the raw step sizes of direction k are x_dbl[:, :, k, :R] @ dtw[k].T: their gradient ddelta (4, B, L, D)
+        # gives those of dts and dtw (batched matmuls over the directions)
+        k, b, length, d = ddelta.shape
+        rank = dtw.shape[2]
+        ddelta = ddelta.view(k, b * length, d)
+        ddts = torch.matmul(ddelta, dtw)  # (4, B L, R)
+        dts = x_dbl[..., :rank].permute(2, 0, 1, 3).reshape(k, b * length, rank)
+        ddtw = torch.matmul(ddelta.transpose(1, 2), dts) if ctx.needs_input_grad[2] else None
+        dx_dbl = torch.cat([ddts.view(k, b, length, rank).permute(1, 2, 0, 3), dBC], dim=3)
+        return du, dx_dbl, ddtw, dA, dDs, dbias, None
 
 
 def cross_selective_scan_cpu(
@@ -94,19 +95,13 @@ def cross_selective_scan_cpu(
     """
     b, h, w, d = x.shape
     k, c, _ = x_proj_weight.shape
-    n, rank, length = A_logs.shape[1], dt_projs_weight.shape[2], h * w
     u = x.contiguous()
-    x_dbl = F.linear(u.reshape(b, length, d), x_proj_weight.reshape(k * c, d))  # (B, L, 4 c), row-major positions
-    order = cross_scan_positions(h, w).to(x.device)[None, :, :, None].expand(b, k, length, c)
-    x_dbl = x_dbl.reshape(b, length, k, c).transpose(1, 2).gather(2, order)  # (B, 4, L, c), each in its time order
-    dts, bs, cs = torch.split(x_dbl, [rank, n, n], dim=3)
+    x_dbl = F.linear(u.reshape(b, h * w, d), x_proj_weight.reshape(k * c, d))  # (B, L, 4 c), row-major positions
     args = (
         u,
-        dts.transpose(-1, -2).contiguous(),
+        x_dbl.view(b, h * w, k, c),
         dt_projs_weight.contiguous(),
-        -torch.exp(A_logs).reshape(k, d, n),
-        bs.contiguous(),
-        cs.contiguous(),
+        -torch.exp(A_logs).reshape(k, d, A_logs.shape[1]),
         Ds.reshape(k, d).contiguous(),
         dt_projs_bias.reshape(k, d).contiguous(),
     )

@@ -1,0 +1,381 @@
+// Fused SS2D cross-scan + selective scan + cross-merge on the CPU (the ``cpu_fused`` path), forward and backward.
+//
+//   h_t = exp(dl_t * A) * h_{t-1} + dl_t * u_t * B_t,    y_t = <C_t, h_t> + D * u_t,    dl_t = softplus(raw_t + bias)
+//
+// u (batch, H, W, P) channels-last is read in the order of each of the four cross-scan directions (row-major,
+// column-major and both reversed): step t of direction g is spatial position pos_g[t]. The projections x_dbl
+// (batch, H * W, 4, R + 2N), in row-major positions, hold each direction's dts, B and C at every position and are
+// read at pos_g[t] too. The raw step sizes are the low-rank product raw_t[p] = dts_t . dtw[g, p, :], and y
+// (batch, H, W, P) is the sum over the directions of (scan + D u) at each position (the cross-merge). Neither the
+// four orders of u or x_dbl nor the (batch, 4, P, L) step sizes are materialised in forward.
+//
+// Lanes run over 8 consecutive channels, contiguous in the channels-last map: a step loads the 8 channels' u at its
+// position, forms their step sizes (R FMAs and a softplus) and updates each channel's N states as N vectors,
+// broadcasting B_t[n] and C_t[n]; the readout is a vertical FMA chain, so forward needs no lane sums. Backward's
+// dB and dC are sums over channels: each step adds an 8-lane partial per (t, n), summed over the task's channel
+// groups and reduced across lanes once per time block.
+//
+// Tasks are (batch, slice of channel groups). A task runs the four directions of its channels one after the
+// other, so the merge needs no atomics. For one direction the time axis is cut into blocks of kBlockChunks * kChunk
+// steps and every channel group runs through a block before the next one starts (B, C and the dB, dC partials stay
+// in L2). Forward optionally saves the state at every chunk start; backward recomputes a chunk's states from it
+// and runs the adjoint recurrence backwards.
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "kernels.h"
+#include "simd.h"
+
+namespace vmu {
+namespace {
+
+constexpr int64_t kBlockChunks = 4;  // chunks per time block
+constexpr float kLog2e = 1.44269504088896341f;
+
+struct Dims {
+  int64_t batch, L, P, N, R, chunks, groups;  // groups: 8-channel groups, ceil(P / 8)
+};
+
+struct Inputs {
+  const float *u, *xdbl, *dtw, *A, *D, *bias;
+};
+
+// The projections of direction g at spatial position at: dts (R floats), then B and C (N floats each).
+inline const float* proj_row(const Dims& d, const Inputs& in, int64_t b, int64_t g, int64_t at) {
+  return in.xdbl + ((b * d.L + at) * 4 + g) * (d.R + 2 * d.N);
+}
+
+// Tasks: `slices` slices of `width` consecutive channel groups per batch element, a few tasks per thread.
+struct Split {
+  int64_t slices, width;
+  explicit Split(const Dims& d) {
+    const int64_t want = std::max<int64_t>(1, (4 * at::get_num_threads()) / d.batch);
+    width = (d.groups + std::min(want, d.groups) - 1) / std::min(want, d.groups);
+    slices = (d.groups + width - 1) / width;
+  }
+};
+
+// One direction's per-channel parameters for channel groups [q0, q1), 8 lanes a group, zero past P: A (and A log2 e
+// for exp2) as N vectors a group, dtw as R vectors a group, bias and D one vector each.
+struct Packed {
+  std::vector<float> a, a2, w, bias, skip;
+  Packed(const Dims& d, const Inputs& in, int64_t g, int64_t q0, int64_t q1)
+      : a((q1 - q0) * d.N * 8), a2(a.size()), w((q1 - q0) * d.R * 8), bias((q1 - q0) * 8), skip(bias.size()) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t k = q - q0;
+      for (int64_t l = 0; l < 8 && 8 * q + l < d.P; ++l) {
+        const int64_t ch = g * d.P + 8 * q + l;
+        for (int64_t n = 0; n < d.N; ++n) {
+          a[(k * d.N + n) * 8 + l] = in.A[ch * d.N + n];
+          a2[(k * d.N + n) * 8 + l] = in.A[ch * d.N + n] * kLog2e;
+        }
+        for (int64_t r = 0; r < d.R; ++r) w[(k * d.R + r) * 8 + l] = in.dtw[ch * d.R + r];
+        bias[k * 8 + l] = in.bias != nullptr ? in.bias[ch] : 0.0f;
+        skip[k * 8 + l] = in.D != nullptr ? in.D[ch] : 0.0f;
+      }
+    }
+  }
+};
+
+// The step sizes softplus(dts_t . w + bias) of one channel group (w: R vectors); sg (may be null) gets sigmoid.
+inline vec step_size(const float* w, vec bias, const float* dts_t, int64_t R, vec* sg) {
+  vec raw = bias;
+  for (int64_t r = 0; r < R; ++r) raw = vfma(vload(w + 8 * r), vset1(dts_t[r]), raw);
+  return vsoftplus(raw, sg);
+}
+
+inline Lanes group_lanes(const Dims& d, int64_t q) { return lanes(static_cast<int>(std::min<int64_t>(8, d.P - 8 * q))); }
+
+// map[at] = v for the first direction, map[at] += v for the others (the cross-merge), on the group's lanes.
+inline void merge(float* at, vec v, bool first, const Lanes& m) { vstore_n(at, first ? v : vadd(vload_n(at, m), v), m); }
+
+// The row-major positions h * W + w visited at steps t = 0 .. L - 1 by the four directions, 4 x L: row-major,
+// column-major, and the two reversed (as ops/cross_scan.py).
+std::vector<int32_t> positions(int64_t H, int64_t W) {
+  const int64_t L = H * W;
+  std::vector<int32_t> pos(4 * L);
+  for (int64_t t = 0; t < L; ++t) {
+    pos[t] = static_cast<int32_t>(t);
+    pos[L + t] = static_cast<int32_t>((t % H) * W + t / H);
+  }
+  for (int64_t t = 0; t < L; ++t) {
+    pos[2 * L + t] = pos[L - 1 - t];
+    pos[3 * L + t] = pos[2 * L - 1 - t];
+  }
+  return pos;
+}
+
+// hsave (batch, 4, chunks, groups, N, 8): the state of every channel group before every chunk.
+inline int64_t hsave_at(const Dims& d, int64_t bg, int64_t c, int64_t q) {
+  return ((bg * d.chunks + c) * d.groups + q) * d.N * 8;
+}
+
+template <int NV>
+void forward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t b, int64_t q0, int64_t q1, float* y,
+                  float* hsave) {
+  constexpr int64_t N = 8 * NV;
+  std::vector<float> state((q1 - q0) * N * 8), steps(3 * kChunk * 8);
+  float* const dlloc = steps.data();  // step sizes, dl * u and D * u of the chunk's steps, 8 lanes each
+  float* const duloc = dlloc + kChunk * 8;
+  float* const yloc = duloc + kChunk * 8;
+  for (int64_t g = 0; g < 4; ++g) {
+    const Packed pk(d, in, g, q0, q1);
+    std::fill(state.begin(), state.end(), 0.0f);
+    const int32_t* pos = pos4 + g * d.L;
+    const int64_t bg = b * 4 + g;
+    for (int64_t c0 = 0; c0 < d.chunks; c0 += kBlockChunks) {
+      const int64_t c1 = std::min(d.chunks, c0 + kBlockChunks);
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t k = q - q0;
+        const Lanes m = group_lanes(d, q);
+        const float* a2 = pk.a2.data() + k * N * 8;
+        const float* w = pk.w.data() + k * d.R * 8;
+        const vec bias = vload(pk.bias.data() + k * 8), skip = vload(pk.skip.data() + k * 8);
+        float* hs = state.data() + k * N * 8;
+        vec h[N];
+        for (int64_t n = 0; n < N; ++n) h[n] = vload(hs + 8 * n);
+        for (int64_t c = c0; c < c1; ++c) {
+          if (hsave != nullptr) {
+            float* dst = hsave + hsave_at(d, bg, c, q);
+            for (int64_t n = 0; n < N; ++n) vstore(dst + 8 * n, h[n]);
+          }
+          // The chunk's inputs and step sizes first (independent steps), then the recurrence.
+          const int64_t t0 = c * kChunk, len = std::min(d.L, t0 + kChunk) - t0;
+          for (int64_t i = 0; i < len; ++i) {
+            const vec ut = vload_n(in.u + (b * d.L + pos[t0 + i]) * d.P + 8 * q, m);
+            const vec dl = step_size(w, bias, proj_row(d, in, b, g, pos[t0 + i]), d.R, nullptr);
+            vstore(dlloc + 8 * i, dl);
+            vstore(duloc + 8 * i, vmul(dl, ut));
+            vstore(yloc + 8 * i, vmul(skip, ut));
+          }
+          for (int64_t i = 0; i < len; ++i) {
+            const vec dl = vload(dlloc + 8 * i), dtu = vload(duloc + 8 * i);
+            const float* bt = proj_row(d, in, b, g, pos[t0 + i]) + d.R;
+            const float* ct = bt + N;
+            vec yv[4] = {vload(yloc + 8 * i), vzero(), vzero(), vzero()};  // 4 partial sums: short FMA chains
+            for (int64_t n = 0; n < N; ++n) {
+              h[n] = vfma(vexp2(vmul(dl, vload(a2 + 8 * n))), h[n], vmul(dtu, vset1(bt[n])));
+              yv[n % 4] = vfma(h[n], vset1(ct[n]), yv[n % 4]);
+            }
+            merge(y + (b * d.L + pos[t0 + i]) * d.P + 8 * q, vadd(vadd(yv[0], yv[1]), vadd(yv[2], yv[3])), g == 0, m);
+          }
+        }
+        for (int64_t n = 0; n < N; ++n) vstore(hs + 8 * n, h[n]);
+      }
+    }
+  }
+}
+
+// du (batch, L, P) like u; ddelta (4, batch, L, P) at positions; dA (batch, 4, P, N); dBC (batch, slices, L, 4, 2N)
+// at positions, B's then C's, the task's slice s writes its partial sums; dD, dbias (batch, 4, P).
+struct Grads {
+  float *du, *ddelta, *dA, *dBC, *dD, *dbias;
+};
+
+template <int NV>
+void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t b, int64_t s, int64_t slices,
+                   int64_t q0, int64_t q1, const float* hsave, const float* dy, const Grads& out) {
+  constexpr int64_t N = 8 * NV;
+  const int64_t groups = q1 - q0;
+  std::vector<float> carry(groups * N * 8), dacc(carry.size()), dskip(groups * 8), dbias(groups * 8);
+  std::vector<float> hloc(kChunk * N * 8), eloc(hloc.size()), dbv(kBlockChunks * kChunk * N * 8), dcv(dbv.size());
+  std::vector<float> steps(4 * kChunk * 8);  // u, dy, dl, sigmoid of the chunk's steps, 8 lanes each
+  float* const uloc = steps.data();
+  float* const gyloc = uloc + kChunk * 8;
+  float* const dlloc = gyloc + kChunk * 8;
+  float* const sgloc = dlloc + kChunk * 8;
+  for (int64_t g = 0; g < 4; ++g) {
+    const Packed pk(d, in, g, q0, q1);
+    for (auto* v : {&carry, &dacc, &dskip, &dbias}) std::fill(v->begin(), v->end(), 0.0f);
+    const int32_t* pos = pos4 + g * d.L;
+    const int64_t bg = b * 4 + g;
+    for (int64_t c1 = d.chunks; c1 > 0; c1 -= kBlockChunks) {
+      const int64_t c0 = std::max<int64_t>(0, c1 - kBlockChunks);
+      const int64_t bt0 = c0 * kChunk, bt1 = std::min(d.L, c1 * kChunk);
+      std::fill(dbv.begin(), dbv.begin() + (bt1 - bt0) * N * 8, 0.0f);
+      std::fill(dcv.begin(), dcv.begin() + (bt1 - bt0) * N * 8, 0.0f);
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t k = q - q0;
+        const Lanes m = group_lanes(d, q);
+        const float* a = pk.a.data() + k * N * 8;
+        const float* a2 = pk.a2.data() + k * N * 8;
+        const float* w = pk.w.data() + k * d.R * 8;
+        const vec bias = vload(pk.bias.data() + k * 8), skip = vload(pk.skip.data() + k * 8);
+        vec dsk = vload(dskip.data() + k * 8), dbs = vload(dbias.data() + k * 8);
+        for (int64_t c = c1 - 1; c >= c0; --c) {
+          const int64_t t0 = c * kChunk, len = std::min(d.L, t0 + kChunk) - t0;
+          const float* h0 = hsave + hsave_at(d, bg, c, q);
+          // Recompute the chunk's decays and states from the saved chunk-start state.
+          vec h[N];
+          for (int64_t n = 0; n < N; ++n) h[n] = vload(h0 + 8 * n);
+          for (int64_t i = 0; i < len; ++i) {
+            const int64_t at = (b * d.L + pos[t0 + i]) * d.P + 8 * q;
+            vec sg;
+            const vec ut = vload_n(in.u + at, m);
+            vstore(uloc + 8 * i, ut);
+            vstore(gyloc + 8 * i, vload_n(dy + at, m));
+            vstore(dlloc + 8 * i, step_size(w, bias, proj_row(d, in, b, g, pos[t0 + i]), d.R, &sg));
+            vstore(sgloc + 8 * i, sg);
+          }
+          for (int64_t i = 0; i < len; ++i) {
+            const vec dl = vload(dlloc + 8 * i), dtu = vmul(dl, vload(uloc + 8 * i));
+            const float* bt = proj_row(d, in, b, g, pos[t0 + i]) + d.R;
+            for (int64_t n = 0; n < N; ++n) {
+              const vec e = vexp2(vmul(dl, vload(a2 + 8 * n)));
+              h[n] = vfma(e, h[n], vmul(dtu, vset1(bt[n])));
+              vstore(eloc.data() + (i * N + n) * 8, e);
+              vstore(hloc.data() + (i * N + n) * 8, h[n]);
+            }
+          }
+          // Adjoint recurrence backwards: gs_t = dy_t C_t + exp(dl_{t+1} A) gs_{t+1}.
+          float* cs = carry.data() + k * N * 8;
+          float* da = dacc.data() + k * N * 8;
+          vec gs[N], dav[N];
+          for (int64_t n = 0; n < N; ++n) {
+            gs[n] = vload(cs + 8 * n);
+            dav[n] = vload(da + 8 * n);
+          }
+          for (int64_t i = len - 1; i >= 0; --i) {
+            const int64_t t = t0 + i;
+            const vec gyt = vload(gyloc + 8 * i), dt = vload(dlloc + 8 * i), ut = vload(uloc + 8 * i);
+            const vec dtu = vmul(dt, ut);
+            const float* bt = proj_row(d, in, b, g, pos[t]) + d.R;
+            const float* ct = bt + N;
+            const float* hp = i > 0 ? hloc.data() + (i - 1) * N * 8 : h0;
+            const float* hc = hloc.data() + i * N * 8;
+            const float* e = eloc.data() + i * N * 8;
+            float* dbt = dbv.data() + (t - bt0) * N * 8;
+            float* dct = dcv.data() + (t - bt0) * N * 8;
+            vec x_a[2] = {vzero(), vzero()}, gb[2] = {vzero(), vzero()};  // 2 partial sums each: short chains
+            for (int64_t n = 0; n < N; ++n) {
+              const vec en = vload(e + 8 * n);
+              const vec gj = vfma(gyt, vset1(ct[n]), gs[n]);
+              const vec x = vmul(vmul(gj, vload(hp + 8 * n)), en);  // gradient w.r.t. dl_t * A
+              dav[n] = vfma(x, dt, dav[n]);
+              x_a[n % 2] = vfma(x, vload(a + 8 * n), x_a[n % 2]);
+              gb[n % 2] = vfma(gj, vset1(bt[n]), gb[n % 2]);
+              vstore(dbt + 8 * n, vfma(gj, dtu, vload(dbt + 8 * n)));
+              vstore(dct + 8 * n, vfma(gyt, vload(hc + 8 * n), vload(dct + 8 * n)));
+              gs[n] = vmul(gj, en);
+            }
+            const vec gbs = vadd(gb[0], gb[1]);
+            const vec dd = vmul(vfma(ut, gbs, vadd(x_a[0], x_a[1])), vload(sgloc + 8 * i));  // w.r.t. the raw step
+            vstore_n(out.ddelta + ((g * d.batch + b) * d.L + pos[t]) * d.P + 8 * q, dd, m);
+            merge(out.du + (b * d.L + pos[t]) * d.P + 8 * q, vfma(dt, gbs, vmul(skip, gyt)), g == 0, m);
+            dsk = vfma(gyt, ut, dsk);
+            dbs = vadd(dbs, dd);
+          }
+          for (int64_t n = 0; n < N; ++n) {
+            vstore(cs + 8 * n, gs[n]);
+            vstore(da + 8 * n, dav[n]);
+          }
+        }
+        vstore(dskip.data() + k * 8, dsk);
+        vstore(dbias.data() + k * 8, dbs);
+      }
+      // The block's dB, dC partials: lane sums, 8 state indices at a time, at the steps' positions.
+      for (int64_t t = bt0; t < bt1; ++t) {
+        float* row = out.dBC + (((b * slices + s) * d.L + pos[t]) * 4 + g) * 2 * N;
+        for (int64_t n = 0; n < N; n += 8) {
+          vstore(row + n, hsum8x8(dbv.data() + ((t - bt0) * N + n) * 8));
+          vstore(row + N + n, hsum8x8(dcv.data() + ((t - bt0) * N + n) * 8));
+        }
+      }
+    }
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t k = q - q0;
+      for (int64_t l = 0; l < 8 && 8 * q + l < d.P; ++l) {
+        const int64_t row = bg * d.P + 8 * q + l;
+        for (int64_t n = 0; n < N; ++n) out.dA[row * N + n] = dacc[(k * N + n) * 8 + l];
+        out.dD[row] = dskip[k * 8 + l];
+        out.dbias[row] = dbias[k * 8 + l];
+      }
+    }
+  }
+}
+
+Dims check(const at::Tensor& u, const at::Tensor& xdbl, const at::Tensor& dtw, const at::Tensor& A,
+           const at::Tensor& D, const at::Tensor& bias) {
+  check_floats({&u, &xdbl, &dtw});
+  TORCH_CHECK(u.dim() == 4 && A.dim() == 3, "u must be channels-last (batch, H, W, P)");
+  const int64_t L = u.size(1) * u.size(2), P = u.size(3);
+  const Dims d{u.size(0), L, P, A.size(2), dtw.dim() == 3 ? dtw.size(2) : 0, (L + kChunk - 1) / kChunk, (P + 7) / 8};
+  TORCH_CHECK(dtw.dim() == 3 && dtw.size(0) == 4 && dtw.size(1) == P, "dt_projs_weight must be (4, P, R)");
+  TORCH_CHECK(xdbl.dim() == 4 && xdbl.size(0) == d.batch && xdbl.size(1) == L && xdbl.size(2) == 4 &&
+                  xdbl.size(3) == d.R + 2 * d.N,
+              "x_dbl must be (batch, H * W, 4, R + 2 N)");
+  check_params(4, P, d.N, A, D, bias);
+  return d;
+}
+
+Inputs inputs(const at::Tensor& u, const at::Tensor& xdbl, const at::Tensor& dtw, const at::Tensor& A,
+              const at::Tensor& D, const at::Tensor& bias) {
+  return {u.data_ptr<float>(),
+          xdbl.data_ptr<float>(),
+          dtw.data_ptr<float>(),
+          A.data_ptr<float>(),
+          D.numel() ? D.data_ptr<float>() : nullptr,
+          bias.numel() ? bias.data_ptr<float>() : nullptr};
+}
+
+// Runs task(b, s, q0, q1) over the split, in parallel.
+template <typename Task>
+void for_each_task(const Dims& d, const Split& split, Task&& task) {
+  at::parallel_for(0, d.batch * split.slices, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / split.slices, s = i % split.slices;
+      task(b, s, s * split.width, std::min(d.groups, (s + 1) * split.width));
+    }
+  });
+}
+
+}  // namespace
+
+std::vector<at::Tensor> cross_scan_forward(const at::Tensor& u, const at::Tensor& xdbl, const at::Tensor& dtw,
+                                           const at::Tensor& A, const at::Tensor& D, const at::Tensor& bias,
+                                           bool save_states) {
+  const Dims d = check(u, xdbl, dtw, A, D, bias);
+  const Inputs in = inputs(u, xdbl, dtw, A, D, bias);
+  const std::vector<int32_t> pos = positions(u.size(1), u.size(2));
+  at::Tensor y = at::empty_like(u);
+  at::Tensor hsave = at::empty({save_states ? d.batch : 0, 4, d.chunks, d.groups, d.N, 8}, u.options());
+  float* hp = save_states ? hsave.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  dispatch_nv(d.N, [&](auto nv) {
+    for_each_task(d, Split(d), [&](int64_t b, int64_t, int64_t q0, int64_t q1) {
+      forward_task<decltype(nv)::value>(d, in, pos.data(), b, q0, q1, yp, hp);
+    });
+  });
+  return {y, hsave};
+}
+
+std::vector<at::Tensor> cross_scan_backward(const at::Tensor& u, const at::Tensor& xdbl, const at::Tensor& dtw,
+                                            const at::Tensor& A, const at::Tensor& D, const at::Tensor& bias,
+                                            const at::Tensor& hsave, const at::Tensor& dy) {
+  const Dims d = check(u, xdbl, dtw, A, D, bias);
+  TORCH_CHECK(dy.sizes() == u.sizes() && dy.scalar_type() == at::kFloat && dy.is_contiguous(), "dy must match u");
+  TORCH_CHECK(hsave.numel() == d.batch * 4 * d.chunks * d.groups * d.N * 8, "hsave does not match the inputs");
+  const Inputs in = inputs(u, xdbl, dtw, A, D, bias);
+  const std::vector<int32_t> pos = positions(u.size(1), u.size(2));
+  const Split split(d);
+  at::Tensor du = at::empty_like(u), ddelta = at::empty({4, d.batch, d.L, d.P}, u.options());
+  at::Tensor dA = at::empty({d.batch, 4, d.P, d.N}, u.options());
+  at::Tensor dD = at::empty({d.batch, 4, d.P}, u.options()), dbias = at::empty_like(dD);
+  at::Tensor dBC = at::empty({d.batch, split.slices, d.L, 4, 2 * d.N}, u.options());
+  const Grads out{du.data_ptr<float>(), ddelta.data_ptr<float>(), dA.data_ptr<float>(),
+                  dBC.data_ptr<float>(), dD.data_ptr<float>(),   dbias.data_ptr<float>()};
+  const float* hp = hsave.data_ptr<float>();
+  const float* gp = dy.data_ptr<float>();
+  dispatch_nv(d.N, [&](auto nv) {
+    for_each_task(d, split, [&](int64_t b, int64_t s, int64_t q0, int64_t q1) {
+      backward_task<decltype(nv)::value>(d, in, pos.data(), b, s, split.slices, q0, q1, hp, gp, out);
+    });
+  });
+  return {du, ddelta, dA.sum(0), split.slices == 1 ? dBC.squeeze(1) : dBC.sum(1), dD.sum(0), dbias.sum(0)};
+}
+
+}  // namespace vmu

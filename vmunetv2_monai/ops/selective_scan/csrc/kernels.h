@@ -1,0 +1,33 @@
+// Entry points of the fused SS2D kernel (cross_scan_cpu.cpp, bound in scan_cpu.cpp) and the input checks both
+// kernel files use.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <initializer_list>
+#include <vector>
+
+namespace vmu {
+
+// Every tensor is a contiguous float32 CPU tensor.
+void check_floats(std::initializer_list<const at::Tensor*> ts);
+
+// The scan parameters: A (G, P, N) with N in {8, 16, 24, 32}, D and bias (G, P) or empty.
+void check_params(int64_t groups, int64_t P, int64_t N, const at::Tensor& A, const at::Tensor& D,
+                  const at::Tensor& bias);
+
+// Fused cross-scan, step-size projection, scan and cross-merge of SS2D (softplus step sizes). u (batch, H, W, P)
+// channels-last; x_dbl (batch, H * W, 4, R + 2 N): each direction's dts, B and C at each row-major position;
+// dtw (4, P, R). Returns (y (batch, H, W, P), hsave).
+std::vector<at::Tensor> cross_scan_forward(const at::Tensor& u, const at::Tensor& xdbl, const at::Tensor& dtw,
+                                           const at::Tensor& A, const at::Tensor& D, const at::Tensor& bias,
+                                           bool save_states);
+
+// Its backward given dy (batch, H, W, P). Returns (du (batch, H, W, P), ddelta (4, batch, H * W, P), the gradient
+// of the raw step sizes at each position (dts and dtw get theirs from it), dA (4, P, N), dBC (batch, H * W, 4, 2 N),
+// the gradient of x_dbl's B and C parts, dD (4, P), dbias (4, P)).
+std::vector<at::Tensor> cross_scan_backward(const at::Tensor& u, const at::Tensor& xdbl, const at::Tensor& dtw,
+                                            const at::Tensor& A, const at::Tensor& D, const at::Tensor& bias,
+                                            const at::Tensor& hsave, const at::Tensor& dy);
+
+}  // namespace vmu
