@@ -1,8 +1,9 @@
 """Compiled C++ selective scan for CPUs (the ``cpu`` backend): AVX2+FMA, threads over channels.
 
-The kernel (``csrc/scan_cpu.cpp``) is built with ``torch.utils.cpp_extension.load`` the first time it is needed
-(``scripts/setup.sh`` triggers that once) and cached in ``$VMUNETV2_EXT_DIR`` (default
-``~/.cache/vmunetv2_monai/ext``), one build per torch version, CPU capability and checkout. Where it cannot be built or
+The extension (``csrc/scan_cpu.cpp``; ``csrc/cross_scan_cpu.cpp``, the fused SS2D op of ``cross_cpu.py``) is
+built with ``torch.utils.cpp_extension.load`` the first time it is needed (``scripts/setup.sh`` triggers that once)
+and cached in ``$VMUNETV2_EXT_DIR`` (default ``~/.cache/vmunetv2_monai/ext``), one build per torch version, CPU
+capability and checkout. Where it cannot be built or
 loaded (no compiler, no ninja, ``VMUNETV2_CPU_SCAN=0``), :func:`cpu_status` reports why and the dispatcher uses
 the pure-PyTorch ``torch`` backend instead.
 
