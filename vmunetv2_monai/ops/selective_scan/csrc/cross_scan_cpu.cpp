@@ -16,10 +16,11 @@
 // groups and reduced across lanes once per time block.
 //
 // Tasks are (batch, slice of channel groups). A task runs the four directions of its channels one after the
-// other, so the merge needs no atomics. For one direction the time axis is cut into blocks of kBlockChunks * kChunk
-// steps and every channel group runs through a block before the next one starts (B, C and the dB, dC partials stay
-// in L2). Forward optionally saves the state at every chunk start; backward recomputes a chunk's states from it
-// and runs the adjoint recurrence backwards.
+// other, so the merge needs no atomics. For one direction it goes chunk by chunk: the chunk's projection rows are
+// copied once into consecutive rows (independent loads, instead of a cache miss inside the recurrence at every
+// step of a column-major direction), then every channel group runs through the chunk. Forward optionally saves the
+// state at every chunk start; backward recomputes a chunk's states from it and runs the adjoint recurrence
+// backwards.
 
 #include <ATen/Parallel.h>
 
@@ -33,7 +34,6 @@
 namespace vmu {
 namespace {
 
-constexpr int64_t kBlockChunks = 4;  // chunks per time block
 constexpr float kLog2e = 1.44269504088896341f;
 
 struct Dims {
@@ -44,10 +44,25 @@ struct Inputs {
   const float *u, *xdbl, *dtw, *A, *D, *bias;
 };
 
-// The projections of direction g at spatial position at: dts (R floats), then B and C (N floats each).
-inline const float* proj_row(const Dims& d, const Inputs& in, int64_t b, int64_t g, int64_t at) {
-  return in.xdbl + ((b * d.L + at) * 4 + g) * (d.R + 2 * d.N);
-}
+// One chunk of one direction's steps: each step's spatial position, its map offset (channel 0 of u, y, dy, du in
+// batch element b) and its projections (dts: R floats, then B and C: N floats each), copied from x_dbl into
+// consecutive rows.
+struct ChunkRows {
+  int64_t len = 0, width;
+  std::vector<int64_t> pix, at;
+  std::vector<float> proj;
+  explicit ChunkRows(const Dims& d) : width(d.R + 2 * d.N), pix(kChunk), at(kChunk), proj(kChunk * width) {}
+  void load(const Dims& d, const Inputs& in, const int32_t* pos, int64_t b, int64_t g, int64_t c) {
+    len = std::min(d.L, (c + 1) * kChunk) - c * kChunk;
+    for (int64_t i = 0; i < len; ++i) {
+      pix[i] = pos[c * kChunk + i];
+      at[i] = (b * d.L + pix[i]) * d.P;
+      const float* src = in.xdbl + ((b * d.L + pix[i]) * 4 + g) * width;
+      std::copy(src, src + width, proj.data() + i * width);
+    }
+  }
+  const float* dts(int64_t i) const { return proj.data() + i * width; }
+};
 
 // Tasks: `slices` slices of `width` consecutive channel groups per batch element, a few tasks per thread.
 struct Split {
@@ -122,13 +137,12 @@ void forward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t 
   float* const dlloc = steps.data();  // step sizes, dl * u and D * u of the chunk's steps, 8 lanes each
   float* const duloc = dlloc + kChunk * 8;
   float* const yloc = duloc + kChunk * 8;
+  ChunkRows rows(d);
   for (int64_t g = 0; g < 4; ++g) {
     const Packed pk(d, in, g, q0, q1);
     std::fill(state.begin(), state.end(), 0.0f);
-    const int32_t* pos = pos4 + g * d.L;
-    const int64_t bg = b * 4 + g;
-    for (int64_t c0 = 0; c0 < d.chunks; c0 += kBlockChunks) {
-      const int64_t c1 = std::min(d.chunks, c0 + kBlockChunks);
+    for (int64_t c = 0; c < d.chunks; ++c) {
+      rows.load(d, in, pos4 + g * d.L, b, g, c);
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t k = q - q0;
         const Lanes m = group_lanes(d, q);
@@ -136,33 +150,27 @@ void forward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t 
         const float* w = pk.w.data() + k * d.R * 8;
         const vec bias = vload(pk.bias.data() + k * 8), skip = vload(pk.skip.data() + k * 8);
         float* hs = state.data() + k * N * 8;
+        if (hsave != nullptr) std::copy(hs, hs + N * 8, hsave + hsave_at(d, b * 4 + g, c, q));
+        // The chunk's inputs and step sizes first (independent steps), then the recurrence.
+        for (int64_t i = 0; i < rows.len; ++i) {
+          const vec ut = vload_n(in.u + rows.at[i] + 8 * q, m);
+          const vec dl = step_size(w, bias, rows.dts(i), d.R, nullptr);
+          vstore(dlloc + 8 * i, dl);
+          vstore(duloc + 8 * i, vmul(dl, ut));
+          vstore(yloc + 8 * i, vmul(skip, ut));
+        }
         vec h[N];
         for (int64_t n = 0; n < N; ++n) h[n] = vload(hs + 8 * n);
-        for (int64_t c = c0; c < c1; ++c) {
-          if (hsave != nullptr) {
-            float* dst = hsave + hsave_at(d, bg, c, q);
-            for (int64_t n = 0; n < N; ++n) vstore(dst + 8 * n, h[n]);
+        for (int64_t i = 0; i < rows.len; ++i) {
+          const vec dl = vload(dlloc + 8 * i), dtu = vload(duloc + 8 * i);
+          const float* bt = rows.dts(i) + d.R;
+          const float* ct = bt + N;
+          vec yv[4] = {vload(yloc + 8 * i), vzero(), vzero(), vzero()};  // 4 partial sums: short FMA chains
+          for (int64_t n = 0; n < N; ++n) {
+            h[n] = vfma(vexp2(vmul(dl, vload(a2 + 8 * n))), h[n], vmul(dtu, vset1(bt[n])));
+            yv[n % 4] = vfma(h[n], vset1(ct[n]), yv[n % 4]);
           }
-          // The chunk's inputs and step sizes first (independent steps), then the recurrence.
-          const int64_t t0 = c * kChunk, len = std::min(d.L, t0 + kChunk) - t0;
-          for (int64_t i = 0; i < len; ++i) {
-            const vec ut = vload_n(in.u + (b * d.L + pos[t0 + i]) * d.P + 8 * q, m);
-            const vec dl = step_size(w, bias, proj_row(d, in, b, g, pos[t0 + i]), d.R, nullptr);
-            vstore(dlloc + 8 * i, dl);
-            vstore(duloc + 8 * i, vmul(dl, ut));
-            vstore(yloc + 8 * i, vmul(skip, ut));
-          }
-          for (int64_t i = 0; i < len; ++i) {
-            const vec dl = vload(dlloc + 8 * i), dtu = vload(duloc + 8 * i);
-            const float* bt = proj_row(d, in, b, g, pos[t0 + i]) + d.R;
-            const float* ct = bt + N;
-            vec yv[4] = {vload(yloc + 8 * i), vzero(), vzero(), vzero()};  // 4 partial sums: short FMA chains
-            for (int64_t n = 0; n < N; ++n) {
-              h[n] = vfma(vexp2(vmul(dl, vload(a2 + 8 * n))), h[n], vmul(dtu, vset1(bt[n])));
-              yv[n % 4] = vfma(h[n], vset1(ct[n]), yv[n % 4]);
-            }
-            merge(y + (b * d.L + pos[t0 + i]) * d.P + 8 * q, vadd(vadd(yv[0], yv[1]), vadd(yv[2], yv[3])), g == 0, m);
-          }
+          merge(y + rows.at[i] + 8 * q, vadd(vadd(yv[0], yv[1]), vadd(yv[2], yv[3])), g == 0, m);
         }
         for (int64_t n = 0; n < N; ++n) vstore(hs + 8 * n, h[n]);
       }
@@ -182,22 +190,22 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
   constexpr int64_t N = 8 * NV;
   const int64_t groups = q1 - q0;
   std::vector<float> carry(groups * N * 8), dacc(carry.size()), dskip(groups * 8), dbias(groups * 8);
-  std::vector<float> hloc(kChunk * N * 8), eloc(hloc.size()), dbv(kBlockChunks * kChunk * N * 8), dcv(dbv.size());
+  std::vector<float> hloc(kChunk * N * 8), eloc(hloc.size()), dbv(hloc.size()), dcv(hloc.size());
   std::vector<float> steps(4 * kChunk * 8);  // u, dy, dl, sigmoid of the chunk's steps, 8 lanes each
   float* const uloc = steps.data();
   float* const gyloc = uloc + kChunk * 8;
   float* const dlloc = gyloc + kChunk * 8;
   float* const sgloc = dlloc + kChunk * 8;
+  ChunkRows rows(d);
   for (int64_t g = 0; g < 4; ++g) {
     const Packed pk(d, in, g, q0, q1);
     for (auto* v : {&carry, &dacc, &dskip, &dbias}) std::fill(v->begin(), v->end(), 0.0f);
-    const int32_t* pos = pos4 + g * d.L;
     const int64_t bg = b * 4 + g;
-    for (int64_t c1 = d.chunks; c1 > 0; c1 -= kBlockChunks) {
-      const int64_t c0 = std::max<int64_t>(0, c1 - kBlockChunks);
-      const int64_t bt0 = c0 * kChunk, bt1 = std::min(d.L, c1 * kChunk);
-      std::fill(dbv.begin(), dbv.begin() + (bt1 - bt0) * N * 8, 0.0f);
-      std::fill(dcv.begin(), dcv.begin() + (bt1 - bt0) * N * 8, 0.0f);
+    for (int64_t c = d.chunks - 1; c >= 0; --c) {
+      rows.load(d, in, pos4 + g * d.L, b, g, c);
+      const int64_t len = rows.len;
+      std::fill(dbv.begin(), dbv.begin() + len * N * 8, 0.0f);
+      std::fill(dcv.begin(), dcv.begin() + len * N * 8, 0.0f);
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t k = q - q0;
         const Lanes m = group_lanes(d, q);
@@ -205,84 +213,79 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
         const float* a2 = pk.a2.data() + k * N * 8;
         const float* w = pk.w.data() + k * d.R * 8;
         const vec bias = vload(pk.bias.data() + k * 8), skip = vload(pk.skip.data() + k * 8);
+        const float* h0 = hsave + hsave_at(d, bg, c, q);
+        // Recompute the chunk's decays and states from the saved chunk-start state.
+        for (int64_t i = 0; i < len; ++i) {
+          vec sg;
+          const vec ut = vload_n(in.u + rows.at[i] + 8 * q, m);
+          vstore(uloc + 8 * i, ut);
+          vstore(gyloc + 8 * i, vload_n(dy + rows.at[i] + 8 * q, m));
+          vstore(dlloc + 8 * i, step_size(w, bias, rows.dts(i), d.R, &sg));
+          vstore(sgloc + 8 * i, sg);
+        }
+        vec h[N];
+        for (int64_t n = 0; n < N; ++n) h[n] = vload(h0 + 8 * n);
+        for (int64_t i = 0; i < len; ++i) {
+          const vec dl = vload(dlloc + 8 * i), dtu = vmul(dl, vload(uloc + 8 * i));
+          const float* bt = rows.dts(i) + d.R;
+          for (int64_t n = 0; n < N; ++n) {
+            const vec e = vexp2(vmul(dl, vload(a2 + 8 * n)));
+            h[n] = vfma(e, h[n], vmul(dtu, vset1(bt[n])));
+            vstore(eloc.data() + (i * N + n) * 8, e);
+            vstore(hloc.data() + (i * N + n) * 8, h[n]);
+          }
+        }
+        // Adjoint recurrence backwards: gs_t = dy_t C_t + exp(dl_{t+1} A) gs_{t+1}.
+        float* cs = carry.data() + k * N * 8;
+        float* da = dacc.data() + k * N * 8;
+        vec gs[N], dav[N];
+        for (int64_t n = 0; n < N; ++n) {
+          gs[n] = vload(cs + 8 * n);
+          dav[n] = vload(da + 8 * n);
+        }
         vec dsk = vload(dskip.data() + k * 8), dbs = vload(dbias.data() + k * 8);
-        for (int64_t c = c1 - 1; c >= c0; --c) {
-          const int64_t t0 = c * kChunk, len = std::min(d.L, t0 + kChunk) - t0;
-          const float* h0 = hsave + hsave_at(d, bg, c, q);
-          // Recompute the chunk's decays and states from the saved chunk-start state.
-          vec h[N];
-          for (int64_t n = 0; n < N; ++n) h[n] = vload(h0 + 8 * n);
-          for (int64_t i = 0; i < len; ++i) {
-            const int64_t at = (b * d.L + pos[t0 + i]) * d.P + 8 * q;
-            vec sg;
-            const vec ut = vload_n(in.u + at, m);
-            vstore(uloc + 8 * i, ut);
-            vstore(gyloc + 8 * i, vload_n(dy + at, m));
-            vstore(dlloc + 8 * i, step_size(w, bias, proj_row(d, in, b, g, pos[t0 + i]), d.R, &sg));
-            vstore(sgloc + 8 * i, sg);
-          }
-          for (int64_t i = 0; i < len; ++i) {
-            const vec dl = vload(dlloc + 8 * i), dtu = vmul(dl, vload(uloc + 8 * i));
-            const float* bt = proj_row(d, in, b, g, pos[t0 + i]) + d.R;
-            for (int64_t n = 0; n < N; ++n) {
-              const vec e = vexp2(vmul(dl, vload(a2 + 8 * n)));
-              h[n] = vfma(e, h[n], vmul(dtu, vset1(bt[n])));
-              vstore(eloc.data() + (i * N + n) * 8, e);
-              vstore(hloc.data() + (i * N + n) * 8, h[n]);
-            }
-          }
-          // Adjoint recurrence backwards: gs_t = dy_t C_t + exp(dl_{t+1} A) gs_{t+1}.
-          float* cs = carry.data() + k * N * 8;
-          float* da = dacc.data() + k * N * 8;
-          vec gs[N], dav[N];
+        for (int64_t i = len - 1; i >= 0; --i) {
+          const vec gyt = vload(gyloc + 8 * i), dt = vload(dlloc + 8 * i), ut = vload(uloc + 8 * i);
+          const vec dtu = vmul(dt, ut);
+          const float* bt = rows.dts(i) + d.R;
+          const float* ct = bt + N;
+          const float* hp = i > 0 ? hloc.data() + (i - 1) * N * 8 : h0;
+          const float* hc = hloc.data() + i * N * 8;
+          const float* e = eloc.data() + i * N * 8;
+          float* dbt = dbv.data() + i * N * 8;
+          float* dct = dcv.data() + i * N * 8;
+          vec x_a[2] = {vzero(), vzero()}, gb[2] = {vzero(), vzero()};  // 2 partial sums each: short chains
           for (int64_t n = 0; n < N; ++n) {
-            gs[n] = vload(cs + 8 * n);
-            dav[n] = vload(da + 8 * n);
+            const vec en = vload(e + 8 * n);
+            const vec gj = vfma(gyt, vset1(ct[n]), gs[n]);
+            const vec x = vmul(vmul(gj, vload(hp + 8 * n)), en);  // gradient w.r.t. dl_t * A
+            dav[n] = vfma(x, dt, dav[n]);
+            x_a[n % 2] = vfma(x, vload(a + 8 * n), x_a[n % 2]);
+            gb[n % 2] = vfma(gj, vset1(bt[n]), gb[n % 2]);
+            vstore(dbt + 8 * n, vfma(gj, dtu, vload(dbt + 8 * n)));
+            vstore(dct + 8 * n, vfma(gyt, vload(hc + 8 * n), vload(dct + 8 * n)));
+            gs[n] = vmul(gj, en);
           }
-          for (int64_t i = len - 1; i >= 0; --i) {
-            const int64_t t = t0 + i;
-            const vec gyt = vload(gyloc + 8 * i), dt = vload(dlloc + 8 * i), ut = vload(uloc + 8 * i);
-            const vec dtu = vmul(dt, ut);
-            const float* bt = proj_row(d, in, b, g, pos[t]) + d.R;
-            const float* ct = bt + N;
-            const float* hp = i > 0 ? hloc.data() + (i - 1) * N * 8 : h0;
-            const float* hc = hloc.data() + i * N * 8;
-            const float* e = eloc.data() + i * N * 8;
-            float* dbt = dbv.data() + (t - bt0) * N * 8;
-            float* dct = dcv.data() + (t - bt0) * N * 8;
-            vec x_a[2] = {vzero(), vzero()}, gb[2] = {vzero(), vzero()};  // 2 partial sums each: short chains
-            for (int64_t n = 0; n < N; ++n) {
-              const vec en = vload(e + 8 * n);
-              const vec gj = vfma(gyt, vset1(ct[n]), gs[n]);
-              const vec x = vmul(vmul(gj, vload(hp + 8 * n)), en);  // gradient w.r.t. dl_t * A
-              dav[n] = vfma(x, dt, dav[n]);
-              x_a[n % 2] = vfma(x, vload(a + 8 * n), x_a[n % 2]);
-              gb[n % 2] = vfma(gj, vset1(bt[n]), gb[n % 2]);
-              vstore(dbt + 8 * n, vfma(gj, dtu, vload(dbt + 8 * n)));
-              vstore(dct + 8 * n, vfma(gyt, vload(hc + 8 * n), vload(dct + 8 * n)));
-              gs[n] = vmul(gj, en);
-            }
-            const vec gbs = vadd(gb[0], gb[1]);
-            const vec dd = vmul(vfma(ut, gbs, vadd(x_a[0], x_a[1])), vload(sgloc + 8 * i));  // w.r.t. the raw step
-            vstore_n(out.ddelta + ((g * d.batch + b) * d.L + pos[t]) * d.P + 8 * q, dd, m);
-            merge(out.du + (b * d.L + pos[t]) * d.P + 8 * q, vfma(dt, gbs, vmul(skip, gyt)), g == 0, m);
-            dsk = vfma(gyt, ut, dsk);
-            dbs = vadd(dbs, dd);
-          }
-          for (int64_t n = 0; n < N; ++n) {
-            vstore(cs + 8 * n, gs[n]);
-            vstore(da + 8 * n, dav[n]);
-          }
+          const vec gbs = vadd(gb[0], gb[1]);
+          const vec dd = vmul(vfma(ut, gbs, vadd(x_a[0], x_a[1])), vload(sgloc + 8 * i));  // w.r.t. the raw step
+          vstore_n(out.ddelta + (g * d.batch * d.L * d.P + rows.at[i]) + 8 * q, dd, m);
+          merge(out.du + rows.at[i] + 8 * q, vfma(dt, gbs, vmul(skip, gyt)), g == 0, m);
+          dsk = vfma(gyt, ut, dsk);
+          dbs = vadd(dbs, dd);
+        }
+        for (int64_t n = 0; n < N; ++n) {
+          vstore(cs + 8 * n, gs[n]);
+          vstore(da + 8 * n, dav[n]);
         }
         vstore(dskip.data() + k * 8, dsk);
         vstore(dbias.data() + k * 8, dbs);
       }
-      // The block's dB, dC partials: lane sums, 8 state indices at a time, at the steps' positions.
-      for (int64_t t = bt0; t < bt1; ++t) {
-        float* row = out.dBC + (((b * slices + s) * d.L + pos[t]) * 4 + g) * 2 * N;
+      // The chunk's dB, dC partials: lane sums, 8 state indices at a time, at the steps' positions.
+      for (int64_t i = 0; i < len; ++i) {
+        float* row = out.dBC + (((b * slices + s) * d.L + rows.pix[i]) * 4 + g) * 2 * N;
         for (int64_t n = 0; n < N; n += 8) {
-          vstore(row + n, hsum8x8(dbv.data() + ((t - bt0) * N + n) * 8));
-          vstore(row + N + n, hsum8x8(dcv.data() + ((t - bt0) * N + n) * 8));
+          vstore(row + n, hsum8x8(dbv.data() + (i * N + n) * 8));
+          vstore(row + N + n, hsum8x8(dcv.data() + (i * N + n) * 8));
         }
       }
     }
