@@ -13,7 +13,7 @@
 // position, forms their step sizes (R FMAs and a softplus) and updates each channel's N states as N vectors,
 // broadcasting B_t[n] and C_t[n]; the readout is a vertical FMA chain, so forward needs no lane sums. Backward's
 // dB and dC are sums over channels: each step adds an 8-lane partial per (t, n), summed over the task's channel
-// groups and reduced across lanes once per time block.
+// groups and reduced across lanes once per chunk.
 //
 // Tasks are (batch, slice of channel groups). A task runs the four directions of its channels one after the
 // other, so the merge needs no atomics. For one direction it goes chunk by chunk: the chunk's projection rows are
