@@ -63,10 +63,13 @@ class _CrossScan(torch.autograd.Function):
         k, b, length, d = ddelta.shape
         rank = dtw.shape[2]
         ddelta = ddelta.view(k, b * length, d)
-        ddts = torch.matmul(ddelta, dtw)  # (4, B L, R)
-        dts = x_dbl[..., :rank].permute(2, 0, 1, 3).reshape(k, b * length, rank)
-        ddtw = torch.matmul(ddelta.transpose(1, 2), dts) if ctx.needs_input_grad[2] else None
-        dx_dbl = torch.cat([ddts.view(k, b, length, rank).permute(1, 2, 0, 3), dBC], dim=3)
+        dx_dbl = ddtw = None
+        if ctx.needs_input_grad[1]:
+            ddts = torch.matmul(ddelta, dtw).view(k, b, length, rank).permute(1, 2, 0, 3)  # (B, L, 4, R)
+            dx_dbl = torch.cat([ddts, dBC], dim=3)
+        if ctx.needs_input_grad[2]:
+            dts = x_dbl[..., :rank].permute(2, 0, 1, 3).reshape(k, b * length, rank)
+            ddtw = torch.matmul(ddelta.transpose(1, 2), dts)
         return du, dx_dbl, ddtw, dA, dDs, dbias, None
 
 
