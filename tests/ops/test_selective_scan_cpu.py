@@ -141,7 +141,7 @@ def test_single_threaded_build_when_openmp_build_fails(monkeypatch, tmp_path):
         tried.append(kwargs["extra_cflags"])
         if "-fopenmp" in kwargs["extra_cflags"]:
             raise OSError("omp.h: No such file or directory")
-        return SimpleNamespace(has_avx2=lambda: True)  # stands in for the module the second build makes
+        return SimpleNamespace(simd_name=lambda: "AVX2+FMA")  # stands in for the module the second build makes
 
     cpu_mod._load.cache_clear()
     monkeypatch.setattr(cpu_mod, "_openmp_threads", lambda: True)

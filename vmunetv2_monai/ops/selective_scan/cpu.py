@@ -1,4 +1,4 @@
-"""Compiled C++ selective scan for CPUs (the ``cpu`` backend): AVX2+FMA, threads over channels.
+"""Compiled C++ selective scan for CPUs (the ``cpu`` backend): AVX2+FMA (AVX-512 in the fused op), threads by channel.
 
 The extension (``csrc/scan_cpu.cpp``; ``csrc/cross_scan_cpu.cpp``, the fused SS2D op of ``cross_cpu.py``) is
 built with ``torch.utils.cpp_extension.load`` the first time it is needed (``scripts/setup.sh`` triggers that once)
@@ -56,6 +56,8 @@ def _load() -> tuple[ModuleType | None, str]:
     flags = ["-O3", "-std=c++17"]
     if capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
+    if capability == "AVX512":  # the fused kernel then runs 16 channels to a vector (csrc/simd.h)
+        flags += ["-mavx512f", "-mavx512dq"]
     # at::parallel_for is inlined from ATen's OpenMP header: without -fopenmp it runs serially. Compiled with it (and
     # not linked to a libgomp of its own), the kernel's GOMP calls bind to the runtime torch has loaded, so it follows
     # torch.set_num_threads like torch's own ops. A compiler without OpenMP still gets the single-threaded build.
@@ -79,9 +81,8 @@ def _load() -> tuple[ModuleType | None, str]:
                 logger.warning("%s with OpenMP; building it single-threaded", reason)
     else:
         return None, reason
-    simd = "AVX2+FMA" if module.has_avx2() else "portable C++, no AVX2"
     threads = "torch's intra-op threads" if "-fopenmp" in attempt else "1 thread: built without OpenMP"
-    return module, f"compiled C++ kernel ({simd}, {threads})"
+    return module, f"compiled C++ kernel ({module.simd_name()}, {threads})"
 
 
 def _openmp_threads() -> bool:

@@ -9,11 +9,11 @@
 // (batch, H, W, P) is the sum over the directions of (scan + D u) at each position (the cross-merge). Neither the
 // four orders of u or x_dbl nor the (batch, 4, P, L) step sizes are materialised in forward.
 //
-// Lanes run over 8 consecutive channels, contiguous in the channels-last map: a step loads the 8 channels' u at its
-// position, forms their step sizes (R FMAs and a softplus) and updates each channel's N states as N vectors,
-// broadcasting B_t[n] and C_t[n]; the readout is a vertical FMA chain, so forward needs no lane sums. Backward's
-// dB and dC are sums over channels: each step adds an 8-lane partial per (t, n), summed over the task's channel
-// groups and reduced across lanes once per chunk.
+// Lanes run over W consecutive channels (W = kWide: 16 where the build has AVX-512, else 8), contiguous in the
+// channels-last map: a step loads the W channels' u at its position, forms their step sizes (R FMAs and a softplus)
+// and updates each channel's N states as N vectors, broadcasting B_t[n] and C_t[n]; the readout is a vertical FMA
+// chain, so forward needs no lane sums. Backward's dB and dC are sums over channels: each step adds a W-lane
+// partial per (t, n), summed over the task's channel groups and reduced across lanes once per chunk.
 //
 // Tasks are (batch, slice of channel groups). A task runs the four directions of its channels one after the
 // other, so the merge needs no atomics. For one direction it goes chunk by chunk: the chunk's projection rows are
@@ -35,9 +35,12 @@ namespace vmu {
 namespace {
 
 constexpr float kLog2e = 1.44269504088896341f;
+constexpr int64_t W = kWide;  // channels a vector
+using S = Simd<kWide>;
+using V = S::V;
 
 struct Dims {
-  int64_t batch, L, P, N, R, chunks, groups;  // groups: 8-channel groups, ceil(P / 8)
+  int64_t batch, L, P, N, R, chunks, groups;  // groups: W-channel groups, ceil(P / W)
 };
 
 struct Inputs {
@@ -74,39 +77,43 @@ struct Split {
   }
 };
 
-// One direction's per-channel parameters for channel groups [q0, q1), 8 lanes a group, zero past P: A (and A log2 e
+// One direction's per-channel parameters for channel groups [q0, q1), W lanes a group, zero past P: A (and A log2 e
 // for exp2) as N vectors a group, dtw as R vectors a group, bias and D one vector each.
 struct Packed {
   std::vector<float> a, a2, w, bias, skip;
   Packed(const Dims& d, const Inputs& in, int64_t g, int64_t q0, int64_t q1)
-      : a((q1 - q0) * d.N * 8), a2(a.size()), w((q1 - q0) * d.R * 8), bias((q1 - q0) * 8), skip(bias.size()) {
+      : a((q1 - q0) * d.N * W), a2(a.size()), w((q1 - q0) * d.R * W), bias((q1 - q0) * W), skip(bias.size()) {
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t k = q - q0;
-      for (int64_t l = 0; l < 8 && 8 * q + l < d.P; ++l) {
-        const int64_t ch = g * d.P + 8 * q + l;
+      for (int64_t l = 0; l < W && W * q + l < d.P; ++l) {
+        const int64_t ch = g * d.P + W * q + l;
         for (int64_t n = 0; n < d.N; ++n) {
-          a[(k * d.N + n) * 8 + l] = in.A[ch * d.N + n];
-          a2[(k * d.N + n) * 8 + l] = in.A[ch * d.N + n] * kLog2e;
+          a[(k * d.N + n) * W + l] = in.A[ch * d.N + n];
+          a2[(k * d.N + n) * W + l] = in.A[ch * d.N + n] * kLog2e;
         }
-        for (int64_t r = 0; r < d.R; ++r) w[(k * d.R + r) * 8 + l] = in.dtw[ch * d.R + r];
-        bias[k * 8 + l] = in.bias != nullptr ? in.bias[ch] : 0.0f;
-        skip[k * 8 + l] = in.D != nullptr ? in.D[ch] : 0.0f;
+        for (int64_t r = 0; r < d.R; ++r) w[(k * d.R + r) * W + l] = in.dtw[ch * d.R + r];
+        bias[k * W + l] = in.bias != nullptr ? in.bias[ch] : 0.0f;
+        skip[k * W + l] = in.D != nullptr ? in.D[ch] : 0.0f;
       }
     }
   }
 };
 
 // The step sizes softplus(dts_t . w + bias) of one channel group (w: R vectors); sg (may be null) gets sigmoid.
-inline vec step_size(const float* w, vec bias, const float* dts_t, int64_t R, vec* sg) {
-  vec raw = bias;
-  for (int64_t r = 0; r < R; ++r) raw = vfma(vload(w + 8 * r), vset1(dts_t[r]), raw);
+inline V step_size(const float* w, V bias, const float* dts_t, int64_t R, V* sg) {
+  V raw = bias;
+  for (int64_t r = 0; r < R; ++r) raw = vfma(S::load(w + W * r), S::set1(dts_t[r]), raw);
   return vsoftplus(raw, sg);
 }
 
-inline Lanes group_lanes(const Dims& d, int64_t q) { return lanes(static_cast<int>(std::min<int64_t>(8, d.P - 8 * q))); }
+inline S::Mask group_lanes(const Dims& d, int64_t q) {
+  return S::mask(static_cast<int>(std::min<int64_t>(W, d.P - W * q)));
+}
 
 // map[at] = v for the first direction, map[at] += v for the others (the cross-merge), on the group's lanes.
-inline void merge(float* at, vec v, bool first, const Lanes& m) { vstore_n(at, first ? v : vadd(vload_n(at, m), v), m); }
+inline void merge(float* at, V v, bool first, const S::Mask& m) {
+  vstore_n(at, first ? v : vadd(S::load_n(at, m), v), m);
+}
 
 // The row-major positions h * W + w visited at steps t = 0 .. L - 1 by the four directions, 4 x L: row-major,
 // column-major, and the two reversed (as ops/cross_scan.py).
@@ -124,19 +131,19 @@ std::vector<int32_t> positions(int64_t H, int64_t W) {
   return pos;
 }
 
-// hsave (batch, 4, chunks, groups, N, 8): the state of every channel group before every chunk.
+// hsave (batch, 4, chunks, groups, N, W): the state of every channel group before every chunk.
 inline int64_t hsave_at(const Dims& d, int64_t bg, int64_t c, int64_t q) {
-  return ((bg * d.chunks + c) * d.groups + q) * d.N * 8;
+  return ((bg * d.chunks + c) * d.groups + q) * d.N * W;
 }
 
 template <int NV>
 void forward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t b, int64_t q0, int64_t q1, float* y,
                   float* hsave) {
   constexpr int64_t N = 8 * NV;
-  std::vector<float> state((q1 - q0) * N * 8), steps(3 * kChunk * 8);
-  float* const dlloc = steps.data();  // step sizes, dl * u and D * u of the chunk's steps, 8 lanes each
-  float* const duloc = dlloc + kChunk * 8;
-  float* const yloc = duloc + kChunk * 8;
+  std::vector<float> state((q1 - q0) * N * W), steps(3 * kChunk * W);
+  float* const dlloc = steps.data();  // step sizes, dl * u and D * u of the chunk's steps, W lanes each
+  float* const duloc = dlloc + kChunk * W;
+  float* const yloc = duloc + kChunk * W;
   ChunkRows rows(d);
   for (int64_t g = 0; g < 4; ++g) {
     const Packed pk(d, in, g, q0, q1);
@@ -145,34 +152,34 @@ void forward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t 
       rows.load(d, in, pos4 + g * d.L, b, g, c);
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t k = q - q0;
-        const Lanes m = group_lanes(d, q);
-        const float* a2 = pk.a2.data() + k * N * 8;
-        const float* w = pk.w.data() + k * d.R * 8;
-        const vec bias = vload(pk.bias.data() + k * 8), skip = vload(pk.skip.data() + k * 8);
-        float* hs = state.data() + k * N * 8;
-        if (hsave != nullptr) std::copy(hs, hs + N * 8, hsave + hsave_at(d, b * 4 + g, c, q));
+        const S::Mask m = group_lanes(d, q);
+        const float* a2 = pk.a2.data() + k * N * W;
+        const float* w = pk.w.data() + k * d.R * W;
+        const V bias = S::load(pk.bias.data() + k * W), skip = S::load(pk.skip.data() + k * W);
+        float* hs = state.data() + k * N * W;
+        if (hsave != nullptr) std::copy(hs, hs + N * W, hsave + hsave_at(d, b * 4 + g, c, q));
         // The chunk's inputs and step sizes first (independent steps), then the recurrence.
         for (int64_t i = 0; i < rows.len; ++i) {
-          const vec ut = vload_n(in.u + rows.at[i] + 8 * q, m);
-          const vec dl = step_size(w, bias, rows.dts(i), d.R, nullptr);
-          vstore(dlloc + 8 * i, dl);
-          vstore(duloc + 8 * i, vmul(dl, ut));
-          vstore(yloc + 8 * i, vmul(skip, ut));
+          const V ut = S::load_n(in.u + rows.at[i] + W * q, m);
+          const V dl = step_size(w, bias, rows.dts(i), d.R, nullptr);
+          vstore(dlloc + W * i, dl);
+          vstore(duloc + W * i, vmul(dl, ut));
+          vstore(yloc + W * i, vmul(skip, ut));
         }
-        vec h[N];
-        for (int64_t n = 0; n < N; ++n) h[n] = vload(hs + 8 * n);
+        V h[N];
+        for (int64_t n = 0; n < N; ++n) h[n] = S::load(hs + W * n);
         for (int64_t i = 0; i < rows.len; ++i) {
-          const vec dl = vload(dlloc + 8 * i), dtu = vload(duloc + 8 * i);
+          const V dl = S::load(dlloc + W * i), dtu = S::load(duloc + W * i);
           const float* bt = rows.dts(i) + d.R;
           const float* ct = bt + N;
-          vec yv[4] = {vload(yloc + 8 * i), vzero(), vzero(), vzero()};  // 4 partial sums: short FMA chains
+          V yv[4] = {S::load(yloc + W * i), S::zero(), S::zero(), S::zero()};  // 4 partial sums: short FMA chains
           for (int64_t n = 0; n < N; ++n) {
-            h[n] = vfma(vexp2(vmul(dl, vload(a2 + 8 * n))), h[n], vmul(dtu, vset1(bt[n])));
-            yv[n % 4] = vfma(h[n], vset1(ct[n]), yv[n % 4]);
+            h[n] = vfma(vexp2(vmul(dl, S::load(a2 + W * n))), h[n], vmul(dtu, S::set1(bt[n])));
+            yv[n % 4] = vfma(h[n], S::set1(ct[n]), yv[n % 4]);
           }
-          merge(y + rows.at[i] + 8 * q, vadd(vadd(yv[0], yv[1]), vadd(yv[2], yv[3])), g == 0, m);
+          merge(y + rows.at[i] + W * q, vadd(vadd(yv[0], yv[1]), vadd(yv[2], yv[3])), g == 0, m);
         }
-        for (int64_t n = 0; n < N; ++n) vstore(hs + 8 * n, h[n]);
+        for (int64_t n = 0; n < N; ++n) vstore(hs + W * n, h[n]);
       }
     }
   }
@@ -189,13 +196,13 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
                    int64_t q0, int64_t q1, const float* hsave, const float* dy, const Grads& out) {
   constexpr int64_t N = 8 * NV;
   const int64_t groups = q1 - q0;
-  std::vector<float> carry(groups * N * 8), dacc(carry.size()), dskip(groups * 8), dbias(groups * 8);
-  std::vector<float> hloc(kChunk * N * 8), eloc(hloc.size()), dbv(hloc.size()), dcv(hloc.size());
-  std::vector<float> steps(4 * kChunk * 8);  // u, dy, dl, sigmoid of the chunk's steps, 8 lanes each
+  std::vector<float> carry(groups * N * W), dacc(carry.size()), dskip(groups * W), dbias(groups * W);
+  std::vector<float> hloc(kChunk * N * W), eloc(hloc.size()), dbv(hloc.size()), dcv(hloc.size());
+  std::vector<float> steps(4 * kChunk * W);  // u, dy, dl, sigmoid of the chunk's steps, W lanes each
   float* const uloc = steps.data();
-  float* const gyloc = uloc + kChunk * 8;
-  float* const dlloc = gyloc + kChunk * 8;
-  float* const sgloc = dlloc + kChunk * 8;
+  float* const gyloc = uloc + kChunk * W;
+  float* const dlloc = gyloc + kChunk * W;
+  float* const sgloc = dlloc + kChunk * W;
   ChunkRows rows(d);
   for (int64_t g = 0; g < 4; ++g) {
     const Packed pk(d, in, g, q0, q1);
@@ -204,98 +211,98 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
     for (int64_t c = d.chunks - 1; c >= 0; --c) {
       rows.load(d, in, pos4 + g * d.L, b, g, c);
       const int64_t len = rows.len;
-      std::fill(dbv.begin(), dbv.begin() + len * N * 8, 0.0f);
-      std::fill(dcv.begin(), dcv.begin() + len * N * 8, 0.0f);
+      std::fill(dbv.begin(), dbv.begin() + len * N * W, 0.0f);
+      std::fill(dcv.begin(), dcv.begin() + len * N * W, 0.0f);
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t k = q - q0;
-        const Lanes m = group_lanes(d, q);
-        const float* a = pk.a.data() + k * N * 8;
-        const float* a2 = pk.a2.data() + k * N * 8;
-        const float* w = pk.w.data() + k * d.R * 8;
-        const vec bias = vload(pk.bias.data() + k * 8), skip = vload(pk.skip.data() + k * 8);
+        const S::Mask m = group_lanes(d, q);
+        const float* a = pk.a.data() + k * N * W;
+        const float* a2 = pk.a2.data() + k * N * W;
+        const float* w = pk.w.data() + k * d.R * W;
+        const V bias = S::load(pk.bias.data() + k * W), skip = S::load(pk.skip.data() + k * W);
         const float* h0 = hsave + hsave_at(d, bg, c, q);
         // Recompute the chunk's decays and states from the saved chunk-start state.
         for (int64_t i = 0; i < len; ++i) {
-          vec sg;
-          const vec ut = vload_n(in.u + rows.at[i] + 8 * q, m);
-          vstore(uloc + 8 * i, ut);
-          vstore(gyloc + 8 * i, vload_n(dy + rows.at[i] + 8 * q, m));
-          vstore(dlloc + 8 * i, step_size(w, bias, rows.dts(i), d.R, &sg));
-          vstore(sgloc + 8 * i, sg);
+          V sg;
+          const V ut = S::load_n(in.u + rows.at[i] + W * q, m);
+          vstore(uloc + W * i, ut);
+          vstore(gyloc + W * i, S::load_n(dy + rows.at[i] + W * q, m));
+          vstore(dlloc + W * i, step_size(w, bias, rows.dts(i), d.R, &sg));
+          vstore(sgloc + W * i, sg);
         }
-        vec h[N];
-        for (int64_t n = 0; n < N; ++n) h[n] = vload(h0 + 8 * n);
+        V h[N];
+        for (int64_t n = 0; n < N; ++n) h[n] = S::load(h0 + W * n);
         for (int64_t i = 0; i < len; ++i) {
-          const vec dl = vload(dlloc + 8 * i), dtu = vmul(dl, vload(uloc + 8 * i));
+          const V dl = S::load(dlloc + W * i), dtu = vmul(dl, S::load(uloc + W * i));
           const float* bt = rows.dts(i) + d.R;
           for (int64_t n = 0; n < N; ++n) {
-            const vec e = vexp2(vmul(dl, vload(a2 + 8 * n)));
-            h[n] = vfma(e, h[n], vmul(dtu, vset1(bt[n])));
-            vstore(eloc.data() + (i * N + n) * 8, e);
-            vstore(hloc.data() + (i * N + n) * 8, h[n]);
+            const V e = vexp2(vmul(dl, S::load(a2 + W * n)));
+            h[n] = vfma(e, h[n], vmul(dtu, S::set1(bt[n])));
+            vstore(eloc.data() + (i * N + n) * W, e);
+            vstore(hloc.data() + (i * N + n) * W, h[n]);
           }
         }
         // Adjoint recurrence backwards: gs_t = dy_t C_t + exp(dl_{t+1} A) gs_{t+1}.
-        float* cs = carry.data() + k * N * 8;
-        float* da = dacc.data() + k * N * 8;
-        vec gs[N], dav[N];
+        float* cs = carry.data() + k * N * W;
+        float* da = dacc.data() + k * N * W;
+        V gs[N], dav[N];
         for (int64_t n = 0; n < N; ++n) {
-          gs[n] = vload(cs + 8 * n);
-          dav[n] = vload(da + 8 * n);
+          gs[n] = S::load(cs + W * n);
+          dav[n] = S::load(da + W * n);
         }
-        vec dsk = vload(dskip.data() + k * 8), dbs = vload(dbias.data() + k * 8);
+        V dsk = S::load(dskip.data() + k * W), dbs = S::load(dbias.data() + k * W);
         for (int64_t i = len - 1; i >= 0; --i) {
-          const vec gyt = vload(gyloc + 8 * i), dt = vload(dlloc + 8 * i), ut = vload(uloc + 8 * i);
-          const vec dtu = vmul(dt, ut);
+          const V gyt = S::load(gyloc + W * i), dt = S::load(dlloc + W * i), ut = S::load(uloc + W * i);
+          const V dtu = vmul(dt, ut);
           const float* bt = rows.dts(i) + d.R;
           const float* ct = bt + N;
-          const float* hp = i > 0 ? hloc.data() + (i - 1) * N * 8 : h0;
-          const float* hc = hloc.data() + i * N * 8;
-          const float* e = eloc.data() + i * N * 8;
-          float* dbt = dbv.data() + i * N * 8;
-          float* dct = dcv.data() + i * N * 8;
-          vec x_a[2] = {vzero(), vzero()}, gb[2] = {vzero(), vzero()};  // 2 partial sums each: short chains
+          const float* hp = i > 0 ? hloc.data() + (i - 1) * N * W : h0;
+          const float* hc = hloc.data() + i * N * W;
+          const float* e = eloc.data() + i * N * W;
+          float* dbt = dbv.data() + i * N * W;
+          float* dct = dcv.data() + i * N * W;
+          V x_a[2] = {S::zero(), S::zero()}, gb[2] = {S::zero(), S::zero()};  // 2 partial sums each: short chains
           for (int64_t n = 0; n < N; ++n) {
-            const vec en = vload(e + 8 * n);
-            const vec gj = vfma(gyt, vset1(ct[n]), gs[n]);
-            const vec x = vmul(vmul(gj, vload(hp + 8 * n)), en);  // gradient w.r.t. dl_t * A
+            const V en = S::load(e + W * n);
+            const V gj = vfma(gyt, S::set1(ct[n]), gs[n]);
+            const V x = vmul(vmul(gj, S::load(hp + W * n)), en);  // gradient w.r.t. dl_t * A
             dav[n] = vfma(x, dt, dav[n]);
-            x_a[n % 2] = vfma(x, vload(a + 8 * n), x_a[n % 2]);
-            gb[n % 2] = vfma(gj, vset1(bt[n]), gb[n % 2]);
-            vstore(dbt + 8 * n, vfma(gj, dtu, vload(dbt + 8 * n)));
-            vstore(dct + 8 * n, vfma(gyt, vload(hc + 8 * n), vload(dct + 8 * n)));
+            x_a[n % 2] = vfma(x, S::load(a + W * n), x_a[n % 2]);
+            gb[n % 2] = vfma(gj, S::set1(bt[n]), gb[n % 2]);
+            vstore(dbt + W * n, vfma(gj, dtu, S::load(dbt + W * n)));
+            vstore(dct + W * n, vfma(gyt, S::load(hc + W * n), S::load(dct + W * n)));
             gs[n] = vmul(gj, en);
           }
-          const vec gbs = vadd(gb[0], gb[1]);
-          const vec dd = vmul(vfma(ut, gbs, vadd(x_a[0], x_a[1])), vload(sgloc + 8 * i));  // w.r.t. the raw step
-          vstore_n(out.ddelta + (g * d.batch * d.L * d.P + rows.at[i]) + 8 * q, dd, m);
-          merge(out.du + rows.at[i] + 8 * q, vfma(dt, gbs, vmul(skip, gyt)), g == 0, m);
+          const V gbs = vadd(gb[0], gb[1]);
+          const V dd = vmul(vfma(ut, gbs, vadd(x_a[0], x_a[1])), S::load(sgloc + W * i));  // w.r.t. the raw step
+          vstore_n(out.ddelta + (g * d.batch * d.L * d.P + rows.at[i]) + W * q, dd, m);
+          merge(out.du + rows.at[i] + W * q, vfma(dt, gbs, vmul(skip, gyt)), g == 0, m);
           dsk = vfma(gyt, ut, dsk);
           dbs = vadd(dbs, dd);
         }
         for (int64_t n = 0; n < N; ++n) {
-          vstore(cs + 8 * n, gs[n]);
-          vstore(da + 8 * n, dav[n]);
+          vstore(cs + W * n, gs[n]);
+          vstore(da + W * n, dav[n]);
         }
-        vstore(dskip.data() + k * 8, dsk);
-        vstore(dbias.data() + k * 8, dbs);
+        vstore(dskip.data() + k * W, dsk);
+        vstore(dbias.data() + k * W, dbs);
       }
       // The chunk's dB, dC partials: lane sums, 8 state indices at a time, at the steps' positions.
       for (int64_t i = 0; i < len; ++i) {
         float* row = out.dBC + (((b * slices + s) * d.L + rows.pix[i]) * 4 + g) * 2 * N;
         for (int64_t n = 0; n < N; n += 8) {
-          vstore(row + n, hsum8x8(dbv.data() + (i * N + n) * 8));
-          vstore(row + N + n, hsum8x8(dcv.data() + (i * N + n) * 8));
+          S::sum_rows8(dbv.data() + (i * N + n) * W, row + n);
+          S::sum_rows8(dcv.data() + (i * N + n) * W, row + N + n);
         }
       }
     }
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t k = q - q0;
-      for (int64_t l = 0; l < 8 && 8 * q + l < d.P; ++l) {
-        const int64_t row = bg * d.P + 8 * q + l;
-        for (int64_t n = 0; n < N; ++n) out.dA[row * N + n] = dacc[(k * N + n) * 8 + l];
-        out.dD[row] = dskip[k * 8 + l];
-        out.dbias[row] = dbias[k * 8 + l];
+      for (int64_t l = 0; l < W && W * q + l < d.P; ++l) {
+        const int64_t row = bg * d.P + W * q + l;
+        for (int64_t n = 0; n < N; ++n) out.dA[row * N + n] = dacc[(k * N + n) * W + l];
+        out.dD[row] = dskip[k * W + l];
+        out.dbias[row] = dbias[k * W + l];
       }
     }
   }
@@ -306,7 +313,7 @@ Dims check(const at::Tensor& u, const at::Tensor& xdbl, const at::Tensor& dtw, c
   check_floats({&u, &xdbl, &dtw});
   TORCH_CHECK(u.dim() == 4 && A.dim() == 3, "u must be channels-last (batch, H, W, P)");
   const int64_t L = u.size(1) * u.size(2), P = u.size(3);
-  const Dims d{u.size(0), L, P, A.size(2), dtw.dim() == 3 ? dtw.size(2) : 0, (L + kChunk - 1) / kChunk, (P + 7) / 8};
+  const Dims d{u.size(0), L, P, A.size(2), dtw.dim() == 3 ? dtw.size(2) : 0, (L + kChunk - 1) / kChunk, (P + W - 1) / W};
   TORCH_CHECK(dtw.dim() == 3 && dtw.size(0) == 4 && dtw.size(1) == P, "dt_projs_weight must be (4, P, R)");
   TORCH_CHECK(xdbl.dim() == 4 && xdbl.size(0) == d.batch && xdbl.size(1) == L && xdbl.size(2) == 4 &&
                   xdbl.size(3) == d.R + 2 * d.N,
@@ -345,7 +352,7 @@ std::vector<at::Tensor> cross_scan_forward(const at::Tensor& u, const at::Tensor
   const Inputs in = inputs(u, xdbl, dtw, A, D, bias);
   const std::vector<int32_t> pos = positions(u.size(1), u.size(2));
   at::Tensor y = at::empty_like(u);
-  at::Tensor hsave = at::empty({save_states ? d.batch : 0, 4, d.chunks, d.groups, d.N, 8}, u.options());
+  at::Tensor hsave = at::empty({save_states ? d.batch : 0, 4, d.chunks, d.groups, d.N, W}, u.options());
   float* hp = save_states ? hsave.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   dispatch_nv(d.N, [&](auto nv) {
@@ -361,7 +368,7 @@ std::vector<at::Tensor> cross_scan_backward(const at::Tensor& u, const at::Tenso
                                             const at::Tensor& hsave, const at::Tensor& dy) {
   const Dims d = check(u, xdbl, dtw, A, D, bias);
   TORCH_CHECK(dy.sizes() == u.sizes() && dy.scalar_type() == at::kFloat && dy.is_contiguous(), "dy must match u");
-  TORCH_CHECK(hsave.numel() == d.batch * 4 * d.chunks * d.groups * d.N * 8, "hsave does not match the inputs");
+  TORCH_CHECK(hsave.numel() == d.batch * 4 * d.chunks * d.groups * d.N * W, "hsave does not match the inputs");
   const Inputs in = inputs(u, xdbl, dtw, A, D, bias);
   const std::vector<int32_t> pos = positions(u.size(1), u.size(2));
   const Split split(d);

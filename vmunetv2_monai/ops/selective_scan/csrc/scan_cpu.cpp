@@ -355,25 +355,30 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& u, const at::Tensor& del
   return run_backward(d, inputs(u, delta, A, Bm, Cm, D, bias, softplus), u, hsave, dy);
 }
 
-bool has_avx2() { return VMU_AVX2 != 0; }
+// The vectors this build uses: "AVX-512" (the fused kernel; the plain one stays at 8 lanes), "AVX2+FMA" or
+// "portable C++, no AVX2".
+std::string simd_name() { return VMU_AVX512 ? "AVX-512" : (VMU_AVX2 ? "AVX2+FMA" : "portable C++, no AVX2"); }
 
-// The machine's ceiling for this kernel: state updates per second of the forward step's arithmetic (exp2 of
-// dl * A, the state FMA, the C readout) on register-resident data, all threads, 4 independent channels each.
+// The machine's ceiling for the fused kernel: state updates per second of the forward step's arithmetic (exp2 of
+// dl * A, the state FMA, the C readout) on register-resident data at its vector width, all threads, 4 independent
+// channels each.
 double probe_updates_per_second(int64_t steps) {
+  using S = Simd<kWide>;
+  using V = S::V;
   constexpr int kCh = 4;
   const int64_t threads = at::get_num_threads();
-  std::vector<float> sink(threads * 8);
+  std::vector<float> sink(threads * kWide);
   const auto start = std::chrono::steady_clock::now();
   at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t th = begin; th < end; ++th) {
       // every channel and half has its own A, so that no exp is shared (the compiler would merge equal ones)
-      vec h[kCh][2], a2[kCh][2], y[kCh], dt = vset1(0.01f);
-      const vec bu = vset1(0.001f), cv = vset1(0.5f), step = vset1(1e-7f);
+      V h[kCh][2], a2[kCh][2], y[kCh], dt = S::set1(0.01f);
+      const V bu = S::set1(0.001f), cv = S::set1(0.5f), step = S::set1(1e-7f);
       for (int c = 0; c < kCh; ++c) {
-        h[c][0] = h[c][1] = vset1(0.1f * c);
-        a2[c][0] = vset1(-1.4f - 0.1f * c);
-        a2[c][1] = vset1(-2.9f - 0.1f * c);
-        y[c] = vzero();
+        h[c][0] = h[c][1] = S::set1(0.1f * c);
+        a2[c][0] = S::set1(-1.4f - 0.1f * c);
+        a2[c][1] = S::set1(-2.9f - 0.1f * c);
+        y[c] = S::zero();
       }
       for (int64_t s = 0; s < steps; ++s) {
         dt = vadd(dt, step);
@@ -384,11 +389,11 @@ double probe_updates_per_second(int64_t steps) {
         }
       }
       for (int c = 1; c < kCh; ++c) y[0] = vadd(y[0], y[c]);
-      vstore(sink.data() + th * 8, y[0]);
+      vstore(sink.data() + th * kWide, y[0]);
     }
   });
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return static_cast<double>(threads * steps * kCh * 16) / seconds;
+  return static_cast<double>(threads * steps * kCh * 2 * kWide) / seconds;
 }
 
 // How many threads at::parallel_for really runs over `tasks` one-step tasks: the distinct thread numbers seen.
@@ -406,7 +411,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &scan_backward, "selective scan backward (CPU, float32)");
   m.def("cross_scan_forward", &vmu::cross_scan_forward, "fused SS2D cross-scan + selective scan + merge forward");
   m.def("cross_scan_backward", &vmu::cross_scan_backward, "fused SS2D cross-scan + selective scan + merge backward");
-  m.def("has_avx2", &has_avx2, "whether this build uses AVX2+FMA intrinsics");
+  m.def("simd_name", &simd_name, "the vector instructions this build uses");
   m.def("parallel_threads", &parallel_threads, "threads at::parallel_for runs in this build");
   m.def("probe_updates_per_second", &probe_updates_per_second, "peak state updates/s of the step arithmetic");
 }

@@ -1,5 +1,7 @@
 // SIMD helpers shared by the CPU scan kernels (scan_cpu.cpp, cross_scan_cpu.cpp): 8-float vectors (AVX2+FMA
-// intrinsics, or a portable fallback with the same interface), 2^x, softplus and lane sums.
+// intrinsics, or a portable fallback with the same interface), 16-float vectors where the build has AVX-512,
+// 2^x, softplus and lane sums. Simd<W> gathers what a kernel written for either width needs; kWide is the widest
+// width the build has.
 #pragma once
 
 #include <algorithm>
@@ -14,10 +16,20 @@
 #else
 #define VMU_AVX2 0
 #endif
+#if VMU_AVX2 && defined(__AVX512F__) && defined(__AVX512DQ__)
+#define VMU_AVX512 1
+#else
+#define VMU_AVX512 0
+#endif
 
 namespace vmu {
 
-constexpr int64_t kChunk = 64;  // time steps per chunk (a multiple of 8): the state is saved at chunk starts
+constexpr int64_t kChunk = 64;  // time steps per chunk (a multiple of 16): the state is saved at chunk starts
+
+// 2^f on [-1/2, 1/2], highest power first: a degree-6 near-minimax fit of the relative error (2e-9 in exact
+// arithmetic; float rounding, about 1e-7, dominates, as with the degree-7 Taylor polynomial it replaces).
+constexpr float kExp2Poly[7] = {1.534581097e-04f, 1.339993090e-03f, 9.618489072e-03f, 5.550328642e-02f,
+                                 2.402264625e-01f, 6.931471825e-01f, 1.0f};
 
 #if VMU_AVX2
 using vec = __m256;
@@ -29,22 +41,16 @@ inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
 inline vec vmul(vec a, vec b) { return _mm256_mul_ps(a, b); }
 inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
 
-// 2^x for 8 lanes: x = n + f with |f| <= 1/2, 2^f = exp(f ln2) by a degree-7 Taylor polynomial (relative error
-// below 1e-7), 2^n written into the exponent bits. x is clamped to [-126, 127]: 2^-126 stands in for underflow.
+// 2^x for 8 lanes: x = n + f with |f| <= 1/2, n = round(x) read off the low mantissa bits of x + kShift (the
+// addition rounds to nearest), 2^f by the polynomial kExp2Poly, 2^n written into the exponent bits. x is clamped to [-126, 127]: 2^-126 stands in for underflow.
+constexpr float kShift = 12582912.0f + 127.0f;  // 1.5 * 2^23 + the exponent bias: x + kShift holds n + 127
 inline vec vexp2(vec x) {
   x = _mm256_max_ps(_mm256_min_ps(x, vset1(127.0f)), vset1(-126.0f));
-  const vec n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const vec f = _mm256_sub_ps(x, n);
-  vec p = vset1(1.5252733804059841e-05f);  // ln2^k / k!, k = 7 .. 0
-  p = vfma(p, f, vset1(1.5403530393381606e-04f));
-  p = vfma(p, f, vset1(1.3333558146428443e-03f));
-  p = vfma(p, f, vset1(9.6181291076284770e-03f));
-  p = vfma(p, f, vset1(5.5504108664821580e-02f));
-  p = vfma(p, f, vset1(2.4022650695910072e-01f));
-  p = vfma(p, f, vset1(6.9314718055994531e-01f));
-  p = vfma(p, f, vset1(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return vmul(p, _mm256_castsi256_ps(e));
+  const vec t = _mm256_add_ps(x, vset1(kShift));
+  const vec f = _mm256_sub_ps(x, _mm256_sub_ps(t, vset1(kShift)));
+  vec p = vset1(kExp2Poly[0]);
+  for (int k = 1; k < 7; ++k) p = vfma(p, f, vset1(kExp2Poly[k]));
+  return vmul(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
 }
 inline vec vdiv(vec a, vec b) { return _mm256_div_ps(a, b); }
 inline vec vabs(vec a) { return _mm256_andnot_ps(vset1(-0.0f), a); }
@@ -152,24 +158,95 @@ inline vec hsum8x8(const float* rows) {
 }
 #endif
 
+#if VMU_AVX512
+// 16-float vectors: the same operations on __m512 (overloads), and masked partial vectors.
+inline void vstore(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+inline __m512 vadd(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
+inline __m512 vmul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
+inline __m512 vfma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+inline __m512 vdiv(__m512 a, __m512 b) { return _mm512_div_ps(a, b); }
+inline __m512 vabs(__m512 a) { return _mm512_abs_ps(a); }
+inline __m512 vmax(__m512 a, __m512 b) { return _mm512_max_ps(a, b); }
+inline __m512 vselect_nonneg(__m512 x, __m512 a, __m512 b) {
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), a, b);
+}
+// 2^x for 16 lanes: n = round(x), 2^f by kExp2Poly, then scalef multiplies by 2^n, which saturates to 0 and inf by
+// itself (no clamp needed).
+inline __m512 vexp2(__m512 x) {
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(kExp2Poly[0]);
+  for (int k = 1; k < 7; ++k) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Poly[k]));
+  return _mm512_scalef_ps(p, n);
+}
+struct Lanes16 {
+  int count;
+  __mmask16 bits;
+};
+inline void vstore_n(float* p, __m512 v, const Lanes16& m) { _mm512_mask_storeu_ps(p, m.bits, v); }
+#endif
+
+// W floats a vector, for kernels written for either width: Simd<8> (AVX2, or the portable fallback) and, where the
+// build has AVX-512, Simd<16>. Arithmetic is the overloaded free functions above.
+template <int W>
+struct Simd;
+
+template <>
+struct Simd<8> {
+  using V = vec;
+  using Mask = Lanes;
+  static V load(const float* p) { return vload(p); }
+  static V set1(float x) { return vset1(x); }
+  static V zero() { return vzero(); }
+  static Mask mask(int count) { return lanes(count); }
+  static V load_n(const float* p, const Mask& m) { return vload_n(p, m); }
+  // out[i] = the sum of the lanes of vector i of rows, for 8 consecutive vectors
+  static void sum_rows8(const float* rows, float* out) { vstore(out, hsum8x8(rows)); }
+};
+
+#if VMU_AVX512
+template <>
+struct Simd<16> {
+  using V = __m512;
+  using Mask = Lanes16;
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V zero() { return _mm512_setzero_ps(); }
+  static Mask mask(int count) { return {count, static_cast<__mmask16>((1u << count) - 1u)}; }
+  static V load_n(const float* p, const Mask& m) { return _mm512_maskz_loadu_ps(m.bits, p); }
+  static void sum_rows8(const float* rows, float* out) {
+    alignas(32) float halves[64];  // each vector's two 8-lane halves added, then 8 x 8 lane sums
+    for (int i = 0; i < 8; ++i) {
+      _mm256_store_ps(halves + 8 * i, _mm256_add_ps(vload(rows + 16 * i), vload(rows + 16 * i + 8)));
+    }
+    vstore(out, hsum8x8(halves));
+  }
+};
+constexpr int kWide = 16;  // the widest vector this build has, in floats
+#else
+constexpr int kWide = 8;
+#endif
+
 inline float hsum(const float* row) {
   float s = 0.0f;
   for (int j = 0; j < 8; ++j) s += row[j];
   return s;
 }
 
-// softplus(x) and its derivative sigmoid(x), 8 lanes: softplus(x) = max(x, 0) + log1p(w) with w = exp(-|x|) and
+// softplus(x) and its derivative sigmoid(x), any width: softplus(x) = max(x, 0) + log1p(w) with w = exp(-|x|) and
 // log1p(w) = 2 atanh(s), s = w / (2 + w) <= 1/3 (odd series to s^13).
 // sigmoid may be null (forward needs only softplus).
-inline vec vsoftplus(vec x, vec* sigmoid) {
-  const vec w = vexp2(vmul(vabs(x), vset1(-1.44269504088896341f)));
-  const vec s = vdiv(w, vadd(w, vset1(2.0f)));
-  const vec s2 = vmul(s, s);
-  vec p = vset1(1.0f / 13.0f);
-  for (float k : {11.0f, 9.0f, 7.0f, 5.0f, 3.0f, 1.0f}) p = vfma(p, s2, vset1(1.0f / k));
-  const vec one = vset1(1.0f);
+template <typename V>
+V vsoftplus(V x, V* sigmoid) {
+  using S = Simd<sizeof(V) / sizeof(float)>;
+  const V w = vexp2(vmul(vabs(x), S::set1(-1.44269504088896341f)));
+  const V s = vdiv(w, vadd(w, S::set1(2.0f)));
+  const V s2 = vmul(s, s);
+  V p = S::set1(1.0f / 13.0f);
+  for (float k : {11.0f, 9.0f, 7.0f, 5.0f, 3.0f, 1.0f}) p = vfma(p, s2, S::set1(1.0f / k));
+  const V one = S::set1(1.0f);
   if (sigmoid != nullptr) *sigmoid = vdiv(vselect_nonneg(x, one, w), vadd(one, w));
-  return vadd(vmax(x, vzero()), vmul(vadd(s, s), p));
+  return vadd(vmax(x, S::zero()), vmul(vadd(s, s), p));
 }
 
 // f(std::integral_constant<int, N / 8>) for N in {8, 16, 24, 32}: the number of 8-float vectors a state needs.
