@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -32,7 +38,8 @@ def _mixer(d_model: int, d_state: int, seed: int) -> SS2D:
     [
         (2, 7, 11, 16, 16),  # H != W, L not a multiple of the 64-step chunk
         (1, 24, 29, 8, 8),  # L = 696: more than one time block of the kernel
-        (2, 9, 8, 10, 24),  # 20 channels: the last 8-channel vector of the kernel is partial
+        (2, 9, 8, 10, 24),  # 20 channels: the kernel's last vector (8 or 16 channels) is partial
+        (1, 5, 6, 4, 16),  # 8 channels: one partial 16-channel vector where the build has AVX-512
         (1, 1, 5, 24, 32),  # a single row: the column-major order equals the row-major one
     ],
 )
@@ -134,3 +141,33 @@ def test_fused_op_agrees_across_thread_counts(torch_threads) -> None:
         results.append((y, *torch.autograd.grad(y, [xi, *params], grad_out)))
     for name, one, two in zip(("y", "x", *PARAMS), *results, strict=True):
         assert rel_err(two, one) < 1e-6, name
+
+
+def test_build_uses_the_vectors_torch_reports() -> None:
+    """16-channel vectors where torch reports AVX-512 (ATEN_CPU_CAPABILITY lowers it), 8 where it reports AVX2."""
+    want = {"AVX512": "AVX-512", "AVX2": "AVX2+FMA"}.get(torch.backends.cpu.get_cpu_capability())
+    if want is None:
+        pytest.skip(f"torch reports {torch.backends.cpu.get_cpu_capability()}: the portable build")
+    assert f"({want}," in CPU_REASON, CPU_REASON
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512", reason="the AVX2 build runs the cases above")
+def test_avx2_build_matches_the_reference_on_an_avx512_machine() -> None:
+    """Machines without AVX-512 get the 8-channel build: the cases above, in a process that torch runs at AVX2 (it
+    builds that kernel into its own folder; the first time takes about a minute)."""
+    tests = [
+        f"{__file__}::{name}"
+        for name in (
+            "test_fused_matches_unfused_reference_forward_and_backward",
+            "test_build_uses_the_vectors_torch_reports",
+        )
+    ]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"},
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0 and re.search(r"^6 passed", run.stdout, re.M), run.stdout[-3000:] + run.stderr[-2000:]
