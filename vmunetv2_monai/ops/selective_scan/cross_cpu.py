@@ -3,10 +3,10 @@
 The unfused SS2D path materialises the four scan orders of the feature map (``cross_scan``, 4 copies of it), runs
 the scan on them and maps the four outputs back (``cross_merge``). Here the C++ kernel (``csrc/cross_scan_cpu.cpp``,
 ``cross_scan_forward`` / ``cross_scan_backward``) reads the channels-last map ``(B, H, W, D)`` in each direction's
-order, 8 channels to a vector, and accumulates the directions' outputs (with the D skip) straight into one
-``(B, H, W, D)`` map; its backward scatters the input gradient the same way. ``x_proj`` runs once on the map in
-row-major order for all four directions (one matmul); the kernel reads each direction's step-size rows, B and C
-from its output at the step's position, so nothing is reordered in PyTorch.
+order, 16 channels to a vector where torch reports AVX-512 and 8 elsewhere, and accumulates the directions' outputs
+(with the D skip) straight into one ``(B, H, W, D)`` map; its backward scatters the input gradient the same way.
+``x_proj`` runs once on the map in row-major order for all four directions (one matmul); the kernel reads each
+direction's step-size rows, B and C from its output at the step's position, so nothing is reordered in PyTorch.
 
 Float32 CPU tensors and d_state N in {8, 16, 24, 32} only: :func:`cross_scan_supported` says when this path applies.
 """
