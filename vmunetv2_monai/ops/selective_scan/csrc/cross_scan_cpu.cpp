@@ -110,6 +110,11 @@ inline S::Mask group_lanes(const Dims& d, int64_t q) {
   return S::mask(static_cast<int>(std::min<int64_t>(W, d.P - W * q)));
 }
 
+// The merges read and write the maps at each step's position, a new cache line at every step of a column-major
+// direction: the line kAhead steps on is fetched early, so that its miss does not stall the recurrence.
+constexpr int64_t kAhead = 8;
+inline void prefetch_rw(const float* p) { __builtin_prefetch(p, 1, 3); }
+
 // map[at] = v for the first direction, map[at] += v for the others (the cross-merge), on the group's lanes.
 inline void merge(float* at, V v, bool first, const S::Mask& m) {
   vstore_n(at, first ? v : vadd(S::load_n(at, m), v), m);
@@ -169,10 +174,12 @@ void forward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t 
         V h[N];
         for (int64_t n = 0; n < N; ++n) h[n] = S::load(hs + W * n);
         for (int64_t i = 0; i < rows.len; ++i) {
+          if (i + kAhead < rows.len) prefetch_rw(y + rows.at[i + kAhead] + W * q);
           const V dl = S::load(dlloc + W * i), dtu = S::load(duloc + W * i);
           const float* bt = rows.dts(i) + d.R;
           const float* ct = bt + N;
           V yv[4] = {S::load(yloc + W * i), S::zero(), S::zero(), S::zero()};  // 4 partial sums: short FMA chains
+          VMU_UNROLL_STATES
           for (int64_t n = 0; n < N; ++n) {
             h[n] = vfma(vexp2(vmul(dl, S::load(a2 + W * n))), h[n], vmul(dtu, S::set1(bt[n])));
             yv[n % 4] = vfma(h[n], S::set1(ct[n]), yv[n % 4]);
@@ -235,6 +242,7 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
         for (int64_t i = 0; i < len; ++i) {
           const V dl = S::load(dlloc + W * i), dtu = vmul(dl, S::load(uloc + W * i));
           const float* bt = rows.dts(i) + d.R;
+          VMU_UNROLL_STATES
           for (int64_t n = 0; n < N; ++n) {
             const V e = vexp2(vmul(dl, S::load(a2 + W * n)));
             h[n] = vfma(e, h[n], vmul(dtu, S::set1(bt[n])));
@@ -252,6 +260,10 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
         }
         V dsk = S::load(dskip.data() + k * W), dbs = S::load(dbias.data() + k * W);
         for (int64_t i = len - 1; i >= 0; --i) {
+          if (i >= kAhead) {
+            prefetch_rw(out.du + rows.at[i - kAhead] + W * q);
+            prefetch_rw(out.ddelta + (g * d.batch * d.L * d.P + rows.at[i - kAhead]) + W * q);
+          }
           const V gyt = S::load(gyloc + W * i), dt = S::load(dlloc + W * i), ut = S::load(uloc + W * i);
           const V dtu = vmul(dt, ut);
           const float* bt = rows.dts(i) + d.R;
@@ -262,6 +274,7 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
           float* dbt = dbv.data() + i * N * W;
           float* dct = dcv.data() + i * N * W;
           V x_a[2] = {S::zero(), S::zero()}, gb[2] = {S::zero(), S::zero()};  // 2 partial sums each: short chains
+          VMU_UNROLL_STATES
           for (int64_t n = 0; n < N; ++n) {
             const V en = S::load(e + W * n);
             const V gj = vfma(gyt, S::set1(ct[n]), gs[n]);

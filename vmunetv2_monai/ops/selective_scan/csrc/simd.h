@@ -22,6 +22,16 @@
 #define VMU_AVX512 0
 #endif
 
+// Unroll a loop over the state index fully, so that per-state vectors stay in registers (GCC and clang leave a
+// 16-iteration loop with a large body rolled, and its arrays then live on the stack).
+#if defined(__clang__)
+#define VMU_UNROLL_STATES _Pragma("unroll")
+#elif defined(__GNUC__)
+#define VMU_UNROLL_STATES _Pragma("GCC unroll 32")
+#else
+#define VMU_UNROLL_STATES
+#endif
+
 namespace vmu {
 
 constexpr int64_t kChunk = 64;  // time steps per chunk (a multiple of 16): the state is saved at chunk starts
