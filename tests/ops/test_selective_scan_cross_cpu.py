@@ -151,6 +151,7 @@ def test_build_uses_the_vectors_torch_reports() -> None:
     assert f"({want}," in CPU_REASON, CPU_REASON
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512", reason="the AVX2 build runs the cases above")
 def test_avx2_build_matches_the_reference_on_an_avx512_machine() -> None:
     """Machines without AVX-512 get the 8-channel build: the cases above, in a process that torch runs at AVX2 (it
