@@ -215,6 +215,7 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
     const Packed pk(d, in, g, q0, q1);
     for (auto* v : {&carry, &dacc, &dskip, &dbias}) std::fill(v->begin(), v->end(), 0.0f);
     const int64_t bg = b * 4 + g;
+    float* const ddelta = out.ddelta + g * d.batch * d.L * d.P;  // this direction's (batch, L, P)
     for (int64_t c = d.chunks - 1; c >= 0; --c) {
       rows.load(d, in, pos4 + g * d.L, b, g, c);
       const int64_t len = rows.len;
@@ -262,7 +263,7 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
         for (int64_t i = len - 1; i >= 0; --i) {
           if (i >= kAhead) {
             prefetch_rw(out.du + rows.at[i - kAhead] + W * q);
-            prefetch_rw(out.ddelta + (g * d.batch * d.L * d.P + rows.at[i - kAhead]) + W * q);
+            prefetch_rw(ddelta + rows.at[i - kAhead] + W * q);
           }
           const V gyt = S::load(gyloc + W * i), dt = S::load(dlloc + W * i), ut = S::load(uloc + W * i);
           const V dtu = vmul(dt, ut);
@@ -288,7 +289,7 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
           }
           const V gbs = vadd(gb[0], gb[1]);
           const V dd = vmul(vfma(ut, gbs, vadd(x_a[0], x_a[1])), S::load(sgloc + W * i));  // w.r.t. the raw step
-          vstore_n(out.ddelta + (g * d.batch * d.L * d.P + rows.at[i]) + W * q, dd, m);
+          vstore_n(ddelta + rows.at[i] + W * q, dd, m);
           merge(out.du + rows.at[i] + W * q, vfma(dt, gbs, vmul(skip, gyt)), g == 0, m);
           dsk = vfma(gyt, ut, dsk);
           dbs = vadd(dbs, dd);
@@ -326,7 +327,8 @@ Dims check(const at::Tensor& u, const at::Tensor& xdbl, const at::Tensor& dtw, c
   check_floats({&u, &xdbl, &dtw});
   TORCH_CHECK(u.dim() == 4 && A.dim() == 3, "u must be channels-last (batch, H, W, P)");
   const int64_t L = u.size(1) * u.size(2), P = u.size(3);
-  const Dims d{u.size(0), L, P, A.size(2), dtw.dim() == 3 ? dtw.size(2) : 0, (L + kChunk - 1) / kChunk, (P + W - 1) / W};
+  const Dims d{u.size(0), L, P, A.size(2), dtw.dim() == 3 ? dtw.size(2) : 0, (L + kChunk - 1) / kChunk,
+               (P + W - 1) / W};
   TORCH_CHECK(dtw.dim() == 3 && dtw.size(0) == 4 && dtw.size(1) == P, "dt_projs_weight must be (4, P, R)");
   TORCH_CHECK(xdbl.dim() == 4 && xdbl.size(0) == d.batch && xdbl.size(1) == L && xdbl.size(2) == 4 &&
                   xdbl.size(3) == d.R + 2 * d.N,

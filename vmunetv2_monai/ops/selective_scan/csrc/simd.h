@@ -38,8 +38,9 @@ constexpr int64_t kChunk = 64;  // time steps per chunk (a multiple of 16): the 
 
 // 2^f on [-1/2, 1/2], highest power first: a degree-6 near-minimax fit of the relative error (2e-9 in exact
 // arithmetic; float rounding, about 1e-7, dominates, as with the degree-7 Taylor polynomial it replaces).
-constexpr float kExp2Poly[7] = {1.534581097e-04f, 1.339993090e-03f, 9.618489072e-03f, 5.550328642e-02f,
-                                 2.402264625e-01f, 6.931471825e-01f, 1.0f};
+constexpr int kExp2Terms = 7;
+constexpr float kExp2Poly[kExp2Terms] = {1.534581097e-04f, 1.339993090e-03f, 9.618489072e-03f, 5.550328642e-02f,
+                                         2.402264625e-01f, 6.931471825e-01f, 1.0f};
 
 #if VMU_AVX2
 using vec = __m256;
@@ -52,14 +53,15 @@ inline vec vmul(vec a, vec b) { return _mm256_mul_ps(a, b); }
 inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
 
 // 2^x for 8 lanes: x = n + f with |f| <= 1/2, n = round(x) read off the low mantissa bits of x + kShift (the
-// addition rounds to nearest), 2^f by the polynomial kExp2Poly, 2^n written into the exponent bits. x is clamped to [-126, 127]: 2^-126 stands in for underflow.
+// addition rounds to nearest), 2^f by the polynomial kExp2Poly, 2^n written into the exponent bits. x is clamped
+// to [-126, 127]: 2^-126 stands in for underflow.
 constexpr float kShift = 12582912.0f + 127.0f;  // 1.5 * 2^23 + the exponent bias: x + kShift holds n + 127
 inline vec vexp2(vec x) {
   x = _mm256_max_ps(_mm256_min_ps(x, vset1(127.0f)), vset1(-126.0f));
   const vec t = _mm256_add_ps(x, vset1(kShift));
   const vec f = _mm256_sub_ps(x, _mm256_sub_ps(t, vset1(kShift)));
   vec p = vset1(kExp2Poly[0]);
-  for (int k = 1; k < 7; ++k) p = vfma(p, f, vset1(kExp2Poly[k]));
+  for (int k = 1; k < kExp2Terms; ++k) p = vfma(p, f, vset1(kExp2Poly[k]));
   return vmul(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
 }
 inline vec vdiv(vec a, vec b) { return _mm256_div_ps(a, b); }
@@ -186,11 +188,10 @@ inline __m512 vexp2(__m512 x) {
   const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(x, n);
   __m512 p = _mm512_set1_ps(kExp2Poly[0]);
-  for (int k = 1; k < 7; ++k) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Poly[k]));
+  for (int k = 1; k < kExp2Terms; ++k) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Poly[k]));
   return _mm512_scalef_ps(p, n);
 }
 struct Lanes16 {
-  int count;
   __mmask16 bits;
 };
 inline void vstore_n(float* p, __m512 v, const Lanes16& m) { _mm512_mask_storeu_ps(p, m.bits, v); }
@@ -222,7 +223,7 @@ struct Simd<16> {
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static V set1(float x) { return _mm512_set1_ps(x); }
   static V zero() { return _mm512_setzero_ps(); }
-  static Mask mask(int count) { return {count, static_cast<__mmask16>((1u << count) - 1u)}; }
+  static Mask mask(int count) { return {static_cast<__mmask16>((1u << count) - 1u)}; }
   static V load_n(const float* p, const Mask& m) { return _mm512_maskz_loadu_ps(m.bits, p); }
   static void sum_rows8(const float* rows, float* out) {
     alignas(32) float halves[64];  // each vector's two 8-lane halves added, then 8 x 8 lane sums
