@@ -272,7 +272,12 @@ def test_orientation_dicom_equals_png(tmp_path: Path, kvasir_rgb: np.ndarray, pr
 def test_dicom_masks_equal_the_bundle_run(tmp_path: Path, overrides: dict) -> None:
     """With the shipped model, the DICOM path's mask of an image (wrapped as VL Endoscopic) equals the PNG that
     ``python -m monai.bundle run --config_file configs/inference.json`` writes for it, with the bundle defaults and
-    with a non-default normalization and threshold given to both as overrides."""
+    with a non-default normalization and threshold given to both as overrides.
+
+    With the defaults the shipped model finds a polyp in each image, and the transposed input gives another mask
+    (the network is not transpose-invariant, so order matters). Under the overrides the model sees inputs it was not
+    trained on and may find nothing, so there the test asks instead that the overrides change the mask of some
+    image: a DICOM path that ignored them would then differ from the bundle's PNG."""
     data = tmp_path / "data"
     data.mkdir()
     images = sorted((REPO / "bundle" / "sample_data" / "images").glob("*.jpg"))[:2]
@@ -284,15 +289,22 @@ def test_dicom_masks_equal_the_bundle_run(tmp_path: Path, overrides: dict) -> No
     proc = subprocess.run(command, cwd=REPO / "bundle", capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     predictor = Predictor.from_bundle(REPO / "bundle", overrides=overrides)
+    defaults = Predictor.from_bundle(REPO / "bundle") if overrides else predictor
+    changed = []
     for path in images:
         rgb = np.asarray(Image.open(path).convert("RGB"))
         assert rgb.shape[0] != rgb.shape[1]  # non-square: a transposition would show
         expected = np.asarray(Image.open(tmp_path / "pred" / f"{path.stem}_mask.png")) > 0
-        assert expected.shape == rgb.shape[:2] and 0.001 < expected.mean() < 0.999
+        assert expected.shape == rgb.shape[:2]
         image = load_image(wrap_vl_endoscopic(rgb)).image
         np.testing.assert_array_equal(predictor.predict(image), expected, err_msg=path.name)
-        swapped = predictor.predict(np.ascontiguousarray(np.swapaxes(image, 1, 2))).T
-        assert not np.array_equal(swapped, expected)  # the network is not transpose-invariant: order matters
+        if overrides:
+            changed.append(not np.array_equal(defaults.predict(image), expected))
+        else:
+            assert 0.001 < expected.mean() < 0.999, path.name
+            swapped = predictor.predict(np.ascontiguousarray(np.swapaxes(image, 1, 2))).T
+            assert not np.array_equal(swapped, expected), path.name
+    assert not overrides or any(changed), f"the overrides {overrides} changed no mask"
 
 
 def test_write_atomic_leaves_no_partial_file(tmp_path: Path, kvasir_rgb: np.ndarray,
