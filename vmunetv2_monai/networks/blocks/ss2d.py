@@ -96,13 +96,14 @@ class SS2D(nn.Module):
         # in_proj as two products, so that each half is contiguous: x.permute below is then a channels-last map,
         # where the depthwise convolution is several times faster than on a channels-first copy
         x, z = F.linear(x, self.in_proj.weight[: self.d_inner]), F.linear(x, self.in_proj.weight[self.d_inner :])
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
+        # in place where the input is a fresh intermediate: no new map allocated (autograd keeps its gradients)
+        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)), inplace=True)
         if torch.jit.is_scripting():
             y = self._cross_scan_unfused(x)
         else:
             y = self._cross_scan_eager(x)
         y = self.out_norm(y.to(z.dtype))
-        return self.out_proj(y * F.silu(z))
+        return self.out_proj(F.silu(z, inplace=True).mul_(y))
 
     @torch.jit.unused
     def _cross_scan_eager(self, x: torch.Tensor) -> torch.Tensor:

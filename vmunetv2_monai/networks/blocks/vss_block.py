@@ -42,7 +42,7 @@ class VSSBlock(nn.Module):
         Returns:
             ``(B, H, W, dim)``.
         """
-        return x + self.drop_path(self.self_attention(self.ln_1(x)))
+        return self.drop_path(self.self_attention(self.ln_1(x))).add_(x)  # the branch's output is a new tensor
 
 
 class VSSLayer(nn.Module):
