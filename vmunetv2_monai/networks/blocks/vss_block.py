@@ -42,7 +42,9 @@ class VSSBlock(nn.Module):
         Returns:
             ``(B, H, W, dim)``.
         """
-        return self.drop_path(self.self_attention(self.ln_1(x))).add_(x)  # the branch's output is a new tensor
+        branch = self.drop_path(self.self_attention(self.ln_1(x)))
+        # into the branch's new output where that keeps x's dtype (under autocast the branch may be narrower)
+        return branch.add_(x) if branch.dtype == x.dtype else x + branch
 
 
 class VSSLayer(nn.Module):
