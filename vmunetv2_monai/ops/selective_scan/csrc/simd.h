@@ -38,9 +38,9 @@ constexpr int64_t kChunk = 64;  // time steps per chunk (a multiple of 16): the 
 
 // 2^f on [-1/2, 1/2], highest power first: a degree-6 near-minimax fit of the relative error (2e-9 in exact
 // arithmetic; float rounding, about 1e-7, dominates, as with the degree-7 Taylor polynomial it replaces).
-constexpr int kExp2Terms = 7;
-constexpr float kExp2Poly[kExp2Terms] = {1.534581097e-04f, 1.339993090e-03f, 9.618489072e-03f, 5.550328642e-02f,
-                                         2.402264625e-01f, 6.931471825e-01f, 1.0f};
+constexpr float kExp2Poly[] = {1.534581097e-04f, 1.339993090e-03f, 9.618489072e-03f, 5.550328642e-02f,
+                               2.402264625e-01f, 6.931471825e-01f, 1.0f};
+constexpr int kExp2Terms = sizeof(kExp2Poly) / sizeof(kExp2Poly[0]);  // from the list: no zero-filled tail
 
 #if VMU_AVX2
 using vec = __m256;
