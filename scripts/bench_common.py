@@ -109,12 +109,26 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-# glibc keeps freed memory for reuse, so the resident size would not show a later peak. Serve every allocation
-# above 64 KB by mmap (returned to the system on free) so that RSS follows the live tensors; applies to every
-# measured function alike.
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
 _M_MMAP_THRESHOLD = -3
-_LIBC.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+_RSS_TRACKS_TENSORS = False
+
+
+def rss_follows_tensors() -> None:
+    """Serve every later allocation above 64 KB by mmap (glibc), so that freed tensors go back to the system and
+    the resident size follows the live ones (glibc otherwise keeps freed memory for reuse and a later peak would not
+    show). The memory functions below need it. It slows every later step of the process, and not alike for
+    different networks: each fresh tensor above 64 KB faults its pages in again (docs/performance.md, "Allocator").
+    A benchmark that only times must not call it."""
+    global _RSS_TRACKS_TENSORS
+    if _LIBC.mallopt(_M_MMAP_THRESHOLD, 64 * 1024) != 1:
+        raise RuntimeError("mallopt(M_MMAP_THRESHOLD, 64 KB) failed: peak memory cannot be measured here")
+    _RSS_TRACKS_TENSORS = True
+
+
+def _require_rss_tracking() -> None:
+    if not _RSS_TRACKS_TENSORS:
+        raise RuntimeError("call bench_common.rss_follows_tensors() before measuring memory")
 
 
 def _status_kib(field: str) -> int:
@@ -126,6 +140,7 @@ def _status_kib(field: str) -> int:
 
 def peak_rss_increase_mb(fn: Callable[[], object]) -> float:
     """Peak resident memory above the level before the call, in MB (Linux: resets VmHWM first)."""
+    _require_rss_tracking()
     _LIBC.malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")
     before = _status_kib("VmRSS")
@@ -135,6 +150,7 @@ def peak_rss_increase_mb(fn: Callable[[], object]) -> float:
 
 def peak_rss_mb(fn: Callable[[], object]) -> float:
     """Peak resident memory of the whole process during the call, in MB (Linux)."""
+    _require_rss_tracking()
     _LIBC.malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")
     fn()

@@ -35,6 +35,7 @@ from bench_common import (
     network_work,
     peak_rss_increase_mb,
     peak_rss_mb,
+    rss_follows_tensors,
     scan_inputs,
     time_runs,
 )
@@ -222,6 +223,7 @@ def main() -> None:
     parser.add_argument("--train-repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=Path("outputs/benchmark.json"))
     args = parser.parse_args()
+    rss_follows_tensors()  # every timing below pays fresh page faults alike (bench_common.rss_follows_tensors)
     if args.threads:
         torch.set_num_threads(args.threads)
     ok, reason = available_backends()["cpu"]

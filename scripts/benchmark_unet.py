@@ -19,12 +19,19 @@ its dense multiply-adds (convolutions, linears, einsums) at the best measured sg
 in the same run. Everything else (LayerNorm, SiLU, gating, layout) counts as free, so this implementation (its scan
 step arithmetic, these matmuls) cannot run the network faster than the floor on this machine.
 
+The allocator is glibc's default (freed blocks under its adaptive mmap threshold, at most 32 MB, are reused;
+larger ones are unmapped and fault their pages in again at the next step). ``--keep-freed-memory`` serves every
+allocation from the heap and never trims it (``mallopt``: ``M_MMAP_MAX`` 0, ``M_TRIM_THRESHOLD`` 2 GiB, what
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` do), so no step pays page faults; the JSON names the mode.
+
     python scripts/benchmark_unet.py --threads 1 2     # logs the table; writes outputs/benchmark_unet.json
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -177,6 +184,15 @@ def floor_row(timed: dict) -> dict:
             "load_avg_1min": os.getloadavg()[0]}
 
 
+def keep_freed_memory() -> None:
+    """glibc: serve every later allocation from the heap and never give freed memory back (module docstring)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_mmap_max = -1, -4
+    if not hasattr(libc, "mallopt") or libc.mallopt(m_mmap_max, 0) != 1 \
+            or libc.mallopt(m_trim_threshold, 2**31 - 1) != 1:
+        raise SystemExit("--keep-freed-memory needs glibc's mallopt (M_MMAP_MAX, M_TRIM_THRESHOLD)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to run")
@@ -184,10 +200,14 @@ def main() -> None:
     parser.add_argument("--cases", type=str, default="", help="run only cases whose name contains this text")
     parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
                         help="add the default network's eval floor row per thread count")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc: no mmap, no trimming (no page faults at later steps; module docstring)")
     parser.add_argument("--json", type=Path, default=Path("outputs/benchmark_unet.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    info = machine_info()
+    if args.keep_freed_memory:
+        keep_freed_memory()
+    info = {**machine_info(), "allocator": "keep freed memory" if args.keep_freed_memory else "glibc default"}
     logger.info("machine: %s", ", ".join(f"{k}={v}" for k, v in info.items()))
     rows = []
     header = "| threads | case | VM-UNetV2 | BasicUNet | ratio | VM-UNetV2 per image | load avg |"
