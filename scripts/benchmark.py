@@ -223,7 +223,7 @@ def main() -> None:
     parser.add_argument("--train-repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=Path("outputs/benchmark.json"))
     args = parser.parse_args()
-    rss_follows_tensors()  # every timing below pays fresh page faults alike (bench_common.rss_follows_tensors)
+    rss_follows_tensors()  # every timing below faults in fresh pages for each tensor above 64 KB (see there)
     if args.threads:
         torch.set_num_threads(args.threads)
     ok, reason = available_backends()["cpu"]

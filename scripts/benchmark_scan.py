@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=Path("outputs/benchmark_scan.json"))
     args = parser.parse_args()
-    rss_follows_tensors()  # every timing below pays fresh page faults alike (bench_common.rss_follows_tensors)
+    rss_follows_tensors()  # every timing below faults in fresh pages for each tensor above 64 KB (see there)
     if args.threads:
         torch.set_num_threads(args.threads)
     backends = [b for b in ("cpu", "torch") if available_backends()[b][0]] + list(SLOW)

@@ -22,7 +22,8 @@ step arithmetic, these matmuls) cannot run the network faster than the floor on 
 The allocator is glibc's default (freed blocks under its adaptive mmap threshold, at most 32 MB, are reused;
 larger ones are unmapped and fault their pages in again at the next step). ``--keep-freed-memory`` serves every
 allocation from the heap and never trims it (``mallopt``: ``M_MMAP_MAX`` 0, ``M_TRIM_THRESHOLD`` 2 GiB, what
-``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` do), so no step pays page faults; the JSON names the mode.
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` do), so steps after the first fault in no pages; the JSON
+names the mode.
 
     python scripts/benchmark_unet.py --threads 1 2     # logs the table; writes outputs/benchmark_unet.json
 """
