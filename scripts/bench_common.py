@@ -110,8 +110,16 @@ def median(xs: list[float]) -> float:
 
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
-_M_MMAP_THRESHOLD = -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _RSS_TRACKS_TENSORS = False
+
+
+def keep_freed_memory() -> None:
+    """glibc: serve every later allocation from the heap and never give freed memory back (``M_MMAP_MAX`` 0,
+    ``M_TRIM_THRESHOLD`` 2 GiB), so that steps after the first fault in no pages."""
+    if (not hasattr(_LIBC, "mallopt") or _LIBC.mallopt(_M_MMAP_MAX, 0) != 1
+            or _LIBC.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) != 1):
+        raise SystemExit("keeping freed memory needs glibc's mallopt (M_MMAP_MAX, M_TRIM_THRESHOLD)")
 
 
 def rss_follows_tensors() -> None:

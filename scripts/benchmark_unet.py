@@ -31,8 +31,6 @@ names the mode.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
@@ -44,7 +42,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from bench_common import machine_info, network_work
+from bench_common import keep_freed_memory, machine_info, network_work
 from monai.bundle import ConfigParser
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.networks.nets import BasicUNet
@@ -183,15 +181,6 @@ def floor_row(timed: dict) -> dict:
             "floor_s": floor, "vmunet_s": timed["vmunet_s"], "basicunet_s": timed["basicunet_s"],
             "floor_ratio": floor / timed["basicunet_s"], "vmunet_over_floor": timed["vmunet_s"] / floor,
             "load_avg_1min": os.getloadavg()[0]}
-
-
-def keep_freed_memory() -> None:
-    """glibc: serve every later allocation from the heap and never give freed memory back (module docstring)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    m_trim_threshold, m_mmap_max = -1, -4
-    if not hasattr(libc, "mallopt") or libc.mallopt(m_mmap_max, 0) != 1 \
-            or libc.mallopt(m_trim_threshold, 2**31 - 1) != 1:
-        raise SystemExit("--keep-freed-memory needs glibc's mallopt (M_MMAP_MAX, M_TRIM_THRESHOLD)")
 
 
 def main() -> None:
