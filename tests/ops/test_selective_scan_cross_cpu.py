@@ -41,6 +41,7 @@ def _mixer(d_model: int, d_state: int, seed: int) -> SS2D:
         (2, 9, 8, 10, 24),  # 20 channels: the kernel's last vector (8 or 16 channels) is partial
         (1, 5, 6, 4, 16),  # 8 channels: one partial 16-channel vector where the build has AVX-512
         (1, 1, 5, 24, 32),  # a single row: the column-major order equals the row-major one
+        (2, 4, 6, 160, 16),  # dt_rank 10: the step-size gradient's ranks in two blocks of 8, the second partial
     ],
 )
 def test_fused_matches_unfused_reference_forward_and_backward(batch, h, w, d_model, d_state) -> None:
@@ -171,4 +172,6 @@ def test_avx2_build_matches_the_reference_on_an_avx512_machine() -> None:
         text=True,
         timeout=900,
     )
-    assert run.returncode == 0 and re.search(r"^6 passed", run.stdout, re.M), run.stdout[-3000:] + run.stderr[-2000:]
+    cases = len(test_fused_matches_unfused_reference_forward_and_backward.pytestmark[0].args[1]) + 1
+    passed = re.search(rf"^{cases} passed", run.stdout, re.M)
+    assert run.returncode == 0 and passed, run.stdout[-3000:] + run.stderr[-2000:]

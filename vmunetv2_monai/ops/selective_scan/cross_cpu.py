@@ -57,20 +57,10 @@ class _CrossScan(torch.autograd.Function):
     def backward(ctx, dy):  # type: ignore[override]
         module, _ = _load()
         u, x_dbl, dtw, A, Ds, bias, hsave = ctx.saved_tensors
-        du, ddelta, dA, dBC, dDs, dbias = module.cross_scan_backward(u, x_dbl, dtw, A, Ds, bias, hsave, dy.contiguous())
-        # the raw step sizes of direction k are x_dbl[:, :, k, :R] @ dtw[k].T: their gradient ddelta (4, B, L, D)
-        # gives those of dts and dtw (batched matmuls over the directions)
-        k, b, length, d = ddelta.shape
-        rank = dtw.shape[2]
-        ddelta = ddelta.view(k, b * length, d)
-        dx_dbl = ddtw = None
-        if ctx.needs_input_grad[1]:
-            ddts = torch.matmul(ddelta, dtw).view(k, b, length, rank).permute(1, 2, 0, 3)  # (B, L, 4, R)
-            dx_dbl = torch.cat([ddts, dBC], dim=3)
-        if ctx.needs_input_grad[2]:
-            dts = x_dbl[..., :rank].permute(2, 0, 1, 3).reshape(k, b * length, rank)
-            ddtw = torch.matmul(ddelta.transpose(1, 2), dts)
-        return du, dx_dbl, ddtw, dA, dDs, dbias, None
+        # du, dx_dbl (B, L, 4, R + 2 N), ddtw, dA, dDs, dbias: the kernel turns the step sizes' gradient into those
+        # of dts and dtw itself, chunk by chunk
+        grads = module.cross_scan_backward(u, x_dbl, dtw, A, Ds, bias, hsave, dy.contiguous())
+        return (*grads, None)
 
 
 def cross_selective_scan_cpu(

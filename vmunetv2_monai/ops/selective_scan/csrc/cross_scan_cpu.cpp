@@ -13,7 +13,10 @@
 // channels-last map: a step loads the W channels' u at its position, forms their step sizes (R FMAs and a softplus)
 // and updates each channel's N states as N vectors, broadcasting B_t[n] and C_t[n]; the readout is a vertical FMA
 // chain, so forward needs no lane sums. Backward's dB and dC are sums over channels: each step adds a W-lane
-// partial per (t, n), summed over the task's channel groups and reduced across lanes once per chunk.
+// partial per (t, n), summed over the task's channel groups and reduced across lanes once per chunk. The gradient
+// of the raw step sizes stays in a chunk-sized buffer: once per chunk it gives dts's gradient (lane sums of
+// dd_t[p] dtw[g, p, r]) and adds to dtw's (dd_t[p] dts_t[r] over the steps), so no (4, batch, L, P) tensor is
+// written in backward either.
 //
 // Tasks are (batch, slice of channel groups). A task runs the four directions of its channels one after the
 // other, so the merge needs no atomics. For one direction it goes chunk by chunk: the chunk's projection rows are
@@ -41,6 +44,7 @@ using V = S::V;
 
 struct Dims {
   int64_t batch, L, P, N, R, chunks, groups;  // groups: W-channel groups, ceil(P / W)
+  int64_t rank8() const { return (R + 7) / 8 * 8; }  // R rounded up to 8: dtw is packed to it, zero-filled
 };
 
 struct Inputs {
@@ -78,11 +82,11 @@ struct Split {
 };
 
 // One direction's per-channel parameters for channel groups [q0, q1), W lanes a group, zero past P: A (and A log2 e
-// for exp2) as N vectors a group, dtw as R vectors a group, bias and D one vector each.
+// for exp2) as N vectors a group, dtw as rank8() vectors a group (zero past R), bias and D one vector each.
 struct Packed {
   std::vector<float> a, a2, w, bias, skip;
   Packed(const Dims& d, const Inputs& in, int64_t g, int64_t q0, int64_t q1)
-      : a((q1 - q0) * d.N * W), a2(a.size()), w((q1 - q0) * d.R * W), bias((q1 - q0) * W), skip(bias.size()) {
+      : a((q1 - q0) * d.N * W), a2(a.size()), w((q1 - q0) * d.rank8() * W), bias((q1 - q0) * W), skip(bias.size()) {
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t k = q - q0;
       for (int64_t l = 0; l < W && W * q + l < d.P; ++l) {
@@ -91,7 +95,7 @@ struct Packed {
           a[(k * d.N + n) * W + l] = in.A[ch * d.N + n];
           a2[(k * d.N + n) * W + l] = in.A[ch * d.N + n] * kLog2e;
         }
-        for (int64_t r = 0; r < d.R; ++r) w[(k * d.R + r) * W + l] = in.dtw[ch * d.R + r];
+        for (int64_t r = 0; r < d.R; ++r) w[(k * d.rank8() + r) * W + l] = in.dtw[ch * d.R + r];
         bias[k * W + l] = in.bias != nullptr ? in.bias[ch] : 0.0f;
         skip[k * W + l] = in.D != nullptr ? in.D[ch] : 0.0f;
       }
@@ -159,7 +163,7 @@ void forward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t 
         const int64_t k = q - q0;
         const S::Mask m = group_lanes(d, q);
         const float* a2 = pk.a2.data() + k * N * W;
-        const float* w = pk.w.data() + k * d.R * W;
+        const float* w = pk.w.data() + k * d.rank8() * W;
         const V bias = S::load(pk.bias.data() + k * W), skip = S::load(pk.skip.data() + k * W);
         float* hs = state.data() + k * N * W;
         if (hsave != nullptr) std::copy(hs, hs + N * W, hsave + hsave_at(d, b * 4 + g, c, q));
@@ -192,11 +196,48 @@ void forward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t 
   }
 }
 
-// du (batch, L, P) like u; ddelta (4, batch, L, P) at positions; dA (batch, 4, P, N); dBC (batch, slices, L, 4, 2N)
-// at positions, B's then C's, the task's slice s writes its partial sums; dD, dbias (batch, 4, P).
+// du (batch, L, P) like u; dxdbl (batch, slices, L, 4, R + 2N) like x_dbl, the task's slice s writes its partial
+// sums; ddtw (batch, 4, P, R); dA (batch, 4, P, N); dD, dbias (batch, 4, P).
 struct Grads {
-  float *du, *ddelta, *dA, *dBC, *dD, *dbias;
+  float *du, *dxdbl, *ddtw, *dA, *dD, *dbias;
 };
+
+// The chunk's step-size gradients dd (ddloc: len steps x the task's groups, W lanes each) into dts's gradient at
+// each step (lane sums of dd . dtw[:, r], written to the step's dxdbl row) and into dtw's (dwacc: groups x rank8()
+// vectors, dd dts_t[r] added over the steps; slots past R collect products with B and are never read).
+inline void step_size_grads(const Dims& d, const ChunkRows& rows, const float* ddloc, int64_t groups, const float* w,
+                            float* dwacc, float* const* xrow) {
+  const int64_t R8 = d.rank8();
+  alignas(64) float lanes[8 * W];
+  float sums[8];
+  for (int64_t i = 0; i < rows.len; ++i) {
+    for (int64_t r0 = 0; r0 < R8; r0 += 8) {
+      V acc[8];
+      for (int j = 0; j < 8; ++j) acc[j] = S::zero();
+      for (int64_t k = 0; k < groups; ++k) {
+        const V dd = S::load(ddloc + (i * groups + k) * W);
+        const float* wk = w + (k * R8 + r0) * W;
+        for (int j = 0; j < 8; ++j) acc[j] = vfma(dd, S::load(wk + W * j), acc[j]);
+      }
+      for (int j = 0; j < 8; ++j) vstore(lanes + W * j, acc[j]);
+      S::sum_rows8(lanes, sums);
+      std::copy(sums, sums + std::min<int64_t>(8, d.R - r0), xrow[i] + r0);
+    }
+  }
+  for (int64_t k = 0; k < groups; ++k) {
+    for (int64_t r0 = 0; r0 < R8; r0 += 8) {
+      float* acc_at = dwacc + (k * R8 + r0) * W;
+      V acc[8];
+      for (int j = 0; j < 8; ++j) acc[j] = S::load(acc_at + W * j);
+      for (int64_t i = 0; i < rows.len; ++i) {
+        const V dd = S::load(ddloc + (i * groups + k) * W);
+        const float* dts = rows.dts(i) + r0;  // r0 + 8 <= R8 <= R + 7 < R + 2N: within the row
+        for (int j = 0; j < 8; ++j) acc[j] = vfma(dd, S::set1(dts[j]), acc[j]);
+      }
+      for (int j = 0; j < 8; ++j) vstore(acc_at + W * j, acc[j]);
+    }
+  }
+}
 
 template <int NV>
 void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t b, int64_t s, int64_t slices,
@@ -205,6 +246,8 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
   const int64_t groups = q1 - q0;
   std::vector<float> carry(groups * N * W), dacc(carry.size()), dskip(groups * W), dbias(groups * W);
   std::vector<float> hloc(kChunk * N * W), eloc(hloc.size()), dbv(hloc.size()), dcv(hloc.size());
+  std::vector<float> ddloc(kChunk * groups * W), dwacc(groups * d.rank8() * W);
+  std::vector<float*> xrow(kChunk);  // each step's dxdbl row (dts's gradient, then B's and C's)
   std::vector<float> steps(4 * kChunk * W);  // u, dy, dl, sigmoid of the chunk's steps, W lanes each
   float* const uloc = steps.data();
   float* const gyloc = uloc + kChunk * W;
@@ -213,12 +256,14 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
   ChunkRows rows(d);
   for (int64_t g = 0; g < 4; ++g) {
     const Packed pk(d, in, g, q0, q1);
-    for (auto* v : {&carry, &dacc, &dskip, &dbias}) std::fill(v->begin(), v->end(), 0.0f);
+    for (auto* v : {&carry, &dacc, &dskip, &dbias, &dwacc}) std::fill(v->begin(), v->end(), 0.0f);
     const int64_t bg = b * 4 + g;
-    float* const ddelta = out.ddelta + g * d.batch * d.L * d.P;  // this direction's (batch, L, P)
     for (int64_t c = d.chunks - 1; c >= 0; --c) {
       rows.load(d, in, pos4 + g * d.L, b, g, c);
       const int64_t len = rows.len;
+      for (int64_t i = 0; i < len; ++i) {
+        xrow[i] = out.dxdbl + (((b * slices + s) * d.L + rows.pix[i]) * 4 + g) * (d.R + 2 * N);
+      }
       std::fill(dbv.begin(), dbv.begin() + len * N * W, 0.0f);
       std::fill(dcv.begin(), dcv.begin() + len * N * W, 0.0f);
       for (int64_t q = q0; q < q1; ++q) {
@@ -226,7 +271,7 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
         const S::Mask m = group_lanes(d, q);
         const float* a = pk.a.data() + k * N * W;
         const float* a2 = pk.a2.data() + k * N * W;
-        const float* w = pk.w.data() + k * d.R * W;
+        const float* w = pk.w.data() + k * d.rank8() * W;
         const V bias = S::load(pk.bias.data() + k * W), skip = S::load(pk.skip.data() + k * W);
         const float* h0 = hsave + hsave_at(d, bg, c, q);
         // Recompute the chunk's decays and states from the saved chunk-start state.
@@ -261,10 +306,7 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
         }
         V dsk = S::load(dskip.data() + k * W), dbs = S::load(dbias.data() + k * W);
         for (int64_t i = len - 1; i >= 0; --i) {
-          if (i >= kAhead) {
-            prefetch_rw(out.du + rows.at[i - kAhead] + W * q);
-            prefetch_rw(ddelta + rows.at[i - kAhead] + W * q);
-          }
+          if (i >= kAhead) prefetch_rw(out.du + rows.at[i - kAhead] + W * q);
           const V gyt = S::load(gyloc + W * i), dt = S::load(dlloc + W * i), ut = S::load(uloc + W * i);
           const V dtu = vmul(dt, ut);
           const float* bt = rows.dts(i) + d.R;
@@ -289,7 +331,7 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
           }
           const V gbs = vadd(gb[0], gb[1]);
           const V dd = vmul(vfma(ut, gbs, vadd(x_a[0], x_a[1])), S::load(sgloc + W * i));  // w.r.t. the raw step
-          vstore_n(ddelta + rows.at[i] + W * q, dd, m);
+          vstore(ddloc.data() + (i * groups + k) * W, dd);
           merge(out.du + rows.at[i] + W * q, vfma(dt, gbs, vmul(skip, gyt)), g == 0, m);
           dsk = vfma(gyt, ut, dsk);
           dbs = vadd(dbs, dd);
@@ -301,12 +343,12 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
         vstore(dskip.data() + k * W, dsk);
         vstore(dbias.data() + k * W, dbs);
       }
-      // The chunk's dB, dC partials: lane sums, 8 state indices at a time, at the steps' positions.
+      // The chunk's dts, dB, dC partials (lane sums, 8 at a time) at the steps' positions, and dtw's.
+      step_size_grads(d, rows, ddloc.data(), groups, pk.w.data(), dwacc.data(), xrow.data());
       for (int64_t i = 0; i < len; ++i) {
-        float* row = out.dBC + (((b * slices + s) * d.L + rows.pix[i]) * 4 + g) * 2 * N;
         for (int64_t n = 0; n < N; n += 8) {
-          S::sum_rows8(dbv.data() + (i * N + n) * W, row + n);
-          S::sum_rows8(dcv.data() + (i * N + n) * W, row + N + n);
+          S::sum_rows8(dbv.data() + (i * N + n) * W, xrow[i] + d.R + n);
+          S::sum_rows8(dcv.data() + (i * N + n) * W, xrow[i] + d.R + N + n);
         }
       }
     }
@@ -315,6 +357,7 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
       for (int64_t l = 0; l < W && W * q + l < d.P; ++l) {
         const int64_t row = bg * d.P + W * q + l;
         for (int64_t n = 0; n < N; ++n) out.dA[row * N + n] = dacc[(k * N + n) * W + l];
+        for (int64_t r = 0; r < d.R; ++r) out.ddtw[row * d.R + r] = dwacc[(k * d.rank8() + r) * W + l];
         out.dD[row] = dskip[k * W + l];
         out.dbias[row] = dbias[k * W + l];
       }
@@ -387,12 +430,12 @@ std::vector<at::Tensor> cross_scan_backward(const at::Tensor& u, const at::Tenso
   const Inputs in = inputs(u, xdbl, dtw, A, D, bias);
   const std::vector<int32_t> pos = positions(u.size(1), u.size(2));
   const Split split(d);
-  at::Tensor du = at::empty_like(u), ddelta = at::empty({4, d.batch, d.L, d.P}, u.options());
+  at::Tensor du = at::empty_like(u), ddtw = at::empty({d.batch, 4, d.P, d.R}, u.options());
   at::Tensor dA = at::empty({d.batch, 4, d.P, d.N}, u.options());
   at::Tensor dD = at::empty({d.batch, 4, d.P}, u.options()), dbias = at::empty_like(dD);
-  at::Tensor dBC = at::empty({d.batch, split.slices, d.L, 4, 2 * d.N}, u.options());
-  const Grads out{du.data_ptr<float>(), ddelta.data_ptr<float>(), dA.data_ptr<float>(),
-                  dBC.data_ptr<float>(), dD.data_ptr<float>(),   dbias.data_ptr<float>()};
+  at::Tensor dx = at::empty({d.batch, split.slices, d.L, 4, d.R + 2 * d.N}, u.options());
+  const Grads out{du.data_ptr<float>(), dx.data_ptr<float>(), ddtw.data_ptr<float>(),
+                  dA.data_ptr<float>(), dD.data_ptr<float>(), dbias.data_ptr<float>()};
   const float* hp = hsave.data_ptr<float>();
   const float* gp = dy.data_ptr<float>();
   dispatch_nv(d.N, [&](auto nv) {
@@ -400,7 +443,7 @@ std::vector<at::Tensor> cross_scan_backward(const at::Tensor& u, const at::Tenso
       backward_task<decltype(nv)::value>(d, in, pos.data(), b, s, split.slices, q0, q1, hp, gp, out);
     });
   });
-  return {du, ddelta, dA.sum(0), split.slices == 1 ? dBC.squeeze(1) : dBC.sum(1), dD.sum(0), dbias.sum(0)};
+  return {du, split.slices == 1 ? dx.squeeze(1) : dx.sum(1), ddtw.sum(0), dA.sum(0), dD.sum(0), dbias.sum(0)};
 }
 
 }  // namespace vmu

@@ -23,9 +23,8 @@ std::vector<at::Tensor> cross_scan_forward(const at::Tensor& u, const at::Tensor
                                            const at::Tensor& A, const at::Tensor& D, const at::Tensor& bias,
                                            bool save_states);
 
-// Its backward given dy (batch, H, W, P). Returns (du (batch, H, W, P), ddelta (4, batch, H * W, P), the gradient
-// of the raw step sizes at each position (dts and dtw get theirs from it), dA (4, P, N), dBC (batch, H * W, 4, 2 N),
-// the gradient of x_dbl's B and C parts, dD (4, P), dbias (4, P)).
+// Its backward given dy (batch, H, W, P). Returns (du (batch, H, W, P), dx_dbl (batch, H * W, 4, R + 2 N) like
+// x_dbl, ddtw (4, P, R), dA (4, P, N), dD (4, P), dbias (4, P)).
 std::vector<at::Tensor> cross_scan_backward(const at::Tensor& u, const at::Tensor& xdbl, const at::Tensor& dtw,
                                             const at::Tensor& A, const at::Tensor& D, const at::Tensor& bias,
                                             const at::Tensor& hsave, const at::Tensor& dy);

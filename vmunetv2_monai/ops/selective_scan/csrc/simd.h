@@ -36,11 +36,15 @@ namespace vmu {
 
 constexpr int64_t kChunk = 64;  // time steps per chunk (a multiple of 16): the state is saved at chunk starts
 
-// 2^f on [-1/2, 1/2], highest power first: a degree-6 near-minimax fit of the relative error (2e-9 in exact
-// arithmetic; float rounding, about 1e-7, dominates, as with the degree-7 Taylor polynomial it replaces).
-constexpr float kExp2Poly[] = {1.534581097e-04f, 1.339993090e-03f, 9.618489072e-03f, 5.550328642e-02f,
-                               2.402264625e-01f, 6.931471825e-01f, 1.0f};
+// 2^f on [-1/2, 1/2] (AVX2 and portable builds, after rounding to nearest) and on [0, 1) (AVX-512, after
+// flooring), highest power first: degree-5 near-minimax fits of the relative error, at most 1.7e-7 and 1.5e-7 in
+// float arithmetic with FMA, about one rounding of the argument x = dl * A log2 e itself (|x| * 6e-8 * ln 2).
+constexpr float kExp2Poly[] = {1.326472731e-03f, 9.671512991e-03f, 5.550733581e-02f, 2.402224243e-01f,
+                               6.931470037e-01f, 1.0f};
+constexpr float kExp2PolyUnit[] = {1.867130515e-03f, 9.017029777e-03f, 5.579991266e-02f, 2.401644439e-01f,
+                                   6.931512952e-01f, 1.0f};
 constexpr int kExp2Terms = sizeof(kExp2Poly) / sizeof(kExp2Poly[0]);  // from the list: no zero-filled tail
+static_assert(sizeof(kExp2PolyUnit) == sizeof(kExp2Poly), "both fits have the same degree");
 
 #if VMU_AVX2
 using vec = __m256;
@@ -176,20 +180,24 @@ inline void vstore(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
 inline __m512 vadd(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
 inline __m512 vmul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
 inline __m512 vfma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
-inline __m512 vdiv(__m512 a, __m512 b) { return _mm512_div_ps(a, b); }
+// a / b by rcp14 and one Newton step (relative error about 2^-28 before the last rounding), not a divide: finite b
+// away from 0 only, as vsoftplus's denominators (in [1, 3]) are.
+inline __m512 vdiv(__m512 a, __m512 b) {
+  const __m512 r = _mm512_rcp14_ps(b);
+  return _mm512_mul_ps(a, _mm512_mul_ps(r, _mm512_fnmadd_ps(b, r, _mm512_set1_ps(2.0f))));
+}
 inline __m512 vabs(__m512 a) { return _mm512_abs_ps(a); }
 inline __m512 vmax(__m512 a, __m512 b) { return _mm512_max_ps(a, b); }
 inline __m512 vselect_nonneg(__m512 x, __m512 a, __m512 b) {
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), a, b);
 }
-// 2^x for 16 lanes: n = round(x), 2^f by kExp2Poly, then scalef multiplies by 2^n, which saturates to 0 and inf by
-// itself (no clamp needed).
+// 2^x for 16 lanes: f = x - floor(x) in one reduce, 2^f by kExp2PolyUnit, then scalef multiplies by 2^floor(x)
+// (it floors its second operand itself), saturating to 0 and inf by itself (no clamp needed).
 inline __m512 vexp2(__m512 x) {
-  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(x, n);
-  __m512 p = _mm512_set1_ps(kExp2Poly[0]);
-  for (int k = 1; k < kExp2Terms; ++k) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Poly[k]));
-  return _mm512_scalef_ps(p, n);
+  const __m512 f = _mm512_reduce_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 p = _mm512_set1_ps(kExp2PolyUnit[0]);
+  for (int k = 1; k < kExp2Terms; ++k) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2PolyUnit[k]));
+  return _mm512_scalef_ps(p, x);
 }
 struct Lanes16 {
   __mmask16 bits;
