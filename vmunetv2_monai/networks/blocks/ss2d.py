@@ -96,14 +96,17 @@ class SS2D(nn.Module):
         # in_proj as two products, so that each half is contiguous: x.permute below is then a channels-last map,
         # where the depthwise convolution is several times faster than on a channels-first copy
         x, z = F.linear(x, self.in_proj.weight[: self.d_inner]), F.linear(x, self.in_proj.weight[self.d_inner :])
-        # in place where the input is a fresh intermediate: no new map allocated (autograd keeps its gradients)
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)), inplace=True)
+        # SiLU and the gate in place on their fresh intermediates when no graph is recorded (no new map allocated);
+        # under autograd in place would make it clone the input that their backward needs, a copy more than out of place
+        fresh = not torch.is_grad_enabled()
+        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)), inplace=fresh)
         if torch.jit.is_scripting():
             y = self._cross_scan_unfused(x)
         else:
             y = self._cross_scan_eager(x)
         y = self.out_norm(y.to(z.dtype))
-        return self.out_proj(F.silu(z, inplace=True).mul_(y))
+        gate = F.silu(z, inplace=fresh)
+        return self.out_proj(gate.mul_(y) if fresh else gate * y)
 
     @torch.jit.unused
     def _cross_scan_eager(self, x: torch.Tensor) -> torch.Tensor:
