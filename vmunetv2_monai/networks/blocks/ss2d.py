@@ -97,8 +97,9 @@ class SS2D(nn.Module):
         # where the depthwise convolution is several times faster than on a channels-first copy
         x, z = F.linear(x, self.in_proj.weight[: self.d_inner]), F.linear(x, self.in_proj.weight[self.d_inner :])
         # SiLU and the gate in place on their fresh intermediates when no graph is recorded (no new map allocated);
-        # under autograd in place would make it clone the input that their backward needs, a copy more than out of place
-        fresh = not torch.is_grad_enabled()
+        # under autograd in place would make it clone the input that their backward needs, a copy more than out of
+        # place. A trace always records out of place (its check reruns it in another grad mode).
+        fresh = not torch.is_grad_enabled() and not torch.jit.is_tracing()
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)), inplace=fresh)
         if torch.jit.is_scripting():
             y = self._cross_scan_unfused(x)
