@@ -68,7 +68,9 @@ inline vec vexp2(vec x) {
   for (int k = 1; k < kExp2Terms; ++k) p = vfma(p, f, vset1(kExp2Poly[k]));
   return vmul(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
 }
-inline vec vdiv(vec a, vec b) { return _mm256_div_ps(a, b); }
+// a / b for finite b away from 0 (vsoftplus's denominators, in [1, 3]); the AVX-512 build takes a reciprocal
+// estimate there, these builds divide.
+inline vec vdiv_bounded(vec a, vec b) { return _mm256_div_ps(a, b); }
 inline vec vabs(vec a) { return _mm256_andnot_ps(vset1(-0.0f), a); }
 inline vec vmax(vec a, vec b) { return _mm256_max_ps(a, b); }
 // where(x >= 0, a, b)
@@ -135,7 +137,7 @@ inline vec vexp2(vec x) {
   for (int i = 0; i < 8; ++i) x.v[i] = std::exp2(x.v[i]);
   return x;
 }
-inline vec vdiv(vec a, vec b) {
+inline vec vdiv_bounded(vec a, vec b) {
   for (int i = 0; i < 8; ++i) a.v[i] /= b.v[i];
   return a;
 }
@@ -182,7 +184,7 @@ inline __m512 vmul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
 inline __m512 vfma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
 // a / b by rcp14 and one Newton step (relative error about 2^-28 before the last rounding), not a divide: finite b
 // away from 0 only, as vsoftplus's denominators (in [1, 3]) are.
-inline __m512 vdiv(__m512 a, __m512 b) {
+inline __m512 vdiv_bounded(__m512 a, __m512 b) {
   const __m512 r = _mm512_rcp14_ps(b);
   return _mm512_mul_ps(a, _mm512_mul_ps(r, _mm512_fnmadd_ps(b, r, _mm512_set1_ps(2.0f))));
 }
@@ -259,12 +261,12 @@ template <typename V>
 V vsoftplus(V x, V* sigmoid) {
   using S = Simd<sizeof(V) / sizeof(float)>;
   const V w = vexp2(vmul(vabs(x), S::set1(-1.44269504088896341f)));
-  const V s = vdiv(w, vadd(w, S::set1(2.0f)));
+  const V s = vdiv_bounded(w, vadd(w, S::set1(2.0f)));
   const V s2 = vmul(s, s);
   V p = S::set1(1.0f / 13.0f);
   for (float k : {11.0f, 9.0f, 7.0f, 5.0f, 3.0f, 1.0f}) p = vfma(p, s2, S::set1(1.0f / k));
   const V one = S::set1(1.0f);
-  if (sigmoid != nullptr) *sigmoid = vdiv(vselect_nonneg(x, one, w), vadd(one, w));
+  if (sigmoid != nullptr) *sigmoid = vdiv_bounded(vselect_nonneg(x, one, w), vadd(one, w));
   return vadd(vmax(x, S::zero()), vmul(vadd(s, s), p));
 }
 
