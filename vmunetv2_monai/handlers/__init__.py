@@ -1,9 +1,10 @@
 """Ignite handlers for the VM-UNetV2 bundle: training budget and learning-rate schedule, atomic checkpoints, checked
 loading and a never-worse model gate, early stopping and a stop on a non-finite loss, the run settings a resume checks,
-evaluation reports, prediction writer, complete MLflow runs and checkpoint lineage."""
+an average of the weights, evaluation reports, prediction writer, complete MLflow runs and checkpoint lineage."""
 
 from .budget import TrainingBudget, WarmupCosineLR
 from .checkpoint import AtomicCheckpointSaver, CheckpointLoader, loads_network
+from .ema import WeightAverage, weight_average
 from .incumbent import KeepBetterModel
 from .lineage import read_lineage, write_lineage
 from .predictions import PredictionWriter, overlay_contour
@@ -25,10 +26,12 @@ __all__ = [
     "StopOnNonFiniteLoss",
     "TrainingBudget",
     "WarmupCosineLR",
+    "WeightAverage",
     "loads_network",
     "overlay_contour",
     "package_versions",
     "read_lineage",
     "resume_from",
+    "weight_average",
     "write_lineage",
 ]
