@@ -240,6 +240,25 @@ def test_patch_sampling_training(trained, tmp_path):
     assert any(k.startswith("encoder.") for k in (state.get("model", state)))
 
 
+def test_weight_average_is_validated_saved_and_resumed(trained, tmp_path):
+    """ema_momentum: the best model.pt is the average (after one epoch, the latest's ema_model), not the trained
+    weights; latest.pt keeps the average for a resume, which refuses another momentum."""
+    work, _, _, common, _ = trained
+    args = [a if a != str(common[common.index("--output_dir") + 1]) else str(tmp_path / "out") for a in common]
+    run = ["--config_file", _cfg("train"), *args, "--batch_size", "4", "--progress_bar", "False"]
+    _run([*run, "--epochs", "1", "--ema_momentum", "0.3"], cwd=work)
+    best = torch.load(tmp_path / "out" / "models" / "model.pt", weights_only=True)
+    latest = torch.load(tmp_path / "out" / "models" / "latest.pt", weights_only=True)
+    assert set(latest) == {"settings", "model", "optimizer", "trainer", "budget", "best_saver", "ema_model"}
+    assert all(torch.equal(best[k], latest["ema_model"][k]) for k in best)
+    assert not all(torch.equal(best[k], latest["model"][k]) for k in best)
+    _run([*run, "--epochs", "2", "--ema_momentum", "0.3", "--resume", "True"], cwd=work)
+    resumed = torch.load(tmp_path / "out" / "models" / "latest.pt", weights_only=True)
+    assert _epoch(resumed) == 2 and not all(torch.equal(resumed["ema_model"][k], latest["ema_model"][k]) for k in best)
+    with pytest.raises(AssertionError, match="'ema_momentum' 0.3 -> 0.5"):
+        _run([*run, "--epochs", "3", "--ema_momentum", "0.5", "--resume", "True"], cwd=work)
+
+
 @pytest.mark.parametrize(("key", "value"), [("cache_rate", 1.5), ("early_stop_patience", -1)])
 def test_bad_training_option_is_named(trained, key, value):
     from monai.bundle import ConfigWorkflow
