@@ -50,7 +50,7 @@ def test_a_resumed_run_keeps_the_restored_average() -> None:
 
     ema.attach(trainer)
     trainer.run([2.0, 4.0, 6.0, 8.0], max_epochs=1)  # one iteration left of 4, on the first item (2)
-    assert torch.allclose(ema.ema_model.weight, torch.full((1, 2), 6.0))  # from the restored 10, not the network's weights
+    assert torch.allclose(ema.ema_model.weight, torch.full((1, 2), 6.0))  # from the restored 10
 
 
 def test_off_by_default_and_bad_momentum_named() -> None:

@@ -46,7 +46,7 @@ def test_gradients_match_the_out_of_place_block() -> None:
     attn = block.self_attention
     h = block.ln_1(x)
     u, z = F.linear(h, attn.in_proj.weight[: attn.d_inner]), F.linear(h, attn.in_proj.weight[attn.d_inner :])
-    y = attn.out_norm(attn._cross_scan_eager(F.silu(attn.conv2d(u.permute(0, 3, 1, 2)))))
+    y = attn.out_norm(attn._cross_scan_unfused(F.silu(attn.conv2d(u.permute(0, 3, 1, 2)))))
     (x + attn.out_proj(y * F.silu(z))).square().sum().backward()  # the block before its in-place steps
     expected = [x.grad] + [p.grad for p in block.parameters()]
     for got, want in zip(grads, expected, strict=True):

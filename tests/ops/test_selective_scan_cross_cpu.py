@@ -155,15 +155,17 @@ def test_build_uses_the_vectors_torch_reports() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512", reason="the AVX2 build runs the cases above")
 def test_avx2_build_matches_the_reference_on_an_avx512_machine() -> None:
-    """Machines without AVX-512 get the 8-channel build: the cases above, in a process that torch runs at AVX2 (it
-    builds that kernel into its own folder; the first time takes about a minute)."""
+    """Machines without AVX-512 get the 8-channel build: the cases above and the gated norm's, in a process that
+    torch runs at AVX2 (it builds that kernel into its own folder; the first time takes about a minute)."""
+    from tests.ops import test_gated_norm_cpu as gated
+
     tests = [
         f"{__file__}::{name}"
         for name in (
             "test_fused_matches_unfused_reference_forward_and_backward",
             "test_build_uses_the_vectors_torch_reports",
         )
-    ]
+    ] + [f"{gated.__file__}::test_matches_pytorch_forward_and_backward"]
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
         env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"},
@@ -172,6 +174,7 @@ def test_avx2_build_matches_the_reference_on_an_avx512_machine() -> None:
         text=True,
         timeout=900,
     )
-    cases = len(test_fused_matches_unfused_reference_forward_and_backward.pytestmark[0].args[1]) + 1
+    cases = sum(len(test.pytestmark[0].args[1]) for test in (
+        test_fused_matches_unfused_reference_forward_and_backward, gated.test_matches_pytorch_forward_and_backward)) + 1
     passed = re.search(rf"^{cases} passed", run.stdout, re.M)
     assert run.returncode == 0 and passed, run.stdout[-3000:] + run.stderr[-2000:]

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ...ops.cross_scan import cross_merge, cross_scan
 from ...ops.selective_scan import SCAN_BACKENDS, resolve_backend, selective_scan
 from ...ops.selective_scan.cross_cpu import cross_scan_supported, cross_selective_scan_cpu
+from ...ops.selective_scan.gated_norm_cpu import gated_norm_cpu, gated_norm_supported
 from ...ops.selective_scan.scripted import _scan_loop as scan_loop
 from ...ops.selective_scan.shapes import skip_and_gate, step_sizes
 
@@ -102,23 +103,34 @@ class SS2D(nn.Module):
         fresh = not torch.is_grad_enabled() and not torch.jit.is_tracing()
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)), inplace=fresh)
         if torch.jit.is_scripting():
-            y = self._cross_scan_unfused(x)
+            y = self._norm_gate(self._cross_scan_unfused(x), z, fresh)
         else:
-            y = self._cross_scan_eager(x)
-        y = self.out_norm(y.to(z.dtype))
-        gate = F.silu(z, inplace=fresh)
-        return self.out_proj(gate.mul_(y) if fresh else gate * y)
+            y = self._mix_eager(x, z, fresh)
+        return self.out_proj(y)
 
     @torch.jit.unused
-    def _cross_scan_eager(self, x: torch.Tensor) -> torch.Tensor:
-        """Cross-scan, scan and merge of ``x`` ``(B, d_inner, H, W)``: one compiled op when the backend resolves to
-        ``cpu_fused`` and the op takes ``x``, else :meth:`_cross_scan_unfused`; ``(B, H, W, d_inner)``."""
+    def _mix_eager(self, x: torch.Tensor, z: torch.Tensor, fresh: bool) -> torch.Tensor:
+        """Cross-scan, scan, merge, ``out_norm`` and gate of ``x`` ``(B, d_inner, H, W)`` and ``z``
+        ``(B, H, W, d_inner)``: two compiled ops (:mod:`~vmunetv2_monai.ops.selective_scan.cross_cpu`, then
+        :mod:`~vmunetv2_monai.ops.selective_scan.gated_norm_cpu` where it applies) when the backend resolves to
+        ``cpu_fused`` and the op takes ``x``, else :meth:`_cross_scan_unfused` and :meth:`_norm_gate`;
+        ``(B, H, W, d_inner)``."""
         if resolve_backend(self.scan_backend, x.device) == "cpu_fused" and cross_scan_supported(x, self.A_logs):
-            return cross_selective_scan_cpu(
+            y = cross_selective_scan_cpu(
                 x.permute(0, 2, 3, 1), self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs,
                 self.Ds,
             )
-        return self._cross_scan_unfused(x)
+            if gated_norm_supported(y, z, self.out_norm):
+                return gated_norm_cpu(y, z, self.out_norm)
+            return self._norm_gate(y, z, fresh)
+        return self._norm_gate(self._cross_scan_unfused(x), z, fresh)
+
+    def _norm_gate(self, y: torch.Tensor, z: torch.Tensor, fresh: bool) -> torch.Tensor:
+        """``out_norm(y) * silu(z)`` in PyTorch, ``(B, H, W, d_inner)``; SiLU and the product in place on ``z`` when
+        ``fresh`` (no graph is recorded)."""
+        y = self.out_norm(y.to(z.dtype))
+        gate = F.silu(z, inplace=fresh)
+        return gate.mul_(y) if fresh else gate * y
 
     def _cross_scan_unfused(self, x: torch.Tensor) -> torch.Tensor:
         """Cross-scan, scan (configured backend, or the TorchScript loop when scripted) and merge in PyTorch.

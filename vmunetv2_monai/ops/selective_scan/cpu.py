@@ -34,7 +34,7 @@ __all__ = ["cpu_status", "cpu_unsupported_reason", "selective_scan_cpu"]
 logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("csrc") / "scan_cpu.cpp"
-_SOURCES = [_SOURCE, _SOURCE.with_name("cross_scan_cpu.cpp")]  # and the headers beside them
+_SOURCES = [_SOURCE, _SOURCE.with_name("cross_scan_cpu.cpp"), _SOURCE.with_name("gated_norm_cpu.cpp")]  # + headers
 _SUPPORTED_N = (8, 16, 24, 32)
 
 

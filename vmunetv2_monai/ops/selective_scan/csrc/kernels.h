@@ -1,5 +1,5 @@
-// Entry points of the fused SS2D kernel (cross_scan_cpu.cpp, bound in scan_cpu.cpp) and the input checks both
-// kernel files use.
+// Entry points of the fused SS2D kernels (cross_scan_cpu.cpp, gated_norm_cpu.cpp; bound in scan_cpu.cpp) and the
+// input checks the kernel files use.
 #pragma once
 
 #include <torch/extension.h>
@@ -28,5 +28,15 @@ std::vector<at::Tensor> cross_scan_forward(const at::Tensor& u, const at::Tensor
 std::vector<at::Tensor> cross_scan_backward(const at::Tensor& u, const at::Tensor& xdbl, const at::Tensor& dtw,
                                             const at::Tensor& A, const at::Tensor& D, const at::Tensor& bias,
                                             const at::Tensor& hsave, const at::Tensor& dy);
+
+// SS2D's out_norm and gate (gated_norm_cpu.cpp): out = LayerNorm(y) * silu(z) over the last dimension P (a multiple
+// of 16). Returns (out, mean, rstd), mean and rstd one value a row.
+std::vector<at::Tensor> gated_norm_forward(const at::Tensor& y, const at::Tensor& z, const at::Tensor& weight,
+                                           const at::Tensor& bias, double eps);
+
+// Its backward given dout. Returns (dy, dz, dweight, dbias).
+std::vector<at::Tensor> gated_norm_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& z,
+                                            const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& mean,
+                                            const at::Tensor& rstd);
 
 }  // namespace vmu

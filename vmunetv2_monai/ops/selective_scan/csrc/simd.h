@@ -1,7 +1,7 @@
-// SIMD helpers shared by the CPU scan kernels (scan_cpu.cpp, cross_scan_cpu.cpp): 8-float vectors (AVX2+FMA
-// intrinsics, or a portable fallback with the same interface), 16-float vectors where the build has AVX-512,
-// 2^x, softplus and lane sums. Simd<W> gathers what a kernel written for either width needs; kWide is the widest
-// width the build has.
+// SIMD helpers shared by the CPU kernels (scan_cpu.cpp, cross_scan_cpu.cpp, gated_norm_cpu.cpp): 8-float vectors
+// (AVX2+FMA intrinsics, or a portable fallback with the same interface), 16-float vectors where the build has
+// AVX-512, 2^x, sigmoid, softplus and lane sums. Simd<W> gathers what a kernel written for either width needs; kWide
+// is the widest width the build has.
 #pragma once
 
 #include <algorithm>
@@ -254,19 +254,38 @@ inline float hsum(const float* row) {
   return s;
 }
 
+// exp(-|x|), any width: in (0, 1], the term both sigmoid and softplus are formed from.
+template <typename V>
+V vexp_neg_abs(V x) {
+  using S = Simd<sizeof(V) / sizeof(float)>;
+  return vexp2(vmul(vabs(x), S::set1(-1.44269504088896341f)));
+}
+
+// sigmoid(x) given w = exp(-|x|): 1 / (1 + w) for x >= 0, w / (1 + w) below (denominators in [1, 2]).
+template <typename V>
+V vsigmoid_of(V x, V w) {
+  using S = Simd<sizeof(V) / sizeof(float)>;
+  const V one = S::set1(1.0f);
+  return vdiv_bounded(vselect_nonneg(x, one, w), vadd(one, w));
+}
+
+template <typename V>
+V vsigmoid(V x) {
+  return vsigmoid_of(x, vexp_neg_abs(x));
+}
+
 // softplus(x) and its derivative sigmoid(x), any width: softplus(x) = max(x, 0) + log1p(w) with w = exp(-|x|) and
 // log1p(w) = 2 atanh(s), s = w / (2 + w) <= 1/3 (odd series to s^13).
 // sigmoid may be null (forward needs only softplus).
 template <typename V>
 V vsoftplus(V x, V* sigmoid) {
   using S = Simd<sizeof(V) / sizeof(float)>;
-  const V w = vexp2(vmul(vabs(x), S::set1(-1.44269504088896341f)));
+  const V w = vexp_neg_abs(x);
   const V s = vdiv_bounded(w, vadd(w, S::set1(2.0f)));
   const V s2 = vmul(s, s);
   V p = S::set1(1.0f / 13.0f);
   for (float k : {11.0f, 9.0f, 7.0f, 5.0f, 3.0f, 1.0f}) p = vfma(p, s2, S::set1(1.0f / k));
-  const V one = S::set1(1.0f);
-  if (sigmoid != nullptr) *sigmoid = vdiv_bounded(vselect_nonneg(x, one, w), vadd(one, w));
+  if (sigmoid != nullptr) *sigmoid = vsigmoid_of(x, w);
   return vadd(vmax(x, S::zero()), vmul(vadd(s, s), p));
 }
 
