@@ -5,8 +5,8 @@ Backends, all with mamba-ssm's ``selective_scan_fn`` contract:
 ============= ================================================================================
 ``mamba``     mamba-ssm's CUDA kernel (GPU only; needs the compiled ``selective_scan_cuda``)
 ``cpu_fused`` in SS2D: cross-scan, step-size projection, scan and cross-merge as one compiled C++ op
-              (:mod:`.cross_cpu`, float32 CPU tensors, forward and backward; AVX-512 where torch reports it);
-              a plain scan call runs as ``cpu``
+              (:mod:`.cross_cpu`, float32 CPU tensors, forward and backward; AVX-512 where torch reports it),
+              then ``out_norm`` and the gate as another (:mod:`.gated_norm_cpu`); a plain scan call runs as ``cpu``
 ``cpu``       our compiled C++ kernel (AVX2+FMA, float32, CPU tensors), built once on first use; in SS2D the
               cross-scan and merge stay PyTorch ops around it
 ``torch``     our blocked PyTorch implementation with a hand-written backward (any device)
