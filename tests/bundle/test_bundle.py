@@ -259,6 +259,21 @@ def test_weight_average_is_validated_saved_and_resumed(trained, tmp_path):
         _run([*run, "--epochs", "3", "--ema_momentum", "0.5", "--resume", "True"], cwd=work)
 
 
+def test_evaluation_scores_the_checkpoint_it_loads_with_ema_momentum_set() -> None:
+    """evaluate.json loads model.pt into network: its evaluator runs that network, not the training's average (a
+    copy made before the checkpoint is loaded), also when the training overrides, ema_momentum included, are given."""
+    from monai.bundle import ConfigParser
+
+    parsed = {}
+    for configs in (["train"], ["train", "evaluate"]):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / f"{name}.json") for name in configs])
+        parser.update({"bundle_root": str(BUNDLE), "ema_momentum": 0.3, "num_workers": 0, "eval_split": "validation"})
+        network = parser.get_parsed_content("network")
+        parsed[configs[-1]] = parser.get_parsed_content("validate#evaluator").network is network
+    assert parsed == {"train": False, "evaluate": True}  # training validates the average; evaluation the checkpoint
+
+
 @pytest.mark.parametrize(("key", "value"), [("cache_rate", 1.5), ("early_stop_patience", -1)])
 def test_bad_training_option_is_named(trained, key, value):
     from monai.bundle import ConfigWorkflow
