@@ -274,6 +274,19 @@ def test_evaluation_scores_the_checkpoint_it_loads_with_ema_momentum_set() -> No
     assert parsed == {"train": False, "evaluate": True}  # training validates the average; evaluation the checkpoint
 
 
+@pytest.mark.parametrize("bundle", [BUNDLE, REPO / "bundle_deepedit"])
+def test_training_batches_are_plain_tensors(bundle: Path) -> None:
+    """The trainer gets torch.Tensor batches, not MetaTensors (train#plain_tensors): MetaTensor's __torch_function__
+    would wrap every operation of the network's step, a cost counted in the CPU-seconds budget."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.update({"bundle_root": str(bundle), "dataset_dir": str(SAMPLE), "num_workers": 0, "image_size": [32, 32]})
+    batch = next(iter(parser.get_parsed_content("train#dataloader")))
+    assert {key: type(batch[key]) for key in ("image", "label")} == {"image": torch.Tensor, "label": torch.Tensor}
+
+
 @pytest.mark.parametrize(("key", "value"), [("cache_rate", 1.5), ("early_stop_patience", -1)])
 def test_bad_training_option_is_named(trained, key, value):
     from monai.bundle import ConfigWorkflow
