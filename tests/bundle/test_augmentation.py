@@ -1,5 +1,5 @@
 """train.json's ``extra_augmentation``: a named set from ``extra_augmentations`` appended after the flips and
-rotation, checked against the options schema."""
+rotation (before ``train#plain_tensors``, the last transform), checked against the options schema."""
 
 from __future__ import annotations
 
@@ -31,8 +31,10 @@ def test_every_set_is_a_schema_choice_and_appended_after_the_base_augmentation()
     _, base = _preprocessing("none")
     _, extra = _preprocessing("zoom_intensity")
     names = [type(t).__name__ for t in extra.transforms]
-    assert names[: len(base.transforms)] == [type(t).__name__ for t in base.transforms]
-    assert names[len(base.transforms) :] == ["RandZoomd", "RandScaleIntensityd", "RandAdjustContrastd"]
+    base_names = [type(t).__name__ for t in base.transforms]
+    assert base_names[-2:] == ["RandRotated", "EnsureTyped"]  # the rotation, then train#plain_tensors
+    added = ["RandZoomd", "RandScaleIntensityd", "RandAdjustContrastd"]
+    assert names == base_names[:-1] + added + base_names[-1:]
 
 
 def test_zoom_intensity_changes_images_and_keeps_binary_masks() -> None:
