@@ -297,7 +297,12 @@ def test_dicom_masks_equal_the_bundle_run(tmp_path: Path, overrides: dict) -> No
         expected = np.asarray(Image.open(tmp_path / "pred" / f"{path.stem}_mask.png")) > 0
         assert expected.shape == rgb.shape[:2]
         image = load_image(wrap_vl_endoscopic(rgb)).image
-        np.testing.assert_array_equal(predictor.predict(image), expected, err_msg=path.name)
+        # Two processes may sum in another order (MKL picks its threads at run time, fewer on a loaded machine): a
+        # pixel whose probability lies within 1e-4 of the threshold may fall on either side; no other may differ.
+        differ = predictor.predict(image) != expected
+        probability = 1.0 / (1.0 + np.exp(-predictor.logits(image)[0].astype(np.float64)))
+        near_threshold = np.abs(probability - overrides.get("threshold", 0.5)) < 1e-4
+        assert not (differ & ~near_threshold).any(), f"{path.name}: {int(differ.sum())} pixels differ"
         if overrides:
             changed.append(not np.array_equal(defaults.predict(image), expected))
         else:
