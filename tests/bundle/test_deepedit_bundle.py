@@ -99,6 +99,34 @@ def test_configs_extend_the_automatic_bundle() -> None:
         "$@in_channels + 2"
 
 
+@pytest.mark.parametrize("name, ids", [("train", ("train#preprocessing", "validate#preprocessing")),
+                                       ("inference", ("preprocessing",))])
+def test_click_guidance_enters_only_through_guidance_transforms(name: str, ids: tuple[str, ...]) -> None:
+    """The interactive configs set ``guidance_transforms`` and repeat none of the automatic bundle's transform
+    expressions: each pipeline is the automatic one with the click guidance inserted where ``guidance_transforms``
+    stands (after loading and resizing, before augmentation)."""
+    own = json.loads((AUTOMATIC_BUNDLE / "configs" / f"deepedit_{name}.json").read_text())
+    assert own["guidance_transforms"] == ["@click_guidance"]
+    assert not [k for k in own if "preprocessing" in k], "deepedit configs must not repeat transform expressions"
+    parsers = {}
+    for root, config in ((AUTOMATIC_BUNDLE, AUTOMATIC_BUNDLE / "configs" / f"{name}.json"),
+                         (BUNDLE, CONFIGS / f"{name}.json")):
+        parsers[root] = ConfigParser()
+        parsers[root].read_config(str(config))
+        parsers[root]["bundle_root"] = str(root)
+    for i in ids:
+        automatic = [type(t).__name__ for t in parsers[AUTOMATIC_BUNDLE].get_parsed_content(i).transforms]
+        interactive = [type(t).__name__ for t in parsers[BUNDLE].get_parsed_content(i).transforms]
+        assert interactive.count("AddClickGuidanced") == 1, (i, interactive)
+        at = interactive.index("AddClickGuidanced")
+        assert interactive[:at] + interactive[at + 1:] == automatic, (i, interactive, automatic)
+        before = parsers[AUTOMATIC_BUNDLE].get_parsed_content("load_transforms")
+        if i == "train#preprocessing":
+            before = before + parsers[AUTOMATIC_BUNDLE].get_parsed_content("spatial_transforms")[
+                parsers[AUTOMATIC_BUNDLE]["spatial_mode"]]
+        assert at == len(before), (i, at, interactive)
+
+
 def test_required_files_and_large_files_list() -> None:
     """ci/verify_bundle.py: necessary files, and models/model.pt listed in large_files.yml with a sha256 that the
     file, when present, matches."""

@@ -9,6 +9,7 @@ Needs ``.venv-deploy`` (``bash scripts/setup_deploy.sh``); skips elsewhere unles
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ["VMUNETV2_SCAN_BACKEND"] = "torch"  # the app and monai.bundle run (subprocesses) use the same backend
@@ -197,10 +198,14 @@ def test_resolve_model_kinds(work: Path) -> None:
 
 def test_map_layout() -> None:
     """The MAP inputs of the SDK's packaging guide: an app folder with ``__main__.py`` and ``app.py``, ``app.yaml``
-    with the keys the packager reads, and a requirements file whose pins match ``requirements-deploy.txt``."""
+    with the keys the packager reads (its version and docs/deploy.md's tag the bundle's), and a requirements file
+    whose pins match ``requirements-deploy.txt``."""
     assert (APP / "__main__.py").is_file() and (APP / "app.py").is_file()
     config = yaml.safe_load((APP / "app.yaml").read_text())
-    assert config["application"]["title"] and config["application"]["version"]
+    assert config["application"]["title"]
+    version = json.loads((REPO / "bundle" / "configs" / "metadata.json").read_text())["version"]
+    assert str(config["application"]["version"]) == version, "app.yaml's version must be the bundle's"
+    assert f"vmunetv2-seg:{version}" in (REPO / "docs" / "deploy.md").read_text(), "docs/deploy.md's MAP tag"
     assert {"cpu", "memory"} <= set(config["resources"])
 
     def pins(path: Path) -> dict[str, str]:
