@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...ops.cross_scan import cross_merge, cross_scan
+from ...ops.linear_cpu import linear_cpu, linear_cpu_supported
 from ...ops.selective_scan import SCAN_BACKENDS, resolve_backend, selective_scan
 from ...ops.selective_scan.cross_cpu import cross_scan_supported, cross_selective_scan_cpu
 from ...ops.selective_scan.gated_norm_cpu import gated_norm_cpu, gated_norm_supported
@@ -96,7 +97,7 @@ class SS2D(nn.Module):
         """
         # in_proj as two products, so that each half is contiguous: x.permute below is then a channels-last map,
         # where the depthwise convolution is several times faster than on a channels-first copy
-        x, z = F.linear(x, self.in_proj.weight[: self.d_inner]), F.linear(x, self.in_proj.weight[self.d_inner :])
+        x, z = self._proj(x, self.in_proj.weight[: self.d_inner]), self._proj(x, self.in_proj.weight[self.d_inner :])
         # SiLU and the gate in place on their fresh intermediates when no graph is recorded (no new map allocated);
         # under autograd in place would make it clone the input that their backward needs, a copy more than out of
         # place. A trace always records out of place (its check reruns it in another grad mode).
@@ -106,7 +107,21 @@ class SS2D(nn.Module):
             y = self._norm_gate(self._cross_scan_unfused(x), z, fresh)
         else:
             y = self._mix_eager(x, z, fresh)
-        return self.out_proj(y)
+        return self._proj(y, self.out_proj.weight)
+
+    def _proj(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``F.linear(x, weight)`` (in_proj's halves, out_proj: no bias), ``(..., K)`` -> ``(..., N)``; on oneDNN
+        (:mod:`~vmunetv2_monai.ops.linear_cpu`) on the ``cpu_fused`` path."""
+        if torch.jit.is_scripting():
+            return F.linear(x, weight)
+        return self._proj_eager(x, weight)
+
+    @torch.jit.unused
+    def _proj_eager(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """:meth:`_proj` outside TorchScript."""
+        if resolve_backend(self.scan_backend, x.device) == "cpu_fused" and linear_cpu_supported(x, weight):
+            return linear_cpu(x, weight)
+        return F.linear(x, weight)
 
     @torch.jit.unused
     def _mix_eager(self, x: torch.Tensor, z: torch.Tensor, fresh: bool) -> torch.Tensor:

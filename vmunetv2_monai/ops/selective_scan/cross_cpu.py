@@ -5,7 +5,8 @@ the scan on them and maps the four outputs back (``cross_merge``). Here the C++ 
 ``cross_scan_forward`` / ``cross_scan_backward``) reads the channels-last map ``(B, H, W, D)`` in each direction's
 order, 16 channels to a vector where torch reports AVX-512 and 8 elsewhere, and accumulates the directions' outputs
 (with the D skip) straight into one ``(B, H, W, D)`` map; its backward scatters the input gradient the same way.
-``x_proj`` runs once on the map in row-major order for all four directions (one matmul); the kernel reads each
+``x_proj`` runs once on the map in row-major order for all four directions (one matmul, on oneDNN:
+:mod:`~vmunetv2_monai.ops.linear_cpu`); the kernel reads each
 direction's step-size rows, B and C from its output at the step's position, so nothing is reordered in PyTorch.
 
 Float32 CPU tensors and d_state N in {8, 16, 24, 32} only: :func:`cross_scan_supported` says when this path applies.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..linear_cpu import linear_cpu, linear_cpu_supported
 from .cpu import _load, cpu_unsupported_reason
 
 __all__ = ["cross_scan_supported", "cross_selective_scan_cpu"]
@@ -89,7 +91,8 @@ def cross_selective_scan_cpu(
     b, h, w, d = x.shape
     k, c, _ = x_proj_weight.shape
     u = x.contiguous()
-    x_dbl = F.linear(u.reshape(b, h * w, d), x_proj_weight.reshape(k * c, d))  # (B, L, 4 c), row-major positions
+    u2, w2 = u.reshape(b, h * w, d), x_proj_weight.reshape(k * c, d)
+    x_dbl = linear_cpu(u2, w2) if linear_cpu_supported(u2, w2) else F.linear(u2, w2)  # (B, L, 4 c), row-major
     args = (
         u,
         x_dbl.view(b, h * w, k, c),

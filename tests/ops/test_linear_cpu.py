@@ -1,0 +1,71 @@
+"""SS2D's projections on oneDNN (``vmunetv2_monai.ops.linear_cpu``): the same values and gradients as ``F.linear``
+within float32 tolerance, any input layout, an output the block may add into in place, F.linear wherever the op
+does not apply, and SS2D using it on the ``cpu_fused`` path only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vmunetv2_monai.ops.linear_cpu as linear_module
+from vmunetv2_monai.networks.blocks.ss2d import SS2D
+from vmunetv2_monai.ops.linear_cpu import linear_cpu, linear_cpu_supported
+from vmunetv2_monai.ops.selective_scan.cpu import cpu_status
+
+pytestmark = pytest.mark.skipif(linear_module._OP is None, reason="this PyTorch build has no oneDNN linear op")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last_view"])
+def test_values_and_gradients_equal_f_linear(layout: str) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 64, 6, 5) if layout == "channels_last_view" else torch.randn(2, 6, 5, 64)
+    x = (x.permute(0, 2, 3, 1) if layout == "channels_last_view" else x).requires_grad_()
+    weight = torch.randn(48, 64, requires_grad=True)
+    dy = torch.randn(2, 6, 5, 48)
+    assert linear_cpu_supported(x, weight)
+    out = linear_cpu(x, weight)
+    ref = F.linear(x, weight)
+    torch.testing.assert_close(out, ref)
+    grads = torch.autograd.grad(out, (x, weight), dy)
+    ref_grads = torch.autograd.grad(ref, (x, weight), dy)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_output_may_be_modified_in_place_under_autograd() -> None:
+    """The VSS block adds the residual into the mixer's output in place."""
+    x = torch.randn(3, 4, 32, requires_grad=True)
+    weight = torch.randn(16, 32, requires_grad=True)
+    out = linear_cpu(x, weight)
+    out.add_(1.0)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, weight.sum(0).expand(3, 4, 32))
+
+
+def test_not_supported_where_f_linear_must_run() -> None:
+    x, weight = torch.randn(4, 8), torch.randn(2, 8)
+    assert not linear_cpu_supported(x.double(), weight.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not linear_cpu_supported(x, weight)
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not linear_cpu_supported(x, weight)
+
+
+@pytest.mark.parametrize("backend, expected", [("cpu_fused", 4), ("cpu", 0), ("reference", 0)])
+def test_ss2d_uses_it_on_the_fused_path_only(backend: str, expected: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On ``cpu_fused``: in_proj's two halves, x_proj and out_proj (4 products); other backends stay PyTorch."""
+    ok, reason = cpu_status()
+    if backend != "reference" and not ok:
+        pytest.skip(f"cpu scan kernel unavailable: {reason}")
+    calls = []
+    op = linear_module._OP
+    monkeypatch.setattr(linear_module, "_OP", lambda *a: calls.append(a[1].shape) or op(*a))
+    torch.manual_seed(0)
+    block = SS2D(d_model=16, scan_backend=backend)
+    x = torch.randn(1, 4, 4, 16)
+    out = block(x)
+    assert len(calls) == expected
+    if expected:
+        monkeypatch.setattr(linear_module, "_OP", None)
+        torch.testing.assert_close(out, block(x))

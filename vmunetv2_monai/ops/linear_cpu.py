@@ -1,0 +1,91 @@
+"""SS2D's projections (``x @ weight.T``, no bias) on oneDNN, forward and backward, for the ``cpu_fused`` path.
+
+PyTorch runs a float32 ``F.linear`` on a CPU through MKL's sgemm. On AMD CPUs MKL takes a narrower code path: on a
+2-core AMD EPYC with AVX-512 it ran these projections at about 110 GFLOP/s a core, oneDNN's matmul (which PyTorch
+ships and its convolutions already use) at about 250, with the same results to the last bit on the shapes measured
+(``docs/performance.md``). The backward is two more products on oneDNN: ``dx = dy @ weight`` and
+``dweight = dy.T @ x``. :func:`linear_cpu_supported` says when it applies.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+__all__ = ["linear_cpu", "linear_cpu_supported"]
+
+logger = logging.getLogger(__name__)
+
+
+def _find_op():
+    """oneDNN's fused linear op of this PyTorch build, or None (with the reason logged) where it has none."""
+    if not torch.backends.mkldnn.is_available():
+        logger.info("oneDNN linear unavailable: this PyTorch build has no oneDNN; projections use F.linear")
+        return None
+    if not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        logger.info("oneDNN linear unavailable: torch.ops.mkldnn._linear_pointwise is absent in torch %s; "
+                    "projections use F.linear", torch.__version__)
+        return None
+    return torch.ops.mkldnn._linear_pointwise
+
+
+_OP = _find_op()
+
+
+def _mm(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
+    """``a @ b_t.T`` on oneDNN: a ``(..., K)``, b_t ``(N, K)`` (any strides); ``(..., N)``."""
+    return _OP(a, b_t, None, "none", [], "")
+
+
+def linear_cpu_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`linear_cpu` takes these inputs: float32 CPU tensors, oneDNN enabled and its op present, no CPU
+    autocast (where ``F.linear`` keeps its reduced-precision product), not traced for export.
+
+    Args:
+        x: ``(..., K)``.
+        weight: ``(N, K)``.
+    """
+    return (
+        _OP is not None
+        and torch.backends.mkldnn.enabled
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.device.type == "cpu"
+        and weight.device.type == "cpu"
+        and weight.dim() == 2
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.jit.is_tracing()
+    )
+
+
+class _Linear(torch.autograd.Function):
+    """x ``(M, K)``, weight ``(N, K)`` -> ``(M, N)``."""
+
+    @staticmethod
+    def forward(ctx, x, weight):  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        return _mm(x, weight)
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        dx = _mm(dy, weight.t()) if ctx.needs_input_grad[0] else None
+        dweight = _mm(dy.t(), x.t()) if ctx.needs_input_grad[1] else None
+        return dx, dweight
+
+
+def linear_cpu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight)`` (no bias) on oneDNN, forward and backward. The caller checks
+    :func:`linear_cpu_supported` first.
+
+    Args:
+        x: ``(..., K)`` float32 on the CPU.
+        weight: ``(N, K)``.
+
+    Returns:
+        ``(..., N)``.
+    """
+    # 2-D inside the Function: its output is then a fresh tensor, and the view back to (..., N) is autograd's own
+    # (a view made inside a Function may not be modified in place, and the VSS block adds into it in place)
+    return _Linear.apply(x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[0])
