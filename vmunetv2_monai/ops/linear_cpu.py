@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["linear_cpu", "linear_cpu_supported"]
 
@@ -76,8 +77,8 @@ class _Linear(torch.autograd.Function):
 
 
 def linear_cpu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``F.linear(x, weight)`` (no bias) on oneDNN, forward and backward. The caller checks
-    :func:`linear_cpu_supported` first.
+    """``F.linear(x, weight)`` (no bias) on oneDNN, forward and backward, where :func:`linear_cpu_supported` holds;
+    ``F.linear`` itself elsewhere.
 
     Args:
         x: ``(..., K)`` float32 on the CPU.
@@ -86,6 +87,8 @@ def linear_cpu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(..., N)``.
     """
+    if not linear_cpu_supported(x, weight):
+        return F.linear(x, weight)
     # 2-D inside the Function: its output is then a fresh tensor, and the view back to (..., N) is autograd's own
     # (a view made inside a Function may not be modified in place, and the VSS block adds into it in place)
     return _Linear.apply(x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[0])

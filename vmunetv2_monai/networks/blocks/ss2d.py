@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...ops.cross_scan import cross_merge, cross_scan
-from ...ops.linear_cpu import linear_cpu, linear_cpu_supported
+from ...ops.linear_cpu import linear_cpu
 from ...ops.selective_scan import SCAN_BACKENDS, resolve_backend, selective_scan
 from ...ops.selective_scan.cross_cpu import cross_scan_supported, cross_selective_scan_cpu
 from ...ops.selective_scan.gated_norm_cpu import gated_norm_cpu, gated_norm_supported
@@ -119,7 +119,7 @@ class SS2D(nn.Module):
     @torch.jit.unused
     def _proj_eager(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """:meth:`_proj` outside TorchScript."""
-        if resolve_backend(self.scan_backend, x.device) == "cpu_fused" and linear_cpu_supported(x, weight):
+        if resolve_backend(self.scan_backend, x.device) == "cpu_fused":
             return linear_cpu(x, weight)
         return F.linear(x, weight)
 

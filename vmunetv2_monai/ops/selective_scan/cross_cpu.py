@@ -15,9 +15,8 @@ Float32 CPU tensors and d_state N in {8, 16, 24, 32} only: :func:`cross_scan_sup
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ..linear_cpu import linear_cpu, linear_cpu_supported
+from ..linear_cpu import linear_cpu
 from .cpu import _load, cpu_unsupported_reason
 
 __all__ = ["cross_scan_supported", "cross_selective_scan_cpu"]
@@ -91,8 +90,7 @@ def cross_selective_scan_cpu(
     b, h, w, d = x.shape
     k, c, _ = x_proj_weight.shape
     u = x.contiguous()
-    u2, w2 = u.reshape(b, h * w, d), x_proj_weight.reshape(k * c, d)
-    x_dbl = linear_cpu(u2, w2) if linear_cpu_supported(u2, w2) else F.linear(u2, w2)  # (B, L, 4 c), row-major
+    x_dbl = linear_cpu(u.reshape(b, h * w, d), x_proj_weight.reshape(k * c, d))  # (B, L, 4 c), row-major positions
     args = (
         u,
         x_dbl.view(b, h * w, k, c),
