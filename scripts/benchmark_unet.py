@@ -23,7 +23,10 @@ The allocator is glibc's default (freed blocks under its adaptive mmap threshold
 larger ones are unmapped and fault their pages in again at the next step). ``--keep-freed-memory`` serves every
 allocation from the heap and never trims it (``mallopt``: ``M_MMAP_MAX`` 0, ``M_TRIM_THRESHOLD`` 2 GiB, what
 ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` do), so steps after the first fault in no pages; the JSON
-names the mode.
+names the mode. On glibc's default BasicUNet's full-resolution maps (67 MB at 256x256, batch 8; 8 MB at batch 1)
+are often mapped afresh and faulted in at every call, and at batch 1 whether they are depends on the cases run
+before in the process, while VM-UNetV2's quarter-resolution maps mostly are not: the ratios without the allocator's
+share are the ``--keep-freed-memory`` ones (``docs/performance.md``, "Allocator check").
 
     python scripts/benchmark_unet.py --threads 1 2     # logs the table; writes outputs/benchmark_unet.json
 """
@@ -203,6 +206,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.keep_freed_memory:
         keep_freed_memory()
+    else:
+        logger.info("allocator: glibc default, so BasicUNet's times include page faults of its large maps that "
+                    "depend on the cases run before; --keep-freed-memory gives the ratios without them")
     info = {**machine_info(), "allocator": "keep freed memory" if args.keep_freed_memory else "glibc default"}
     logger.info("machine: %s", ", ".join(f"{k}={v}" for k, v in info.items()))
     rows = []
