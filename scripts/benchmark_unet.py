@@ -19,14 +19,14 @@ its dense multiply-adds (convolutions, linears, einsums) at the best measured sg
 in the same run. Everything else (LayerNorm, SiLU, gating, layout) counts as free, so this implementation (its scan
 step arithmetic, these matmuls) cannot run the network faster than the floor on this machine.
 
-The allocator is glibc's default (freed blocks under its adaptive mmap threshold, at most 32 MB, are reused;
-larger ones are unmapped and fault their pages in again at the next step). ``--keep-freed-memory`` serves every
-allocation from the heap and never trims it (``mallopt``: ``M_MMAP_MAX`` 0, ``M_TRIM_THRESHOLD`` 2 GiB, what
-``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` do), so steps after the first fault in no pages; the JSON
-names the mode. On glibc's default BasicUNet's full-resolution maps (67 MB at 256x256, batch 8; 8 MB at batch 1)
-are often mapped afresh and faulted in at every call, and at batch 1 whether they are depends on the cases run
-before in the process, while VM-UNetV2's quarter-resolution maps mostly are not: the ratios without the allocator's
-share are the ``--keep-freed-memory`` ones (``docs/performance.md``, "Allocator check").
+Every case runs twice by default (``--allocator both``), first on glibc's default allocator (freed blocks under its
+adaptive mmap threshold, at most 32 MB, are reused; larger ones are unmapped and fault their pages in again at the
+next step), then with freed memory kept (``mallopt``: ``M_MMAP_MAX`` 0, ``M_TRIM_THRESHOLD`` 2 GiB, what
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` do: steps after the first fault in no pages). On glibc's
+default BasicUNet's full-resolution maps (67 MB at 256x256, batch 8; 8 MB at batch 1) are often mapped afresh and
+faulted in at every call, and at batch 1 whether they are depends on the cases run before in the process, while
+VM-UNetV2's quarter-resolution maps mostly are not: the second pass gives the ratios without the allocator's share
+(``docs/performance.md``, "Allocator check"). Each row and the JSON name the allocator.
 
     python scripts/benchmark_unet.py --threads 1 2     # logs the table; writes outputs/benchmark_unet.json
 """
@@ -192,25 +192,14 @@ def floor_row(timed: dict) -> dict:
             "load_avg_1min": os.getloadavg()[0]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to run")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per network and case (median)")
-    parser.add_argument("--cases", type=str, default="", help="run only cases whose name contains this text")
-    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
-                        help="add the default network's eval floor row per thread count")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="glibc: no mmap, no trimming (no page faults at later steps; module docstring)")
-    parser.add_argument("--json", type=Path, default=Path("outputs/benchmark_unet.json"))
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.keep_freed_memory:
-        keep_freed_memory()
-    else:
-        logger.info("allocator: glibc default, so BasicUNet's times include page faults of its large maps that "
-                    "depend on the cases run before; --keep-freed-memory gives the ratios without them")
-    info = {**machine_info(), "allocator": "keep freed memory" if args.keep_freed_memory else "glibc default"}
-    logger.info("machine: %s", ", ".join(f"{k}={v}" for k, v in info.items()))
+#: The allocator names of the table and the JSON.
+ALLOCATORS = {"glibc": "glibc default", "keep": "keep freed memory"}
+
+
+def run_pass(args: argparse.Namespace, allocator: str) -> list[dict]:
+    """Every selected case (and the floor rows) at every thread count under the allocator already set; the rows."""
+    logger.info("allocator: %s%s", allocator, "" if allocator != ALLOCATORS["glibc"] else
+                " (BasicUNet's times include page faults of its large maps, which depend on the cases run before)")
     rows = []
     header = "| threads | case | VM-UNetV2 | BasicUNet | ratio | VM-UNetV2 per image | load avg |"
     logger.info("%s\n|---|---|---|---|---|---|---|", header)
@@ -219,14 +208,15 @@ def main() -> None:
         for case in cases():
             if args.cases not in case.name:
                 continue
-            row = {"threads": threads, "case": case.name, **measure(case, args.repeats)}
+            row = {"allocator": allocator, "threads": threads, "case": case.name, **measure(case, args.repeats)}
             rows.append(row)
             logger.info("| %d | %s | %.3f s | %.3f s | %.2fx | %.1f ms | %.1f |", threads, case.name, row["vmunet_s"],
                         row["basicunet_s"], row["ratio"], row["per_image_vmunet_ms"], row["load_avg_1min"])
         if args.floor:
             default_eval = cases()[0]
             timed = next((r for r in rows if r["threads"] == threads and r["case"] == default_eval.name), None)
-            row = {"threads": threads, **floor_row(timed or measure(default_eval, args.repeats))}
+            row = {"allocator": allocator, "threads": threads,
+                   **floor_row(timed or measure(default_eval, args.repeats))}
             rows.append(row)
             logger.info("| %d | %s: %.0f M state updates at %.2f G/s = %.0f ms + %.2f GMACs at %.0f GFLOP/s = %.0f ms "
                         "-> floor %.0f ms (VM-UNetV2 %.0f ms = %.2fx the floor) | | %.3f s | floor %.2fx BasicUNet | "
@@ -234,6 +224,31 @@ def main() -> None:
                         1e3 * row["scan_floor_s"], row["dense_macs"] / 1e9, row["sgemm_flops_per_s"] / 1e9,
                         1e3 * row["dense_floor_s"], 1e3 * row["floor_s"], 1e3 * row["vmunet_s"],
                         row["vmunet_over_floor"], row["basicunet_s"], row["floor_ratio"], row["load_avg_1min"])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to run")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per network and case (median)")
+    parser.add_argument("--cases", type=str, default="", help="run only cases whose name contains this text")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="add the default network's eval floor row per thread count")
+    parser.add_argument("--allocator", choices=("both", "glibc", "keep"), default="both",
+                        help="glibc: its default; keep: no mmap, no trimming (no page faults after the first step); "
+                        "both (default): every case on glibc's default, then again with freed memory kept")
+    parser.add_argument("--keep-freed-memory", dest="allocator", action="store_const", const="keep",
+                        help="the same as --allocator keep")
+    parser.add_argument("--json", type=Path, default=Path("outputs/benchmark_unet.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    info = machine_info()
+    logger.info("machine: %s", ", ".join(f"{k}={v}" for k, v in info.items()))
+    rows = []
+    for allocator in ("glibc", "keep") if args.allocator == "both" else (args.allocator,):
+        if allocator == "keep":  # glibc's adaptive threshold cannot be restored afterwards: the keep pass comes last
+            keep_freed_memory()
+        rows += run_pass(args, ALLOCATORS[allocator])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": info, "repeats": args.repeats, "rows": rows}, indent=1) + "\n")
     logger.info("json: %s", args.json)
