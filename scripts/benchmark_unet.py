@@ -4,7 +4,7 @@ Pairs (each VM-UNetV2 row is timed alternately with its BasicUNet in the same lo
 both alike; the ratio is VM-UNetV2's median over BasicUNet's):
 
 - default: ``VMUNetV2()`` (depths 2,2,9,2, dims 96) against ``BasicUNet()`` (features 32,32,64,128,256,32);
-- shipped: the recipe model of ``bundle/configs/kvasir_cpu.json`` (depths 2,2,2,2, dims 48, stage 4 dropped)
+- shipped: the recipe model of ``bundle/configs/kvasir_cpu.json`` (depths 2,2,2,2, dims 64, stage 4 dropped)
   against the recipe's half-width BasicUNet (features 16,16,32,64,128,16, from
   :data:`vmunetv2_monai.evaluation.recipe.MODEL_OVERRIDES`).
 

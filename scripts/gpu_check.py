@@ -269,7 +269,7 @@ def train_step_memory(device: torch.device, net_kwargs: dict, backend: str, batc
 def latency(device: torch.device, smoke: bool, repeats: int) -> dict:
     """Batch-1 eval images/s, eager and replayed from a CUDA graph (:class:`CUDAGraphed`; eager on CPU), fp32 and bf16
     autocast, with the graph's largest relative difference from eager: the default network at 256 x 256, the shipped
-    network (kvasir_cpu.json's 2-2-2-2, dims 48) at 128 x 128, and MONAI's BasicUNet (default and half width)."""
+    network (kvasir_cpu.json's 2-2-2-2, dims 64) at 128 x 128, and MONAI's BasicUNet (default and half width)."""
     from monai.networks.nets import BasicUNet
 
     from vmunetv2_monai.networks import CUDAGraphed
@@ -277,7 +277,7 @@ def latency(device: torch.device, smoke: bool, repeats: int) -> dict:
     half = (16, 16, 32, 64, 128, 16)
     cases = {
         "vmunetv2_default_256": (lambda: _network(TINY_NET if smoke else {}, "auto", device), 256),
-        "vmunetv2_shipped_128": (lambda: _network({"depths": (2, 2, 2, 2), "dims": 48}, "auto", device), 128),
+        "vmunetv2_shipped_128": (lambda: _network({"depths": (2, 2, 2, 2), "dims": 64}, "auto", device), 128),
         "basicunet_default_256": (lambda: BasicUNet(spatial_dims=2, in_channels=3, out_channels=1).to(device), 256),
         "basicunet_half_128": (lambda: BasicUNet(spatial_dims=2, in_channels=3, out_channels=1,
                                                  features=half).to(device), 128),

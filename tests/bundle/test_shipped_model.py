@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow  # runs python -m monai.bundle inference on the sa
 BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 MODEL = BUNDLE / "models" / "model.pt"
 SAMPLE = BUNDLE / "sample_data"
-# Measured on 2026-12-06 with the shipped model (0.10.0) on the 12 sample pairs: mean Dice 0.803 (0.9.0: 0.810)
+# Measured on 2026-12-06 with the shipped model (0.11.0) on the 12 sample pairs: mean Dice 0.786 (0.10.0: 0.803)
 # (scripts/run_demo.py); an untrained network of the same configuration scores far lower there (this file's last
 # test). The floor sits between.
 DICE_FLOOR = 0.55
