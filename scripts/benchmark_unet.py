@@ -196,9 +196,13 @@ def floor_row(timed: dict) -> dict:
 ALLOCATORS = {"glibc": "glibc default", "keep": "keep freed memory"}
 
 
-def run_pass(args: argparse.Namespace, allocator: str) -> list[dict]:
-    """Every selected case (and the floor rows) at every thread count under the allocator already set; the rows."""
-    logger.info("allocator: %s%s", allocator, "" if allocator != ALLOCATORS["glibc"] else
+def run_pass(args: argparse.Namespace, key: str) -> list[dict]:
+    """Every selected case (and the floor rows) at every thread count under allocator ``key`` (of
+    :data:`ALLOCATORS`); the rows. ``keep`` changes glibc's settings for the rest of the process: run it last."""
+    allocator = ALLOCATORS[key]
+    if key == "keep":
+        keep_freed_memory()
+    logger.info("allocator: %s%s", allocator, "" if key == "keep" else
                 " (BasicUNet's times include page faults of its large maps, which depend on the cases run before)")
     rows = []
     header = "| threads | case | VM-UNetV2 | BasicUNet | ratio | VM-UNetV2 per image | load avg |"
@@ -245,10 +249,8 @@ def main() -> None:
     info = machine_info()
     logger.info("machine: %s", ", ".join(f"{k}={v}" for k, v in info.items()))
     rows = []
-    for allocator in ("glibc", "keep") if args.allocator == "both" else (args.allocator,):
-        if allocator == "keep":  # glibc's adaptive threshold cannot be restored afterwards: the keep pass comes last
-            keep_freed_memory()
-        rows += run_pass(args, ALLOCATORS[allocator])
+    for key in ("glibc", "keep") if args.allocator == "both" else (args.allocator,):
+        rows += run_pass(args, key)  # keep last: glibc's adaptive threshold cannot be restored after it
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": info, "repeats": args.repeats, "rows": rows}, indent=1) + "\n")
     logger.info("json: %s", args.json)
