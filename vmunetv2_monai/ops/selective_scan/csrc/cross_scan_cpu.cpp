@@ -103,11 +103,27 @@ struct Packed {
   }
 };
 
-// The step sizes softplus(dts_t . w + bias) of one channel group (w: R vectors); sg (may be null) gets sigmoid.
-inline V step_size(const float* w, V bias, const float* dts_t, int64_t R, V* sg) {
-  V raw = bias;
-  for (int64_t r = 0; r < R; ++r) raw = vfma(S::load(w + W * r), S::set1(dts_t[r]), raw);
-  return vsoftplus(raw, sg);
+// Steps whose raw step sizes are formed together, each in its own accumulator.
+constexpr int64_t kStepBlock = 8;
+static_assert(kChunk % kStepBlock == 0, "a chunk holds whole blocks of steps");
+
+// The raw step sizes dts_t . w + bias of one channel group (w: R vectors) at the chunk's steps, W lanes a step, into
+// raw (kChunk rows; the softplus follows in the caller's pass over the steps). One step's R products are a chain of
+// dependent FMAs, so kStepBlock steps run side by side (at R = 24 the chained form took a quarter of the forward
+// scan). A block's rows past rows.len are read (zero or an earlier chunk's: finite) and stored, never used.
+inline void raw_step_sizes(const ChunkRows& rows, const float* w, V bias, int64_t R, float* raw) {
+  for (int64_t i0 = 0; i0 < rows.len; i0 += kStepBlock) {
+    V acc[kStepBlock];
+    VMU_UNROLL_STATES
+    for (int64_t j = 0; j < kStepBlock; ++j) acc[j] = bias;
+    for (int64_t r = 0; r < R; ++r) {
+      const V wr = S::load(w + W * r);
+      VMU_UNROLL_STATES
+      for (int64_t j = 0; j < kStepBlock; ++j) acc[j] = vfma(wr, S::set1(rows.dts(i0 + j)[r]), acc[j]);
+    }
+    VMU_UNROLL_STATES
+    for (int64_t j = 0; j < kStepBlock; ++j) vstore(raw + W * (i0 + j), acc[j]);
+  }
 }
 
 inline S::Mask group_lanes(const Dims& d, int64_t q) {
@@ -168,9 +184,10 @@ void forward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t 
         float* hs = state.data() + k * N * W;
         if (hsave != nullptr) std::copy(hs, hs + N * W, hsave + hsave_at(d, b * 4 + g, c, q));
         // The chunk's inputs and step sizes first (independent steps), then the recurrence.
+        raw_step_sizes(rows, w, bias, d.R, dlloc);
         for (int64_t i = 0; i < rows.len; ++i) {
           const V ut = S::load_n(in.u + rows.at[i] + W * q, m);
-          const V dl = step_size(w, bias, rows.dts(i), d.R, nullptr);
+          const V dl = vsoftplus(S::load(dlloc + W * i), static_cast<V*>(nullptr));
           vstore(dlloc + W * i, dl);
           vstore(duloc + W * i, vmul(dl, ut));
           vstore(yloc + W * i, vmul(skip, ut));
@@ -275,12 +292,12 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
         const V bias = S::load(pk.bias.data() + k * W), skip = S::load(pk.skip.data() + k * W);
         const float* h0 = hsave + hsave_at(d, bg, c, q);
         // Recompute the chunk's decays and states from the saved chunk-start state.
+        raw_step_sizes(rows, w, bias, d.R, dlloc);
         for (int64_t i = 0; i < len; ++i) {
           V sg;
-          const V ut = S::load_n(in.u + rows.at[i] + W * q, m);
-          vstore(uloc + W * i, ut);
+          vstore(uloc + W * i, S::load_n(in.u + rows.at[i] + W * q, m));
           vstore(gyloc + W * i, S::load_n(dy + rows.at[i] + W * q, m));
-          vstore(dlloc + W * i, step_size(w, bias, rows.dts(i), d.R, &sg));
+          vstore(dlloc + W * i, vsoftplus(S::load(dlloc + W * i), &sg));
           vstore(sgloc + W * i, sg);
         }
         V h[N];
