@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ...ops.linear_cpu import linear_cpu
+
 __all__ = ["PatchEmbed2D", "PatchMerging2D"]
 
 
@@ -63,4 +65,13 @@ class PatchMerging2D(nn.Module):
         if x.shape[1] % 2 or x.shape[2] % 2:
             raise ValueError(f"PatchMerging2D needs even H and W, got {list(x.shape[1:3])}.")
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.reduction(self.norm(x))
+        if torch.jit.is_scripting():
+            return self.reduction(self.norm(x))
+        return self._reduce(self.norm(x))
+
+    @torch.jit.unused
+    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """The bias-free ``reduction``, ``(..., 4 dim)`` -> ``(..., 2 dim)``: on oneDNN for float32 CPU tensors
+        (:func:`~vmunetv2_monai.ops.linear_cpu.linear_cpu`, as SS2D's projections on the ``cpu_fused`` path; MKL's
+        sgemm took a narrower path on AMD CPUs), ``F.linear`` elsewhere."""
+        return linear_cpu(x, self.reduction.weight)
