@@ -33,7 +33,9 @@ class PatchEmbed2D(nn.Module):
         Returns:
             Channels-last ``(B, H // patch_size, W // patch_size, embed_dim)``.
         """
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+        # A channels-last input gives a channels-last output, so the permute is a contiguous view and LayerNorm makes
+        # no copy of the map (the input, of C_in channels, is the smaller copy)
+        return self.norm(self.proj(x.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1))
 
 
 class PatchMerging2D(nn.Module):
