@@ -16,13 +16,14 @@ from vmunetv2_monai.ops.selective_scan.cpu import cpu_status
 pytestmark = pytest.mark.skipif(linear_module._OP is None, reason="this PyTorch build has no oneDNN linear op")
 
 
+@pytest.mark.parametrize("out_features", [48, 96])  # narrower and wider than the input: both weight-gradient forms
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last_view"])
-def test_values_and_gradients_equal_f_linear(layout: str) -> None:
+def test_values_and_gradients_equal_f_linear(layout: str, out_features: int) -> None:
     torch.manual_seed(0)
     x = torch.randn(2, 64, 6, 5) if layout == "channels_last_view" else torch.randn(2, 6, 5, 64)
     x = (x.permute(0, 2, 3, 1) if layout == "channels_last_view" else x).requires_grad_()
-    weight = torch.randn(48, 64, requires_grad=True)
-    dy = torch.randn(2, 6, 5, 48)
+    weight = torch.randn(out_features, 64, requires_grad=True)
+    dy = torch.randn(2, 6, 5, out_features)
     assert linear_cpu_supported(x, weight)
     out = linear_cpu(x, weight)
     ref = F.linear(x, weight)

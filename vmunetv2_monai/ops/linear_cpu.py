@@ -100,7 +100,11 @@ class _Linear(torch.autograd.Function):
     def backward(ctx, dy):  # type: ignore[override]
         x, weight = ctx.saved_tensors
         dx = _mm(dy, weight.t()) if ctx.needs_input_grad[0] else None
-        dweight = _mm(dy.t(), x.t()) if ctx.needs_input_grad[1] else None
+        dweight = None
+        if ctx.needs_input_grad[1]:
+            # oneDNN copies its first operand into rows (a transpose here, on one thread): transpose the narrower
+            # of dy (M, N) and x (M, K), and for K < N form dweight.T = x.T @ dy instead (in_proj: half the copy)
+            dweight = _mm(dy.t(), x.t()) if dy.shape[1] <= x.shape[1] else _mm(x.t(), dy.t()).t()
         return dx, dweight
 
 
