@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <numeric>
 #include <vector>
 
 #include "kernels.h"
@@ -71,11 +72,15 @@ struct ChunkRows {
   const float* dts(int64_t i) const { return proj.data() + i * width; }
 };
 
-// Tasks: `slices` slices of `width` consecutive channel groups per batch element, a few tasks per thread.
+// Tasks: `slices` slices of `width` consecutive channel groups per batch element. at::parallel_for hands each thread
+// one contiguous run of tasks, so extra tasks balance nothing and cost a copy of the chunk rows each: the fewest
+// whose count, batch * slices = lcm(batch, threads), splits evenly over the threads (1 slice at batch 8 on 2 threads,
+// 2 at batch 1 or 3), where the channel groups allow.
 struct Split {
   int64_t slices, width;
   explicit Split(const Dims& d) {
-    const int64_t want = std::max<int64_t>(1, (4 * at::get_num_threads()) / d.batch);
+    const int64_t threads = at::get_num_threads();
+    const int64_t want = threads / std::gcd(d.batch, threads);
     width = (d.groups + std::min(want, d.groups) - 1) / std::min(want, d.groups);
     slices = (d.groups + width - 1) / width;
   }
