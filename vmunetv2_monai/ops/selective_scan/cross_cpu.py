@@ -43,24 +43,25 @@ def cross_scan_supported(x: torch.Tensor, A_logs: torch.Tensor) -> bool:
 
 class _CrossScan(torch.autograd.Function):
     """The fused kernel: u ``(B, H, W, D)``; x_dbl ``(B, L, 4, R + 2 N)``, each direction's dts, B and C at every
-    row-major position; dtw ``(4, D, R)``; A ``(4, D, N)``; Ds, bias ``(4, D)``. Output ``(B, H, W, D)``: the merged
-    directions, D skip included."""
+    row-major position; dtw ``(4, D, R)``; A_logs ``(4, D, N)`` (the kernel forms the state matrix ``-exp(A_logs)``
+    and returns A_logs' gradient); Ds, bias ``(4, D)``. Output ``(B, H, W, D)``: the merged directions, D skip
+    included."""
 
     @staticmethod
-    def forward(ctx, u, x_dbl, dtw, A, Ds, bias, save: bool):  # type: ignore[override]
+    def forward(ctx, u, x_dbl, dtw, A_logs, Ds, bias, save: bool):  # type: ignore[override]
         module, _ = _load()
-        y, hsave = module.cross_scan_forward(u, x_dbl, dtw, A, Ds, bias, save)
+        y, hsave = module.cross_scan_forward(u, x_dbl, dtw, A_logs, Ds, bias, save)
         if save:
-            ctx.save_for_backward(u, x_dbl, dtw, A, Ds, bias, hsave)
+            ctx.save_for_backward(u, x_dbl, dtw, A_logs, Ds, bias, hsave)
         return y
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
         module, _ = _load()
-        u, x_dbl, dtw, A, Ds, bias, hsave = ctx.saved_tensors
-        # du, dx_dbl (B, L, 4, R + 2 N), ddtw, dA, dDs, dbias: the kernel turns the step sizes' gradient into those
-        # of dts and dtw itself, chunk by chunk
-        grads = module.cross_scan_backward(u, x_dbl, dtw, A, Ds, bias, hsave, dy.contiguous())
+        u, x_dbl, dtw, A_logs, Ds, bias, hsave = ctx.saved_tensors
+        # du, dx_dbl (B, L, 4, R + 2 N), ddtw, dA_logs, dDs, dbias: the kernel turns the step sizes' gradient into
+        # those of dts and dtw itself, chunk by chunk
+        grads = module.cross_scan_backward(u, x_dbl, dtw, A_logs, Ds, bias, hsave, dy.contiguous())
         return (*grads, None)
 
 
@@ -95,7 +96,7 @@ def cross_selective_scan_cpu(
         u,
         x_dbl.view(b, h * w, k, c),
         dt_projs_weight.contiguous(),
-        -torch.exp(A_logs).reshape(k, d, A_logs.shape[1]),
+        A_logs.reshape(k, d, A_logs.shape[1]),
         Ds.reshape(k, d).contiguous(),
         dt_projs_bias.reshape(k, d).contiguous(),
     )

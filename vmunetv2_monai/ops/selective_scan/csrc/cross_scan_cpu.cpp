@@ -2,6 +2,9 @@
 //
 //   h_t = exp(dl_t * A) * h_{t-1} + dl_t * u_t * B_t,    y_t = <C_t, h_t> + D * u_t,    dl_t = softplus(raw_t + bias)
 //
+// with A = -exp(A_log): the kernel takes SS2D's A_logs parameter, forms A while packing each direction's parameters
+// and returns the gradient of A_log (two small PyTorch ops a block fewer, forward and backward).
+//
 // u (batch, H, W, P) channels-last is read in the order of each of the four cross-scan directions (row-major,
 // column-major and both reversed): step t of direction g is spatial position pos_g[t]. The projections x_dbl
 // (batch, H * W, 4, R + 2N), in row-major positions, hold each direction's dts, B and C at every position and are
@@ -49,7 +52,7 @@ struct Dims {
 };
 
 struct Inputs {
-  const float *u, *xdbl, *dtw, *A, *D, *bias;
+  const float *u, *xdbl, *dtw, *Alog, *D, *bias;
 };
 
 // One chunk of one direction's steps: each step's spatial position, its map offset (channel 0 of u, y, dy, du in
@@ -86,8 +89,9 @@ struct Split {
   }
 };
 
-// One direction's per-channel parameters for channel groups [q0, q1), W lanes a group, zero past P: A (and A log2 e
-// for exp2) as N vectors a group, dtw as rank8() vectors a group (zero past R), bias and D one vector each.
+// One direction's per-channel parameters for channel groups [q0, q1), W lanes a group, zero past P: A = -exp(A_log)
+// (and A log2 e for exp2) as N vectors a group, dtw as rank8() vectors a group (zero past R), bias and D one vector
+// each.
 struct Packed {
   std::vector<float> a, a2, w, bias, skip;
   Packed(const Dims& d, const Inputs& in, int64_t g, int64_t q0, int64_t q1)
@@ -96,13 +100,18 @@ struct Packed {
       const int64_t k = q - q0;
       for (int64_t l = 0; l < W && W * q + l < d.P; ++l) {
         const int64_t ch = g * d.P + W * q + l;
-        for (int64_t n = 0; n < d.N; ++n) {
-          a[(k * d.N + n) * W + l] = in.A[ch * d.N + n];
-          a2[(k * d.N + n) * W + l] = in.A[ch * d.N + n] * kLog2e;
-        }
+        for (int64_t n = 0; n < d.N; ++n) a[(k * d.N + n) * W + l] = in.Alog[ch * d.N + n];
         for (int64_t r = 0; r < d.R; ++r) w[(k * d.rank8() + r) * W + l] = in.dtw[ch * d.R + r];
         bias[k * W + l] = in.bias != nullptr ? in.bias[ch] : 0.0f;
         skip[k * W + l] = in.D != nullptr ? in.D[ch] : 0.0f;
+      }
+      // A = -2^(A_log log2 e) a vector at a time; lanes past P stay zero
+      const S::Mask m = S::mask(static_cast<int>(std::min<int64_t>(W, d.P - W * q)));
+      for (int64_t n = 0; n < d.N; ++n) {
+        float* at = a.data() + (k * d.N + n) * W;
+        const V av = vmul(vexp2(vmul(S::load(at), S::set1(kLog2e))), S::set1(-1.0f));
+        vstore_n(at, av, m);
+        vstore_n(a2.data() + (k * d.N + n) * W, vmul(av, S::set1(kLog2e)), m);
       }
     }
   }
@@ -219,9 +228,9 @@ void forward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t 
 }
 
 // du (batch, L, P) like u; dxdbl (batch, slices, L, 4, R + 2N) like x_dbl, the task's slice s writes its partial
-// sums; ddtw (batch, 4, P, R); dA (batch, 4, P, N); dD, dbias (batch, 4, P).
+// sums; ddtw (batch, 4, P, R); dAlog (batch, 4, P, N), the gradient of A_log (dA * A); dD, dbias (batch, 4, P).
 struct Grads {
-  float *du, *dxdbl, *ddtw, *dA, *dD, *dbias;
+  float *du, *dxdbl, *ddtw, *dAlog, *dD, *dbias;
 };
 
 // The chunk's step-size gradients dd (ddloc: len steps x the task's groups, W lanes each) into dts's gradient at
@@ -378,7 +387,9 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
       const int64_t k = q - q0;
       for (int64_t l = 0; l < W && W * q + l < d.P; ++l) {
         const int64_t row = bg * d.P + W * q + l;
-        for (int64_t n = 0; n < N; ++n) out.dA[row * N + n] = dacc[(k * N + n) * W + l];
+        for (int64_t n = 0; n < N; ++n) {
+          out.dAlog[row * N + n] = dacc[(k * N + n) * W + l] * pk.a[(k * N + n) * W + l];  // dA/dA_log = A
+        }
         for (int64_t r = 0; r < d.R; ++r) out.ddtw[row * d.R + r] = dwacc[(k * d.rank8() + r) * W + l];
         out.dD[row] = dskip[k * W + l];
         out.dbias[row] = dbias[k * W + l];
@@ -387,27 +398,27 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
   }
 }
 
-Dims check(const at::Tensor& u, const at::Tensor& xdbl, const at::Tensor& dtw, const at::Tensor& A,
+Dims check(const at::Tensor& u, const at::Tensor& xdbl, const at::Tensor& dtw, const at::Tensor& Alog,
            const at::Tensor& D, const at::Tensor& bias) {
   check_floats({&u, &xdbl, &dtw});
-  TORCH_CHECK(u.dim() == 4 && A.dim() == 3, "u must be channels-last (batch, H, W, P)");
+  TORCH_CHECK(u.dim() == 4 && Alog.dim() == 3, "u must be channels-last (batch, H, W, P)");
   const int64_t L = u.size(1) * u.size(2), P = u.size(3);
-  const Dims d{u.size(0), L, P, A.size(2), dtw.dim() == 3 ? dtw.size(2) : 0, (L + kChunk - 1) / kChunk,
+  const Dims d{u.size(0), L, P, Alog.size(2), dtw.dim() == 3 ? dtw.size(2) : 0, (L + kChunk - 1) / kChunk,
                (P + W - 1) / W};
   TORCH_CHECK(dtw.dim() == 3 && dtw.size(0) == 4 && dtw.size(1) == P, "dt_projs_weight must be (4, P, R)");
   TORCH_CHECK(xdbl.dim() == 4 && xdbl.size(0) == d.batch && xdbl.size(1) == L && xdbl.size(2) == 4 &&
                   xdbl.size(3) == d.R + 2 * d.N,
               "x_dbl must be (batch, H * W, 4, R + 2 N)");
-  check_params(4, P, d.N, A, D, bias);
+  check_params(4, P, d.N, Alog, D, bias);
   return d;
 }
 
-Inputs inputs(const at::Tensor& u, const at::Tensor& xdbl, const at::Tensor& dtw, const at::Tensor& A,
+Inputs inputs(const at::Tensor& u, const at::Tensor& xdbl, const at::Tensor& dtw, const at::Tensor& Alog,
               const at::Tensor& D, const at::Tensor& bias) {
   return {u.data_ptr<float>(),
           xdbl.data_ptr<float>(),
           dtw.data_ptr<float>(),
-          A.data_ptr<float>(),
+          Alog.data_ptr<float>(),
           D.numel() ? D.data_ptr<float>() : nullptr,
           bias.numel() ? bias.data_ptr<float>() : nullptr};
 }
@@ -426,10 +437,10 @@ void for_each_task(const Dims& d, const Split& split, Task&& task) {
 }  // namespace
 
 std::vector<at::Tensor> cross_scan_forward(const at::Tensor& u, const at::Tensor& xdbl, const at::Tensor& dtw,
-                                           const at::Tensor& A, const at::Tensor& D, const at::Tensor& bias,
+                                           const at::Tensor& Alog, const at::Tensor& D, const at::Tensor& bias,
                                            bool save_states) {
-  const Dims d = check(u, xdbl, dtw, A, D, bias);
-  const Inputs in = inputs(u, xdbl, dtw, A, D, bias);
+  const Dims d = check(u, xdbl, dtw, Alog, D, bias);
+  const Inputs in = inputs(u, xdbl, dtw, Alog, D, bias);
   const std::vector<int32_t> pos = positions(u.size(1), u.size(2));
   at::Tensor y = at::empty_like(u);
   at::Tensor hsave = at::empty({save_states ? d.batch : 0, 4, d.chunks, d.groups, d.N, W}, u.options());
@@ -444,20 +455,20 @@ std::vector<at::Tensor> cross_scan_forward(const at::Tensor& u, const at::Tensor
 }
 
 std::vector<at::Tensor> cross_scan_backward(const at::Tensor& u, const at::Tensor& xdbl, const at::Tensor& dtw,
-                                            const at::Tensor& A, const at::Tensor& D, const at::Tensor& bias,
+                                            const at::Tensor& Alog, const at::Tensor& D, const at::Tensor& bias,
                                             const at::Tensor& hsave, const at::Tensor& dy) {
-  const Dims d = check(u, xdbl, dtw, A, D, bias);
+  const Dims d = check(u, xdbl, dtw, Alog, D, bias);
   TORCH_CHECK(dy.sizes() == u.sizes() && dy.scalar_type() == at::kFloat && dy.is_contiguous(), "dy must match u");
   TORCH_CHECK(hsave.numel() == d.batch * 4 * d.chunks * d.groups * d.N * W, "hsave does not match the inputs");
-  const Inputs in = inputs(u, xdbl, dtw, A, D, bias);
+  const Inputs in = inputs(u, xdbl, dtw, Alog, D, bias);
   const std::vector<int32_t> pos = positions(u.size(1), u.size(2));
   const Split split(d);
   at::Tensor du = at::empty_like(u), ddtw = at::empty({d.batch, 4, d.P, d.R}, u.options());
-  at::Tensor dA = at::empty({d.batch, 4, d.P, d.N}, u.options());
+  at::Tensor dAlog = at::empty({d.batch, 4, d.P, d.N}, u.options());
   at::Tensor dD = at::empty({d.batch, 4, d.P}, u.options()), dbias = at::empty_like(dD);
   at::Tensor dx = at::empty({d.batch, split.slices, d.L, 4, d.R + 2 * d.N}, u.options());
   const Grads out{du.data_ptr<float>(), dx.data_ptr<float>(), ddtw.data_ptr<float>(),
-                  dA.data_ptr<float>(), dD.data_ptr<float>(), dbias.data_ptr<float>()};
+                  dAlog.data_ptr<float>(), dD.data_ptr<float>(), dbias.data_ptr<float>()};
   const float* hp = hsave.data_ptr<float>();
   const float* gp = dy.data_ptr<float>();
   dispatch_nv(d.N, [&](auto nv) {
@@ -465,7 +476,7 @@ std::vector<at::Tensor> cross_scan_backward(const at::Tensor& u, const at::Tenso
       backward_task<decltype(nv)::value>(d, in, pos.data(), b, s, split.slices, q0, q1, hp, gp, out);
     });
   });
-  return {du, split.slices == 1 ? dx.squeeze(1) : dx.sum(1), ddtw.sum(0), dA.sum(0), dD.sum(0), dbias.sum(0)};
+  return {du, split.slices == 1 ? dx.squeeze(1) : dx.sum(1), ddtw.sum(0), dAlog.sum(0), dD.sum(0), dbias.sum(0)};
 }
 
 }  // namespace vmu

@@ -18,15 +18,16 @@ void check_params(int64_t groups, int64_t P, int64_t N, const at::Tensor& A, con
 
 // Fused cross-scan, step-size projection, scan and cross-merge of SS2D (softplus step sizes). u (batch, H, W, P)
 // channels-last; x_dbl (batch, H * W, 4, R + 2 N): each direction's dts, B and C at each row-major position;
-// dtw (4, P, R). Returns (y (batch, H, W, P), hsave).
+// dtw (4, P, R); Alog (4, P, N), SS2D's A_logs (the state matrix is A = -exp(Alog)). Returns (y (batch, H, W, P),
+// hsave).
 std::vector<at::Tensor> cross_scan_forward(const at::Tensor& u, const at::Tensor& xdbl, const at::Tensor& dtw,
-                                           const at::Tensor& A, const at::Tensor& D, const at::Tensor& bias,
+                                           const at::Tensor& Alog, const at::Tensor& D, const at::Tensor& bias,
                                            bool save_states);
 
 // Its backward given dy (batch, H, W, P). Returns (du (batch, H, W, P), dx_dbl (batch, H * W, 4, R + 2 N) like
-// x_dbl, ddtw (4, P, R), dA (4, P, N), dD (4, P), dbias (4, P)).
+// x_dbl, ddtw (4, P, R), dAlog (4, P, N), dD (4, P), dbias (4, P)).
 std::vector<at::Tensor> cross_scan_backward(const at::Tensor& u, const at::Tensor& xdbl, const at::Tensor& dtw,
-                                            const at::Tensor& A, const at::Tensor& D, const at::Tensor& bias,
+                                            const at::Tensor& Alog, const at::Tensor& D, const at::Tensor& bias,
                                             const at::Tensor& hsave, const at::Tensor& dy);
 
 // SS2D's out_norm and gate (gated_norm_cpu.cpp): out = LayerNorm(y) * silu(z) over the last dimension P (a multiple
