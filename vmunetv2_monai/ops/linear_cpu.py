@@ -1,4 +1,5 @@
-"""SS2D's projections (``x @ weight.T``, no bias) on oneDNN, forward and backward, for the ``cpu_fused`` path.
+"""SS2D's projections on the ``cpu_fused`` path and PatchMerging's reduction (``x @ weight.T``, no bias) on oneDNN,
+forward and backward.
 
 PyTorch runs a float32 ``F.linear`` on a CPU through MKL's sgemm. On AMD CPUs MKL takes a narrower code path: on a
 2-core AMD EPYC with AVX-512 it ran these projections at about 110 GFLOP/s a core, oneDNN's matmul (which PyTorch
