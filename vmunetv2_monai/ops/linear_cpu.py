@@ -7,10 +7,10 @@ ships and its convolutions already use) at about 250, with the same results to t
 (``docs/performance.md``). The backward is two more products on oneDNN: ``dx = dy @ weight`` and
 ``dweight = dy.T @ x``. :func:`linear_cpu_supported` says when it applies.
 
-Where autograd records nothing (inference, validation), the weight is handed to oneDNN in its own blocked layout,
-packed once and kept beside the parameter until the parameter changes (its version counter or storage): oneDNN
-otherwise re-lays out every weight at every call, a pass over 1.2 MB for each of the default network's stage-3
-projections.
+Where autograd records nothing (inference, validation) the product runs without the autograd Function. The weight is
+handed over as it is, and oneDNN re-lays it out at every call: a copy packed once and reused would save that pass
+(about 3 % of the default eval at batch 1), but nothing can tell such a copy is stale after an in-place change made
+through ``param.data``, which bumps no version counter.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = ["linear_cpu", "linear_cpu_supported"]
 
@@ -39,28 +38,6 @@ def _find_op():
 
 
 _OP = _find_op()
-_PACK = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None) if _OP is not None else None
-
-# Packed weights, by the parameter they view: {(offset, shape, stride): (version, data_ptr, packed)}. Weak keys, so
-# an entry goes with its parameter.
-_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
-
-
-def _packed_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
-    """``weight`` ``(N, K)`` in oneDNN's layout for ``rows``-row inputs, reused while the weight is unchanged (an
-    in-place change bumps the version counter its views share; ``.data =`` swaps the storage), else packed anew.
-    ``weight`` itself where oneDNN's packing op is absent or the weight is an inference tensor (no version
-    counter)."""
-    if _PACK is None or weight.is_inference():
-        return weight
-    base = weight if weight._base is None else weight._base
-    key = (weight.storage_offset(), tuple(weight.shape), weight.stride())
-    entries = _PACKED.setdefault(base, {})
-    state = (weight._version, weight.data_ptr())
-    hit = entries.get(key)
-    if hit is None or hit[0] != state:
-        hit = entries[key] = (state, _PACK(weight.contiguous(), rows))
-    return hit[1]
 
 
 def _mm(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
@@ -128,5 +105,5 @@ def linear_cpu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # own (a view made inside a Function may not be modified in place, and the VSS block adds into it in place)
         y = _Linear.apply(x2, weight)
     else:
-        y = _OP(x2, _packed_weight(weight, x2.shape[0]), None, "none", [], "")
+        y = _mm(x2, weight)
     return y.view(*x.shape[:-1], weight.shape[0])
