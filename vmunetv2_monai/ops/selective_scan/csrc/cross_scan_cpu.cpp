@@ -89,6 +89,11 @@ struct Split {
   }
 };
 
+// The lanes of channel group q that hold channels (all but the last group's are full).
+inline S::Mask group_lanes(const Dims& d, int64_t q) {
+  return S::mask(static_cast<int>(std::min<int64_t>(W, d.P - W * q)));
+}
+
 // One direction's per-channel parameters for channel groups [q0, q1), W lanes a group, zero past P: A = -exp(A_log)
 // (and A log2 e for exp2) as N vectors a group, dtw as rank8() vectors a group (zero past R), bias and D one vector
 // each.
@@ -106,7 +111,7 @@ struct Packed {
         skip[k * W + l] = in.D != nullptr ? in.D[ch] : 0.0f;
       }
       // A = -2^(A_log log2 e) a vector at a time; lanes past P stay zero
-      const S::Mask m = S::mask(static_cast<int>(std::min<int64_t>(W, d.P - W * q)));
+      const S::Mask m = group_lanes(d, q);
       for (int64_t n = 0; n < d.N; ++n) {
         float* at = a.data() + (k * d.N + n) * W;
         const V av = vmul(vexp2(vmul(S::load(at), S::set1(kLog2e))), S::set1(-1.0f));
@@ -138,10 +143,6 @@ inline void raw_step_sizes(const ChunkRows& rows, const float* w, V bias, int64_
     VMU_UNROLL_STATES
     for (int64_t j = 0; j < kStepBlock; ++j) vstore(raw + W * (i0 + j), acc[j]);
   }
-}
-
-inline S::Mask group_lanes(const Dims& d, int64_t q) {
-  return S::mask(static_cast<int>(std::min<int64_t>(W, d.P - W * q)));
 }
 
 // The merges read and write the maps at each step's position, a new cache line at every step of a column-major
