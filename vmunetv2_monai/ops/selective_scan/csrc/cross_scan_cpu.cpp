@@ -15,11 +15,12 @@
 // Lanes run over W consecutive channels (W = kWide: 16 where the build has AVX-512, else 8), contiguous in the
 // channels-last map: a step loads the W channels' u at its position, forms their step sizes (R FMAs and a softplus)
 // and updates each channel's N states as N vectors, broadcasting B_t[n] and C_t[n]; the readout is a vertical FMA
-// chain, so forward needs no lane sums. Backward's dB and dC are sums over channels: each step adds a W-lane
-// partial per (t, n), summed over the task's channel groups and reduced across lanes once per chunk. The gradient
-// of the raw step sizes stays in a chunk-sized buffer: once per chunk it gives dts's gradient (lane sums of
-// dd_t[p] dtw[g, p, r]) and adds to dtw's (dd_t[p] dts_t[r] over the steps), so no (4, batch, L, P) tensor is
-// written in backward either.
+// chain, so forward needs no lane sums. Backward's dB and dC are sums over channels: at each step a channel group's
+// N products are reduced across lanes in registers, 8 states at a time (S::sum8), and added over the task's groups
+// in a chunk-sized buffer of N floats a step (W-lane partials kept in memory instead cost a load and a store per
+// state and step, and their traffic bounded the backward). The gradient of the raw step sizes stays in a
+// chunk-sized buffer: once per chunk it gives dts's gradient (lane sums of dd_t[p] dtw[g, p, r]) and adds to dtw's
+// (dd_t[p] dts_t[r] over the steps), so no (4, batch, L, P) tensor is written in backward either.
 //
 // Tasks are (batch, slice of channel groups). A task runs the four directions of its channels one after the
 // other, so the merge needs no atomics. For one direction it goes chunk by chunk: the chunk's projection rows are
@@ -240,8 +241,7 @@ struct Grads {
 inline void step_size_grads(const Dims& d, const ChunkRows& rows, const float* ddloc, int64_t groups, const float* w,
                             float* dwacc, float* const* xrow) {
   const int64_t R8 = d.rank8();
-  alignas(64) float lanes[8 * W];
-  float sums[8];
+  alignas(32) float sums[8];
   for (int64_t i = 0; i < rows.len; ++i) {
     for (int64_t r0 = 0; r0 < R8; r0 += 8) {
       V acc[8];
@@ -251,8 +251,7 @@ inline void step_size_grads(const Dims& d, const ChunkRows& rows, const float* d
         const float* wk = w + (k * R8 + r0) * W;
         for (int j = 0; j < 8; ++j) acc[j] = vfma(dd, S::load(wk + W * j), acc[j]);
       }
-      for (int j = 0; j < 8; ++j) vstore(lanes + W * j, acc[j]);
-      S::sum_rows8(lanes, sums);
+      vstore(sums, S::sum8(acc));
       std::copy(sums, sums + std::min<int64_t>(8, d.R - r0), xrow[i] + r0);
     }
   }
@@ -271,13 +270,16 @@ inline void step_size_grads(const Dims& d, const ChunkRows& rows, const float* d
   }
 }
 
+// out[0 .. 8) += sums
+inline void add_sums(float* out, vec sums) { vstore(out, vadd(vload(out), sums)); }
+
 template <int NV>
 void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t b, int64_t s, int64_t slices,
                    int64_t q0, int64_t q1, const float* hsave, const float* dy, const Grads& out) {
   constexpr int64_t N = 8 * NV;
   const int64_t groups = q1 - q0;
   std::vector<float> carry(groups * N * W), dacc(carry.size()), dskip(groups * W), dbias(groups * W);
-  std::vector<float> hloc(kChunk * N * W), eloc(hloc.size()), dbv(hloc.size()), dcv(hloc.size());
+  std::vector<float> mloc(kChunk * N * W), eloc(mloc.size()), dbsum(kChunk * N), dcsum(dbsum.size());
   std::vector<float> ddloc(kChunk * groups * W), dwacc(groups * d.rank8() * W);
   std::vector<float*> xrow(kChunk);  // each step's dxdbl row (dts's gradient, then B's and C's)
   std::vector<float> steps(4 * kChunk * W);  // u, dy, dl, sigmoid of the chunk's steps, W lanes each
@@ -296,8 +298,8 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
       for (int64_t i = 0; i < len; ++i) {
         xrow[i] = out.dxdbl + (((b * slices + s) * d.L + rows.pix[i]) * 4 + g) * (d.R + 2 * N);
       }
-      std::fill(dbv.begin(), dbv.begin() + len * N * W, 0.0f);
-      std::fill(dcv.begin(), dcv.begin() + len * N * W, 0.0f);
+      std::fill(dbsum.begin(), dbsum.begin() + len * N, 0.0f);
+      std::fill(dcsum.begin(), dcsum.begin() + len * N, 0.0f);
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t k = q - q0;
         const S::Mask m = group_lanes(d, q);
@@ -306,7 +308,8 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
         const float* w = pk.w.data() + k * d.rank8() * W;
         const V bias = S::load(pk.bias.data() + k * W), skip = S::load(pk.skip.data() + k * W);
         const float* h0 = hsave + hsave_at(d, bg, c, q);
-        // Recompute the chunk's decays and states from the saved chunk-start state.
+        // Recompute the chunk's decays e and decayed states e h_{t-1} (what the adjoint reads) from the saved
+        // chunk-start state, and dC_t = the sum over channels of dy_t h_t.
         raw_step_sizes(rows, w, bias, d.R, dlloc);
         for (int64_t i = 0; i < len; ++i) {
           V sg;
@@ -318,14 +321,18 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
         V h[N];
         for (int64_t n = 0; n < N; ++n) h[n] = S::load(h0 + W * n);
         for (int64_t i = 0; i < len; ++i) {
-          const V dl = S::load(dlloc + W * i), dtu = vmul(dl, S::load(uloc + W * i));
+          const V dl = S::load(dlloc + W * i), dtu = vmul(dl, S::load(uloc + W * i)), gyt = S::load(gyloc + W * i);
           const float* bt = rows.dts(i) + d.R;
+          V dc[8];
           VMU_UNROLL_STATES
           for (int64_t n = 0; n < N; ++n) {
             const V e = vexp2(vmul(dl, S::load(a2 + W * n)));
-            h[n] = vfma(e, h[n], vmul(dtu, S::set1(bt[n])));
+            const V decayed = vmul(e, h[n]);
+            h[n] = vfma(dtu, S::set1(bt[n]), decayed);
             vstore(eloc.data() + (i * N + n) * W, e);
-            vstore(hloc.data() + (i * N + n) * W, h[n]);
+            vstore(mloc.data() + (i * N + n) * W, decayed);
+            dc[n % 8] = vmul(gyt, h[n]);
+            if (n % 8 == 7) add_sums(dcsum.data() + i * N + n - 7, S::sum8(dc));
           }
         }
         // Adjoint recurrence backwards: gs_t = dy_t C_t + exp(dl_{t+1} A) gs_{t+1}.
@@ -343,22 +350,20 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
           const V dtu = vmul(dt, ut);
           const float* bt = rows.dts(i) + d.R;
           const float* ct = bt + N;
-          const float* hp = i > 0 ? hloc.data() + (i - 1) * N * W : h0;
-          const float* hc = hloc.data() + i * N * W;
+          const float* mt = mloc.data() + i * N * W;
           const float* e = eloc.data() + i * N * W;
-          float* dbt = dbv.data() + i * N * W;
-          float* dct = dcv.data() + i * N * W;
           V x_a[2] = {S::zero(), S::zero()}, gb[2] = {S::zero(), S::zero()};  // 2 partial sums each: short chains
+          V db[8];
           VMU_UNROLL_STATES
           for (int64_t n = 0; n < N; ++n) {
             const V en = S::load(e + W * n);
             const V gj = vfma(gyt, S::set1(ct[n]), gs[n]);
-            const V x = vmul(vmul(gj, S::load(hp + W * n)), en);  // gradient w.r.t. dl_t * A
+            const V x = vmul(gj, S::load(mt + W * n));  // gradient w.r.t. dl_t * A
             dav[n] = vfma(x, dt, dav[n]);
             x_a[n % 2] = vfma(x, S::load(a + W * n), x_a[n % 2]);
             gb[n % 2] = vfma(gj, S::set1(bt[n]), gb[n % 2]);
-            vstore(dbt + W * n, vfma(gj, dtu, S::load(dbt + W * n)));
-            vstore(dct + W * n, vfma(gyt, S::load(hc + W * n), S::load(dct + W * n)));
+            db[n % 8] = vmul(gj, dtu);
+            if (n % 8 == 7) add_sums(dbsum.data() + i * N + n - 7, S::sum8(db));
             gs[n] = vmul(gj, en);
           }
           const V gbs = vadd(gb[0], gb[1]);
@@ -375,13 +380,11 @@ void backward_task(const Dims& d, const Inputs& in, const int32_t* pos4, int64_t
         vstore(dskip.data() + k * W, dsk);
         vstore(dbias.data() + k * W, dbs);
       }
-      // The chunk's dts, dB, dC partials (lane sums, 8 at a time) at the steps' positions, and dtw's.
+      // The chunk's dts gradients (lane sums, 8 at a time) and dtw's, and its dB and dC, at the steps' positions.
       step_size_grads(d, rows, ddloc.data(), groups, pk.w.data(), dwacc.data(), xrow.data());
       for (int64_t i = 0; i < len; ++i) {
-        for (int64_t n = 0; n < N; n += 8) {
-          S::sum_rows8(dbv.data() + (i * N + n) * W, xrow[i] + d.R + n);
-          S::sum_rows8(dcv.data() + (i * N + n) * W, xrow[i] + d.R + N + n);
-        }
+        std::copy(dbsum.data() + i * N, dbsum.data() + (i + 1) * N, xrow[i] + d.R);
+        std::copy(dcsum.data() + i * N, dcsum.data() + (i + 1) * N, xrow[i] + d.R + N);
       }
     }
     for (int64_t q = q0; q < q1; ++q) {

@@ -61,7 +61,7 @@ constexpr int64_t kBlockChunks = 8;  // chunks per time block: a block's B and C
 // out[t] = sum of the 8 floats of rows[t] for t < count (rows: count x 8 floats, out: count floats).
 inline void reduce_rows(const float* rows, int64_t count, float* out) {
   int64_t t = 0;
-  for (; t + 8 <= count; t += 8) vstore(out + t, hsum8x8(rows + 8 * t));
+  for (; t + 8 <= count; t += 8) Simd<8>::sum_rows8(rows + 8 * t, out + t);
   for (; t < count; ++t) out[t] = hsum(rows + 8 * t);
 }
 

@@ -76,12 +76,10 @@ inline vec vmax(vec a, vec b) { return _mm256_max_ps(a, b); }
 // where(x >= 0, a, b)
 inline vec vselect_nonneg(vec x, vec a, vec b) { return _mm256_blendv_ps(a, b, _mm256_cmp_ps(x, vzero(), _CMP_LT_OQ)); }
 
-// Lane i of the result is the sum of the 8 lanes of rows[i] (rows: 8 consecutive vectors of 8 floats).
-inline vec hsum8x8(const float* rows) {
-  const vec a = _mm256_hadd_ps(vload(rows), vload(rows + 8));
-  const vec b = _mm256_hadd_ps(vload(rows + 16), vload(rows + 24));
-  const vec c = _mm256_hadd_ps(vload(rows + 32), vload(rows + 40));
-  const vec d = _mm256_hadd_ps(vload(rows + 48), vload(rows + 56));
+// Lane i of the result is the sum of the 8 lanes of v[i].
+inline vec hsum8x8(const vec* v) {
+  const vec a = _mm256_hadd_ps(v[0], v[1]), b = _mm256_hadd_ps(v[2], v[3]);
+  const vec c = _mm256_hadd_ps(v[4], v[5]), d = _mm256_hadd_ps(v[6], v[7]);
   const vec ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
   return vadd(_mm256_permute2f128_ps(ab, cd, 0x20), _mm256_permute2f128_ps(ab, cd, 0x31));
 }
@@ -165,11 +163,11 @@ inline vec vload_n(const float* p, const Lanes& m) {
 inline void vstore_n(float* p, vec a, const Lanes& m) {
   for (int i = 0; i < m.count; ++i) p[i] = a.v[i];
 }
-inline vec hsum8x8(const float* rows) {
+inline vec hsum8x8(const vec* v) {
   vec r;
   for (int i = 0; i < 8; ++i) {
     float s = 0.0f;
-    for (int j = 0; j < 8; ++j) s += rows[8 * i + j];
+    for (int j = 0; j < 8; ++j) s += v[i].v[j];
     r.v[i] = s;
   }
   return r;
@@ -221,8 +219,14 @@ struct Simd<8> {
   static V zero() { return vzero(); }
   static Mask mask(int count) { return lanes(count); }
   static V load_n(const float* p, const Mask& m) { return vload_n(p, m); }
+  // lane i of the result = the sum of the lanes of v[i], for 8 vectors
+  static vec sum8(const V* v) { return hsum8x8(v); }
   // out[i] = the sum of the lanes of vector i of rows, for 8 consecutive vectors
-  static void sum_rows8(const float* rows, float* out) { vstore(out, hsum8x8(rows)); }
+  static void sum_rows8(const float* rows, float* out) {
+    V v[8];
+    for (int i = 0; i < 8; ++i) v[i] = load(rows + 8 * i);
+    vstore(out, sum8(v));
+  }
 };
 
 #if VMU_AVX512
@@ -235,12 +239,22 @@ struct Simd<16> {
   static V zero() { return _mm512_setzero_ps(); }
   static Mask mask(int count) { return {static_cast<__mmask16>((1u << count) - 1u)}; }
   static V load_n(const float* p, const Mask& m) { return _mm512_maskz_loadu_ps(m.bits, p); }
-  static void sum_rows8(const float* rows, float* out) {
-    alignas(32) float halves[64];  // each vector's two 8-lane halves added, then 8 x 8 lane sums
-    for (int i = 0; i < 8; ++i) {
-      _mm256_store_ps(halves + 8 * i, _mm256_add_ps(vload(rows + 16 * i), vload(rows + 16 * i + 8)));
+  // lane i of the result = the sum of the 16 lanes of v[i], for 8 vectors, from registers: pairs of vectors are
+  // interleaved and added (4 lanes of each in every 128-bit block, then one lane), then the blocks are added.
+  static vec sum8(const V* v) {
+    V t[4], u[2];
+    for (int j = 0; j < 4; ++j) {
+      t[j] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * j], v[2 * j + 1]), _mm512_unpackhi_ps(v[2 * j], v[2 * j + 1]));
     }
-    vstore(out, hsum8x8(halves));
+    for (int j = 0; j < 2; ++j) {
+      const __m512d a = _mm512_castps_pd(t[2 * j]), b = _mm512_castps_pd(t[2 * j + 1]);
+      u[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    // block k of u[j]: the partial sums of v[4 j .. 4 j + 3] over lanes 4 k .. 4 k + 3
+    const V x = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    const vec lo = _mm512_castps512_ps256(x), hi = _mm512_extractf32x8_ps(x, 1);
+    return vadd(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31));
   }
 };
 constexpr int kWide = 16;  // the widest vector this build has, in floats
