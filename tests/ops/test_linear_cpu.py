@@ -94,3 +94,22 @@ def test_without_autograd_every_change_to_the_weight_is_seen() -> None:
     opt.step()
     with torch.no_grad():
         torch.testing.assert_close(linear_cpu(x, lin.weight), F.linear(x, lin.weight))
+
+
+@pytest.mark.skipif(not cpu_status()[0], reason="the compiled kernel is unavailable")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (64, 8), (130, 37), (300, 96)])  # edges, several row blocks
+def test_transpose_copy_equals_torch(shape: tuple[int, int], threads: int) -> None:
+    """The weight gradient's transposing copy (compiled, on all threads) is exactly ``x.t().contiguous()``."""
+    module, _ = linear_module._load()
+    x = torch.randn(*shape)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = module.transpose_copy(x)
+    finally:
+        torch.set_num_threads(before)
+    assert out.is_contiguous()
+    assert torch.equal(out, x.t().contiguous())
+    with pytest.raises(RuntimeError, match="contiguous float32"):
+        module.transpose_copy(torch.randn(3, 5).t())

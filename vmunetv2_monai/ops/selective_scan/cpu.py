@@ -1,11 +1,12 @@
 """Compiled C++ selective scan for CPUs (the ``cpu`` backend): AVX2+FMA (AVX-512 in the fused op), threads by channel.
 
-The extension (``csrc/scan_cpu.cpp``; ``csrc/cross_scan_cpu.cpp``, the fused SS2D op of ``cross_cpu.py``) is
-built with ``torch.utils.cpp_extension.load`` the first time it is needed (``scripts/setup.sh`` triggers that once)
-and cached in ``$VMUNETV2_EXT_DIR`` (default ``~/.cache/vmunetv2_monai/ext``), one build per torch version, CPU
-capability and checkout. Where it cannot be built or
-loaded (no compiler, no ninja, ``VMUNETV2_CPU_SCAN=0``), :func:`cpu_status` reports why and the dispatcher uses
-the pure-PyTorch ``torch`` backend instead.
+The extension (``csrc/scan_cpu.cpp``; ``csrc/cross_scan_cpu.cpp``, the fused SS2D op of ``cross_cpu.py``;
+``csrc/transpose_cpu.cpp``, the threaded transposing copy of ``ops/linear_cpu.py``'s weight gradient) is built
+with ``torch.utils.cpp_extension.load`` the first time it is needed (``scripts/setup.sh`` triggers that once) and
+cached in ``$VMUNETV2_EXT_DIR`` (default ``~/.cache/vmunetv2_monai/ext``), one build per torch version, CPU
+capability and checkout. Where it cannot be built or loaded
+(no compiler, no ninja, ``VMUNETV2_CPU_SCAN=0``), :func:`cpu_status` reports why and the dispatcher uses the
+pure-PyTorch ``torch`` backend instead.
 
 The kernel computes in float32 for float32/half inputs and needs d_state N in {8, 16, 24, 32}; float64 inputs
 and other N are handed to the ``torch`` backend (see :func:`cpu_unsupported_reason`). Step-size bias and
@@ -34,7 +35,8 @@ __all__ = ["cpu_status", "cpu_unsupported_reason", "selective_scan_cpu"]
 logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("csrc") / "scan_cpu.cpp"
-_SOURCES = [_SOURCE, _SOURCE.with_name("cross_scan_cpu.cpp"), _SOURCE.with_name("gated_norm_cpu.cpp")]  # + headers
+# the bound kernels and their files (+ headers)
+_SOURCES = [_SOURCE, *(_SOURCE.with_name(f"{name}_cpu.cpp") for name in ("cross_scan", "gated_norm", "transpose"))]
 _SUPPORTED_N = (8, 16, 24, 32)
 
 

@@ -1,5 +1,5 @@
-// Entry points of the fused SS2D kernels (cross_scan_cpu.cpp, gated_norm_cpu.cpp; bound in scan_cpu.cpp) and the
-// input checks the kernel files use.
+// Entry points of the fused SS2D kernels (cross_scan_cpu.cpp, gated_norm_cpu.cpp, transpose_cpu.cpp; bound in
+// scan_cpu.cpp) and the input checks the kernel files use.
 #pragma once
 
 #include <torch/extension.h>
@@ -39,5 +39,8 @@ std::vector<at::Tensor> gated_norm_forward(const at::Tensor& y, const at::Tensor
 std::vector<at::Tensor> gated_norm_backward(const at::Tensor& dout, const at::Tensor& y, const at::Tensor& z,
                                             const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& mean,
                                             const at::Tensor& rstd);
+
+// x.t().contiguous() for a contiguous float32 matrix x, on torch's intra-op threads (transpose_cpu.cpp).
+at::Tensor transpose_copy(const at::Tensor& x);
 
 }  // namespace vmu

@@ -414,6 +414,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cross_scan_backward", &vmu::cross_scan_backward, "fused SS2D cross-scan + selective scan + merge backward");
   m.def("gated_norm_forward", &vmu::gated_norm_forward, "SS2D out_norm and silu gate forward");
   m.def("gated_norm_backward", &vmu::gated_norm_backward, "SS2D out_norm and silu gate backward");
+  m.def("transpose_copy", &vmu::transpose_copy, "x.t().contiguous() of a float32 matrix on torch's threads");
   m.def("simd_name", &simd_name, "the vector instructions this build uses");
   m.def("parallel_threads", &parallel_threads, "threads at::parallel_for runs in this build");
   m.def("probe_updates_per_second", &probe_updates_per_second, "peak state updates/s of the step arithmetic");
