@@ -113,3 +113,23 @@ def test_transpose_copy_equals_torch(shape: tuple[int, int], threads: int) -> No
     assert torch.equal(out, x.t().contiguous())
     with pytest.raises(RuntimeError, match="contiguous float32"):
         module.transpose_copy(torch.randn(3, 5).t())
+
+
+@pytest.mark.skipif(not cpu_status()[0], reason="the compiled kernel is unavailable")
+@pytest.mark.parametrize("out_features", [48, 96])  # dy transposed, x transposed
+def test_weight_gradient_takes_the_threaded_transpose(out_features: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    module, reason = linear_module._load()
+    calls = []
+
+    class Counting:
+        def transpose_copy(self, a: torch.Tensor) -> torch.Tensor:
+            calls.append(tuple(a.shape))
+            return module.transpose_copy(a)
+
+    monkeypatch.setattr(linear_module, "_load", lambda: (Counting(), reason))
+    x = torch.randn(40, 64, requires_grad=True)
+    weight = torch.randn(out_features, 64, requires_grad=True)
+    dy = torch.randn(40, out_features)
+    linear_cpu(x, weight).backward(dy)
+    assert calls == [(40, min(out_features, 64))]  # the narrower operand, once
+    torch.testing.assert_close(weight.grad, dy.t() @ x.detach())

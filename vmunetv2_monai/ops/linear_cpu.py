@@ -9,7 +9,8 @@ ships and its convolutions already use) at about 250, with the same results to t
 
 oneDNN takes its first operand in rows, so ``dweight`` needs one of ``dy`` and ``x`` transposed. PyTorch copies a
 transposed matrix on one thread; the compiled kernel's ``transpose_copy`` uses all of torch's threads (1.5 to 2.3
-times as fast on one thread here, 2.3 to 6 times on two), and is used where it is loaded.
+times as fast on one thread here, 2.3 to 6 times on two), and is used wherever the kernel builds
+(``VMUNETV2_CPU_SCAN=0`` turns it off with the rest of the kernel).
 
 Where autograd records nothing (inference, validation) the product runs without the autograd Function. The weight is
 handed over as it is, and oneDNN re-lays it out at every call: a copy packed once and reused would save that pass
