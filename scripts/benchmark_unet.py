@@ -13,11 +13,15 @@ Cases: eval at batch 1 (256x256 and the recipe's 128x128), eval at batch 8, and 
 DiceCE), each at every ``--threads`` count. The default eval at batch 1 also runs with ``scan_backend="cpu"`` (the
 unfused SS2D path) to show what the fused ``cpu_fused`` path gains.
 
-A last row per thread count is the default network's eval floor on this machine: its selective-scan state updates
-at the kernel's measured peak step rate (``probe_updates_per_second``: exp2 + FMA on register-resident data) plus
-its dense multiply-adds (convolutions, linears, einsums) at the best measured sgemm rate, against BasicUNet's time
-in the same run. Everything else (LayerNorm, SiLU, gating, layout) counts as free, so this implementation (its scan
-step arithmetic, these matmuls) cannot run the network faster than the floor on this machine.
+Two last rows per thread count are the default network's floors on this machine, against BasicUNet's time in the
+same run. The eval floor (batch 1, 256^2) is its selective-scan state updates at the kernel's measured peak step rate
+(``probe_updates_per_second``: exp2 + FMA on register-resident data) plus its dense multiply-adds (convolutions,
+linears, einsums) at the best measured sgemm rate. The training floor (batch 8, 256^2) counts the dense products
+three times (forward, input gradient, weight gradient) and the state updates twice (forward, and the backward's
+recompute of the states from the saved chunk starts, which is the forward's recurrence again); the backward's
+adjoint recurrence and the optimizer step count as free. Everything else (LayerNorm, SiLU, gating, layout, the loss)
+counts as free too, so this implementation (its scan step arithmetic, these matmuls) cannot run the network faster
+than its floors on this machine.
 
 Every case runs twice by default (``--allocator both``), first on glibc's default allocator (freed blocks under its
 adaptive mmap threshold, at most 32 MB, are reused; larger ones are unmapped and fault their pages in again at the
@@ -173,19 +177,26 @@ def sgemm_flops_per_second(repeats: int = 20) -> float:
     return best
 
 
-def floor_row(timed: dict) -> dict:
-    """The default network's eval floor at batch 1, 256^2 (module docstring) against both networks' times in
-    ``timed``, the :func:`measure` row of that case."""
+#: (name of the floor row, name of its timed case in :func:`cases`, batch, dense passes, scan passes)
+FLOORS = (("floor of default, eval, batch 1, 256^2", "default, eval, batch 1, 256^2", 1, 1, 1),
+          ("floor of default, train step, batch 8, 256^2", "default, train step, batch 8, 256^2", 8, 3, 2))
+
+
+def floor_row(name: str, batch: int, dense_passes: int, scan_passes: int, timed: dict) -> dict:
+    """The default network's floor ``name`` at 256^2 (module docstring): ``dense_passes`` times its dense
+    multiply-adds and ``scan_passes`` times its state updates at ``batch``, against both networks' times in
+    ``timed``, the :func:`measure` row of the matching case."""
     x = torch.randn(1, 3, 256, 256)
     kernel, reason = _load()
     if kernel is None:
-        raise SystemExit(f"the floor row needs the cpu scan kernel: {reason} (or pass --no-floor)")
-    dense_macs, updates = network_work(VMUNetV2(scan_backend="cpu").eval(), x)
+        raise SystemExit(f"the floor rows need the cpu scan kernel: {reason} (or pass --no-floor)")
+    macs, updates = network_work(VMUNetV2(scan_backend="cpu").eval(), x)  # batch 1; both scale with the batch
+    dense_macs, updates = batch * dense_passes * macs, batch * scan_passes * updates
     peak = statistics.median(kernel.probe_updates_per_second(1_000_000) for _ in range(5))
     flops = sgemm_flops_per_second()
     scan_s, dense_s = updates / peak, 2 * dense_macs / flops
     floor = scan_s + dense_s
-    return {"case": "floor of default, eval, batch 1, 256^2", "state_updates": updates, "peak_updates_per_s": peak,
+    return {"case": name, "state_updates": updates, "peak_updates_per_s": peak,
             "scan_floor_s": scan_s, "dense_macs": dense_macs, "sgemm_flops_per_s": flops, "dense_floor_s": dense_s,
             "floor_s": floor, "vmunet_s": timed["vmunet_s"], "basicunet_s": timed["basicunet_s"],
             "floor_ratio": floor / timed["basicunet_s"], "vmunet_over_floor": timed["vmunet_s"] / floor,
@@ -216,11 +227,11 @@ def run_pass(args: argparse.Namespace, key: str) -> list[dict]:
             rows.append(row)
             logger.info("| %d | %s | %.3f s | %.3f s | %.2fx | %.1f ms | %.1f |", threads, case.name, row["vmunet_s"],
                         row["basicunet_s"], row["ratio"], row["per_image_vmunet_ms"], row["load_avg_1min"])
-        if args.floor:
-            default_eval = cases()[0]
-            timed = next((r for r in rows if r["threads"] == threads and r["case"] == default_eval.name), None)
+        for name, case_name, batch, dense_passes, scan_passes in FLOORS if args.floor else ():
+            case = next(c for c in cases() if c.name == case_name)
+            timed = next((r for r in rows if r["threads"] == threads and r["case"] == case.name), None)
             row = {"allocator": allocator, "threads": threads,
-                   **floor_row(timed or measure(default_eval, args.repeats))}
+                   **floor_row(name, batch, dense_passes, scan_passes, timed or measure(case, args.repeats))}
             rows.append(row)
             logger.info("| %d | %s: %.0f M state updates at %.2f G/s = %.0f ms + %.2f GMACs at %.0f GFLOP/s = %.0f ms "
                         "-> floor %.0f ms (VM-UNetV2 %.0f ms = %.2fx the floor) | | %.3f s | floor %.2fx BasicUNet | "
@@ -237,7 +248,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per network and case (median)")
     parser.add_argument("--cases", type=str, default="", help="run only cases whose name contains this text")
     parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
-                        help="add the default network's eval floor row per thread count")
+                        help="add the default network's eval and training floor rows per thread count")
     parser.add_argument("--allocator", choices=("both", "glibc", "keep"), default="both",
                         help="glibc: its default; keep: no mmap, no trimming (no page faults after the first step); "
                         "both (default): every case on glibc's default, then again with freed memory kept")
