@@ -17,7 +17,7 @@ Two last rows per thread count are the default network's floors on this machine,
 same run. The eval floor (batch 1, 256^2) is its selective-scan state updates at the kernel's measured peak step rate
 (``probe_updates_per_second``: exp2 + FMA on register-resident data) plus its dense multiply-adds (convolutions,
 linears, einsums) at the best measured sgemm rate. The training floor (batch 8, 256^2) counts the dense products
-three times (forward, input gradient, weight gradient; the patch embedding's input gradient, about 0.3 % of them, is
+three times (forward, input gradient, weight gradient; the patch embedding's input gradient, about 0.1 % of them, is
 not formed in a real step) and the state updates twice (forward, and the backward's
 recompute of the states from the saved chunk starts, which is the forward's recurrence again); the backward's
 adjoint recurrence and the optimizer step count as free. Everything else (LayerNorm, SiLU, gating, layout, the loss)
