@@ -9,7 +9,8 @@ Rows:
 - scan backward peak memory against its forward with saved inputs (stage 1);
 - whole network, default config, 1x3x256x256, eval: VM-UNetV2 (auto = cpu_fused; cpu; torch backend) against the
   same network computed with ``selective_scan_ref``, and MONAI BasicUNet and SwinUNETR (2D) on the same input;
-- training step, batch 8, 256x256, forward + deep-supervision loss + backward + AdamW: time and peak RSS;
+- training step, batch 8, 256x256, forward + deep-supervision loss + backward + fused AdamW (as the bundle): time and
+  peak RSS;
 - parameters and FLOPs like the paper's complexity table.
 
     python scripts/benchmark.py                # prints the table, writes outputs/benchmark.json
@@ -159,7 +160,7 @@ def network_rows(repeats: int) -> None:
 def training_row(repeats: int) -> None:
     torch.manual_seed(0)
     net = VMUNetV2(spatial_dims=2, in_channels=3, out_channels=1).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)  # fused, as the bundle's train.json
     loss_fn = DeepSupervisionLoss(DiceCELoss(sigmoid=True))
     x = torch.randn(8, 3, 256, 256)
     y = (torch.rand(8, 1, 256, 256) > 0.5).float()

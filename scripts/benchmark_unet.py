@@ -9,9 +9,9 @@ both alike; the ratio is VM-UNetV2's median over BasicUNet's):
   :data:`vmunetv2_monai.evaluation.recipe.MODEL_OVERRIDES`).
 
 Cases: eval at batch 1 (256x256 and the recipe's 128x128), eval at batch 8, and a training step at batch 8
-(forward, loss, backward, AdamW step; VM-UNetV2 with its deep-supervision loss as in the bundle, BasicUNet with
-DiceCE), each at every ``--threads`` count. The default eval at batch 1 also runs with ``scan_backend="cpu"`` (the
-unfused SS2D path) to show what the fused ``cpu_fused`` path gains.
+(forward, loss, backward, AdamW step, fused as in the bundle; VM-UNetV2 with its deep-supervision loss as in the
+bundle, BasicUNet with DiceCE), each at every ``--threads`` count. The default eval at batch 1 also runs with
+``scan_backend="cpu"`` (the unfused SS2D path) to show what the fused ``cpu_fused`` path gains.
 
 Two last rows per thread count are the default network's floors on this machine, against BasicUNet's time in the
 same run. The eval floor (batch 1, 256^2) is its selective-scan state updates at the kernel's measured peak step rate
@@ -128,7 +128,7 @@ def step_fn(net: nn.Module, batch: int, size: int, train: bool) -> Callable[[], 
         return infer
     net.train()
     y = (torch.rand(batch, 1, size, size) > 0.5).float()
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)  # fused, as the bundle's train.json
     dice_ce = DiceCELoss(sigmoid=True)
     ds_loss = DeepSupervisionLoss(dice_ce)
 
