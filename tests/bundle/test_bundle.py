@@ -376,7 +376,6 @@ def test_default_training_runs_in_a_copy_of_the_bundle(tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip().endswith("VMUNetV2"), proc.stderr[-3000:]
 
 
-
 def test_optimizer_is_fused_on_cpu_and_cuda():
     """train.json's AdamW runs fused (one kernel per parameter: 22 -> 7 ms a step for the default network on one CPU
     thread) on the devices torch has that kernel for, and unfused elsewhere instead of failing to build; ``device``
