@@ -183,25 +183,39 @@ FLOORS = (("floor of default, eval, batch 1, 256^2", "default, eval, batch 1, 25
           ("floor of default, train step, batch 8, 256^2", "default, train step, batch 8, 256^2", 8, 3, 2))
 
 
-def floor_row(name: str, batch: int, dense_passes: int, scan_passes: int, timed: dict) -> dict:
-    """The default network's floor ``name`` at 256^2 (module docstring): ``dense_passes`` times its dense
-    multiply-adds and ``scan_passes`` times its state updates at ``batch``, against both networks' times in
-    ``timed``, the :func:`measure` row of the matching case."""
-    x = torch.randn(1, 3, 256, 256)
+@dataclass(frozen=True)
+class FloorRates:
+    """What every floor row of one thread count is formed from: the default network's work at batch 1, 256^2 (eval
+    forward), the kernel's probed peak step rate and the best measured sgemm rate."""
+
+    macs: float
+    updates: int
+    peak_updates_per_s: float
+    sgemm_flops_per_s: float
+
+
+def floor_rates() -> FloorRates:
+    """:class:`FloorRates` at torch's current thread count (module docstring)."""
     kernel, reason = _load()
     if kernel is None:
         raise SystemExit(f"the floor rows need the cpu scan kernel: {reason} (or pass --no-floor)")
-    macs, updates = network_work(VMUNetV2(scan_backend="cpu").eval(), x)  # batch 1; both scale with the batch
-    dense_macs, updates = batch * dense_passes * macs, batch * scan_passes * updates
+    macs, updates = network_work(VMUNetV2(scan_backend="cpu").eval(), torch.randn(1, 3, 256, 256))
     peak = statistics.median(kernel.probe_updates_per_second(1_000_000) for _ in range(5))
-    flops = sgemm_flops_per_second()
-    scan_s, dense_s = updates / peak, 2 * dense_macs / flops
+    return FloorRates(macs, updates, peak, sgemm_flops_per_second())
+
+
+def floor_row(name: str, batch: int, dense_passes: int, scan_passes: int, rates: FloorRates, timed: dict) -> dict:
+    """The default network's floor ``name`` at 256^2 (module docstring): ``dense_passes`` times its dense
+    multiply-adds and ``scan_passes`` times its state updates at ``batch`` (both scale with the batch), at ``rates``,
+    against both networks' times in ``timed``, the :func:`measure` row of the matching case."""
+    dense_macs, updates = batch * dense_passes * rates.macs, batch * scan_passes * rates.updates
+    scan_s, dense_s = updates / rates.peak_updates_per_s, 2 * dense_macs / rates.sgemm_flops_per_s
     floor = scan_s + dense_s
-    return {"case": name, "state_updates": updates, "peak_updates_per_s": peak,
-            "scan_floor_s": scan_s, "dense_macs": dense_macs, "sgemm_flops_per_s": flops, "dense_floor_s": dense_s,
-            "floor_s": floor, "vmunet_s": timed["vmunet_s"], "basicunet_s": timed["basicunet_s"],
-            "floor_ratio": floor / timed["basicunet_s"], "vmunet_over_floor": timed["vmunet_s"] / floor,
-            "load_avg_1min": os.getloadavg()[0]}
+    return {"case": name, "state_updates": updates, "peak_updates_per_s": rates.peak_updates_per_s,
+            "scan_floor_s": scan_s, "dense_macs": dense_macs, "sgemm_flops_per_s": rates.sgemm_flops_per_s,
+            "dense_floor_s": dense_s, "floor_s": floor, "vmunet_s": timed["vmunet_s"],
+            "basicunet_s": timed["basicunet_s"], "floor_ratio": floor / timed["basicunet_s"],
+            "vmunet_over_floor": timed["vmunet_s"] / floor, "load_avg_1min": os.getloadavg()[0]}
 
 
 #: The allocator names of the table and the JSON.
@@ -228,11 +242,12 @@ def run_pass(args: argparse.Namespace, key: str) -> list[dict]:
             rows.append(row)
             logger.info("| %d | %s | %.3f s | %.3f s | %.2fx | %.1f ms | %.1f |", threads, case.name, row["vmunet_s"],
                         row["basicunet_s"], row["ratio"], row["per_image_vmunet_ms"], row["load_avg_1min"])
+        rates = floor_rates() if args.floor else None
         for name, case_name, batch, dense_passes, scan_passes in FLOORS if args.floor else ():
             case = next(c for c in cases() if c.name == case_name)
             timed = next((r for r in rows if r["threads"] == threads and r["case"] == case.name), None)
             row = {"allocator": allocator, "threads": threads,
-                   **floor_row(name, batch, dense_passes, scan_passes, timed or measure(case, args.repeats))}
+                   **floor_row(name, batch, dense_passes, scan_passes, rates, timed or measure(case, args.repeats))}
             rows.append(row)
             logger.info("| %d | %s: %.0f M state updates at %.2f G/s = %.0f ms + %.2f GMACs at %.0f GFLOP/s = %.0f ms "
                         "-> floor %.0f ms (VM-UNetV2 %.0f ms = %.2fx the floor) | | %.3f s | floor %.2fx BasicUNet | "
