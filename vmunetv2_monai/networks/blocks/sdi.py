@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...ops.linear_cpu import linear_cpu, linear_cpu_supported
+
 __all__ = ["ChannelAttention", "LevelProjection", "SDI", "SpatialAttention"]
 
 
@@ -94,7 +96,21 @@ class LevelProjection(nn.Module):
         """
         x = self.ca(x) * x
         x = self.sa(x) * x
-        return self.bn(self.conv(x))
+        if torch.jit.is_scripting():
+            return self.bn(self.conv(x))
+        return self.bn(self._project(x))
+
+    @torch.jit.unused
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """The bias-free 1x1 ``conv``, ``(B, in_channels, H, W)`` -> ``(B, out_channels, H, W)``: as a product over
+        the channels on oneDNN (:func:`~vmunetv2_monai.ops.linear_cpu.linear_cpu`) for float32 CPU tensors, where
+        the same values come out; ``conv`` elsewhere. PyTorch runs a 1x1 convolution on one thread at batch < 16 on
+        its slow path (MKL's sgemm after a copy): about 3x as long at stage 1 (``docs/performance.md``). The encoder's
+        taps are channels-last, so the permuted view is contiguous and the result is channels-last too."""
+        weight = self.conv.weight
+        if not linear_cpu_supported(x, weight.flatten(1)):
+            return self.conv(x)
+        return linear_cpu(x.permute(0, 2, 3, 1), weight.flatten(1)).permute(0, 3, 1, 2)
 
 
 class SDI(nn.Module):
