@@ -35,7 +35,8 @@ def test_level_projection_on_onednn_equals_its_conv(threads: int) -> None:
         want = torch.autograd.grad(ref, (x, ref_proj.conv.weight), dy)
         for g, w in zip(got, want, strict=True):  # the weight's sum over pixels in another order: rounding apart
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
-        proj.eval(), ref_proj.eval()
+        proj.eval()
+        ref_proj.eval()
         with torch.no_grad():
             torch.testing.assert_close(proj(x), ref_proj.bn(ref_proj.conv(
                 ref_proj.sa(ref_proj.ca(x) * x) * (ref_proj.ca(x) * x))))
