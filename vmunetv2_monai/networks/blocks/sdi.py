@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...ops.cbam import cbam, cbam_supported
 from ...ops.linear_cpu import linear_cpu, linear_cpu_supported
 
 __all__ = ["ChannelAttention", "LevelProjection", "SDI", "SpatialAttention"]
@@ -94,11 +95,20 @@ class LevelProjection(nn.Module):
         Returns:
             ``(B, out_channels, H, W)``.
         """
-        x = self.ca(x) * x
-        x = self.sa(x) * x
         if torch.jit.is_scripting():
+            x = self.ca(x) * x
+            x = self.sa(x) * x
             return self.bn(self.conv(x))
-        return self.bn(self._project(x))
+        return self.bn(self._project(self._attend(x)))
+
+    @torch.jit.unused
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        """``SA(x1) * x1`` with ``x1 = CA(x) * x``, ``(B, in_channels, H, W)``: one autograd Function on CPU tensors
+        (:func:`~vmunetv2_monai.ops.cbam.cbam`, a backward with fewer passes over the map), the modules elsewhere."""
+        if cbam_supported(x):
+            return cbam(x, self.ca.fc1.weight, self.ca.fc2.weight, self.sa.conv1.weight)
+        x = self.ca(x) * x
+        return self.sa(x) * x
 
     @torch.jit.unused
     def _project(self, x: torch.Tensor) -> torch.Tensor:
