@@ -193,9 +193,26 @@ def memory_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
     return 2 * src.numel() * 4 / best / 1e9
 
 
+def _onednn_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of oneDNN's ``_linear_pointwise`` (``linear_cpu``: x ``(..., K)`` @ w ``(N, K)``.T), which
+    ``FlopCounterMode`` does not know (it would count 0)."""
+    rows = 1
+    for size in x_shape[:-1]:
+        rows *= size
+    return 2 * rows * x_shape[-1] * w_shape[0]
+
+
+def _flop_mapping() -> dict:
+    """Formulas for the ops outside ``FlopCounterMode``'s registry that the network runs: oneDNN's linear
+    (PatchMerging's reduction, LevelProjection's 1x1 projection) where this PyTorch build has it."""
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    return {op: _onednn_linear_flops} if op is not None else {}
+
+
 def network_work(net: nn.Module, x: torch.Tensor) -> tuple[float, int]:
-    """Dense multiply-adds (torch ``FlopCounterMode`` / 2: convolutions, linears, einsums) and selective-scan state
-    updates (batch x channels x steps x d_state, summed over calls) of one no-grad forward of ``net`` on ``x``.
+    """Dense multiply-adds (torch ``FlopCounterMode`` / 2: convolutions, linears, einsums, oneDNN's linear) and
+    selective-scan state updates (batch x channels x steps x d_state, summed over calls) of one no-grad forward of
+    ``net`` on ``x``.
 
     ``net``'s SS2D blocks must take the unfused path (``scan_backend="cpu"``), whose ``selective_scan`` calls are
     counted; the fused op is one call the counter cannot see into.
@@ -210,7 +227,7 @@ def network_work(net: nn.Module, x: torch.Tensor) -> tuple[float, int]:
 
     ss2d_module.selective_scan = counting_scan
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_flop_mapping()) as counter:
             net(x)
     finally:
         ss2d_module.selective_scan = original
