@@ -46,6 +46,7 @@ from monai.networks.nets import BasicUNet, SwinUNETR
 
 import vmunetv2_monai.networks.blocks.ss2d as ss2d_module
 from vmunetv2_monai import VMUNetV2
+from vmunetv2_monai.networks.blocks import LevelProjection, PatchMerging2D
 from vmunetv2_monai.ops.selective_scan import available_backends, selective_scan
 from vmunetv2_monai.ops.selective_scan.cpu import _load
 
@@ -194,13 +195,29 @@ def complexity_rows() -> None:
         elif isinstance(m, nn.Conv2d):
             macs["module"] += out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
 
-    def in_proj_hook(m: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
-        # SS2D calls in_proj functionally (two contiguous halves), which the Linear hook above does not see
-        macs["module"] += inputs[0].numel() * m.in_proj.out_features
+    def functional_hook(m: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        # layers whose weights their block applies functionally (on oneDNN, as two halves, or inside one autograd
+        # Function), which the hook above would not see called: SS2D's in_proj and out_proj, PatchMerging's
+        # reduction, LevelProjection's 1x1 conv and its attention's MLP (on the two pooled vectors) and 7x7 conv
+        if isinstance(m, ss2d_module.SS2D):
+            macs["module"] += inputs[0].numel() * m.in_proj.out_features + out.numel() * m.out_proj.in_features
+        elif isinstance(m, PatchMerging2D):
+            macs["module"] += out.numel() * m.reduction.in_features
+        else:
+            batch, pixels = out.shape[0], out.shape[-2] * out.shape[-1]
+            mlp = m.ca.fc1.weight.numel() + m.ca.fc2.weight.numel()
+            macs["module"] += out.numel() * m.conv.in_channels + batch * (2 * mlp + pixels * m.sa.conv1.weight.numel())
 
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d,
-                                                                                     nn.ConvTranspose2d))]
-    handles += [m.register_forward_hook(in_proj_hook) for m in net.modules() if isinstance(m, ss2d_module.SS2D)]
+    layers_of = {
+        ss2d_module.SS2D: ("in_proj", "out_proj"),
+        PatchMerging2D: ("reduction",),
+        LevelProjection: ("conv", "ca.fc1", "ca.fc2", "sa.conv1"),
+    }
+    owners = [m for m in net.modules() if type(m) in layers_of]
+    applied = {id(m.get_submodule(name)) for m in owners for name in layers_of[type(m)]}
+    handles = [m.register_forward_hook(hook) for m in net.modules()
+               if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)) and id(m) not in applied]
+    handles += [m.register_forward_hook(functional_hook) for m in owners]
     try:
         dense, updates = network_work(net, x)
     finally:
