@@ -18,7 +18,14 @@ __all__ = ["cbam", "cbam_supported"]
 
 
 def cbam_supported(x: torch.Tensor) -> bool:
-    """Whether :func:`cbam` takes this map: a floating-point CPU tensor, no CPU autocast, not traced for export."""
+    """Whether :func:`cbam` takes this map: a floating-point CPU tensor, no CPU autocast, not traced for export.
+
+    Args:
+        x: the map ``(B, C, H, W)`` (only its dtype and device are read).
+
+    Returns:
+        True when the op applies.
+    """
     return (
         x.device.type == "cpu"
         and x.is_floating_point()
