@@ -96,19 +96,21 @@ class LevelProjection(nn.Module):
             ``(B, out_channels, H, W)``.
         """
         if torch.jit.is_scripting():
-            x = self.ca(x) * x
-            x = self.sa(x) * x
-            return self.bn(self.conv(x))
+            return self.bn(self.conv(self._attend_modules(x)))
         return self.bn(self._project(self._attend(x)))
+
+    def _attend_modules(self, x: torch.Tensor) -> torch.Tensor:
+        """``SA(x1) * x1`` with ``x1 = CA(x) * x`` on the attention modules, ``(B, in_channels, H, W)``."""
+        x = self.ca(x) * x
+        return self.sa(x) * x
 
     @torch.jit.unused
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
-        """``SA(x1) * x1`` with ``x1 = CA(x) * x``, ``(B, in_channels, H, W)``: one autograd Function on CPU tensors
-        (:func:`~vmunetv2_monai.ops.cbam.cbam`, a backward with fewer passes over the map), the modules elsewhere."""
+        """:meth:`_attend_modules` as one autograd Function on CPU tensors (:func:`~vmunetv2_monai.ops.cbam.cbam`, a
+        backward with fewer passes over the map), the modules elsewhere."""
         if cbam_supported(x):
             return cbam(x, self.ca.fc1.weight, self.ca.fc2.weight, self.sa.conv1.weight)
-        x = self.ca(x) * x
-        return self.sa(x) * x
+        return self._attend_modules(x)
 
     @torch.jit.unused
     def _project(self, x: torch.Tensor) -> torch.Tensor:
