@@ -202,9 +202,10 @@ def _onednn_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> i
     return 2 * rows * x_shape[-1] * w_shape[0]
 
 
-def _flop_mapping() -> dict:
+def flop_mapping() -> dict:
     """Formulas for the ops outside ``FlopCounterMode``'s registry that the network runs: oneDNN's linear
-    (PatchMerging's reduction, LevelProjection's 1x1 projection) where this PyTorch build has it."""
+    (SS2D's projections, PatchMerging's reduction, LevelProjection's 1x1 projection) where this PyTorch build has
+    it; its ``custom_mapping``."""
     op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
     return {op: _onednn_linear_flops} if op is not None else {}
 
@@ -227,7 +228,7 @@ def network_work(net: nn.Module, x: torch.Tensor) -> tuple[float, int]:
 
     ss2d_module.selective_scan = counting_scan
     try:
-        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_flop_mapping()) as counter:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=flop_mapping()) as counter:
             net(x)
     finally:
         ss2d_module.selective_scan = original

@@ -24,6 +24,11 @@ adjoint recurrence and the optimizer step count as free. Everything else (LayerN
 counts as free too, so this implementation (its scan step arithmetic, these matmuls) cannot run the network faster
 than its floors on this machine.
 
+After them, per thread count, the same two cases of the default network are broken down
+(``scripts/step_breakdown.py``): the time its matrix products take and the FLOP/s they run at (against the best
+measured sgemm rate), the fused scan kernel's forward and backward, its convolutions and the rest; the row's ratio
+is products plus scan kernel against BasicUNet's whole time in the same run, what is left for everything else.
+
 Every case runs twice by default (``--allocator both``), first on glibc's default allocator (freed blocks under its
 adaptive mmap threshold, at most 32 MB, are reused; larger ones are unmapped and fault their pages in again at the
 next step), then with freed memory kept (``mallopt``: ``M_MMAP_MAX`` 0, ``M_TRIM_THRESHOLD`` 2 GiB, what
@@ -54,6 +59,7 @@ from bench_common import keep_freed_memory, machine_info, network_work
 from monai.bundle import ConfigParser
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.networks.nets import BasicUNet
+from step_breakdown import breakdown
 
 from vmunetv2_monai import VMUNetV2
 from vmunetv2_monai.bundle.opener import DEFAULT_BUNDLE
@@ -218,12 +224,36 @@ def floor_row(name: str, batch: int, dense_passes: int, scan_passes: int, rates:
             "vmunet_over_floor": timed["vmunet_s"] / floor, "load_avg_1min": os.getloadavg()[0]}
 
 
+def breakdown_row(name: str, case: Case, repeats: int, sgemm_flops_per_s: float | None, timed: dict) -> dict:
+    """The default network's breakdown ``name`` of ``case`` (module docstring) on a fresh instance, against
+    BasicUNet's time in ``timed`` (the :func:`measure` row of the case); ``sgemm_flops_per_s`` (the floors' rate,
+    None without them) gives the products' share of that rate."""
+    torch.manual_seed(0)
+    parts = breakdown(step_fn(case.vmunet(), case.batch, case.size, case.train), repeats)
+    kernels = parts["products"] + parts["scan_forward"] + parts["scan_backward"]
+    return {"case": name, **parts, "sgemm_flops_per_s": sgemm_flops_per_s,
+            "products_of_sgemm_rate": parts["product_flops_per_s"] / sgemm_flops_per_s if sgemm_flops_per_s else None,
+            "basicunet_s": timed["basicunet_s"], "products_and_scan_ratio": kernels / timed["basicunet_s"],
+            "load_avg_1min": os.getloadavg()[0]}
+
+
+def log_breakdown(threads: int, row: dict) -> None:
+    """One table row of :func:`breakdown_row`."""
+    share = f" ({row['products_of_sgemm_rate']:.2f} of the best sgemm rate)" if row["sgemm_flops_per_s"] else ""
+    logger.info("| %d | %s: matrix products %.0f ms at %.0f GFLOP/s%s, scan kernel %.0f ms forward + %.0f ms backward, "
+                "convolutions %.0f ms, the rest %.0f ms (VM-UNetV2 %.0f ms) | | %.3f s | products + scan kernel "
+                "%.2fx BasicUNet | | %.1f |", threads, row["case"], 1e3 * row["products"],
+                row["product_flops_per_s"] / 1e9, share, 1e3 * row["scan_forward"], 1e3 * row["scan_backward"],
+                1e3 * row["convolutions"], 1e3 * row["rest"], 1e3 * row["total_s"], row["basicunet_s"],
+                row["products_and_scan_ratio"], row["load_avg_1min"])
+
+
 #: The allocator names of the table and the JSON.
 ALLOCATORS = {"glibc": "glibc default", "keep": "keep freed memory"}
 
 
 def run_pass(args: argparse.Namespace, key: str) -> list[dict]:
-    """Every selected case (and the floor rows) at every thread count under allocator ``key`` (of
+    """Every selected case (and the floor and breakdown rows) at every thread count under allocator ``key`` (of
     :data:`ALLOCATORS`); the rows. ``keep`` changes glibc's settings for the rest of the process: run it last."""
     allocator = ALLOCATORS[key]
     if key == "keep":
@@ -255,6 +285,13 @@ def run_pass(args: argparse.Namespace, key: str) -> list[dict]:
                         1e3 * row["scan_floor_s"], row["dense_macs"] / 1e9, row["sgemm_flops_per_s"] / 1e9,
                         1e3 * row["dense_floor_s"], 1e3 * row["floor_s"], 1e3 * row["vmunet_s"],
                         row["vmunet_over_floor"], row["basicunet_s"], row["floor_ratio"], row["load_avg_1min"])
+        for _, case_name, *_ in FLOORS if args.breakdown else ():
+            case = next(c for c in cases() if c.name == case_name)
+            timed = next((r for r in rows if r["threads"] == threads and r["case"] == case.name), None)
+            row = breakdown_row(f"breakdown of {case_name}", case, args.repeats,
+                                rates.sgemm_flops_per_s if rates else None, timed or measure(case, args.repeats))
+            rows.append({"allocator": allocator, "threads": threads, **row})
+            log_breakdown(threads, row)
     return rows
 
 
@@ -265,6 +302,9 @@ def main() -> None:
     parser.add_argument("--cases", type=str, default="", help="run only cases whose name contains this text")
     parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
                         help="add the default network's eval and training floor rows per thread count")
+    parser.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=True,
+                        help="add the default network's breakdown rows (products, scan kernel, the rest) per thread "
+                        "count")
     parser.add_argument("--allocator", choices=("both", "glibc", "keep"), default="both",
                         help="glibc: its default; keep: no mmap, no trimming (no page faults after the first step); "
                         "both (default): every case on glibc's default, then again with freed memory kept")
