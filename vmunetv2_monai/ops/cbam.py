@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cbam", "cbam_supported"]
+__all__ = ["cbam", "cbam_supported", "channel_weights", "pixel_weights"]
 
 
 def cbam_supported(x: torch.Tensor) -> bool:
@@ -34,16 +34,40 @@ def cbam_supported(x: torch.Tensor) -> bool:
     )
 
 
-def _channel_weights(avg: torch.Tensor, mx: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-    """``sigmoid(mlp(avg) + mlp(mx))`` with ``mlp = w2 @ relu(w1 @ .)``: ``(B, C)`` each -> ``(B, C)``."""
+def channel_weights(avg: torch.Tensor, mx: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """CBAM's channel weights ``sigmoid(mlp(avg) + mlp(mx))`` with ``mlp = w2 @ relu(w1 @ .)``, the one definition
+    that :class:`~vmunetv2_monai.networks.blocks.sdi.ChannelAttention` and :func:`cbam` both use.
+
+    Args:
+        avg: the channels' average over the pixels, ``(B, C)``.
+        mx: their maximum over the pixels, ``(B, C)``.
+        w1: the MLP's first layer, ``(C', C, 1, 1)`` (a 1x1 convolution's weight, no bias).
+        w2: its second layer, ``(C, C', 1, 1)``.
+
+    Returns:
+        ``(B, C)`` in (0, 1).
+    """
     w1, w2 = w1.flatten(1), w2.flatten(1)
     return torch.sigmoid(F.linear(F.relu(F.linear(avg, w1)), w2) + F.linear(F.relu(F.linear(mx, w1)), w2))
 
 
+def pixel_weights(stats: torch.Tensor, w_sa: torch.Tensor) -> torch.Tensor:
+    """CBAM's pixel weights ``sigmoid(conv(stats))`` ("same" padding, no bias), the one definition that
+    :class:`~vmunetv2_monai.networks.blocks.sdi.SpatialAttention` and :func:`cbam` both use.
+
+    Args:
+        stats: the pixels' mean and maximum over the channels, stacked, ``(B, 2, H, W)``.
+        w_sa: the convolution's weight ``(1, 2, k, k)``, odd k.
+
+    Returns:
+        ``(B, 1, H, W)`` in (0, 1).
+    """
+    return torch.sigmoid(F.conv2d(stats, w_sa, padding=w_sa.shape[-1] // 2))
+
+
 def _pixel_weights(mean: torch.Tensor, mx: torch.Tensor, w_sa: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """``sigmoid(conv([mean, mx]))``: ``(B, P)`` each (P = H W) -> ``(B, P)``."""
-    stats = torch.stack([mean, mx], dim=1).view(mean.shape[0], 2, *hw)
-    return torch.sigmoid(F.conv2d(stats, w_sa, padding=w_sa.shape[-1] // 2)).flatten(1)
+    """:func:`pixel_weights` of the flat statistics: ``(B, P)`` each (P = H W) -> ``(B, P)``."""
+    return pixel_weights(torch.stack([mean, mx], dim=1).view(mean.shape[0], 2, *hw), w_sa).flatten(1)
 
 
 class _CBAM(torch.autograd.Function):
@@ -55,7 +79,7 @@ class _CBAM(torch.autograd.Function):
         b, n_pix, n_ch = x.shape
         mx, imx = F.adaptive_max_pool2d(x.view(b, *hw, n_ch).permute(0, 3, 1, 2), 1, return_indices=True)
         avg, mx, imx = x.mean(1), mx.view(b, n_ch), imx.view(b, 1, n_ch)
-        ca = _channel_weights(avg, mx, w1, w2)
+        ca = channel_weights(avg, mx, w1, w2)
         x1 = x * ca.unsqueeze(1)
         smean, smax = x1.mean(2), x1.amax(2)
         s = _pixel_weights(smean, smax, w_sa, hw)
@@ -83,7 +107,7 @@ class _CBAM(torch.autograd.Function):
         with torch.enable_grad():
             a, m = avg.detach().requires_grad_(), mx.detach().requires_grad_()
             v1, v2 = w1.detach().requires_grad_(), w2.detach().requires_grad_()
-            d_avg, d_mx, d_w1, d_w2 = torch.autograd.grad(_channel_weights(a, m, v1, v2), (a, m, v1, v2), dca)
+            d_avg, d_mx, d_w1, d_w2 = torch.autograd.grad(channel_weights(a, m, v1, v2), (a, m, v1, v2), dca)
         # x's gradient: g1 ca, the pixel mean's share (broadcast) and the pixel maximum's (the pooling's index)
         dx = torch.addcmul((d_avg / n_pix).unsqueeze(1), g1, ca.unsqueeze(1))
         dx.scatter_add_(1, imx, d_mx.unsqueeze(1))

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...ops.cbam import cbam, cbam_supported
+from ...ops.cbam import cbam, cbam_supported, channel_weights, pixel_weights
 from ...ops.linear_cpu import linear_cpu, linear_cpu_supported
 
 __all__ = ["ChannelAttention", "LevelProjection", "SDI", "SpatialAttention"]
@@ -43,9 +43,8 @@ class ChannelAttention(nn.Module):
         Returns:
             Channel weights in (0, 1), ``(B, channels, 1, 1)``.
         """
-        avg = self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1))))
-        mx = self.fc2(F.relu(self.fc1(F.adaptive_max_pool2d(x, 1))))
-        return torch.sigmoid(avg + mx)
+        avg, mx = F.adaptive_avg_pool2d(x, 1).flatten(1), F.adaptive_max_pool2d(x, 1).flatten(1)
+        return channel_weights(avg, mx, self.fc1.weight, self.fc2.weight)[:, :, None, None]
 
 
 class SpatialAttention(nn.Module):
@@ -69,7 +68,7 @@ class SpatialAttention(nn.Module):
             Pixel weights in (0, 1), ``(B, 1, H, W)``.
         """
         stats = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return torch.sigmoid(self.conv1(stats))
+        return pixel_weights(stats, self.conv1.weight)
 
 
 class LevelProjection(nn.Module):
