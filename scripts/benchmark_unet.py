@@ -248,6 +248,14 @@ def log_breakdown(threads: int, row: dict) -> None:
                 row["products_and_scan_ratio"], row["load_avg_1min"])
 
 
+def timed_case(rows: list[dict], threads: int, case_name: str, repeats: int) -> tuple[Case, dict]:
+    """The case named ``case_name`` and its :func:`measure` row at ``threads`` from ``rows``, measured now when the
+    run left it out (``--cases``)."""
+    case = next(c for c in cases() if c.name == case_name)
+    timed = next((r for r in rows if r["threads"] == threads and r["case"] == case_name), None)
+    return case, timed or measure(case, repeats)
+
+
 #: The allocator names of the table and the JSON.
 ALLOCATORS = {"glibc": "glibc default", "keep": "keep freed memory"}
 
@@ -274,10 +282,9 @@ def run_pass(args: argparse.Namespace, key: str) -> list[dict]:
                         row["basicunet_s"], row["ratio"], row["per_image_vmunet_ms"], row["load_avg_1min"])
         rates = floor_rates() if args.floor else None
         for name, case_name, batch, dense_passes, scan_passes in FLOORS if args.floor else ():
-            case = next(c for c in cases() if c.name == case_name)
-            timed = next((r for r in rows if r["threads"] == threads and r["case"] == case.name), None)
+            _, timed = timed_case(rows, threads, case_name, args.repeats)
             row = {"allocator": allocator, "threads": threads,
-                   **floor_row(name, batch, dense_passes, scan_passes, rates, timed or measure(case, args.repeats))}
+                   **floor_row(name, batch, dense_passes, scan_passes, rates, timed)}
             rows.append(row)
             logger.info("| %d | %s: %.0f M state updates at %.2f G/s = %.0f ms + %.2f GMACs at %.0f GFLOP/s = %.0f ms "
                         "-> floor %.0f ms (VM-UNetV2 %.0f ms = %.2fx the floor) | | %.3f s | floor %.2fx BasicUNet | "
@@ -286,10 +293,9 @@ def run_pass(args: argparse.Namespace, key: str) -> list[dict]:
                         1e3 * row["dense_floor_s"], 1e3 * row["floor_s"], 1e3 * row["vmunet_s"],
                         row["vmunet_over_floor"], row["basicunet_s"], row["floor_ratio"], row["load_avg_1min"])
         for _, case_name, *_ in FLOORS if args.breakdown else ():
-            case = next(c for c in cases() if c.name == case_name)
-            timed = next((r for r in rows if r["threads"] == threads and r["case"] == case.name), None)
+            case, timed = timed_case(rows, threads, case_name, args.repeats)
             row = breakdown_row(f"breakdown of {case_name}", case, args.repeats,
-                                rates.sgemm_flops_per_s if rates else None, timed or measure(case, args.repeats))
+                                rates.sgemm_flops_per_s if rates else None, timed)
             rows.append({"allocator": allocator, "threads": threads, **row})
             log_breakdown(threads, row)
     return rows
