@@ -17,16 +17,19 @@ from bench_common import flop_mapping, median, time_runs
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+#: the matrix products' profiler event names (``namespace::op``)
+PRODUCT_EVENTS = ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::bmm")
+
 #: part name -> the profiler event names (exact) or name fragments (a leading ``~``) it takes
 PARTS: dict[str, tuple[str, ...]] = {
-    "products": ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::bmm"),
+    "products": PRODUCT_EVENTS,
     "scan_forward": ("_CrossScan",),
     "scan_backward": ("_CrossScanBackward",),
     "convolutions": ("~conv",),
 }
 
-#: the ops whose FLOPs count as the products' (``FlopCounterMode`` keys are OpOverloadPackets)
-PRODUCT_OPS = ("_linear_pointwise", "mm", "addmm", "bmm")
+#: the same ops as ``FlopCounterMode`` names them (its keys are OpOverloadPackets, ``namespace.op``)
+PRODUCT_OPS = tuple(name.split("::")[1] for name in PRODUCT_EVENTS)
 
 
 def part_of(name: str) -> str | None:
